@@ -1,0 +1,107 @@
+"""Command-line entry points: thin wrappers that compose the config and call plain functions.
+
+``sane-run``    Hydra app around :func:`sane_cli.training.train` (single runs and ``-m`` sweeps).
+``sane-report`` a table of every run below the given folders (:func:`sane_cli.report.report`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+from importlib import resources
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from .config import UsageError, validate
+
+CONFIG_MODULE = "sane_cli.conf"
+GROUPS = ("dataset", "model", "optim", "hessian")
+
+
+def _usage_exit(prog: str, err: UsageError) -> None:
+    print(f"{prog}: error: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
+def _hydra_run(cfg: DictConfig) -> None:
+    from .training import train
+
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        train(cfg, run_dir)
+    except UsageError as e:
+        logging.getLogger("sane_cli").error("%s", e)
+        _usage_exit("sane-run", e)
+
+
+def group_options(group: str) -> list[str]:
+    """The option names of a config group, from the installed config files."""
+    folder = resources.files(CONFIG_MODULE) / group
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def precheck(argv: list[str]) -> None:
+    """Validate every job a command line asks for, before any of them starts.
+
+    Each combination of sweep values is composed with Hydra's compose API and checked by
+    :func:`sane_cli.config.validate`, so that a bad value in the last job of a sweep stops the sweep before
+    the first job runs. Command lines Hydra itself cannot parse are left for Hydra to report.
+
+    Raises:
+        UsageError: the first bad value.
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    words = [a for a in argv if not a.startswith("-")]
+    try:
+        overrides = OverridesParser.create().parse_overrides(words)
+    except HydraException:
+        return
+    per_key = []
+    for o in overrides:
+        key = o.get_key_element()
+        if key.startswith(("hydra", "+hydra", "~hydra")):
+            continue
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        if o.key_or_group in GROUPS and not o.is_delete():
+            allowed = group_options(o.key_or_group)
+            for v in values:
+                if v not in allowed:
+                    raise UsageError(f"{o.key_or_group}={v!r} is unknown; choose one of {', '.join(allowed)}")
+        per_key.append([f"{key}={v}" for v in values])
+    with initialize_config_module(version_base="1.3", config_module=CONFIG_MODULE):
+        for job in itertools.product(*per_key):
+            try:
+                cfg = compose("config", overrides=list(job))
+            except (HydraException, OmegaConfBaseException):
+                return  # Hydra's own message, from the real run, is the clearer one
+            validate(cfg)
+
+
+def run_main() -> None:
+    """``sane-run [overrides]``, ``sane-run -m key=a,b ...``: see the README."""
+    argv = sys.argv[1:]
+    if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc")
+               or a.startswith(("--info=", "--cfg=")) for a in argv):  # fmt: skip
+        try:
+            precheck(argv)
+        except UsageError as e:
+            _usage_exit("sane-run", e)
+    _hydra_run()
+
+
+def report_main() -> None:
+    """``sane-report PATH [PATH...]``: see :func:`sane_cli.report.main`."""
+    from .report import main
+
+    try:
+        main(sys.argv[1:])
+    except UsageError as e:
+        _usage_exit("sane-report", e)

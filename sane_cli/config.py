@@ -1,0 +1,132 @@
+"""Config checks: every value a run depends on is validated before any work starts.
+
+A bad value raises :class:`UsageError` with one line naming the key, the value and what is allowed;
+the command-line entry points print it and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import math
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .models import ACTIVATIONS
+
+LOSSES = ("cross_entropy", "mse")
+OPTIMISERS = ("gd", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
+HESSIAN_METHODS = ("exact",)
+DTYPES = ("float64", "float32")
+EIG_MODES = ("abs", "clip")
+DATASETS = ("mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10")
+
+
+class UsageError(Exception):
+    """A problem with the user's input (config value, data folder, run folder), stated in one line."""
+
+
+def _fail(key: str, value, allowed: str) -> None:
+    raise UsageError(f"{key}={value!r} is invalid: {allowed}")
+
+
+def _check_number(
+    cfg: DictConfig, key: str, *, minimum: float, strict: bool = False, integer: bool = False, optional: bool = False
+) -> None:
+    value = OmegaConf.select(cfg, key)
+    kind = "an integer" if integer else "a number"
+    bound = f"{'>' if strict else '>='} {minimum:g}"
+    if value is None:
+        if optional:
+            return
+        _fail(key, value, f"must be {kind} {bound}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+        _fail(key, value, f"must be {kind} {bound}")
+    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        _fail(key, value, f"must be {kind} {bound}")
+
+
+def _check_choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in choices:
+        _fail(key, value, f"must be one of {', '.join(choices)}")
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check a composed run config, resolve it, and return it with the shortcuts `lr` and `depth`
+    made equal to `optim.lr` and `model.depth` (the values actually used).
+
+    Raises:
+        UsageError: on the first bad value, naming the key, the value and what is allowed.
+    """
+    try:
+        OmegaConf.resolve(cfg)
+    except Exception as e:
+        raise UsageError(f"config does not resolve: {e}".splitlines()[0]) from e
+
+    _check_choice(cfg, "dataset.name", DATASETS)
+    _check_number(
+        cfg,
+        "dataset.n_train",
+        minimum=1,
+        integer=True,
+        optional=cfg.dataset.name in ("mnist", "fashion_mnist", "cifar10"),
+    )
+    _check_number(
+        cfg,
+        "dataset.n_test",
+        minimum=1,
+        integer=True,
+        optional=cfg.dataset.name in ("mnist", "fashion_mnist", "cifar10"),
+    )
+    _check_number(cfg, "dataset.per_class", minimum=1, integer=True, optional=True)
+    if cfg.dataset.name == "synthetic":
+        _check_number(cfg, "dataset.n_features", minimum=1, integer=True)
+        _check_number(cfg, "dataset.n_classes", minimum=2, integer=True)
+        _check_number(cfg, "dataset.noise", minimum=0)
+
+    _check_choice(cfg, "model.name", ("mlp",))
+    _check_number(cfg, "model.depth", minimum=1, integer=True)
+    _check_number(cfg, "model.width", minimum=1, integer=True)
+    _check_choice(cfg, "model.activation", tuple(ACTIVATIONS))
+
+    _check_choice(cfg, "optim.name", OPTIMISERS)
+    _check_number(cfg, "optim.lr", minimum=0, strict=True)
+    _check_number(cfg, "optim.momentum", minimum=0)
+    if cfg.optim.momentum >= 1:
+        _fail("optim.momentum", cfg.optim.momentum, "must be in [0, 1)")
+    _check_number(cfg, "optim.weight_decay", minimum=0)
+    if cfg.optim.name == "sgd":
+        _check_number(cfg, "optim.batch_size", minimum=1, integer=True)
+
+    _check_choice(cfg, "loss", LOSSES)
+    _check_number(cfg, "steps", minimum=1, integer=True, optional=cfg.get("epochs") is not None)
+    _check_number(cfg, "epochs", minimum=1, integer=True, optional=True)
+    _check_number(cfg, "log_every", minimum=1, integer=True)
+    _check_number(cfg, "seed", minimum=0, integer=True)
+    _check_choice(cfg, "device", DEVICES)
+    _check_number(cfg, "max_loss", minimum=0, strict=True)
+
+    _check_choice(cfg, "hessian.method", HESSIAN_METHODS)
+    _check_number(cfg, "hessian.every", minimum=1, integer=True)
+    _check_number(cfg, "hessian.subset", minimum=1, integer=True)
+    _check_number(cfg, "hessian.alpha", minimum=0, strict=True)
+    _check_number(cfg, "hessian.rho", minimum=0, strict=True)
+    _check_number(cfg, "hessian.k", minimum=1, integer=True)
+    _check_number(cfg, "hessian.topk_vectors", minimum=0, integer=True)
+    _check_choice(cfg, "hessian.dtype", DTYPES)
+    _check_choice(cfg, "hessian.eig_mode", EIG_MODES)
+
+    with open_dict(cfg):
+        cfg.lr = cfg.optim.lr
+        cfg.depth = cfg.model.depth
+    return cfg
+
+
+def check_against_data(cfg: DictConfig, n_train: int, n_params: int) -> None:
+    """Checks that need the dataset and model sizes: the Hessian subset and SANE's k must fit."""
+    if cfg.hessian.subset > n_train:
+        _fail("hessian.subset", cfg.hessian.subset, f"must be at most the training set size ({n_train})")
+    if cfg.hessian.k > n_params:
+        _fail("hessian.k", cfg.hessian.k, f"must be at most the number of parameters ({n_params})")
+    if cfg.optim.name == "sgd" and cfg.optim.batch_size > n_train:
+        _fail("optim.batch_size", cfg.optim.batch_size, f"must be at most the training set size ({n_train})")

@@ -1,0 +1,199 @@
+"""Datasets, as in-memory tensors: MNIST-1D (generated offline), a synthetic set, and MNIST,
+Fashion-MNIST and CIFAR-10 read through torchvision from a local folder (never downloaded).
+
+Inputs are float32 of shape (n, features...) and standardised with the training set's mean and
+standard deviation; labels are int64 class indices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import DATASETS, UsageError
+
+
+@dataclass
+class Data:
+    """Train and test tensors of one dataset."""
+
+    name: str
+    x_train: torch.Tensor  # (n_train, *input_shape) float32
+    y_train: torch.Tensor  # (n_train,) int64
+    x_test: torch.Tensor  # (n_test, *input_shape) float32
+    y_test: torch.Tensor  # (n_test,) int64
+    n_classes: int
+
+    @property
+    def in_dim(self) -> int:
+        return int(np.prod(self.x_train.shape[1:]))
+
+    def hessian_subset(self, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fixed, seeded subset of the training set on which every Hessian of a run is taken."""
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self.y_train), generator=gen)[:size].sort().values
+        return self.x_train[idx], self.y_train[idx]
+
+
+def load_data(cfg) -> Data:
+    """The dataset described by ``cfg`` (the `dataset` config group), subset as configured."""
+    name = cfg.name
+    if name == "mnist1d":
+        data = _mnist1d(cfg)
+    elif name == "synthetic":
+        data = _synthetic(cfg)
+    elif name in ("mnist", "fashion_mnist", "cifar10"):
+        data = _torchvision(cfg)
+    else:
+        raise UsageError(f"dataset={name!r} is unknown; choose one of {', '.join(DATASETS)}")
+    if cfg.get("per_class") is not None:
+        keep = _first_per_class(data.y_train, int(cfg.per_class), data.n_classes)
+        data.x_train, data.y_train = data.x_train[keep], data.y_train[keep]
+    return data
+
+
+def _first_per_class(y: torch.Tensor, per_class: int, n_classes: int) -> torch.Tensor:
+    """Indices of the first ``per_class`` examples of each class, in their original order."""
+    keep = torch.zeros_like(y, dtype=torch.bool)
+    for c in range(n_classes):
+        keep[torch.nonzero(y == c).flatten()[:per_class]] = True
+    return torch.nonzero(keep).flatten()
+
+
+def _standardise(x_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean, std = x_train.mean(), x_train.std().clamp_min(1e-8)
+    return (x_train - mean) / std, (x_test - mean) / std
+
+
+def _cache_dir(cfg) -> Path:
+    if cfg.get("cache_dir"):
+        return Path(cfg.cache_dir).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sane-run"
+
+
+def _mnist1d(cfg) -> Data:
+    """MNIST-1D from the `mnist1d` package's generator; the arrays are cached since generating takes seconds."""
+    n_train, n_test = int(cfg.n_train), int(cfg.n_test)
+    total = -(-(n_train + n_test) // 10) * 10  # the generator makes the same number of each of the 10 classes
+    key = hashlib.sha1(f"mnist1d-v1-{total}-{int(cfg.data_seed)}".encode()).hexdigest()[:12]
+    path = _cache_dir(cfg) / f"mnist1d_{key}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            x, y = f["x"], f["y"]
+    else:
+        x, y = _generate_mnist1d(total, int(cfg.data_seed))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, x=x, y=y)
+        os.replace(tmp, path)  # atomic, so parallel runs never read a half-written cache
+    x = torch.as_tensor(x, dtype=torch.float32)
+    y = torch.as_tensor(y, dtype=torch.int64)
+    return Data("mnist1d", x[:n_train], y[:n_train], x[n_train : n_train + n_test], y[n_train : n_train + n_test], 10)
+
+
+def _generate_mnist1d(total: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.train_split, args.seed = total, 1.0, seed
+    # The generator reseeds the global `random` and NumPy generators; leave them as they were.
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        d = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return d["x"].astype(np.float32), d["y"].astype(np.int64)
+
+
+def _synthetic(cfg) -> Data:
+    """Gaussian classes around means of norm 2, balanced labels, from a generator seeded by data_seed."""
+    gen = torch.Generator().manual_seed(int(cfg.data_seed))
+    c, d = int(cfg.n_classes), int(cfg.n_features)
+    means = torch.randn(c, d, generator=gen)
+    means = 2.0 * means / means.norm(dim=1, keepdim=True)
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(n) % c
+        y = y[torch.randperm(n, generator=gen)]
+        x = means[y] + float(cfg.noise) * torch.randn(n, d, generator=gen)
+        return x, y
+
+    x_train, y_train = draw(int(cfg.n_train))
+    x_test, y_test = draw(int(cfg.n_test))
+    x_train, x_test = _standardise(x_train, x_test)
+    return Data("synthetic", x_train, y_train, x_test, y_test, c)
+
+
+_MNIST_FILES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
+_CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+
+
+def _torchvision(cfg) -> Data:
+    from torchvision import datasets
+
+    root = Path(str(cfg.root)).expanduser().resolve()
+    name = cfg.name
+    if name == "cifar10":
+        folder, files = root / "cifar-10-batches-py", _CIFAR_FILES
+    else:
+        folder = root / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
+        files = _MNIST_FILES
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        hint = " (found .gz files: gunzip them)" if any((folder / f"{m}.gz").is_file() for m in missing) else ""
+        raise UsageError(
+            f"dataset={name}: missing {', '.join(missing)} in {folder}{hint}; "
+            f"put the files there or set dataset.root to the folder that holds {folder.relative_to(root)}"
+        )
+    if name == "cifar10":
+        make = _LocalCIFAR10
+    else:
+        make = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+    try:
+        train, test = make(str(root), train=True), make(str(root), train=False)
+    except Exception as e:  # torchvision's parsers raise assorted errors on truncated files
+        raise UsageError(f"dataset={name}: could not read the files in {folder}: {e}") from e
+
+    def tensors(ds, n) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.as_tensor(np.asarray(ds.data)).float() / 255.0
+        if x.ndim == 4:  # CIFAR is stored (n, 32, 32, 3); keep torch's channels-first layout
+            x = x.permute(0, 3, 1, 2)
+        y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+        n = len(y) if n is None else min(int(n), len(y))
+        return x[:n].contiguous(), y[:n]
+
+    x_train, y_train = tensors(train, cfg.n_train)
+    x_test, y_test = tensors(test, cfg.n_test)
+    x_train, x_test = _standardise(x_train, x_test)
+    return Data(name, x_train, y_train, x_test, y_test, 10)
+
+
+def _local_cifar10():
+    from torchvision.datasets import CIFAR10
+
+    class LocalCIFAR10(CIFAR10):
+        """CIFAR-10 from the official python batches, checking that the files exist but not their MD5
+        sums, so that re-packed or subset copies in the same format load too."""
+
+        train_list = [[f, None] for f, _ in CIFAR10.train_list]
+        test_list = [[f, None] for f, _ in CIFAR10.test_list]
+        meta = {**CIFAR10.meta, "md5": None}
+
+    return LocalCIFAR10
+
+
+def _LocalCIFAR10(root: str, train: bool):
+    return _local_cifar10()(root, train=train, download=False)

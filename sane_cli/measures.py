@@ -1,0 +1,89 @@
+"""Spectral measures of a Hessian: N_eff, SANE and the per-checkpoint summary.
+
+All functions take the eigenvalues as a 1-D array (any order) and return plain floats.
+Definitions follow ../shared/SCIENCE.md and the authors' public implementation:
+
+    N_eff(alpha)  = sum_i |l_i| / (|l_i| + alpha)
+    SANE(rho, k)  = sum_i |l_i| / (|l_i| + rho * |l|_(k))
+
+where |l|_(k) is the k-th largest |eigenvalue|. With ``mode="clip"`` negative eigenvalues are set to 0
+instead of taking absolute values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MODES = ("abs", "clip")
+
+
+def _magnitudes(eigenvalues: np.ndarray, mode: str) -> np.ndarray:
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    if mode == "abs":
+        return np.abs(lam)
+    if mode == "clip":
+        return np.clip(lam, 0.0, None)
+    raise ValueError(f"eig_mode={mode!r} is not one of {MODES}")
+
+
+def n_eff(eigenvalues: np.ndarray, alpha: float = 0.5, mode: str = "abs") -> float:
+    """Effective number of parameters, sum_i m_i / (m_i + alpha), with m = |eigenvalues| (or clipped).
+
+    >>> n_eff([1.0, 1.0, 0.0], alpha=1.0)
+    1.0
+    """
+    if alpha <= 0:
+        raise ValueError(f"alpha={alpha} must be > 0")
+    m = _magnitudes(eigenvalues, mode)
+    return float(np.sum(m / (m + alpha)))
+
+
+def kth_largest(eigenvalues: np.ndarray, k: int = 1, mode: str = "abs") -> float:
+    """The k-th largest magnitude |l|_(k) (1-based), SANE's scale.
+
+    >>> kth_largest([3.0, -5.0, 1.0], k=1)
+    5.0
+    """
+    m = _magnitudes(eigenvalues, mode)
+    if not 1 <= k <= m.size:
+        raise ValueError(f"k={k} must be between 1 and the number of eigenvalues ({m.size})")
+    return float(np.partition(m, m.size - k)[m.size - k])
+
+
+def sane(eigenvalues: np.ndarray, rho: float = 0.5, k: int = 1, mode: str = "abs") -> float:
+    """Sharpness Adjusted Number of Effective parameters, N_eff with alpha = rho * |l|_(k).
+
+    Invariant to rescaling the whole spectrum. A zero spectrum has SANE 0.
+
+    >>> sane([2.0, 2.0, 0.0], rho=1.0, k=1)
+    1.0
+    """
+    if rho <= 0:
+        raise ValueError(f"rho={rho} must be > 0")
+    scale = rho * kth_largest(eigenvalues, k, mode)
+    if scale == 0.0:
+        return 0.0
+    return n_eff(eigenvalues, alpha=scale, mode=mode)
+
+
+def spectrum_summary(
+    eigenvalues: np.ndarray, *, lr: float, alpha: float, rho: float, k: int, mode: str = "abs"
+) -> dict[str, float | int]:
+    """Everything hessian.csv records about one spectrum.
+
+    Returns lambda_max, lambda_min, trace, n_negative, n_eff, sane, and the stability threshold
+    2/lr with the ratio lambda_max / (2/lr) (above 1: gradient descent is unstable along the top direction).
+    """
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    lam_max = float(lam.max())
+    threshold = 2.0 / lr
+    return {
+        "lambda_max": lam_max,
+        "lambda_min": float(lam.min()),
+        "trace": float(lam.sum()),
+        "n_negative": int(np.count_nonzero(lam < 0)),
+        "n_eff": n_eff(lam, alpha, mode),
+        "sane": sane(lam, rho, k, mode),
+        "two_over_lr": threshold,
+        "sharpness_ratio": lam_max / threshold,
+    }

@@ -1,0 +1,169 @@
+"""The on-disk format of a run: the one place that writes and reads it.
+
+A run folder holds::
+
+    .hydra/                   config.yaml (as composed), hydra.yaml, overrides.yaml (written by Hydra)
+    run.log                   the log of the run (written by Hydra's logging)
+    metrics.csv               one row per logged step: step, epoch, train_loss, train_acc, test_loss,
+                              test_acc, lr, seconds (wall time since the start of training)
+    hessian.csv               one row per curvature checkpoint: step, lr, method, dtype, n_params, subset,
+                              lambda_max, lambda_min, trace, n_negative, n_eff, sane, alpha, rho, k,
+                              eig_mode, two_over_lr, sharpness_ratio, seconds (time for that checkpoint)
+    spectra/step_<step>.npz   eigenvalues (P,) descending; eigenvectors (P, topk_vectors), as columns
+    summary.json              status, final metrics, resolved config, versions, device, wall time
+    checkpoint.pt             model and optimiser state at the latest curvature checkpoint
+
+Rows are appended and flushed as they are made and summary.json is rewritten atomically, so a run that
+stops for any reason keeps everything it had logged.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import UsageError
+
+METRICS_COLUMNS = ["step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
+HESSIAN_COLUMNS = [
+    "step", "lr", "method", "dtype", "n_params", "subset", "lambda_max", "lambda_min", "trace", "n_negative",
+    "n_eff", "sane", "alpha", "rho", "k", "eig_mode", "two_over_lr", "sharpness_ratio", "seconds",
+]  # fmt: skip
+STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
+
+
+class _CsvLog:
+    """A CSV file with a fixed header, one flushed row per call."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path, self.columns = path, columns
+        self._file = open(path, "w", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=columns)
+        self._writer.writeheader()
+        self._file.flush()
+
+    def write(self, row: dict[str, Any]) -> None:
+        missing = set(self.columns) - set(row)
+        if missing:
+            raise KeyError(f"{self.path.name} row lacks {sorted(missing)}")
+        self._writer.writerow({c: row[c] for c in self.columns})
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class RunWriter:
+    """Writes one run folder in the layout above."""
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+        if (self.dir / "summary.json").exists():
+            raise UsageError(f"{self.dir} already holds a run (summary.json); choose another output folder")
+        (self.dir / "spectra").mkdir(parents=True, exist_ok=True)
+        self.metrics = _CsvLog(self.dir / "metrics.csv", METRICS_COLUMNS)
+        self.hessian = _CsvLog(self.dir / "hessian.csv", HESSIAN_COLUMNS)
+
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        self.metrics.write(row)
+
+    def log_curvature(self, row: dict[str, Any], eigenvalues: np.ndarray, eigenvectors: np.ndarray) -> None:
+        np.savez(
+            self.dir / "spectra" / f"step_{int(row['step'])}.npz", eigenvalues=eigenvalues, eigenvectors=eigenvectors
+        )
+        self.hessian.write(row)
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        import torch
+
+        tmp = self.dir / "checkpoint.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.dir / "checkpoint.pt")
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        tmp = self.dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+        os.replace(tmp, self.dir / "summary.json")
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.hessian.close()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+@dataclass
+class Run:
+    """A run folder as read back: its summary, metrics and curvature tables."""
+
+    path: Path
+    summary: dict[str, Any]
+    metrics: pd.DataFrame
+    hessian: pd.DataFrame
+
+    @property
+    def status(self) -> str:
+        return self.summary["status"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.summary["config"]
+
+    def spectrum(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(eigenvalues descending, top eigenvectors as columns) at a curvature checkpoint."""
+        path = self.path / "spectra" / f"step_{int(step)}.npz"
+        if not path.is_file():
+            raise UsageError(f"{self.path}: no spectrum for step {step} ({path.name} is missing)")
+        with np.load(path) as f:
+            return f["eigenvalues"], f["eigenvectors"]
+
+    def spectrum_steps(self) -> list[int]:
+        return sorted(int(p.stem.split("_", 1)[1]) for p in (self.path / "spectra").glob("step_*.npz"))
+
+
+def is_run_dir(path: Path) -> bool:
+    return (Path(path) / "summary.json").is_file()
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """Every run folder (one holding summary.json) at or below ``root``, sorted by path."""
+    root = Path(root)
+    return sorted(p.parent for p in root.rglob("summary.json") if ".hydra" not in p.parts)
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run folder.
+
+    Raises:
+        UsageError: naming the folder and the file, when a file is missing or unreadable.
+    """
+    path = Path(path)
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path}: summary.json is missing or corrupt ({e}); not a complete run folder") from e
+    if summary.get("status") not in STATUSES or "config" not in summary:
+        raise UsageError(f"{path}: summary.json lacks a valid status and config; not a sane-run run folder")
+    tables = {}
+    for name, columns in (("metrics", METRICS_COLUMNS), ("hessian", HESSIAN_COLUMNS)):
+        try:
+            df = pd.read_csv(path / f"{name}.csv")
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise UsageError(f"{path}: {name}.csv is missing or corrupt ({e})") from e
+        if list(df.columns) != columns:
+            raise UsageError(f"{path}: {name}.csv has columns {list(df.columns)}, expected {columns}")
+        tables[name] = df
+    return Run(path, summary, tables["metrics"], tables["hessian"])
