@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .config import UsageError, validate
+from .data import check_files
 
 CONFIG_MODULE = "sane_cli.conf"
 GROUPS = ("dataset", "model", "optim", "hessian")
@@ -83,6 +84,7 @@ def precheck(argv: list[str]) -> None:
             except (HydraException, OmegaConfBaseException):
                 return  # Hydra's own message, from the real run, is the clearer one
             validate(cfg)
+            check_files(cfg.dataset)
 
 
 def run_main() -> None:

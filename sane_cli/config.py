@@ -116,6 +116,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check_choice(cfg, "hessian.dtype", DTYPES)
     _check_choice(cfg, "hessian.eig_mode", EIG_MODES)
 
+    n_train = cfg.dataset.get("n_train")
+    if n_train is not None and cfg.dataset.get("per_class") is None and cfg.hessian.subset > n_train:
+        _fail("hessian.subset", cfg.hessian.subset, f"must be at most dataset.n_train ({n_train})")
+
     with open_dict(cfg):
         cfg.lr = cfg.optim.lr
         cfg.depth = cfg.model.depth

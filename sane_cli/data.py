@@ -141,31 +141,43 @@ _MNIST_FILES = [
 _CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
 
 
-def _torchvision(cfg) -> Data:
-    from torchvision import datasets
+_FOLDERS = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py"}
 
+
+def _local_files(cfg) -> tuple[Path, Path, list[str]]:
+    """(root, folder holding the files, file names) of a dataset read from a local folder."""
     root = Path(str(cfg.root)).expanduser().resolve()
-    name = cfg.name
-    if name == "cifar10":
-        folder, files = root / "cifar-10-batches-py", _CIFAR_FILES
-    else:
-        folder = root / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
-        files = _MNIST_FILES
+    return root, root / _FOLDERS[cfg.name], _CIFAR_FILES if cfg.name == "cifar10" else _MNIST_FILES
+
+
+def check_files(cfg) -> None:
+    """For the datasets read from a local folder, check that the expected files are there.
+
+    Raises:
+        UsageError: naming the missing files, the folder looked in and the fix.
+    """
+    if cfg.name not in _FOLDERS:
+        return
+    root, folder, files = _local_files(cfg)
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         hint = " (found .gz files: gunzip them)" if any((folder / f"{m}.gz").is_file() for m in missing) else ""
         raise UsageError(
-            f"dataset={name}: missing {', '.join(missing)} in {folder}{hint}; "
-            f"put the files there or set dataset.root to the folder that holds {folder.relative_to(root)}"
+            f"dataset={cfg.name}: missing {', '.join(missing)} in {folder}{hint}; "
+            f"put the files there or set dataset.root to the folder that holds {_FOLDERS[cfg.name]}"
         )
-    if name == "cifar10":
-        make = _LocalCIFAR10
-    else:
-        make = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+
+
+def _torchvision(cfg) -> Data:
+    from torchvision import datasets
+
+    check_files(cfg)
+    root, folder, _ = _local_files(cfg)
+    make = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "cifar10": _local_cifar10()}[cfg.name]
     try:
         train, test = make(str(root), train=True), make(str(root), train=False)
     except Exception as e:  # torchvision's parsers raise assorted errors on truncated files
-        raise UsageError(f"dataset={name}: could not read the files in {folder}: {e}") from e
+        raise UsageError(f"dataset={cfg.name}: could not read the files in {folder}: {e}") from e
 
     def tensors(ds, n) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.as_tensor(np.asarray(ds.data)).float() / 255.0
@@ -178,22 +190,17 @@ def _torchvision(cfg) -> Data:
     x_train, y_train = tensors(train, cfg.n_train)
     x_test, y_test = tensors(test, cfg.n_test)
     x_train, x_test = _standardise(x_train, x_test)
-    return Data(name, x_train, y_train, x_test, y_test, 10)
+    return Data(cfg.name, x_train, y_train, x_test, y_test, 10)
 
 
-def _local_cifar10():
+def _local_cifar10() -> type:
+    """torchvision's CIFAR10, checking that the files exist but not their MD5 sums, so that re-packed or
+    subset copies in the official python-batch format load too. Never downloads."""
     from torchvision.datasets import CIFAR10
 
     class LocalCIFAR10(CIFAR10):
-        """CIFAR-10 from the official python batches, checking that the files exist but not their MD5
-        sums, so that re-packed or subset copies in the same format load too."""
-
         train_list = [[f, None] for f, _ in CIFAR10.train_list]
         test_list = [[f, None] for f, _ in CIFAR10.test_list]
         meta = {**CIFAR10.meta, "md5": None}
 
     return LocalCIFAR10
-
-
-def _LocalCIFAR10(root: str, train: bool):
-    return _local_cifar10()(root, train=train, download=False)

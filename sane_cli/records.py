@@ -4,8 +4,9 @@ A run folder holds::
 
     .hydra/                   config.yaml (as composed), hydra.yaml, overrides.yaml (written by Hydra)
     run.log                   the log of the run (written by Hydra's logging)
-    metrics.csv               one row per logged step: step, epoch, train_loss, train_acc, test_loss,
-                              test_acc, lr, seconds (wall time since the start of training)
+    metrics.csv               one row per logged step: step, epoch (passes over the training set),
+                              train_loss, train_acc, test_loss, test_acc, lr (no timings, so that the
+                              same config gives the same file)
     hessian.csv               one row per curvature checkpoint: step, lr, method, dtype, n_params, subset,
                               lambda_max, lambda_min, trace, n_negative, n_eff, sane, alpha, rho, k,
                               eig_mode, two_over_lr, sharpness_ratio, seconds (time for that checkpoint)
@@ -31,7 +32,7 @@ import pandas as pd
 
 from .config import UsageError
 
-METRICS_COLUMNS = ["step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
+METRICS_COLUMNS = ["step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
 HESSIAN_COLUMNS = [
     "step", "lr", "method", "dtype", "n_params", "subset", "lambda_max", "lambda_min", "trace", "n_negative",
     "n_eff", "sane", "alpha", "rho", "k", "eig_mode", "two_over_lr", "sharpness_ratio", "seconds",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 import platform
 import sys
 import time
@@ -45,7 +44,7 @@ def total_steps(cfg: DictConfig, n_train: int) -> int:
     """Optimiser steps of the run: ``steps``, or ``epochs`` passes over the training set."""
     if cfg.get("epochs") is None:
         return int(cfg.steps)
-    per_epoch = 1 if cfg.optim.name == "gd" else math.ceil(n_train / int(cfg.optim.batch_size))
+    per_epoch = 1 if cfg.optim.name == "gd" else n_train // int(cfg.optim.batch_size)  # ragged end dropped
     return int(cfg.epochs) * per_epoch
 
 
@@ -81,15 +80,13 @@ class _Batches:
         self.x, self.y, self.n = x, y, len(y)
         self.batch_size = self.n if batch_size is None else int(batch_size)
         self.gen = torch.Generator().manual_seed(seed + 1)  # independent of the init and Hessian-subset draws
-        self.order, self.pos, self.epoch = None, self.n, -1
+        self.order, self.pos = None, self.n
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.batch_size >= self.n:
-            self.epoch += 1
             return self.x, self.y
         if self.pos + self.batch_size > self.n:  # drop the ragged end so every step sees batch_size examples
             self.order, self.pos = torch.randperm(self.n, generator=self.gen).to(self.x.device), 0
-            self.epoch += 1
         idx = self.order[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
         return self.x[idx], self.y[idx]
@@ -184,15 +181,14 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
     hcfg = cfg.hessian
     n_params = n_parameters(model)
     last: dict[str, Any] = {}
-    start = time.perf_counter()
 
     def log_metrics(step: int, train_loss: float | None = None) -> dict[str, Any]:
         tr_loss, tr_acc = evaluate(model, loss_fn, x_train, y_train)
         te_loss, te_acc = evaluate(model, loss_fn, x_test, y_test)
         row = {
-            "step": step, "epoch": max(batches.epoch, 0), "train_loss": tr_loss if train_loss is None else train_loss,
+            "step": step, "epoch": round(step * batches.batch_size / batches.n, 4),
+            "train_loss": tr_loss if train_loss is None else train_loss,
             "train_acc": tr_acc, "test_loss": te_loss, "test_acc": te_acc, "lr": lr,
-            "seconds": round(time.perf_counter() - start, 4),
         }  # fmt: skip
         writer.log_metrics(row)
         return row

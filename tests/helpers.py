@@ -1,0 +1,47 @@
+"""Helpers shared by the tests: the composed tiny-run config and the dense reference Hessian."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_module
+from torch.func import functional_call
+
+from sane_cli.curvature import flatten_parameters
+
+TINY = [
+    "dataset=synthetic",
+    "dataset.n_train=96",
+    "dataset.n_test=48",
+    "dataset.n_features=6",
+    "dataset.n_classes=3",
+    "model.width=5",
+    "depth=2",
+    "steps=20",
+    "log_every=5",
+    "hessian.every=10",
+    "hessian.subset=64",
+    "hessian.topk_vectors=3",
+    "device=cpu",
+]
+
+
+def make_config(*overrides: str):
+    """The real config (conf/config.yaml) composed with the tiny-run overrides, then ``overrides``."""
+    with initialize_config_module(version_base="1.3", config_module="sane_cli.conf"):
+        return compose("config", overrides=[*TINY, *overrides])
+
+
+def reference_hessian(model, loss_fn, x, y) -> torch.Tensor:
+    """torch.func.hessian of the mean loss in the flattened parameters, float64."""
+    model = model.double()
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    theta = flatten_parameters(model)
+
+    def f(t):
+        parts = t.split([int(np.prod(s)) for s in shapes])
+        params = {n: p.view(s) for n, p, s in zip(names, parts, shapes, strict=True)}
+        return loss_fn(functional_call(model, params, (x.double(),)), y)
+
+    return torch.func.hessian(f)(theta)

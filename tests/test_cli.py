@@ -1,0 +1,80 @@
+"""The installed `sane-run` and `sane-report` commands, run in a subprocess from an empty folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from helpers import TINY
+
+from sane_cli.records import find_runs, load_run
+
+
+def command(name: str) -> str:
+    path = shutil.which(name) or os.path.join(os.path.dirname(sys.executable), name)
+    assert os.path.exists(path), f"{name} is not installed: pip install -e '.[test]'"
+    return path
+
+
+def run(cwd, *args, name="sane-run"):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([command(name), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_single_run(tmp_path):
+    out = run(tmp_path, *TINY, "lr=0.05")
+    assert out.returncode == 0, out.stderr
+    (path,) = find_runs(tmp_path / "outputs" / "runs")
+    assert path.relative_to(tmp_path).parts[:2] == ("outputs", "runs")
+    r = load_run(path)
+    assert r.status == "completed" and r.config["optim"]["lr"] == 0.05
+    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "run.log", "checkpoint.pt"):
+        assert (path / name).is_file(), name
+    log = (path / "run.log").read_text()
+    assert log.count("curvature: lambda_max") == 3 and "2/lr 40" in log
+
+
+def test_multirun_sweep(tmp_path):
+    out = run(tmp_path, "-m", *TINY, "lr=0.05,0.1")
+    assert out.returncode == 0, out.stderr
+    runs = find_runs(tmp_path / "outputs" / "sweeps")
+    assert len(runs) == 2
+    assert sorted(load_run(p).config["optim"]["lr"] for p in runs) == [0.05, 0.1]
+    assert {p.name.split("_")[0] for p in runs} == {"0", "1"}
+    assert all("lr=0.05" in p.name or "lr=0.1" in p.name for p in runs)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["lr=-1"], "sane-run: error: optim.lr=-1 is invalid: must be a number > 0"),
+        (["dataset=imagenet"], "sane-run: error: dataset='imagenet' is unknown; choose one of"),
+        (["-m", "depth=2,0"], "sane-run: error: model.depth=0 is invalid"),
+        (["dataset=mnist", "dataset.root=nowhere"], "sane-run: error: dataset=mnist: missing train-images-idx3-ubyte"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    out = run(tmp_path, *args)
+    assert out.returncode == 2
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message), out.stderr
+    assert not (tmp_path / "outputs").exists()  # rejected before Hydra made a run folder
+
+
+def test_divergence_exits_0(tmp_path):
+    out = run(tmp_path, *TINY, "lr=500")
+    assert out.returncode == 0, out.stderr
+    (path,) = find_runs(tmp_path)
+    assert load_run(path).status == "diverged"
+
+
+def test_report_tables_the_runs(tmp_path):
+    assert run(tmp_path, "-m", *TINY, "lr=0.05,0.1").returncode == 0
+    out = run(tmp_path, "outputs", name="sane-report")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "outputs" / "report" / "summary.csv").is_file()
+    missing = run(tmp_path, "nowhere", name="sane-report")
+    assert missing.returncode == 2 and missing.stderr.strip().startswith("sane-report: error: nowhere does not exist")

@@ -1,0 +1,66 @@
+"""Every config file composes, and bad values are rejected with one line naming key, value and what is allowed."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from sane_cli.cli import GROUPS, group_options, precheck
+from sane_cli.config import UsageError, validate
+
+
+def test_every_config_file_composes():
+    with initialize_config_module(version_base="1.3", config_module="sane_cli.conf"):
+        for group in GROUPS:
+            options = group_options(group)
+            assert options, group
+            for option in options:
+                cfg = compose("config", overrides=[f"{group}={option}"])
+                validate(cfg)
+                assert cfg[group] is not None
+
+
+def test_config_files_are_installed_with_the_package():
+    root = resources.files("sane_cli.conf")
+    assert (root / "config.yaml").is_file()
+    assert group_options("dataset") == ["cifar10", "fashion_mnist", "mnist", "mnist1d", "synthetic"]
+
+
+def test_shortcuts_reach_the_groups():
+    with initialize_config_module(version_base="1.3", config_module="sane_cli.conf"):
+        cfg = validate(compose("config", overrides=["lr=0.5", "depth=8"]))
+        assert cfg.optim.lr == 0.5 and cfg.model.depth == 8
+        # a group key wins, and the shortcut is made to agree with it
+        cfg = validate(compose("config", overrides=["optim.lr=0.25", "model.depth=4"]))
+        assert cfg.lr == 0.25 and cfg.depth == 4
+
+
+BAD = [
+    (["lr=-0.1"], r"optim.lr=-0.1 is invalid: must be a number > 0"),
+    (["lr=0"], r"optim.lr=0 is invalid"),
+    (["depth=0"], r"model.depth=0 is invalid: must be an integer >= 1"),
+    (["model.width=0"], r"model.width=0 is invalid"),
+    (["model.activation=swish"], r"model.activation='swish' is invalid: must be one of relu, tanh, gelu"),
+    (["dataset=imagenet"], r"dataset='imagenet' is unknown; choose one of cifar10, fashion_mnist, mnist, mnist1d"),
+    (["optim=adam"], r"optim='adam' is unknown; choose one of gd, sgd"),
+    (["hessian.subset=5000"], r"hessian.subset=5000 is invalid: must be at most dataset.n_train \(4000\)"),
+    (["hessian.every=0"], r"hessian.every=0 is invalid: must be an integer >= 1"),
+    (["loss=hinge"], r"loss='hinge' is invalid: must be one of cross_entropy, mse"),
+    (["device=tpu"], r"device='tpu' is invalid"),
+    (["hessian.dtype=float16"], r"hessian.dtype='float16' is invalid"),
+    (["optim=sgd", "optim.momentum=1.0"], r"optim.momentum=1.0 is invalid: must be in \[0, 1\)"),
+    (["-m", "lr=0.1,0.2,-3"], r"optim.lr=-3 is invalid"),  # the last job of a sweep, caught before the first
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD)
+def test_bad_values_are_rejected_before_work(argv, message):
+    with pytest.raises(UsageError, match=message) as info:
+        precheck(argv)
+    assert "\n" not in str(info.value)
+
+
+def test_good_sweep_passes_precheck():
+    precheck(["-m", "lr=0.01,0.1,0.5", "depth=2,4,8", "dataset=mnist1d,synthetic"])

@@ -1,0 +1,124 @@
+"""train(cfg): the run folder's contents, determinism, divergence, SGD, and the logged curvature against
+a dense reference Hessian of the saved checkpoint."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_config, reference_hessian
+
+from sane_cli.config import UsageError
+from sane_cli.curvature import loss_function
+from sane_cli.data import load_data
+from sane_cli.models import build_model
+from sane_cli.records import HESSIAN_COLUMNS, METRICS_COLUMNS, load_run
+from sane_cli.training import checkpoint_steps, train
+
+
+def test_checkpoint_steps():
+    assert checkpoint_steps(250, 1000) == [0, 250, 500, 750, 1000]
+    assert checkpoint_steps(300, 1000) == [0, 300, 600, 900, 1000]
+    assert checkpoint_steps(5000, 10) == [0, 10]
+
+
+def test_run_folder_contents(tiny_cfg, tmp_path):
+    summary = train(tiny_cfg, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert summary["status"] == run.status == "completed"
+    assert list(run.metrics.columns) == METRICS_COLUMNS and list(run.hessian.columns) == HESSIAN_COLUMNS
+    assert run.metrics.step.tolist() == [0, 5, 10, 15, 20]
+    assert run.hessian.step.tolist() == [0, 10, 20] == run.spectrum_steps()
+    assert (run.hessian.method == "exact").all() and (run.hessian.two_over_lr == 2 / 0.1).all()
+    n_params = 6 * 5 + 5 + 5 * 3 + 3
+    assert summary["n_params"] == n_params and (run.hessian.n_params == n_params).all()
+    ev, vecs = run.spectrum(20)
+    assert ev.shape == (n_params,) and np.all(np.diff(ev) <= 0) and vecs.shape == (n_params, 3)
+    assert run.hessian.lambda_max.iloc[-1] == pytest.approx(ev[0])
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for key in ("torch", "python", "device"):
+        assert key in on_disk["environment"]
+    assert on_disk["config"]["optim"]["lr"] == 0.1 and on_disk["wall_seconds"] > 0
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+def test_logged_curvature_matches_reference_of_checkpoint(tmp_path):
+    cfg = make_config("model.activation=tanh", "loss=mse")
+    train(cfg, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "checkpoint.pt")
+    assert state["step"] == 20
+    data = load_data(cfg.dataset)
+    model = build_model(cfg.model, data.in_dim, data.n_classes)
+    model.load_state_dict(state["model"])
+    x, y = data.hessian_subset(cfg.hessian.subset, cfg.seed)
+    ref = np.linalg.eigvalsh(reference_hessian(copy.deepcopy(model), loss_function("mse", 3), x, y).numpy())[::-1]
+    ev, vecs = run.spectrum(20)
+    np.testing.assert_allclose(ev, ref, rtol=1e-9, atol=1e-11)
+    last = run.hessian.iloc[-1]
+    assert last.lambda_max == pytest.approx(ref[0], rel=1e-9)
+    assert last.trace == pytest.approx(ref.sum(), rel=1e-9, abs=1e-11)
+    assert last.n_negative == int((ref < 0).sum())
+    assert last.n_eff == pytest.approx(float(np.sum(np.abs(ref) / (np.abs(ref) + 0.5))), rel=1e-9)
+    assert last.sane == pytest.approx(float(np.sum(np.abs(ref) / (np.abs(ref) + 0.5 * np.abs(ref).max()))), rel=1e-9)
+
+
+def test_same_config_gives_identical_metrics(tmp_path):
+    cfg = make_config("optim=sgd", "optim.batch_size=32", "optim.momentum=0.9")
+    train(cfg, tmp_path / "a")
+    train(cfg, tmp_path / "b")
+    for name in ("metrics.csv", "spectra/step_20.npz"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    other = make_config("optim=sgd", "optim.batch_size=32", "optim.momentum=0.9", "seed=1")
+    train(other, tmp_path / "c")
+    assert (tmp_path / "a" / "metrics.csv").read_bytes() != (tmp_path / "c" / "metrics.csv").read_bytes()
+
+
+def test_epochs_with_sgd(tmp_path):
+    cfg = make_config("optim=sgd", "optim.batch_size=32", "epochs=2", "hessian.every=100")
+    summary = train(cfg, tmp_path / "run")
+    assert summary["steps_planned"] == 2 * (96 // 32)
+    run = load_run(tmp_path / "run")
+    assert run.metrics.epoch.iloc[-1] == pytest.approx(2.0)
+    assert run.hessian.step.tolist() == [0, 6]
+
+
+def test_divergence_keeps_the_log_and_returns(tmp_path):
+    summary = train(make_config("lr=500", "steps=50"), tmp_path / "run")
+    assert summary["status"] == "diverged" and summary["steps_done"] < 50
+    run = load_run(tmp_path / "run")
+    assert run.status == "diverged"
+    assert run.hessian.step.tolist()[0] == 0  # the checkpoint taken before divergence is kept
+    last = run.metrics.train_loss.iloc[-1]
+    assert not np.isfinite(last) or last > 1000.0
+
+
+def test_data_dependent_checks(tmp_path):
+    with pytest.raises(
+        UsageError, match=r"hessian.subset=100 is invalid: must be at most the training set size \(24\)"
+    ):
+        train(make_config("dataset.per_class=8", "hessian.subset=100"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_refuses_to_overwrite_a_run(tiny_cfg, tmp_path):
+    train(tiny_cfg, tmp_path / "run")
+    with pytest.raises(UsageError, match="already holds a run"):
+        train(tiny_cfg, tmp_path / "run")
+
+
+def test_failure_is_recorded(tiny_cfg, tmp_path, monkeypatch):
+    import sane_cli.training as training
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(training, "timed_spectrum", boom)
+    with pytest.raises(RuntimeError):
+        train(tiny_cfg, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert run.status == "failed" and "out of memory" in run.summary["error"]
+    assert list(run.metrics.columns) == METRICS_COLUMNS  # the header was written before the failure
