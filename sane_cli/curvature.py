@@ -1,12 +1,22 @@
 """Curvature: the exact Hessian of the mean training loss and its spectrum.
 
-The Hessian is built column block by column block as Hessian-vector products with the unit vectors,
-by reverse-over-reverse differentiation: the gradient's graph is recorded once per data chunk, and
-its vector-Jacobian product is vmapped over a block of unit vectors (measured faster than
-forward-over-reverse on these MLPs on the CPU, see benchmarks/exact_hessian.py).
+Two ways to build the exact Hessian, tested against each other and a dense torch.func reference:
+
+* ``mlp_hessian`` (used for :class:`sane_cli.models.MLP`) exploits the layer structure. The gradient of
+  layer l's weights is a sum over examples of outer products, g_l = sum_i delta_l,i (x) a~_l-1,i (the
+  back-propagated error times the layer's input, with a 1 appended for the bias). Layer m's weights
+  enter the loss only through its pre-activations z_m, so the rows of H for layer m against every
+  layer l >= m follow from the derivatives of (delta_l, a~_l-1) along the w_m unit directions of z_m,
+  forward-mode through the layers above m, one pass per *unit* rather than per parameter:
+
+      H[l (r,s), m (p,q)] = sum_i (d_p delta_l,i[r] a~_l-1,i[s] + delta_l,i[r] d_p a~_l-1,i[s]) a~_m-1,i[q]
+
+  The sum over examples is one matrix product per block; the blocks below the diagonal follow by symmetry.
+* ``generic_hessian``, for any model: Hessian-vector products with the unit vectors by reverse-over-reverse
+  differentiation, vmapped over a block of unit vectors.
 
 Parameters are ordered as ``model.parameters()`` yields them, which for :class:`sane_cli.models.MLP`
-is layer by layer, input to output.
+is layer by layer, input to output (weight row-major, then bias).
 """
 
 from __future__ import annotations
@@ -53,12 +63,125 @@ def hessian(
     y: torch.Tensor,
     *,
     dtype: torch.dtype = torch.float64,
-    block: int = 64,
     max_rows: int = 4096,
 ) -> torch.Tensor:
     """The dense Hessian (P, P) of ``loss_fn(model(x), y)``, the mean loss over the n examples.
 
     The model is evaluated in eval mode on a copy cast to ``dtype``; the model itself is untouched.
+    The data are processed in chunks of at most ``max_rows`` examples.
+    """
+    from .models import MLP
+
+    if isinstance(model, MLP):
+        return mlp_hessian(model, loss_fn, x, y, dtype=dtype, max_rows=max_rows)
+    return generic_hessian(model, loss_fn, x, y, dtype=dtype, max_rows=max_rows)
+
+
+def mlp_hessian(
+    model: nn.Module,
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    dtype: torch.dtype = torch.float64,
+    max_rows: int = 4096,
+    max_elements: int = 2**24,
+) -> torch.Tensor:
+    """The exact Hessian of an MLP (alternating ``nn.Linear`` and elementwise activations), using its
+    layer structure (see the module docstring). ``max_elements`` bounds the largest temporary."""
+    net = _copy_for_curvature(model, dtype)
+    linears = [mod for mod in net if isinstance(mod, nn.Linear)]
+    acts = [mod for mod in net if not isinstance(mod, nn.Linear)]
+    weights = [lin.weight.detach() for lin in linears]
+    biases = [None if lin.bias is None else lin.bias.detach() for lin in linears]
+    n_layers, bias = len(linears), linears[0].bias is not None
+    device = weights[0].device
+    # H is built in the "augmented" order, layer by layer with each layer's weight and bias as one
+    # (out, in + 1) matrix, row-major, so that every block is a contiguous slice; permuted at the end.
+    sizes = [w.shape[0] * (w.shape[1] + bias) for w in weights]
+    starts = [sum(sizes[:j]) for j in range(n_layers)]
+    real_index, offset = [], 0  # position in parameters() order of each augmented entry
+    for w in weights:
+        out_f, in_f = w.shape
+        r, s = torch.meshgrid(torch.arange(out_f), torch.arange(in_f + bias), indexing="ij")
+        real_index.append(torch.where(s < in_f, offset + r * in_f + s, offset + out_f * in_f + r).reshape(-1))
+        offset += w.numel() + (out_f if bias else 0)
+    h = torch.zeros(offset, offset, dtype=dtype, device=device)
+    x = x.to(device=device, dtype=dtype).flatten(1)
+    y = y.to(device)
+    n = len(y)
+
+    def augment(a: torch.Tensor, value: float) -> torch.Tensor:
+        return torch.cat([a, torch.full_like(a[..., :1], value)], dim=-1) if bias else a
+
+    for start in range(0, n, max_rows):
+        xb, yb = x[start : start + max_rows], y[start : start + max_rows]
+        weight = len(yb) / n  # the chunk's share of the mean loss
+        with torch.no_grad():  # inputs a_l of every linear layer, and pre-activations z_l
+            inputs, zs = [xb], []
+            for j in range(n_layers):
+                zs.append(nn.functional.linear(inputs[-1], weights[j], biases[j]))
+                if j < n_layers - 1:
+                    inputs.append(acts[j](zs[-1]))
+
+        for m in range(n_layers):
+
+            def above(z_m: torch.Tensor, m=m, yb=yb, weight=weight):
+                """(delta_m..delta_L-1, inputs of layers m+1..L-1) as functions of z_m."""
+                z, zs_up, ins = z_m, [z_m], []
+                for j in range(m + 1, n_layers):
+                    a = acts[j - 1](z)
+                    ins.append(a)
+                    z = nn.functional.linear(a, weights[j], biases[j])
+                    zs_up.append(z)
+                deltas = [grad(lambda out: loss_fn(out, yb) * weight)(z)]
+                for j in range(n_layers - 1, m, -1):
+                    z_prev = zs_up[j - 1 - m]
+                    slope = grad(lambda u, act=acts[j - 1]: act(u).sum())(z_prev)  # sigma'(z), elementwise
+                    deltas.insert(0, (deltas[0] @ weights[j]) * slope)
+                return tuple(deltas), tuple(ins)
+
+            width_m = weights[m].shape[0]
+            a_m = augment(inputs[m], 1.0)  # (n_b, in_m + bias)
+            deltas, ins = above(zs[m])
+
+            def pushforward(t: torch.Tensor, z_m=zs[m], above=above):
+                return torch.func.jvp(above, (z_m,), (t,))[1]
+
+            largest = len(yb) * max(w.shape[0] * (w.shape[1] + bias) for w in weights[m:])
+            units = max(1, min(width_m, max_elements // largest))
+            for p0 in range(0, width_m, units):
+                p1 = min(width_m, p0 + units)
+                tangent = torch.zeros(p1 - p0, *zs[m].shape, dtype=dtype, device=device)
+                tangent[torch.arange(p1 - p0), :, torch.arange(p0, p1)] = 1.0  # unit p of z_m, every example
+                d_deltas, d_ins = torch.func.vmap(pushforward)(tangent)
+                for j in range(m, n_layers):
+                    a_prev = augment(inputs[j], 1.0)
+                    g = d_deltas[j - m][:, :, :, None] * a_prev[None, :, None, :]
+                    if j > m:
+                        g = g + deltas[j - m][None, :, :, None] * augment(d_ins[j - m - 1], 0.0)[:, :, None, :]
+                    block = torch.einsum("pirs,iq->rspq", g, a_m).reshape(sizes[j], -1)
+                    rows = slice(starts[j], starts[j] + sizes[j])
+                    cols = slice(starts[m] + p0 * a_m.shape[1], starts[m] + p1 * a_m.shape[1])
+                    h[rows, cols] += block
+                    if j > m:
+                        h[cols, rows] += block.T
+    order = torch.argsort(torch.cat(real_index)).to(device)
+    return h[order][:, order]
+
+
+def generic_hessian(
+    model: nn.Module,
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    dtype: torch.dtype = torch.float64,
+    block: int = 64,
+    max_rows: int = 4096,
+) -> torch.Tensor:
+    """The exact Hessian of any model by Hessian-vector products with the unit vectors.
+
     ``block`` unit vectors are processed at once, and the data in chunks of at most ``max_rows``
     examples, so memory stays bounded by about block * max_rows * (sum of layer widths) numbers.
     """
@@ -112,47 +235,36 @@ class Spectrum:
 def spectrum(h: torch.Tensor, topk_vectors: int = 0) -> Spectrum:
     """Every eigenvalue of the symmetric ``h`` and the eigenvectors of the ``topk_vectors`` largest.
 
-    On the CPU this reduces ``h`` to tridiagonal form once (LAPACK sytrd), takes all eigenvalues of the
-    tridiagonal matrix, and the top eigenvectors by inverse iteration mapped back through the
-    Householder reflectors: about the cost of the eigenvalues alone, where a full ``eigh`` computing
-    every eigenvector costs several times more. On CUDA, ``torch.linalg.eigh``.
+    All eigenvalues come from ``torch.linalg.eigvalsh``. On the CPU the top eigenvectors come from
+    ARPACK's Lanczos (``scipy.sparse.linalg.eigsh``, to machine precision, fixed start vector) on the
+    dense matrix, which costs a fraction of the eigenvalues, where a full ``eigh`` computing every
+    eigenvector costs several times more (benchmarks/exact_hessian.py). Small matrices, CUDA, and the
+    rare case where Lanczos does not converge use ``torch.linalg.eigh``. Each eigenvector's sign is fixed
+    so that its largest-magnitude entry is positive.
     """
     p = h.shape[0]
     k = min(int(topk_vectors), p)
-    if h.device.type != "cpu":
-        if k == 0:
-            vals = torch.linalg.eigvalsh(h).flip(0)
-            return Spectrum(vals.double().cpu().numpy(), np.zeros((p, 0)))
-        vals, vecs = torch.linalg.eigh(h)
-        return Spectrum(vals.flip(0).double().cpu().numpy(), vecs[:, -k:].flip(1).double().cpu().numpy())
-    return _spectrum_lapack(h.numpy(), k)
-
-
-def _spectrum_lapack(a: np.ndarray, k: int) -> Spectrum:
-    import scipy.linalg as sl
-    from scipy.linalg import lapack
-
-    p = a.shape[0]
-    if p == 1:
-        return Spectrum(a[0].astype(np.float64).copy(), np.ones((1, k)))
-    sytrd, sytrd_lwork = lapack.get_lapack_funcs(("sytrd", "sytrd_lwork"), (a,))
-    lwork, _ = sytrd_lwork(p, lower=1)
-    # a = Q T Q^T with T tridiagonal (diagonal d, off-diagonal e); Q = H(1)...H(p-1), reflectors in c.
-    c, d, e, tau, info = sytrd(a, lower=1, lwork=int(lwork))
-    if info != 0:
-        raise np.linalg.LinAlgError(f"LAPACK sytrd failed with info={info}")
-    vals = sl.eigvalsh_tridiagonal(d, e)[::-1].astype(np.float64)
     if k == 0:
-        return Spectrum(vals.copy(), np.zeros((p, 0)))
-    _, z = sl.eigh_tridiagonal(d, e, select="i", select_range=(p - k, p - 1))
-    z = z[:, ::-1].astype(a.dtype)  # descending, like vals
-    # x = Q z = H(1) (H(2) (... H(p-1) z)), H(i) = I - tau_i v_i v_i^T, v_i = (0,...,0, 1, c[i+2:, i]).
-    for i in range(p - 2, -1, -1):
-        v = np.empty(p - i - 1, dtype=a.dtype)
-        v[0] = 1.0
-        v[1:] = c[i + 2 :, i]
-        z[i + 1 :] -= np.outer(tau[i] * v, v @ z[i + 1 :])
-    return Spectrum(vals.copy(), z.astype(np.float64))
+        return Spectrum(torch.linalg.eigvalsh(h).flip(0).double().cpu().numpy(), np.zeros((p, 0)))
+    if h.device.type == "cpu" and p > 4 * k + 64:
+        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+        vals = torch.linalg.eigvalsh(h).flip(0).double().numpy()
+        start = np.random.default_rng(0).standard_normal(p)
+        try:
+            _, vecs = eigsh(h.numpy(), k=k, which="LA", tol=0.0, v0=start.astype(h.numpy().dtype))
+            return Spectrum(vals, _canonical_signs(vecs[:, ::-1].astype(np.float64)))
+        except ArpackNoConvergence:
+            pass
+    w, v = torch.linalg.eigh(h)
+    vecs = v[:, -k:].flip(1).double().cpu().numpy()
+    return Spectrum(w.flip(0).double().cpu().numpy(), _canonical_signs(vecs))
+
+
+def _canonical_signs(vecs: np.ndarray) -> np.ndarray:
+    """Flip each column so that its largest-magnitude entry is positive (eigenvectors are defined up to sign)."""
+    rows = np.abs(vecs).argmax(axis=0)
+    return vecs * np.sign(vecs[rows, np.arange(vecs.shape[1])])
 
 
 def timed_spectrum(
