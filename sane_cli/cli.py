@@ -19,7 +19,7 @@ from .config import UsageError, validate
 from .data import check_files
 
 CONFIG_MODULE = "sane_cli.conf"
-GROUPS = ("dataset", "model", "optim", "hessian")
+GROUPS = ("dataset", "model", "optim", "hessian", "experiment")
 
 
 def _usage_exit(prog: str, err: UsageError) -> None:

@@ -19,7 +19,11 @@ def test_every_config_file_composes():
             for option in options:
                 cfg = compose("config", overrides=[f"{group}={option}"])
                 validate(cfg)
-                assert cfg[group] is not None
+                if group == "experiment":  # a global sweep: it sets Hydra's sweeper parameters
+                    hydra_cfg = compose("config", overrides=[f"{group}={option}"], return_hydra_config=True).hydra
+                    assert hydra_cfg.mode.name == "MULTIRUN" and hydra_cfg.sweeper.params
+                else:
+                    assert cfg[group] is not None
 
 
 def test_config_files_are_installed_with_the_package():
