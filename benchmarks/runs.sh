@@ -6,12 +6,14 @@ set -euo pipefail
 work=$(mktemp -d)
 cd "$work"
 export XDG_CACHE_HOME="$work/cache"  # a cold MNIST-1D cache: the first run generates the data, as on a new machine
+i=0
 for args in "" "lr=0.5 depth=8"; do
+  i=$((i + 1))
+  dir="run_$i"
   start=$(date +%s.%N)
   # shellcheck disable=SC2086
-  sane-run $args hydra.run.dir="run_${args// /_}" >/dev/null 2>&1
+  sane-run $args hydra.run.dir="$dir" >"$dir.log" 2>&1 || { cat "$dir.log"; exit 1; }
   end=$(date +%s.%N)
-  dir="run_${args// /_}"
   status=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['status'])" "$dir/summary.json")
   checkpoints=$(($(wc -l <"$dir/hessian.csv") - 1))
   printf 'sane-run %-16s %6.1f s  status %s, %d curvature checkpoints\n' "${args:-(defaults)}" "$(echo "$end - $start" | bc)" "$status" "$checkpoints"

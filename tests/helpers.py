@@ -23,6 +23,7 @@ TINY = [
     "hessian.subset=64",
     "hessian.topk_vectors=3",
     "device=cpu",
+    "lr=0.1",
 ]
 
 
