@@ -22,6 +22,7 @@ is layer by layer, input to output (weight row-major, then bias).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +32,10 @@ from torch import nn
 from torch.func import functional_call, grad, vjp, vmap
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# torch's forward-mode AD loads its decompositions through torch.jit.script on first use, which warns
+# about torch.jit's deprecation on every run; the warning is torch's own business, not the user's.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 
 def loss_function(name: str, n_classes: int) -> LossFn:

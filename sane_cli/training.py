@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
 from .config import UsageError, check_against_data, validate
@@ -207,16 +208,15 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
         if cfg.save_checkpoint:
             writer.save_checkpoint({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict()})
         log.info(
-            "step %d/%d curvature: lambda_max %.4g (2/lr %.4g), N_eff %.4g, SANE %.4g, trace %.4g [%d params, %.1fs]",
-            step, steps, row["lambda_max"], row["two_over_lr"], row["n_eff"], row["sane"], row["trace"],
-            n_params, seconds,
+            "step %d/%d curvature: lambda_max %.4g (2/lr %.4g), N_eff %.4g, SANE %.4g, trace %.4g [%.1fs]",
+            step, steps, row["lambda_max"], row["two_over_lr"], row["n_eff"], row["sane"], row["trace"], seconds,
         )  # fmt: skip
         return row
 
     status = "completed"
-    bar = tqdm(total=steps, desc="training", unit="step", disable=None if progress is None else not progress,
-               file=sys.stderr, dynamic_ncols=True)  # fmt: skip
-    try:
+    disable = None if progress is None else not progress  # None: a bar only on a terminal
+    bar = tqdm(total=steps, desc="training", unit="step", disable=disable, file=sys.stderr, dynamic_ncols=True)
+    with logging_redirect_tqdm(), bar:  # log lines print above the bar rather than through it
         for step in range(steps + 1):
             if step in curvature_at:
                 last["curvature"] = curvature(step)
@@ -244,8 +244,6 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
             loss.backward()
             opt.step()
             bar.update(1)
-    finally:
-        bar.close()
     final = {f"final_{k}": v for k, v in last.get("metrics", {}).items() if k not in ("lr", "epoch", "seconds")}
     for key in ("lambda_max", "lambda_min", "trace", "n_eff", "sane", "sharpness_ratio"):
         if "curvature" in last:
