@@ -122,3 +122,14 @@ def test_failure_is_recorded(tiny_cfg, tmp_path, monkeypatch):
     run = load_run(tmp_path / "run")
     assert run.status == "failed" and "out of memory" in run.summary["error"]
     assert list(run.metrics.columns) == METRICS_COLUMNS  # the header was written before the failure
+
+
+def test_float32_hessian_agrees_with_float64(tmp_path):
+    train(make_config(), tmp_path / "f64")
+    train(make_config("hessian.dtype=float32"), tmp_path / "f32")
+    a, b = load_run(tmp_path / "f64"), load_run(tmp_path / "f32")
+    assert (b.hessian.dtype == "float32").all()
+    ev64, _ = a.spectrum(20)
+    ev32, vec32 = b.spectrum(20)
+    np.testing.assert_allclose(ev32, ev64, atol=1e-5 * abs(ev64).max())
+    assert vec32.shape == (len(ev32), 3)
