@@ -15,7 +15,7 @@ from .models import ACTIVATIONS
 LOSSES = ("cross_entropy", "mse")
 OPTIMISERS = ("gd", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
-HESSIAN_METHODS = ("exact",)
+HESSIAN_METHODS = ("exact", "block_diag", "block_band", "lanczos", "slq", "auto")
 DTYPES = ("float64", "float32")
 EIG_MODES = ("abs", "clip")
 DATASETS = ("mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10")
@@ -115,6 +115,14 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check_number(cfg, "hessian.topk_vectors", minimum=0, integer=True)
     _check_choice(cfg, "hessian.dtype", DTYPES)
     _check_choice(cfg, "hessian.eig_mode", EIG_MODES)
+    _check_number(cfg, "hessian.band", minimum=0, integer=True)
+    _check_number(cfg, "hessian.topk", minimum=1, integer=True)
+    _check_number(cfg, "hessian.probes", minimum=2, integer=True)
+    _check_number(cfg, "hessian.steps", minimum=1, integer=True)
+    _check_number(cfg, "hessian.tol", minimum=0, strict=True)
+    _check_number(cfg, "hessian.max_iter", minimum=1, integer=True)
+    _check_number(cfg, "hessian.seed", minimum=0, integer=True)
+    _check_number(cfg, "hessian.exact_max_params", minimum=1, integer=True)
 
     n_train = cfg.dataset.get("n_train")
     if n_train is not None and cfg.dataset.get("per_class") is None and cfg.hessian.subset > n_train:

@@ -21,7 +21,6 @@ is layer by layer, input to output (weight row-major, then bias).
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,29 +88,64 @@ def mlp_hessian(
     y: torch.Tensor,
     *,
     dtype: torch.dtype = torch.float64,
+    band: int | None = None,
     max_rows: int = 4096,
     max_elements: int = 2**24,
 ) -> torch.Tensor:
-    """The exact Hessian of an MLP (alternating ``nn.Linear`` and elementwise activations), using its
-    layer structure (see the module docstring). ``max_elements`` bounds the largest temporary."""
+    """The dense Hessian of an MLP, exact, or with only the blocks between layers at most ``band`` apart
+    (the layer-ordered approximation; band 0 keeps the diagonal blocks). See :func:`mlp_hessian_blocks`."""
+    blocks = mlp_hessian_blocks(
+        model, loss_fn, x, y, dtype=dtype, band=band, max_rows=max_rows, max_elements=max_elements
+    )
+    sizes = [blocks[j, j].shape[0] for j in range(layer_count(model))]
+    starts = [sum(sizes[:j]) for j in range(len(sizes))]
+    h = torch.zeros(sum(sizes), sum(sizes), dtype=dtype, device=blocks[0, 0].device)
+    for (j, m), block in blocks.items():
+        h[starts[j] : starts[j] + sizes[j], starts[m] : starts[m] + sizes[m]] = block
+        if j != m:
+            h[starts[m] : starts[m] + sizes[m], starts[j] : starts[j] + sizes[j]] = block.T
+    return h
+
+
+def layer_count(model: nn.Module) -> int:
+    """Number of ``nn.Linear`` layers of an MLP: the blocks of the layer-ordered Hessian."""
+    return sum(isinstance(mod, nn.Linear) for mod in model.modules())
+
+
+def mlp_hessian_blocks(
+    model: nn.Module,
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    dtype: torch.dtype = torch.float64,
+    band: int | None = None,
+    max_rows: int = 4096,
+    max_elements: int = 2**24,
+) -> dict[tuple[int, int], torch.Tensor]:
+    """The blocks H[j, m] (j >= m, j - m <= band) of the exact Hessian of an MLP (alternating
+    ``nn.Linear`` and elementwise activations), using its layer structure (see the module docstring).
+
+    Returns a dict from (j, m) to the block of shape (P_j, P_m), each layer's parameters in
+    ``parameters()`` order (weight row-major, then bias). ``band=None`` returns every block.
+    ``max_elements`` bounds the largest temporary.
+    """
     net = _copy_for_curvature(model, dtype)
     linears = [mod for mod in net if isinstance(mod, nn.Linear)]
     acts = [mod for mod in net if not isinstance(mod, nn.Linear)]
     weights = [lin.weight.detach() for lin in linears]
     biases = [None if lin.bias is None else lin.bias.detach() for lin in linears]
     n_layers, bias = len(linears), linears[0].bias is not None
+    band = n_layers - 1 if band is None else min(int(band), n_layers - 1)
     device = weights[0].device
-    # H is built in the "augmented" order, layer by layer with each layer's weight and bias as one
-    # (out, in + 1) matrix, row-major, so that every block is a contiguous slice; permuted at the end.
+    # Blocks are built in the "augmented" order, each layer's weight and bias as one (out, in + 1) matrix,
+    # row-major, so that each unit's columns are contiguous; permuted to parameters() order at the end.
     sizes = [w.shape[0] * (w.shape[1] + bias) for w in weights]
-    starts = [sum(sizes[:j]) for j in range(n_layers)]
-    real_index, offset = [], 0  # position in parameters() order of each augmented entry
-    for w in weights:
-        out_f, in_f = w.shape
-        r, s = torch.meshgrid(torch.arange(out_f), torch.arange(in_f + bias), indexing="ij")
-        real_index.append(torch.where(s < in_f, offset + r * in_f + s, offset + out_f * in_f + r).reshape(-1))
-        offset += w.numel() + (out_f if bias else 0)
-    h = torch.zeros(offset, offset, dtype=dtype, device=device)
+    blocks = {
+        (j, m): torch.zeros(sizes[j], sizes[m], dtype=dtype, device=device)
+        for m in range(n_layers)
+        for j in range(m, min(n_layers, m + band + 1))
+    }
     x = x.to(device=device, dtype=dtype).flatten(1)
     y = y.to(device)
     n = len(y)
@@ -153,26 +187,29 @@ def mlp_hessian(
             def pushforward(t: torch.Tensor, z_m=zs[m], above=above):
                 return torch.func.jvp(above, (z_m,), (t,))[1]
 
-            largest = len(yb) * max(w.shape[0] * (w.shape[1] + bias) for w in weights[m:])
+            top = min(n_layers, m + band + 1)
+            largest = len(yb) * max(sizes[m:top])
             units = max(1, min(width_m, max_elements // largest))
             for p0 in range(0, width_m, units):
                 p1 = min(width_m, p0 + units)
                 tangent = torch.zeros(p1 - p0, *zs[m].shape, dtype=dtype, device=device)
                 tangent[torch.arange(p1 - p0), :, torch.arange(p0, p1)] = 1.0  # unit p of z_m, every example
                 d_deltas, d_ins = torch.func.vmap(pushforward)(tangent)
-                for j in range(m, n_layers):
+                cols = slice(p0 * a_m.shape[1], p1 * a_m.shape[1])
+                for j in range(m, top):
                     a_prev = augment(inputs[j], 1.0)
                     g = d_deltas[j - m][:, :, :, None] * a_prev[None, :, None, :]
                     if j > m:
                         g = g + deltas[j - m][None, :, :, None] * augment(d_ins[j - m - 1], 0.0)[:, :, None, :]
-                    block = torch.einsum("pirs,iq->rspq", g, a_m).reshape(sizes[j], -1)
-                    rows = slice(starts[j], starts[j] + sizes[j])
-                    cols = slice(starts[m] + p0 * a_m.shape[1], starts[m] + p1 * a_m.shape[1])
-                    h[rows, cols] += block
-                    if j > m:
-                        h[cols, rows] += block.T
-    order = torch.argsort(torch.cat(real_index)).to(device)
-    return h[order][:, order]
+                    blocks[j, m][:, cols] += torch.einsum("pirs,iq->rspq", g, a_m).reshape(sizes[j], -1)
+
+    order = []  # parameters() position, within its layer, of each augmented entry
+    for w in weights:
+        out_f, in_f = w.shape
+        r, s = torch.meshgrid(torch.arange(out_f), torch.arange(in_f + bias), indexing="ij")
+        real = torch.where(s < in_f, r * in_f + s, out_f * in_f + r).reshape(-1)
+        order.append(torch.argsort(real).to(device))
+    return {(j, m): b[order[j]][:, order[m]] for (j, m), b in blocks.items()}
 
 
 def generic_hessian(
@@ -270,13 +307,3 @@ def _canonical_signs(vecs: np.ndarray) -> np.ndarray:
     """Flip each column so that its largest-magnitude entry is positive (eigenvectors are defined up to sign)."""
     rows = np.abs(vecs).argmax(axis=0)
     return vecs * np.sign(vecs[rows, np.arange(vecs.shape[1])])
-
-
-def timed_spectrum(
-    model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *, dtype: torch.dtype, topk_vectors: int
-) -> tuple[Spectrum, float]:
-    """Hessian on (x, y) and its spectrum, with the seconds both took."""
-    start = time.perf_counter()
-    h = hessian(model, loss_fn, x, y, dtype=dtype)
-    spec = spectrum(h, topk_vectors)
-    return spec, time.perf_counter() - start

@@ -7,10 +7,14 @@ A run folder holds::
     metrics.csv               one row per logged step: step, epoch (passes over the training set),
                               train_loss, train_acc, test_loss, test_acc, lr (no timings, so that the
                               same config gives the same file)
-    hessian.csv               one row per curvature checkpoint: step, lr, method, dtype, n_params, subset,
-                              lambda_max, lambda_min, trace, n_negative, n_eff, sane, alpha, rho, k,
-                              eig_mode, two_over_lr, sharpness_ratio, seconds (time for that checkpoint)
-    spectra/step_<step>.npz   eigenvalues (P,) descending; eigenvectors (P, topk_vectors), as columns
+    hessian.csv               one row per curvature checkpoint: step, lr, method (the one that ran),
+                              dtype, n_params, subset, lambda_max, lambda_min, trace, trace_se,
+                              n_negative, n_eff, n_eff_se, sane, sane_se (standard errors of estimates,
+                              0 for exact values), alpha, rho, k, eig_mode, two_over_lr,
+                              sharpness_ratio, converged (iterative methods), seconds
+    spectra/step_<step>.npz   eigenvalues, descending: all of them (exact, block_*) or the top Ritz values
+                              (lanczos, slq); eigenvectors (P, topk_vectors), as columns; slq_nodes and
+                              slq_weights (probes, steps) for slq
     summary.json              status, final metrics, resolved config, versions, device, wall time
     checkpoint.pt             model and optimiser state at the latest curvature checkpoint
 
@@ -34,8 +38,9 @@ from .config import UsageError
 
 METRICS_COLUMNS = ["step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
 HESSIAN_COLUMNS = [
-    "step", "lr", "method", "dtype", "n_params", "subset", "lambda_max", "lambda_min", "trace", "n_negative",
-    "n_eff", "sane", "alpha", "rho", "k", "eig_mode", "two_over_lr", "sharpness_ratio", "seconds",
+    "step", "lr", "method", "dtype", "n_params", "subset", "lambda_max", "lambda_min", "trace", "trace_se",
+    "n_negative", "n_eff", "n_eff_se", "sane", "sane_se", "alpha", "rho", "k", "eig_mode", "two_over_lr",
+    "sharpness_ratio", "converged", "seconds",
 ]  # fmt: skip
 STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 
@@ -75,10 +80,11 @@ class RunWriter:
     def log_metrics(self, row: dict[str, Any]) -> None:
         self.metrics.write(row)
 
-    def log_curvature(self, row: dict[str, Any], eigenvalues: np.ndarray, eigenvectors: np.ndarray) -> None:
-        np.savez(
-            self.dir / "spectra" / f"step_{int(row['step'])}.npz", eigenvalues=eigenvalues, eigenvectors=eigenvectors
-        )
+    def log_curvature(
+        self, row: dict[str, Any], eigenvalues: np.ndarray, eigenvectors: np.ndarray, **arrays: np.ndarray
+    ) -> None:
+        path = self.dir / "spectra" / f"step_{int(row['step'])}.npz"
+        np.savez(path, eigenvalues=eigenvalues, eigenvectors=eigenvectors, **arrays)
         self.hessian.write(row)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:

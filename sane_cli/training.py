@@ -21,15 +21,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
 from .config import UsageError, check_against_data, validate
-from .curvature import loss_function, timed_spectrum
+from .curvature import loss_function
 from .data import Data, load_data
-from .measures import spectrum_summary
+from .methods import measure
 from .models import build_model, n_parameters
 from .records import RunWriter
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -195,21 +193,18 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
         return row
 
     def curvature(step: int) -> dict[str, Any]:
-        spec, seconds = timed_spectrum(
-            model, loss_fn, hx, hy, dtype=DTYPES[hcfg.dtype], topk_vectors=int(hcfg.topk_vectors)
-        )
+        result = measure(model, loss_fn, hx, hy, hcfg, lr)
         row = {
-            "step": step, "lr": lr, "method": hcfg.method, "dtype": hcfg.dtype, "n_params": n_params,
+            "step": step, "lr": lr, "method": result.method, "dtype": hcfg.dtype, "n_params": n_params,
             "subset": len(hy), "alpha": hcfg.alpha, "rho": hcfg.rho, "k": hcfg.k, "eig_mode": hcfg.eig_mode,
-            **spectrum_summary(spec.eigenvalues, lr=lr, alpha=hcfg.alpha, rho=hcfg.rho, k=hcfg.k, mode=hcfg.eig_mode),
-            "seconds": round(seconds, 4),
+            **result.row, "seconds": round(result.seconds, 4),
         }  # fmt: skip
-        writer.log_curvature(row, spec.eigenvalues, spec.eigenvectors)
+        writer.log_curvature(row, result.eigenvalues, result.eigenvectors, **result.arrays)
         if cfg.save_checkpoint:
             writer.save_checkpoint({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict()})
         log.info(
             "step %d/%d curvature: lambda_max %.4g (2/lr %.4g), N_eff %.4g, SANE %.4g, trace %.4g [%.1fs]",
-            step, steps, row["lambda_max"], row["two_over_lr"], row["n_eff"], row["sane"], row["trace"], seconds,
+            step, steps, row["lambda_max"], row["two_over_lr"], row["n_eff"], row["sane"], row["trace"], result.seconds,
         )  # fmt: skip
         return row
 

@@ -116,7 +116,7 @@ def test_failure_is_recorded(tiny_cfg, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(training, "timed_spectrum", boom)
+    monkeypatch.setattr(training, "measure", boom)
     with pytest.raises(RuntimeError):
         train(tiny_cfg, tmp_path / "run")
     run = load_run(tmp_path / "run")

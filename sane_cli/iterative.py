@@ -1,0 +1,188 @@
+"""Iterative curvature for nets too large for a dense Hessian: Hessian-vector products, Lanczos for the
+extreme eigenpairs, and stochastic Lanczos quadrature (SLQ) for the spectral density and for
+tr f(H) (trace, N_eff, SANE) with standard errors.
+
+Everything works on a matrix-free operator ``matvec(V) -> H V`` that takes a batch of vectors as rows,
+(b, P) -> (b, P), so that SLQ's probes share one batched Hessian-vector product per Lanczos step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vjp, vmap
+
+from .curvature import LossFn, _copy_for_curvature
+
+MatVec = Callable[[torch.Tensor], torch.Tensor]
+
+
+def hvp_operator(
+    model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *, dtype=torch.float64, max_rows=4096
+) -> tuple[MatVec, int]:
+    """(matvec, P): batched Hessian-vector products of the mean loss over (x, y), by reverse-over-reverse
+    differentiation; the gradient's graph of each data chunk is recorded once and reused by every call."""
+    net = _copy_for_curvature(model, dtype)
+    names = [k for k, p in net.named_parameters() if p.requires_grad]
+    params = [p for p in net.parameters() if p.requires_grad]
+    shapes, sizes = [p.shape for p in params], [p.numel() for p in params]
+    theta = torch.cat([p.detach().reshape(-1) for p in params])
+    x, y, n = x.to(device=theta.device, dtype=dtype), y.to(theta.device), len(y)
+
+    def unflatten(t: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v.view(s) for k, v, s in zip(names, t.split(sizes), shapes, strict=True)}
+
+    pullbacks = []
+    for start in range(0, n, max_rows):
+        xb, yb = x[start : start + max_rows], y[start : start + max_rows]
+
+        weight = len(yb) / n  # the chunk's share of the mean loss
+
+        def chunk_loss(t, xb=xb, yb=yb, weight=weight):
+            return loss_fn(functional_call(net, unflatten(t), (xb,)), yb) * weight
+
+        pullbacks.append(vmap(vjp(grad(chunk_loss), theta)[1]))
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        v = v.to(dtype)
+        return sum(pb(v)[0] for pb in pullbacks)
+
+    return matvec, theta.numel()
+
+
+@dataclass
+class LanczosResult:
+    """Ritz pairs of the largest eigenvalues, and the extremes of the spectrum."""
+
+    values: np.ndarray  # (k,) descending: the k largest eigenvalues
+    vectors: np.ndarray  # (P, k) the matching eigenvectors as columns
+    residuals: np.ndarray  # (k,) ||H v - theta v|| of each pair
+    magnitudes: np.ndarray  # (k,) the k largest |eigenvalues|, descending
+    lambda_min: float
+    converged: bool
+    iterations: int
+
+
+def lanczos(
+    matvec: MatVec,
+    p: int,
+    k: int,
+    *,
+    tol: float = 1e-8,
+    max_iter: int = 300,
+    seed: int = 0,
+    dtype=torch.float64,
+    device="cpu",
+) -> LanczosResult:
+    """Lanczos with full reorthogonalisation for the k largest eigenpairs (and the k largest magnitudes).
+
+    Converged when every wanted Ritz pair has residual ||H v - theta v|| <= tol * |theta|_max (checked
+    through the Lanczos identity, residual = |beta_m s_m|). Stops at ``max_iter`` steps or at P (the
+    Krylov space is then the whole space and the Ritz values are exact) and says whether it converged.
+    """
+    k = min(k, p)
+    max_iter = min(max_iter, p)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    q = torch.randn(p, generator=gen, dtype=dtype).to(device)
+    q /= q.norm()
+    basis = torch.zeros(max_iter + 1, p, dtype=dtype, device=device)
+    basis[0] = q
+    alphas, betas = [], []
+    converged, ritz = False, None
+    for i in range(max_iter):
+        w = matvec(basis[i][None])[0]
+        alphas.append(float(w @ basis[i]))
+        for _ in range(2):  # twice is enough (Parlett's "twice is enough")
+            w -= basis[: i + 1].T @ (basis[: i + 1] @ w)
+        beta = float(w.norm())
+        betas.append(beta)
+        m = i + 1
+        if m >= k and (m % 5 == 0 or m == max_iter or beta < 1e-12):
+            ritz = _ritz(alphas, betas[:-1])
+            theta, s = ritz
+            scale = max(abs(theta[0]), abs(theta[-1]), 1e-300)
+            res = np.abs(beta * s[-1, :])
+            top, mags = np.argsort(theta)[::-1][:k], np.argsort(np.abs(theta))[::-1][:k]
+            wanted = np.union1d(top, mags)
+            if beta < 1e-12 or np.all(res[wanted] <= tol * scale):
+                converged = True
+                break
+        if beta < 1e-12:
+            break
+        basis[i + 1] = w / beta
+    m = len(alphas)
+    theta, s = _ritz(alphas, betas[: m - 1])
+    res = np.abs(betas[m - 1] * s[-1, :])
+    top = np.argsort(theta)[::-1][:k]
+    vectors = (basis[:m].T @ torch.as_tensor(s[:, top], dtype=dtype, device=device)).double().cpu().numpy()
+    mags = np.sort(np.abs(theta))[::-1][:k]
+    return LanczosResult(theta[top], vectors, res[top], mags, float(theta.min()), converged or m == p, m)
+
+
+def _ritz(alphas: list[float], betas: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors of the tridiagonal Lanczos matrix."""
+    from scipy.linalg import eigh_tridiagonal
+
+    return eigh_tridiagonal(np.array(alphas), np.array(betas))
+
+
+@dataclass
+class Quadrature:
+    """SLQ's quadrature: per probe, Ritz values (nodes) and squared first components (weights)."""
+
+    nodes: np.ndarray  # (probes, steps)
+    weights: np.ndarray  # (probes, steps), each row sums to 1
+    p: int
+
+    def trace_of(self, f: Callable[[np.ndarray], np.ndarray]) -> tuple[float, float]:
+        """(estimate, standard error) of tr f(H) = P * E_v[sum_j w_j f(theta_j)] over the probes."""
+        per_probe = self.p * np.sum(self.weights * f(self.nodes), axis=1)
+        se = per_probe.std(ddof=1) / np.sqrt(len(per_probe)) if len(per_probe) > 1 else float("nan")
+        return float(per_probe.mean()), float(se)
+
+
+def slq(
+    matvec: MatVec, p: int, *, probes: int = 16, steps: int = 80, seed: int = 0, dtype=torch.float64, device="cpu"
+) -> Quadrature:
+    """Stochastic Lanczos quadrature with Rademacher probes, run in lockstep (one batched Hessian-vector
+    product per step), full reorthogonalisation within each probe. Reproducible for a given seed."""
+    steps = min(steps, p)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = (torch.randint(0, 2, (probes, p), generator=gen) * 2 - 1).to(dtype=dtype, device=device)
+    v /= v.norm(dim=1, keepdim=True)
+    basis = torch.zeros(steps, probes, p, dtype=dtype, device=device)
+    basis[0] = v
+    alphas = torch.zeros(probes, steps, dtype=dtype)
+    betas = torch.zeros(probes, steps, dtype=dtype)
+    m = steps
+    for i in range(steps):
+        w = matvec(basis[i])
+        alphas[:, i] = (w * basis[i]).sum(1).cpu()
+        for _ in range(2):
+            coef = torch.einsum("jbp,bp->jb", basis[: i + 1], w)
+            w -= torch.einsum("jb,jbp->bp", coef, basis[: i + 1])
+        norms = w.norm(dim=1)
+        betas[:, i] = norms.cpu()
+        if i + 1 < steps:
+            if bool((norms < 1e-10).any()):  # an invariant subspace: the quadrature is exact already
+                m = i + 1
+                break
+            basis[i + 1] = w / norms[:, None]
+    nodes, weights = np.zeros((probes, m)), np.zeros((probes, m))
+    for b in range(probes):
+        theta, s = _ritz(alphas[b, :m].numpy().tolist(), betas[b, : m - 1].numpy().tolist())
+        nodes[b], weights[b] = theta, s[0, :] ** 2
+    return Quadrature(nodes, weights, p)
+
+
+def hutchinson(matvec: MatVec, p: int, *, probes: int = 16, seed: int = 0, dtype=torch.float64, device="cpu"):
+    """(estimate, standard error) of tr(H) from Rademacher probes: the mean of v^T H v."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = (torch.randint(0, 2, (probes, p), generator=gen) * 2 - 1).to(dtype=dtype, device=device)
+    samples = (matvec(v) * v).sum(1).double().cpu().numpy()
+    se = samples.std(ddof=1) / np.sqrt(probes) if probes > 1 else float("nan")
+    return float(samples.mean()), float(se)

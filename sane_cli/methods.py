@@ -1,0 +1,130 @@
+"""One curvature checkpoint by the configured method: exact, the layer-ordered approximations
+(block_diag, block_band), or the iterative ones (lanczos, slq), and ``auto``'s choice among them.
+
+Every method returns the same record (:class:`CurvatureResult`): what hessian.csv needs, with standard
+errors for estimates (0 for exact computations) and whether an iterative solver converged.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .curvature import LossFn, hessian, layer_count, mlp_hessian, mlp_hessian_blocks, spectrum
+from .iterative import hutchinson, hvp_operator, lanczos, slq
+from .measures import spectrum_summary
+from .models import MLP
+
+METHODS = ("exact", "block_diag", "block_band", "lanczos", "slq", "auto")
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclass
+class CurvatureResult:
+    method: str  # the method that ran (auto resolved)
+    eigenvalues: np.ndarray  # descending: every eigenvalue (exact, block_*) or the top Ritz values (lanczos, slq)
+    eigenvectors: np.ndarray  # (P, topk_vectors) columns
+    row: dict  # lambda_max, lambda_min, trace, trace_se, n_negative, n_eff, n_eff_se, sane, sane_se, converged
+    seconds: float
+    arrays: dict = field(default_factory=dict)  # extra arrays for the spectra file (SLQ nodes and weights)
+
+
+def resolve_method(hcfg, model: nn.Module, n_params: int) -> str:
+    """``auto``: exact while its cost (about P^3 for the eigenvalues) stays within seconds, that is up to
+    ``hessian.exact_max_params`` parameters; above, SLQ. Other methods are returned as given; the layer-ordered
+    ones need an MLP."""
+    method = hcfg.method
+    if method == "auto":
+        return "exact" if n_params <= int(hcfg.exact_max_params) else "slq"
+    if method in ("block_diag", "block_band") and not isinstance(model, MLP):
+        raise ValueError(f"hessian.method={method} needs an MLP (its layer blocks)")
+    return method
+
+
+def measure(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, hcfg, lr: float) -> CurvatureResult:
+    """The curvature of the mean loss over (x, y) at the model's current parameters, by ``hcfg.method``."""
+    start = time.perf_counter()
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    method = resolve_method(hcfg, model, n_params)
+    dtype, k_vec = DTYPES[hcfg.dtype], int(hcfg.topk_vectors)
+    arrays: dict = {}
+    if method in ("exact", "block_band"):
+        band = None if method == "exact" else int(hcfg.band)
+        h = (
+            hessian(model, loss_fn, x, y, dtype=dtype)
+            if band is None
+            else mlp_hessian(model, loss_fn, x, y, dtype=dtype, band=band)
+        )
+        spec = spectrum(h, k_vec)
+        values, vectors = spec.eigenvalues, spec.eigenvectors
+        row = _exact_row(values, lr, hcfg)
+    elif method == "block_diag":
+        values, vectors = _block_diag_spectrum(model, loss_fn, x, y, dtype, k_vec)
+        row = _exact_row(values, lr, hcfg)
+    else:
+        matvec, p = hvp_operator(model, loss_fn, x, y, dtype=dtype)
+        device = next(model.parameters()).device
+        top = lanczos(matvec, p, max(k_vec, int(hcfg.k), int(hcfg.topk)), tol=float(hcfg.tol),
+                      max_iter=int(hcfg.max_iter), seed=int(hcfg.seed), dtype=dtype, device=device)  # fmt: skip
+        values, vectors = top.values, top.vectors[:, :k_vec]
+        row = {"lambda_max": float(top.values[0]), "lambda_min": top.lambda_min, "converged": top.converged}
+        if method == "lanczos":
+            trace, trace_se = hutchinson(
+                matvec, p, probes=int(hcfg.probes), seed=int(hcfg.seed), dtype=dtype, device=device
+            )
+            row.update(trace=trace, trace_se=trace_se, n_negative=float("nan"), n_eff=float("nan"),
+                       n_eff_se=float("nan"), sane=float("nan"), sane_se=float("nan"))  # fmt: skip
+        else:
+            quad = slq(
+                matvec,
+                p,
+                probes=int(hcfg.probes),
+                steps=int(hcfg.steps),
+                seed=int(hcfg.seed),
+                dtype=dtype,
+                device=device,
+            )
+            arrays = {"slq_nodes": quad.nodes, "slq_weights": quad.weights}
+            mag = _magnitude(hcfg.eig_mode)
+            scale = float(hcfg.rho) * float(top.magnitudes[int(hcfg.k) - 1])
+            trace, trace_se = quad.trace_of(lambda t: t)
+            n_eff, n_eff_se = quad.trace_of(lambda t: mag(t) / (mag(t) + float(hcfg.alpha)))
+            sane, sane_se = quad.trace_of(lambda t: mag(t) / (mag(t) + scale))
+            n_neg, _ = quad.trace_of(lambda t: (t < 0).astype(float))
+            row.update(trace=trace, trace_se=trace_se, n_negative=n_neg, n_eff=n_eff, n_eff_se=n_eff_se,
+                       sane=sane, sane_se=sane_se)  # fmt: skip
+        row.update(two_over_lr=2.0 / lr, sharpness_ratio=row["lambda_max"] * lr / 2.0)
+    return CurvatureResult(method, values, vectors, row, time.perf_counter() - start, arrays)
+
+
+def _magnitude(mode: str):
+    return np.abs if mode == "abs" else (lambda t: np.clip(t, 0.0, None))
+
+
+def _exact_row(values: np.ndarray, lr: float, hcfg) -> dict:
+    row = spectrum_summary(values, lr=lr, alpha=hcfg.alpha, rho=hcfg.rho, k=hcfg.k, mode=hcfg.eig_mode)
+    return {**row, "trace_se": 0.0, "n_eff_se": 0.0, "sane_se": 0.0, "converged": True}
+
+
+def _block_diag_spectrum(model, loss_fn, x, y, dtype, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues of the block-diagonal Hessian (the union of each layer block's), and the top-k
+    eigenvectors, each supported on one layer's parameters."""
+    blocks = mlp_hessian_blocks(model, loss_fn, x, y, dtype=dtype, band=0)
+    sizes = [blocks[j, j].shape[0] for j in range(layer_count(model))]
+    values, candidates = [], []  # (eigenvalue, layer, column) of each block's own top k
+    for j, size in enumerate(sizes):
+        spec = spectrum(blocks[j, j], min(k, size))
+        values.append(spec.eigenvalues)
+        candidates += [
+            (v, j, c, spec.eigenvectors[:, c]) for c, v in enumerate(spec.eigenvalues[: spec.eigenvectors.shape[1]])
+        ]
+    starts = np.cumsum([0, *sizes])
+    candidates.sort(key=lambda t: -t[0])
+    vectors = np.zeros((starts[-1], min(k, len(candidates))))
+    for c, (_, j, _, vec) in enumerate(candidates[: vectors.shape[1]]):
+        vectors[starts[j] : starts[j + 1], c] = vec
+    return np.sort(np.concatenate(values))[::-1], vectors

@@ -1,0 +1,125 @@
+"""The layer-ordered approximations and the iterative methods against the dense exact Hessian."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_config, reference_hessian
+from omegaconf import OmegaConf
+
+from sane_cli.curvature import loss_function, mlp_hessian, mlp_hessian_blocks
+from sane_cli.iterative import hutchinson, hvp_operator, lanczos, slq
+from sane_cli.methods import measure
+from sane_cli.models import MLP
+from sane_cli.records import load_run
+from sane_cli.training import train
+
+
+def problem(depth=4, width=6, activation="tanh", loss="cross_entropy", n=80, seed=0):
+    torch.manual_seed(seed)
+    model = MLP(7, 3, depth, width, activation)
+    x, y = torch.randn(n, 7), torch.randint(0, 3, (n,))
+    loss_fn = loss_function(loss, 3)
+    ref = reference_hessian(_copy(model), loss_fn, x, y)
+    return model, loss_fn, x, y, ref
+
+
+def _copy(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def layer_slices(model):
+    sizes = [m.weight.numel() + m.bias.numel() for m in model if isinstance(m, torch.nn.Linear)]
+    starts = np.cumsum([0, *sizes])
+    return [slice(a, b) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+
+
+@pytest.mark.parametrize("depth", [2, 3, 5])
+def test_block_band_keeps_exactly_the_band(depth):
+    model, loss_fn, x, y, ref = problem(depth=depth)
+    torch.testing.assert_close(mlp_hessian(model, loss_fn, x, y, band=depth - 1), ref, rtol=1e-10, atol=1e-12)
+    layers = layer_slices(model)
+    for band in range(depth - 1):
+        h = mlp_hessian(model, loss_fn, x, y, band=band)
+        for i, si in enumerate(layers):
+            for j, sj in enumerate(layers):
+                expected = ref[si, sj] if abs(i - j) <= band else torch.zeros_like(ref[si, sj])
+                torch.testing.assert_close(h[si, sj], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_block_diag_eigenvalues_are_those_of_the_diagonal_blocks():
+    model, loss_fn, x, y, ref = problem(depth=3)
+    hcfg = OmegaConf.merge(make_config().hessian, {"method": "block_diag", "topk_vectors": 4})
+    result = measure(model, loss_fn, x, y, hcfg, lr=0.1)
+    blocks = [np.linalg.eigvalsh(ref[s, s].numpy()) for s in layer_slices(model)]
+    np.testing.assert_allclose(result.eigenvalues, np.sort(np.concatenate(blocks))[::-1], atol=1e-11)
+    # each top vector is an eigenvector of the block-diagonal matrix
+    blockdiag = torch.block_diag(*[ref[s, s] for s in layer_slices(model)]).numpy()
+    v = result.eigenvectors
+    np.testing.assert_allclose(blockdiag @ v, v * result.eigenvalues[: v.shape[1]], atol=1e-9)
+    assert set(mlp_hessian_blocks(model, loss_fn, x, y, band=0)) == {(0, 0), (1, 1), (2, 2)}
+
+
+def test_lanczos_top_k_to_1e6():
+    model, loss_fn, x, y, ref = problem(depth=3, width=8)
+    ev = np.linalg.eigvalsh(ref.numpy())[::-1]
+    matvec, p = hvp_operator(model, loss_fn, x, y, max_rows=30)
+    top = lanczos(matvec, p, 10, tol=1e-10, max_iter=p, seed=3)
+    assert top.converged and top.iterations < p
+    np.testing.assert_allclose(top.values, ev[:10], rtol=1e-6)
+    np.testing.assert_allclose(top.magnitudes, np.sort(np.abs(ev))[::-1][:10], rtol=1e-6)
+    np.testing.assert_allclose(ref.numpy() @ top.vectors, top.vectors * top.values, atol=1e-6 * ev[0])
+    assert top.lambda_min == pytest.approx(ev[-1], rel=1e-3)
+
+
+def test_lanczos_reports_non_convergence():
+    model, loss_fn, x, y, _ = problem(depth=3, width=8)
+    matvec, p = hvp_operator(model, loss_fn, x, y)
+    assert not lanczos(matvec, p, 10, tol=1e-14, max_iter=12).converged
+
+
+def test_slq_and_hutchinson_within_four_standard_errors():
+    model, loss_fn, x, y, ref = problem(depth=3, width=8)
+    ev = np.linalg.eigvalsh(ref.numpy())
+    matvec, p = hvp_operator(model, loss_fn, x, y)
+    scale = 0.5 * np.abs(ev).max()
+    exact = {
+        "trace": ev.sum(),
+        "n_eff": np.sum(np.abs(ev) / (np.abs(ev) + 0.5)),
+        "sane": np.sum(np.abs(ev) / (np.abs(ev) + scale)),
+    }
+    fs = {
+        "trace": lambda t: t,
+        "n_eff": lambda t: np.abs(t) / (np.abs(t) + 0.5),
+        "sane": lambda t: np.abs(t) / (np.abs(t) + scale),
+    }
+    for seed in range(4):
+        quad = slq(matvec, p, probes=20, steps=40, seed=seed)
+        for name, f in fs.items():
+            est, se = quad.trace_of(f)
+            assert abs(est - exact[name]) <= 4 * se, (name, seed, est, se, exact[name])
+        est, se = hutchinson(matvec, p, probes=30, seed=seed)
+        assert abs(est - exact["trace"]) <= 4 * se
+    a, b = slq(matvec, p, probes=4, steps=10, seed=7), slq(matvec, p, probes=4, steps=10, seed=7)
+    assert np.array_equal(a.nodes, b.nodes) and np.array_equal(a.weights, b.weights)
+
+
+@pytest.mark.parametrize("method", ["block_diag", "block_band", "lanczos", "slq", "auto"])
+def test_runs_with_each_method(tmp_path, method):
+    train(make_config(f"hessian={method}", "hessian.probes=8", "hessian.steps=20"), tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert run.status == "completed"
+    assert (run.hessian.method == ("exact" if method == "auto" else method)).all()
+    last = run.hessian.iloc[-1]
+    assert last.converged
+    if method in ("lanczos", "slq"):
+        assert last.trace_se > 0
+    if method == "slq":
+        assert last.sane_se > 0 and np.isfinite(last.sane)
+        ev, _ = run.spectrum(20)
+        with np.load(tmp_path / "run" / "spectra" / "step_20.npz") as f:
+            assert f["slq_nodes"].shape == (8, 20)
+        assert len(ev) == 10
