@@ -7,6 +7,7 @@ the command-line entry points print it and exit with status 2.
 from __future__ import annotations
 
 import math
+import os
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -135,7 +136,20 @@ def validate(cfg: DictConfig) -> DictConfig:
 
 
 def check_against_data(cfg: DictConfig, n_train: int, n_params: int) -> None:
-    """Checks that need the dataset and model sizes: the Hessian subset and SANE's k must fit."""
+    """Checks that need the dataset and model sizes: the Hessian subset and SANE's k must fit, and a
+    dense Hessian must fit in memory."""
+    method = cfg.hessian.method
+    if method == "auto" and n_params <= cfg.hessian.exact_max_params:
+        method = "exact"
+    if method in ("exact", "block_band"):
+        need = 3 * 8 * n_params**2 if cfg.hessian.dtype == "float64" else 3 * 4 * n_params**2
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if need > have:
+            raise UsageError(
+                f"hessian.method={method} needs about {need / 2**30:.0f} GiB for the dense Hessian of {n_params} "
+                f"parameters (this machine has {have / 2**30:.0f} GiB); "
+                "use hessian=auto, hessian=slq or hessian=block_diag"
+            )
     if cfg.hessian.subset > n_train:
         _fail("hessian.subset", cfg.hessian.subset, f"must be at most the training set size ({n_train})")
     if cfg.hessian.k > n_params:

@@ -133,3 +133,9 @@ def test_float32_hessian_agrees_with_float64(tmp_path):
     ev32, vec32 = b.spectrum(20)
     np.testing.assert_allclose(ev32, ev64, atol=1e-5 * abs(ev64).max())
     assert vec32.shape == (len(ev32), 3)
+
+
+def test_dense_hessian_too_large_for_memory_is_refused(tmp_path):
+    with pytest.raises(UsageError, match=r"hessian.method=exact needs about \d+ GiB .* use hessian=auto"):
+        train(make_config("hessian=exact", "depth=3", "model.width=4000"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
