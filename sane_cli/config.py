@@ -53,8 +53,8 @@ def _check_choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
 
 
 def validate(cfg: DictConfig) -> DictConfig:
-    """Check a composed run config, resolve it, and return it with the shortcuts `lr` and `depth`
-    made equal to `optim.lr` and `model.depth` (the values actually used).
+    """Check a composed run config, resolve it, and return it with the shortcuts `lr`, `depth` and `width`
+    made equal to `optim.lr`, `model.depth` and `model.width` (the values actually used).
 
     Raises:
         UsageError: on the first bad value, naming the key, the value and what is allowed.
@@ -132,6 +132,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     with open_dict(cfg):
         cfg.lr = cfg.optim.lr
         cfg.depth = cfg.model.depth
+        cfg.width = cfg.model.width
     return cfg
 
 

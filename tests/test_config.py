@@ -34,8 +34,8 @@ def test_config_files_are_installed_with_the_package():
 
 def test_shortcuts_reach_the_groups():
     with initialize_config_module(version_base="1.3", config_module="sane_cli.conf"):
-        cfg = validate(compose("config", overrides=["lr=0.5", "depth=8"]))
-        assert cfg.optim.lr == 0.5 and cfg.model.depth == 8
+        cfg = validate(compose("config", overrides=["lr=0.5", "depth=8", "width=128"]))
+        assert cfg.optim.lr == 0.5 and cfg.model.depth == 8 and cfg.model.width == 128
         # a group key wins, and the shortcut is made to agree with it
         cfg = validate(compose("config", overrides=["optim.lr=0.25", "model.depth=4"]))
         assert cfg.lr == 0.25 and cfg.depth == 4
