@@ -124,6 +124,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check_number(cfg, "hessian.max_iter", minimum=1, integer=True)
     _check_number(cfg, "hessian.seed", minimum=0, integer=True)
     _check_number(cfg, "hessian.exact_max_params", minimum=1, integer=True)
+    if not isinstance(OmegaConf.select(cfg, "hessian.reorth"), bool):
+        _fail("hessian.reorth", OmegaConf.select(cfg, "hessian.reorth"), "must be true or false")
 
     n_train = cfg.dataset.get("n_train")
     if n_train is not None and cfg.dataset.get("per_class") is None and cfg.hessian.subset > n_train:

@@ -146,32 +146,53 @@ class Quadrature:
 
 
 def slq(
-    matvec: MatVec, p: int, *, probes: int = 16, steps: int = 80, seed: int = 0, dtype=torch.float64, device="cpu"
+    matvec: MatVec,
+    p: int,
+    *,
+    probes: int = 16,
+    steps: int = 80,
+    seed: int = 0,
+    reorthogonalize: bool = True,
+    dtype=torch.float64,
+    device="cpu",
 ) -> Quadrature:
     """Stochastic Lanczos quadrature with Rademacher probes, run in lockstep (one batched Hessian-vector
-    product per step), full reorthogonalisation within each probe. Reproducible for a given seed."""
+    product per step). Reproducible for a given seed.
+
+    With ``reorthogonalize`` each probe's Lanczos vectors are kept and reorthogonalised in full (memory
+    steps x probes x P numbers); without, only the last two are kept: the quadrature stays accurate
+    without reorthogonalisation (Knizhnerman 1996), and on large nets the reorthogonalisation's memory
+    traffic costs as much as the Hessian-vector products.
+    """
     steps = min(steps, p)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = (torch.randint(0, 2, (probes, p), generator=gen) * 2 - 1).to(dtype=dtype, device=device)
     v /= v.norm(dim=1, keepdim=True)
-    basis = torch.zeros(steps, probes, p, dtype=dtype, device=device)
+    basis = torch.zeros(steps if reorthogonalize else 2, probes, p, dtype=dtype, device=device)
     basis[0] = v
     alphas = torch.zeros(probes, steps, dtype=dtype)
     betas = torch.zeros(probes, steps, dtype=dtype)
     m = steps
     for i in range(steps):
-        w = matvec(basis[i])
-        alphas[:, i] = (w * basis[i]).sum(1).cpu()
-        for _ in range(2):
-            coef = torch.einsum("jbp,bp->jb", basis[: i + 1], w)
-            w -= torch.einsum("jb,jbp->bp", coef, basis[: i + 1])
+        q = basis[i] if reorthogonalize else basis[i % 2]
+        w = matvec(q)
+        alpha = (w * q).sum(1)
+        alphas[:, i] = alpha.cpu()
+        if reorthogonalize:
+            for _ in range(2):
+                coef = torch.einsum("jbp,bp->jb", basis[: i + 1], w)
+                w -= torch.einsum("jb,jbp->bp", coef, basis[: i + 1])
+        else:  # the three-term recurrence: w -= alpha_i q_i + beta_(i-1) q_(i-1)
+            w -= alpha[:, None] * q
+            if i > 0:
+                w -= betas[:, i - 1].to(device=device, dtype=dtype)[:, None] * basis[(i - 1) % 2]
         norms = w.norm(dim=1)
         betas[:, i] = norms.cpu()
         if i + 1 < steps:
             if bool((norms < 1e-10).any()):  # an invariant subspace: the quadrature is exact already
                 m = i + 1
                 break
-            basis[i + 1] = w / norms[:, None]
+            basis[i + 1 if reorthogonalize else (i + 1) % 2] = w / norms[:, None]
     nodes, weights = np.zeros((probes, m)), np.zeros((probes, m))
     for b in range(probes):
         theta, s = _ritz(alphas[b, :m].numpy().tolist(), betas[b, : m - 1].numpy().tolist())

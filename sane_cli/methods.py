@@ -53,12 +53,10 @@ def measure(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
     dtype, k_vec = DTYPES[hcfg.dtype], int(hcfg.topk_vectors)
     arrays: dict = {}
     if method in ("exact", "block_band"):
-        band = None if method == "exact" else int(hcfg.band)
-        h = (
-            hessian(model, loss_fn, x, y, dtype=dtype)
-            if band is None
-            else mlp_hessian(model, loss_fn, x, y, dtype=dtype, band=band)
-        )
+        if method == "exact":
+            h = hessian(model, loss_fn, x, y, dtype=dtype)
+        else:
+            h = mlp_hessian(model, loss_fn, x, y, dtype=dtype, band=int(hcfg.band))
         spec = spectrum(h, k_vec)
         values, vectors = spec.eigenvalues, spec.eigenvectors
         row = _exact_row(values, lr, hcfg)
@@ -66,39 +64,37 @@ def measure(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
         values, vectors = _block_diag_spectrum(model, loss_fn, x, y, dtype, k_vec)
         row = _exact_row(values, lr, hcfg)
     else:
-        matvec, p = hvp_operator(model, loss_fn, x, y, dtype=dtype)
-        device = next(model.parameters()).device
-        top = lanczos(matvec, p, max(k_vec, int(hcfg.k), int(hcfg.topk)), tol=float(hcfg.tol),
-                      max_iter=int(hcfg.max_iter), seed=int(hcfg.seed), dtype=dtype, device=device)  # fmt: skip
-        values, vectors = top.values, top.vectors[:, :k_vec]
-        row = {"lambda_max": float(top.values[0]), "lambda_min": top.lambda_min, "converged": top.converged}
-        if method == "lanczos":
-            trace, trace_se = hutchinson(
-                matvec, p, probes=int(hcfg.probes), seed=int(hcfg.seed), dtype=dtype, device=device
-            )
-            row.update(trace=trace, trace_se=trace_se, n_negative=float("nan"), n_eff=float("nan"),
-                       n_eff_se=float("nan"), sane=float("nan"), sane_se=float("nan"))  # fmt: skip
-        else:
-            quad = slq(
-                matvec,
-                p,
-                probes=int(hcfg.probes),
-                steps=int(hcfg.steps),
-                seed=int(hcfg.seed),
-                dtype=dtype,
-                device=device,
-            )
-            arrays = {"slq_nodes": quad.nodes, "slq_weights": quad.weights}
-            mag = _magnitude(hcfg.eig_mode)
-            scale = float(hcfg.rho) * float(top.magnitudes[int(hcfg.k) - 1])
-            trace, trace_se = quad.trace_of(lambda t: t)
-            n_eff, n_eff_se = quad.trace_of(lambda t: mag(t) / (mag(t) + float(hcfg.alpha)))
-            sane, sane_se = quad.trace_of(lambda t: mag(t) / (mag(t) + scale))
-            n_neg, _ = quad.trace_of(lambda t: (t < 0).astype(float))
-            row.update(trace=trace, trace_se=trace_se, n_negative=n_neg, n_eff=n_eff, n_eff_se=n_eff_se,
-                       sane=sane, sane_se=sane_se)  # fmt: skip
+        values, vectors, row, arrays = _iterative(method, model, loss_fn, x, y, hcfg, dtype, k_vec)
         row.update(two_over_lr=2.0 / lr, sharpness_ratio=row["lambda_max"] * lr / 2.0)
     return CurvatureResult(method, values, vectors, row, time.perf_counter() - start, arrays)
+
+
+def _iterative(method: str, model, loss_fn, x, y, hcfg, dtype, k_vec: int):
+    """lanczos or slq on Hessian-vector products: (top Ritz values, top vectors, hessian.csv row, arrays)."""
+    matvec, p = hvp_operator(model, loss_fn, x, y, dtype=dtype)
+    device = next(model.parameters()).device
+    seed, probes = int(hcfg.seed), int(hcfg.probes)
+    top = lanczos(matvec, p, max(k_vec, int(hcfg.k), int(hcfg.topk)), tol=float(hcfg.tol),
+                  max_iter=int(hcfg.max_iter), seed=seed, dtype=dtype, device=device)  # fmt: skip
+    row = {"lambda_max": float(top.values[0]), "lambda_min": top.lambda_min, "converged": top.converged}
+    nan = float("nan")
+    if method == "lanczos":
+        trace, trace_se = hutchinson(matvec, p, probes=probes, seed=seed, dtype=dtype, device=device)
+        row.update(trace=trace, trace_se=trace_se, n_negative=nan, n_eff=nan, n_eff_se=nan, sane=nan, sane_se=nan)
+        return top.values, top.vectors[:, :k_vec], row, {}
+    quad = slq(matvec, p, probes=probes, steps=int(hcfg.steps), seed=seed, reorthogonalize=bool(hcfg.reorth),
+               dtype=dtype, device=device)  # fmt: skip
+    mag = _magnitude(hcfg.eig_mode)
+    # SANE's scale: the k-th largest |eigenvalue| (abs) or the k-th largest eigenvalue clipped at 0 (clip)
+    largest = top.magnitudes if hcfg.eig_mode == "abs" else np.clip(top.values, 0.0, None)
+    scale = float(hcfg.rho) * float(largest[int(hcfg.k) - 1])
+    trace, trace_se = quad.trace_of(lambda t: t)
+    n_eff, n_eff_se = quad.trace_of(lambda t: mag(t) / (mag(t) + float(hcfg.alpha)))
+    sane, sane_se = quad.trace_of(lambda t: mag(t) / (mag(t) + scale)) if scale > 0 else (0.0, 0.0)
+    n_neg, _ = quad.trace_of(lambda t: (t < 0).astype(float))
+    row.update(trace=trace, trace_se=trace_se, n_negative=n_neg, n_eff=n_eff, n_eff_se=n_eff_se, sane=sane,
+               sane_se=sane_se)  # fmt: skip
+    return top.values, top.vectors[:, :k_vec], row, {"slq_nodes": quad.nodes, "slq_weights": quad.weights}
 
 
 def _magnitude(mode: str):

@@ -97,10 +97,11 @@ def test_slq_and_hutchinson_within_four_standard_errors():
         "sane": lambda t: np.abs(t) / (np.abs(t) + scale),
     }
     for seed in range(4):
-        quad = slq(matvec, p, probes=20, steps=40, seed=seed)
-        for name, f in fs.items():
-            est, se = quad.trace_of(f)
-            assert abs(est - exact[name]) <= 4 * se, (name, seed, est, se, exact[name])
+        for reorth in (True, False):
+            quad = slq(matvec, p, probes=20, steps=40, seed=seed, reorthogonalize=reorth)
+            for name, f in fs.items():
+                est, se = quad.trace_of(f)
+                assert abs(est - exact[name]) <= 4 * se, (name, seed, reorth, est, se, exact[name])
         est, se = hutchinson(matvec, p, probes=30, seed=seed)
         assert abs(est - exact["trace"]) <= 4 * se
     a, b = slq(matvec, p, probes=4, steps=10, seed=7), slq(matvec, p, probes=4, steps=10, seed=7)
@@ -123,3 +124,18 @@ def test_runs_with_each_method(tmp_path, method):
         with np.load(tmp_path / "run" / "spectra" / "step_20.npz") as f:
             assert f["slq_nodes"].shape == (8, 20)
         assert len(ev) == 10
+
+
+def test_slq_clip_mode_against_exact():
+    """eig_mode=clip: negative eigenvalues count as 0, SANE's scale is the k-th largest eigenvalue."""
+    model, loss_fn, x, y, ref = problem(depth=3, width=8, activation="relu")
+    ev = np.linalg.eigvalsh(ref.numpy())
+    hcfg = OmegaConf.merge(
+        make_config().hessian, {"method": "slq", "eig_mode": "clip", "k": 2, "probes": 30, "steps": 60}
+    )
+    row = measure(model, loss_fn, x, y, hcfg, lr=0.1).row
+    pos = np.clip(ev, 0, None)
+    scale = 0.5 * np.sort(pos)[-2]
+    assert abs(row["sane"] - np.sum(pos / (pos + scale))) <= 4 * row["sane_se"]
+    assert abs(row["n_eff"] - np.sum(pos / (pos + 0.5))) <= 4 * row["n_eff_se"]
+    assert row["lambda_max"] == pytest.approx(ev[-1], rel=1e-6)
