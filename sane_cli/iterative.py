@@ -89,7 +89,7 @@ def lanczos(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     q = torch.randn(p, generator=gen, dtype=dtype).to(device)
     q /= q.norm()
-    basis = torch.zeros(max_iter + 1, p, dtype=dtype, device=device)
+    basis = torch.zeros(min(max_iter + 1, 2 * k + 32), p, dtype=dtype, device=device)  # grows by doubling
     basis[0] = q
     alphas, betas = [], []
     converged, ritz = False, None
@@ -113,6 +113,8 @@ def lanczos(
                 break
         if beta < 1e-12:
             break
+        if i + 1 == len(basis):
+            basis = torch.cat([basis, torch.zeros_like(basis[: min(len(basis), max_iter + 1 - len(basis))])])
         basis[i + 1] = w / beta
     m = len(alphas)
     theta, s = _ritz(alphas, betas[: m - 1])
@@ -200,10 +202,13 @@ def slq(
     return Quadrature(nodes, weights, p)
 
 
-def hutchinson(matvec: MatVec, p: int, *, probes: int = 16, seed: int = 0, dtype=torch.float64, device="cpu"):
-    """(estimate, standard error) of tr(H) from Rademacher probes: the mean of v^T H v."""
+def hutchinson(
+    matvec: MatVec, p: int, *, probes: int = 16, seed: int = 0, batch: int = 16, dtype=torch.float64, device="cpu"
+):
+    """(estimate, standard error) of tr(H) from Rademacher probes: the mean of v^T H v, ``batch`` probes
+    per Hessian-vector product call (memory grows with the batch, speed barely beyond 16)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = (torch.randint(0, 2, (probes, p), generator=gen) * 2 - 1).to(dtype=dtype, device=device)
-    samples = (matvec(v) * v).sum(1).double().cpu().numpy()
+    samples = torch.cat([(matvec(b) * b).sum(1) for b in v.split(batch)]).double().cpu().numpy()
     se = samples.std(ddof=1) / np.sqrt(probes) if probes > 1 else float("nan")
     return float(samples.mean()), float(se)
