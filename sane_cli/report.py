@@ -53,6 +53,8 @@ def summarise(paths: list[Path]) -> pd.DataFrame:
             row["n_params"] = run.summary.get("n_params")
             row["wall_seconds"] = run.summary.get("wall_seconds")
             rows.append(row)
+    if not rows:
+        raise UsageError(f"no readable run folders below {', '.join(map(str, paths))} (see the warnings above)")
     return pd.DataFrame(rows)
 
 

@@ -1,0 +1,66 @@
+"""The run-folder format: read back what was written, and clear errors on corrupt folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import make_config
+
+from sane_cli.config import UsageError
+from sane_cli.records import find_runs, load_run
+from sane_cli.report import summarise
+from sane_cli.training import train
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("outputs")
+    for name in ("a", "b"):
+        train(make_config(f"seed={ord(name)}"), root / "sweep" / name)
+    return root
+
+
+def test_find_and_read(runs):
+    paths = find_runs(runs)
+    assert [p.name for p in paths] == ["a", "b"]
+    run = load_run(paths[0])
+    assert run.summary["final_step"] == 20 == run.metrics.step.iloc[-1]
+    assert run.summary["final_lambda_max"] == pytest.approx(run.hessian.lambda_max.iloc[-1])
+    table = summarise([runs])
+    assert len(table) == 2 and set(table.status) == {"completed"}
+    assert table.final_sane.tolist() == pytest.approx([load_run(p).hessian.sane.iloc[-1] for p in paths])
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda d: (d / "summary.json").write_text("{not json"), "summary.json is missing or corrupt"),
+        (lambda d: (d / "summary.json").write_text(json.dumps({"status": "odd"})), "lacks a valid status"),
+        (lambda d: (d / "metrics.csv").unlink(), "metrics.csv is missing or corrupt"),
+        (lambda d: (d / "hessian.csv").write_text("step,lr\n0,0.1\n"), "hessian.csv has columns"),
+    ],
+)
+def test_corrupt_folders_are_named(tmp_path, damage, message):
+    train(make_config(), tmp_path / "run")
+    damage(tmp_path / "run")
+    with pytest.raises(UsageError, match=message) as info:
+        load_run(tmp_path / "run")
+    assert str(tmp_path / "run") in str(info.value)
+    # the report skips it with a warning, and fails only when nothing readable is left
+    with pytest.raises(UsageError, match="no readable run folders"):
+        summarise([tmp_path])
+    train(make_config(), tmp_path / "good")
+    assert summarise([tmp_path]).run.tolist() == [str(tmp_path / "good")]
+
+
+def test_interrupted_run_is_recorded(tmp_path, monkeypatch):
+    import sane_cli.training as training
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "measure", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_config(), tmp_path / "run")
+    assert load_run(tmp_path / "run").status == "interrupted"
