@@ -16,24 +16,13 @@ Run:  python benchmarks/exact_hessian.py [--widths 32] [--depths 4 8] [--subset 
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from common import best_time, mnist1d_subset
 
 from sane_cli.curvature import flatten_parameters, generic_hessian, hessian, loss_function, spectrum
-from sane_cli.data import load_data
 from sane_cli.models import MLP
-
-
-def timed(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return out, best
 
 
 def baseline_hessian(model, loss_fn, x, y):
@@ -61,10 +50,7 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true", help="skip torch.func.hessian (slow, memory-hungry)")
     args = parser.parse_args()
 
-    data = load_data(
-        OmegaConf.create(dict(name="mnist1d", n_train=4000, n_test=1000, per_class=None, data_seed=42, cache_dir=None))
-    )
-    x, y = data.hessian_subset(args.subset, seed=0)
+    x, y = mnist1d_subset(args.subset)
     loss_fn = loss_function("cross_entropy", 10)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, subset {args.subset}, float64")
     header = (
@@ -83,16 +69,16 @@ def measure(depth: int, width: int, x, y, loss_fn, repeats: int, baseline: bool)
     torch.manual_seed(0)
     model = MLP(40, 10, depth, width)
     p = sum(q.numel() for q in model.parameters())
-    h, t_build = timed(lambda: hessian(model, loss_fn, x, y), repeats)
-    g, t_generic = timed(lambda: generic_hessian(model, loss_fn, x, y), repeats)
+    h, t_build = best_time(lambda: hessian(model, loss_fn, x, y), repeats)
+    g, t_generic = best_time(lambda: generic_hessian(model, loss_fn, x, y), repeats)
     assert torch.allclose(g, h, rtol=1e-8, atol=1e-12), "generic and structured builds disagree"
     del g
-    _, t_eig = timed(lambda: torch.linalg.eigvalsh(h), repeats)
-    spec, t_spec = timed(lambda: spectrum(h, 10), repeats)
-    _, t_eigh = timed(lambda: torch.linalg.eigh(h), repeats)
+    _, t_eig = best_time(lambda: torch.linalg.eigvalsh(h), repeats)
+    spec, t_spec = best_time(lambda: spectrum(h, 10), repeats)
+    _, t_eigh = best_time(lambda: torch.linalg.eigh(h), repeats)
     t_base = float("nan")
     if baseline:
-        ref, t_base = timed(lambda: baseline_hessian(model, loss_fn, x, y), repeats)
+        ref, t_base = best_time(lambda: baseline_hessian(model, loss_fn, x, y), repeats)
         assert torch.allclose(ref, h, rtol=1e-8, atol=1e-12), "baseline and ours disagree"
         del ref
     assert np.allclose(spec.eigenvalues, torch.linalg.eigvalsh(h).flip(0).numpy(), rtol=1e-8, atol=1e-10)

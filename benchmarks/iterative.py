@@ -25,22 +25,12 @@ import time
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from common import best_time, mnist1d_subset
 
 from sane_cli.curvature import mlp_hessian, spectrum
-from sane_cli.data import load_data
 from sane_cli.iterative import hutchinson, hvp_operator, lanczos, slq
 from sane_cli.measures import n_eff, sane
 from sane_cli.models import MLP
-
-
-def clock(fn, repeats=1):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return out, best
 
 
 def setup(depth, width, x, y):
@@ -51,12 +41,12 @@ def setup(depth, width, x, y):
 
 def hvp_vs_grad(model, x, y, loss_fn):
     params = list(model.parameters())
-    _, t_grad = clock(lambda: torch.autograd.grad(loss_fn(model(x), y), params), 5)
+    _, t_grad = best_time(lambda: torch.autograd.grad(loss_fn(model(x), y), params), 5)
     matvec, p = hvp_operator(model, loss_fn, x, y)
     v1, v16 = torch.randn(1, p, dtype=torch.float64), torch.randn(16, p, dtype=torch.float64)
     matvec(v1)
-    _, t_hvp = clock(lambda: matvec(v1), 5)
-    _, t_hvp16 = clock(lambda: matvec(v16), 3)
+    _, t_hvp = best_time(lambda: matvec(v1), 5)
+    _, t_hvp16 = best_time(lambda: matvec(v16), 3)
     # forward-over-reverse on the same function, for comparison
     from torch.func import functional_call, grad, jvp
 
@@ -65,7 +55,7 @@ def hvp_vs_grad(model, x, y, loss_fn):
     g = grad(lambda th: loss_fn(functional_call(model, th, (x,)), y))
     tangent = {n: torch.randn_like(t) for n, t in theta.items()}
     jvp(g, (theta,), (tangent,))
-    _, t_fwd = clock(lambda: jvp(g, (theta,), (tangent,)), 5)
+    _, t_fwd = best_time(lambda: jvp(g, (theta,), (tangent,)), 5)
     del names
     return matvec, p, dict(grad=t_grad, hvp=t_hvp, hvp16=t_hvp16 / 16, fwd=t_fwd)
 
@@ -77,9 +67,9 @@ def pyhessian_top(model, x, y, loss_fn, k, tol):
     try:
         torch.manual_seed(0)
         h = PyHessian(model, loss_fn, data=(x, y), cuda=False)
-        (values, _), t = clock(lambda: h.eigenvalues(top_n=k, tol=tol, maxIter=1000))
+        (values, _), t = best_time(lambda: h.eigenvalues(top_n=k, tol=tol, maxIter=1000))
         # tol -inf: its stopping rule never fires, so it uses all 100 probes like ours
-        (samples), t_trace = clock(lambda: h.trace(maxIter=100, tol=float("-inf")))
+        (samples), t_trace = best_time(lambda: h.trace(maxIter=100, tol=float("-inf")))
     finally:
         torch.set_default_dtype(torch.float32)
     return np.array(values), t, np.array(samples), t_trace
@@ -91,14 +81,12 @@ def curvlinops_top(model, x, y, loss_fn, k):
 
     params = [q for q in model.parameters() if q.requires_grad]
     op = HessianLinearOperator(model, loss_fn, params, [(x, y)], check_deterministic=False).to_scipy()
-    vals, t = clock(lambda: eigsh(op, k=k, which="LA", tol=1e-3, return_eigenvectors=False))
+    vals, t = best_time(lambda: eigsh(op, k=k, which="LA", tol=1e-3, return_eigenvectors=False))
     return np.sort(vals)[::-1], t
 
 
 def main() -> None:
-    spec = dict(name="mnist1d", n_train=4000, n_test=1000, per_class=None, data_seed=42, cache_dir=None)
-    data = load_data(OmegaConf.create(spec))
-    x0, y0 = data.hessian_subset(256, seed=0)
+    x0, y0 = mnist1d_subset(256)
     loss_fn = torch.nn.CrossEntropyLoss()  # a module: curvlinops reads its reduction
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, subset 256, float64\n")
     for depth, width in [(8, 64), (8, 128)]:
@@ -114,7 +102,7 @@ def main() -> None:
         ref, ref_mag = tight.values, tight.magnitudes
         print(f"{'':<26}{'seconds':>9}{'rel. error':>12}{'PyHessian/ours':>16}{'curvlinops/ours':>17}")
         for k in (1, 10):
-            ours, t_ours = clock(lambda k=k, mv=matvec, p=p: lanczos(mv, p, k, tol=1e-3, max_iter=600, seed=0))
+            ours, t_ours = best_time(lambda k=k, mv=matvec, p=p: lanczos(mv, p, k, tol=1e-3, max_iter=600, seed=0))
             ph_loose, t_ph_loose, _, _ = pyhessian_top(model, x, y, loss_fn, k, 1e-3)
             ph_vals, t_ph, samples, t_tr = pyhessian_top(model, x, y, loss_fn, k, 1e-6)
             cl_vals, t_cl = curvlinops_top(model, x, y, loss_fn, k)
@@ -128,15 +116,15 @@ def main() -> None:
             print(f"top-{k:<3} PyHessian tol 1e-3 {t_ph_loose:>9.2f}{err_mag(ph_loose):>12.1e}  (largest |lambda|)")
             print(f"top-{k:<3} PyHessian tol 1e-6 {t_ph:>9.2f}{err_mag(ph_vals):>12.1e}  (largest |lambda|)")
             print(f"top-{k:<3} curvlinops + eigsh {t_cl:>9.2f}{err(cl_vals):>12.1e}")
-        (tr, se), t_ours = clock(lambda mv=matvec, p=p: hutchinson(mv, p, probes=100, seed=0))
+        (tr, se), t_ours = best_time(lambda mv=matvec, p=p: hutchinson(mv, p, probes=100, seed=0))
         print(
             f"trace, 100 probes: ours {t_ours:.2f} s ({tr:.4g} +- {se:.2g}); PyHessian {t_tr:.2f} s "
             f"({samples.mean():.4g} +- {samples.std(ddof=1) / np.sqrt(len(samples)):.2g}): {t_tr / t_ours:.1f}x\n"
         )
 
     model, x, y = setup(8, 32, x0, y0)
-    h, t_build = clock(lambda: mlp_hessian(model, loss_fn, x, y))
-    ev, t_eig = clock(lambda: spectrum(h).eigenvalues)  # noqa: F821 (h is bound above)
+    h, t_build = best_time(lambda: mlp_hessian(model, loss_fn, x, y))
+    ev, t_eig = best_time(lambda: spectrum(h).eigenvalues)  # noqa: F821 (h is bound above)
     exact_sane, exact_neff = sane(ev), n_eff(ev)
     del h
     matvec, p = hvp_operator(model, loss_fn, x, y)

@@ -16,13 +16,11 @@ import torch
 
 
 def _job(name: str, depth: int, width: int, queue) -> None:
-    from omegaconf import OmegaConf
+    from common import mnist1d_subset
 
-    from sane_cli.data import load_data
     from sane_cli.models import MLP
 
-    spec = dict(name="mnist1d", n_train=4000, n_test=1000, per_class=None, data_seed=42, cache_dir=None)
-    x, y = load_data(OmegaConf.create(spec)).hessian_subset(256, seed=0)
+    x, y = mnist1d_subset(256)
     torch.manual_seed(0)
     model = MLP(40, 10, depth, width).double()
     x = x.double()
