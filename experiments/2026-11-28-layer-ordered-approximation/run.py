@@ -9,6 +9,7 @@ subset (256 examples) is compared with block_diag and block_band(1):
   neff_rel_err    |N_eff(approx) / N_eff(exact) - 1|, alpha = 0.5
   w1_rel          Wasserstein-1 distance between the two eigenvalue distributions, divided by the mean
                   |eigenvalue| of the exact one (0 = same spectrum)
+  seconds         time of the approximation (Hessian blocks and eigenvalues), beside exact_seconds
 
 Run from the repository root:  python experiments/2026-11-28-layer-ordered-approximation/run.py
 Writes results.csv beside this file.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,16 +39,21 @@ from sane_cli.training import train
 HERE = Path(__file__).parent
 
 
+def timed(fn):
+    start = time.perf_counter()
+    return fn(), time.perf_counter() - start
+
+
 def compare(model, loss_fn, x, y) -> list[dict]:
-    exact = spectrum(mlp_hessian(model, loss_fn, x, y)).eigenvalues
+    exact, t_exact = timed(lambda: spectrum(mlp_hessian(model, loss_fn, x, y)).eigenvalues)
     approx = {
-        "block_diag": _block_diag_spectrum(model, loss_fn, x, y, torch.float64, 0)[0],
-        "block_band1": spectrum(mlp_hessian(model, loss_fn, x, y, band=1)).eigenvalues,
+        "block_diag": timed(lambda: _block_diag_spectrum(model, loss_fn, x, y, torch.float64, 0)[0]),
+        "block_band1": timed(lambda: spectrum(mlp_hessian(model, loss_fn, x, y, band=1)).eigenvalues),
     }
     rows = []
-    for name, ev in approx.items():
+    for name, (ev, seconds) in approx.items():
         rows.append({
-            "method": name,
+            "method": name, "seconds": seconds, "exact_seconds": t_exact,
             "lambda_max_exact": exact[0],
             "top10_rel_err": float(np.max(np.abs(ev[:10] - exact[:10]) / np.abs(exact[:10]))),
             "sane_exact": sane(exact), "sane_rel_err": abs(sane(ev) / sane(exact) - 1),
