@@ -92,7 +92,7 @@ def lanczos(
     basis = torch.zeros(min(max_iter + 1, 2 * k + 32), p, dtype=dtype, device=device)  # grows by doubling
     basis[0] = q
     alphas, betas = [], []
-    converged, ritz = False, None
+    converged = False
     for i in range(max_iter):
         w = matvec(basis[i][None])[0]
         alphas.append(float(w @ basis[i]))
@@ -102,8 +102,7 @@ def lanczos(
         betas.append(beta)
         m = i + 1
         if m >= k:  # the Ritz check costs O(m^2), far less than the Hessian-vector product
-            ritz = _ritz(alphas, betas[:-1])
-            theta, s = ritz
+            theta, s = _ritz(alphas, betas[:-1])
             scale = max(abs(theta[0]), abs(theta[-1]), 1e-300)
             res = np.abs(beta * s[-1, :])
             top, mags = np.argsort(theta)[::-1][:k], np.argsort(np.abs(theta))[::-1][:k]
