@@ -31,6 +31,7 @@ from torch import nn
 from torch.func import functional_call, grad, vjp, vmap
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+MatVec = Callable[[torch.Tensor], torch.Tensor]
 
 # torch's forward-mode AD loads its decompositions through torch.jit.script on first use, which warns
 # about torch.jit's deprecation on every run; the warning is torch's own business, not the user's.
@@ -224,38 +225,51 @@ def generic_hessian(
 ) -> torch.Tensor:
     """The exact Hessian of any model by Hessian-vector products with the unit vectors.
 
-    ``block`` unit vectors are processed at once, and the data in chunks of at most ``max_rows``
-    examples, so memory stays bounded by about block * max_rows * (sum of layer widths) numbers.
+    ``block`` unit vectors are processed at once, through :func:`hvp_operator`.
     """
+    matvec, n_params = hvp_operator(model, loss_fn, x, y, dtype=dtype, max_rows=max_rows)
+    device = next(model.parameters()).device
+    h = torch.zeros(n_params, n_params, dtype=dtype, device=device)
+    for j in range(0, n_params, block):
+        m = min(block, n_params - j)
+        unit = torch.zeros(m, n_params, dtype=dtype, device=device)
+        unit[torch.arange(m), torch.arange(j, j + m)] = 1.0
+        h[j : j + m] = matvec(unit)
+    # Symmetric up to rounding; symmetrise so that eigensolvers see an exactly symmetric matrix.
+    return 0.5 * (h + h.T)
+
+
+def hvp_operator(
+    model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *, dtype=torch.float64, max_rows=4096
+) -> tuple[MatVec, int]:
+    """(matvec, P): batched Hessian-vector products of the mean loss over (x, y), by reverse-over-reverse
+    differentiation; the gradient's graph of each data chunk is recorded once and reused by every call."""
     net = _copy_for_curvature(model, dtype)
-    names = [n for n, p in net.named_parameters() if p.requires_grad]
+    names = [k for k, p in net.named_parameters() if p.requires_grad]
     params = [p for p in net.parameters() if p.requires_grad]
     shapes, sizes = [p.shape for p in params], [p.numel() for p in params]
     theta = torch.cat([p.detach().reshape(-1) for p in params])
-    n_params, n = theta.numel(), len(y)
-    x = x.to(device=theta.device, dtype=dtype)
-    y = y.to(theta.device)
+    x, y, n = x.to(device=theta.device, dtype=dtype), y.to(theta.device), len(y)
 
     def unflatten(t: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: v.view(s) for k, v, s in zip(names, t.split(sizes), shapes, strict=True)}
 
-    h = torch.zeros(n_params, n_params, dtype=dtype, device=theta.device)
+    pullbacks = []
     for start in range(0, n, max_rows):
         xb, yb = x[start : start + max_rows], y[start : start + max_rows]
+
         weight = len(yb) / n  # the chunk's share of the mean loss
 
-        def chunk_loss(t: torch.Tensor, xb=xb, yb=yb, weight=weight) -> torch.Tensor:
+        def chunk_loss(t, xb=xb, yb=yb, weight=weight):
             return loss_fn(functional_call(net, unflatten(t), (xb,)), yb) * weight
 
-        _, grad_vjp = vjp(grad(chunk_loss), theta)
-        columns = vmap(grad_vjp)
-        for j in range(0, n_params, block):
-            m = min(block, n_params - j)
-            unit = torch.zeros(m, n_params, dtype=dtype, device=theta.device)
-            unit[torch.arange(m), torch.arange(j, j + m)] = 1.0
-            h[j : j + m] += columns(unit)[0]
-    # Symmetric up to rounding; symmetrise so that eigensolvers see an exactly symmetric matrix.
-    return 0.5 * (h + h.T)
+        pullbacks.append(vmap(vjp(grad(chunk_loss), theta)[1]))
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        v = v.to(dtype)
+        return sum(pb(v)[0] for pb in pullbacks)
+
+    return matvec, theta.numel()
 
 
 def _copy_for_curvature(model: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -13,45 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
-from torch.func import functional_call, grad, vjp, vmap
 
-from .curvature import LossFn, _copy_for_curvature
-
-MatVec = Callable[[torch.Tensor], torch.Tensor]
-
-
-def hvp_operator(
-    model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *, dtype=torch.float64, max_rows=4096
-) -> tuple[MatVec, int]:
-    """(matvec, P): batched Hessian-vector products of the mean loss over (x, y), by reverse-over-reverse
-    differentiation; the gradient's graph of each data chunk is recorded once and reused by every call."""
-    net = _copy_for_curvature(model, dtype)
-    names = [k for k, p in net.named_parameters() if p.requires_grad]
-    params = [p for p in net.parameters() if p.requires_grad]
-    shapes, sizes = [p.shape for p in params], [p.numel() for p in params]
-    theta = torch.cat([p.detach().reshape(-1) for p in params])
-    x, y, n = x.to(device=theta.device, dtype=dtype), y.to(theta.device), len(y)
-
-    def unflatten(t: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {k: v.view(s) for k, v, s in zip(names, t.split(sizes), shapes, strict=True)}
-
-    pullbacks = []
-    for start in range(0, n, max_rows):
-        xb, yb = x[start : start + max_rows], y[start : start + max_rows]
-
-        weight = len(yb) / n  # the chunk's share of the mean loss
-
-        def chunk_loss(t, xb=xb, yb=yb, weight=weight):
-            return loss_fn(functional_call(net, unflatten(t), (xb,)), yb) * weight
-
-        pullbacks.append(vmap(vjp(grad(chunk_loss), theta)[1]))
-
-    def matvec(v: torch.Tensor) -> torch.Tensor:
-        v = v.to(dtype)
-        return sum(pb(v)[0] for pb in pullbacks)
-
-    return matvec, theta.numel()
+from .curvature import MatVec, hvp_operator  # noqa: F401 (hvp_operator is part of this module's interface)
 
 
 @dataclass

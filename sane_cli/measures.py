@@ -17,7 +17,8 @@ import numpy as np
 MODES = ("abs", "clip")
 
 
-def _magnitudes(eigenvalues: np.ndarray, mode: str) -> np.ndarray:
+def magnitudes(eigenvalues: np.ndarray, mode: str) -> np.ndarray:
+    """|eigenvalues| (``abs``) or eigenvalues clipped at 0 (``clip``), elementwise, any shape."""
     lam = np.asarray(eigenvalues, dtype=np.float64)
     if mode == "abs":
         return np.abs(lam)
@@ -34,7 +35,7 @@ def n_eff(eigenvalues: np.ndarray, alpha: float = 0.5, mode: str = "abs") -> flo
     """
     if alpha <= 0:
         raise ValueError(f"alpha={alpha} must be > 0")
-    m = _magnitudes(eigenvalues, mode)
+    m = magnitudes(eigenvalues, mode)
     return float(np.sum(m / (m + alpha)))
 
 
@@ -44,7 +45,7 @@ def kth_largest(eigenvalues: np.ndarray, k: int = 1, mode: str = "abs") -> float
     >>> kth_largest([3.0, -5.0, 1.0], k=1)
     5.0
     """
-    m = _magnitudes(eigenvalues, mode)
+    m = magnitudes(eigenvalues, mode)
     if not 1 <= k <= m.size:
         raise ValueError(f"k={k} must be between 1 and the number of eigenvalues ({m.size})")
     return float(np.partition(m, m.size - k)[m.size - k])

@@ -16,7 +16,7 @@ from torch import nn
 
 from .curvature import LossFn, hessian, layer_count, mlp_hessian, mlp_hessian_blocks, spectrum
 from .iterative import hutchinson, hvp_operator, lanczos, slq
-from .measures import spectrum_summary
+from .measures import magnitudes, spectrum_summary
 from .models import MLP
 
 METHODS = ("exact", "block_diag", "block_band", "lanczos", "slq", "auto")
@@ -84,21 +84,19 @@ def _iterative(method: str, model, loss_fn, x, y, hcfg, dtype, k_vec: int):
         return top.values, top.vectors[:, :k_vec], row, {}
     quad = slq(matvec, p, probes=probes, steps=int(hcfg.steps), seed=seed, reorthogonalize=bool(hcfg.reorth),
                dtype=dtype, device=device)  # fmt: skip
-    mag = _magnitude(hcfg.eig_mode)
+    mode = hcfg.eig_mode
     # SANE's scale: the k-th largest |eigenvalue| (abs) or the k-th largest eigenvalue clipped at 0 (clip)
     largest = top.magnitudes if hcfg.eig_mode == "abs" else np.clip(top.values, 0.0, None)
     scale = float(hcfg.rho) * float(largest[int(hcfg.k) - 1])
     trace, trace_se = quad.trace_of(lambda t: t)
-    n_eff, n_eff_se = quad.trace_of(lambda t: mag(t) / (mag(t) + float(hcfg.alpha)))
-    sane, sane_se = quad.trace_of(lambda t: mag(t) / (mag(t) + scale)) if scale > 0 else (0.0, 0.0)
+    n_eff, n_eff_se = quad.trace_of(lambda t: magnitudes(t, mode) / (magnitudes(t, mode) + float(hcfg.alpha)))
+    sane, sane_se = (
+        quad.trace_of(lambda t: magnitudes(t, mode) / (magnitudes(t, mode) + scale)) if scale > 0 else (0.0, 0.0)
+    )
     n_neg, _ = quad.trace_of(lambda t: (t < 0).astype(float))
     row.update(trace=trace, trace_se=trace_se, n_negative=n_neg, n_eff=n_eff, n_eff_se=n_eff_se, sane=sane,
                sane_se=sane_se)  # fmt: skip
     return top.values, top.vectors[:, :k_vec], row, {"slq_nodes": quad.nodes, "slq_weights": quad.weights}
-
-
-def _magnitude(mode: str):
-    return np.abs if mode == "abs" else (lambda t: np.clip(t, 0.0, None))
 
 
 def _exact_row(values: np.ndarray, lr: float, hcfg) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -21,14 +23,8 @@ def problem(depth=4, width=6, activation="tanh", loss="cross_entropy", n=80, see
     model = MLP(7, 3, depth, width, activation)
     x, y = torch.randn(n, 7), torch.randint(0, 3, (n,))
     loss_fn = loss_function(loss, 3)
-    ref = reference_hessian(_copy(model), loss_fn, x, y)
+    ref = reference_hessian(copy.deepcopy(model), loss_fn, x, y)
     return model, loss_fn, x, y, ref
-
-
-def _copy(model):
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def layer_slices(model):
