@@ -115,6 +115,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check_number(cfg, "hessian.k", minimum=1, integer=True)
     _check_number(cfg, "hessian.topk_vectors", minimum=0, integer=True)
     _check_choice(cfg, "hessian.dtype", DTYPES)
+    _check_choice(cfg, "hessian.auto_slq_dtype", DTYPES)
     _check_choice(cfg, "hessian.eig_mode", EIG_MODES)
     _check_number(cfg, "hessian.band", minimum=0, integer=True)
     _check_number(cfg, "hessian.topk", minimum=1, integer=True)
@@ -124,8 +125,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check_number(cfg, "hessian.max_iter", minimum=1, integer=True)
     _check_number(cfg, "hessian.seed", minimum=0, integer=True)
     _check_number(cfg, "hessian.exact_max_params", minimum=1, integer=True)
-    if not isinstance(OmegaConf.select(cfg, "hessian.reorth"), bool):
-        _fail("hessian.reorth", OmegaConf.select(cfg, "hessian.reorth"), "must be true or false")
+    for key in ("hessian.reorth", "hessian.deflate"):
+        if not isinstance(OmegaConf.select(cfg, key), bool):
+            _fail(key, OmegaConf.select(cfg, key), "must be true or false")
 
     n_train = cfg.dataset.get("n_train")
     if n_train is not None and cfg.dataset.get("per_class") is None and cfg.hessian.subset > n_train:

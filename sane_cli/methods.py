@@ -26,6 +26,7 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 @dataclass
 class CurvatureResult:
     method: str  # the method that ran (auto resolved)
+    dtype: str  # the precision it ran in
     eigenvalues: np.ndarray  # descending: every eigenvalue (exact, block_*) or the top Ritz values (lanczos, slq)
     eigenvectors: np.ndarray  # (P, topk_vectors) columns
     row: dict  # lambda_max, lambda_min, trace, trace_se, n_negative, n_eff, n_eff_se, sane, sane_se, converged
@@ -35,7 +36,8 @@ class CurvatureResult:
 
 def resolve_method(hcfg, model: nn.Module, n_params: int) -> str:
     """``auto``: exact while its cost (about P^3 for the eigenvalues) stays within seconds, that is up to
-    ``hessian.exact_max_params`` parameters; above, SLQ. Other methods are returned as given; the layer-ordered
+    ``hessian.exact_max_params`` parameters; above, SLQ (its Hessian-vector products in
+    ``hessian.auto_slq_dtype``, see :func:`measure`). Other methods are returned as given; the layer-ordered
     ones need an MLP."""
     method = hcfg.method
     if method == "auto":
@@ -46,11 +48,18 @@ def resolve_method(hcfg, model: nn.Module, n_params: int) -> str:
 
 
 def measure(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, hcfg, lr: float) -> CurvatureResult:
-    """The curvature of the mean loss over (x, y) at the model's current parameters, by ``hcfg.method``."""
+    """The curvature of the mean loss over (x, y) at the model's current parameters, by ``hcfg.method``.
+
+    Every method runs in ``hcfg.dtype`` except ``auto``'s SLQ branch, which runs in ``hcfg.auto_slq_dtype``
+    (float32 by default: twice as fast, and float32's rounding, about 1e-7 relative, is far below SLQ's
+    statistical and quadrature errors of a few percent). The precision used is recorded in ``dtype``."""
     start = time.perf_counter()
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     method = resolve_method(hcfg, model, n_params)
-    dtype, k_vec = DTYPES[hcfg.dtype], int(hcfg.topk_vectors)
+    dtype_name = hcfg.dtype
+    if hcfg.method == "auto" and method == "slq":
+        dtype_name = hcfg.get("auto_slq_dtype", dtype_name)
+    dtype, k_vec = DTYPES[dtype_name], int(hcfg.topk_vectors)
     arrays: dict = {}
     if method in ("exact", "block_band"):
         if method == "exact":
@@ -66,7 +75,7 @@ def measure(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
     else:
         values, vectors, row, arrays = _iterative(method, model, loss_fn, x, y, hcfg, dtype, k_vec)
         row.update(two_over_lr=2.0 / lr, sharpness_ratio=row["lambda_max"] * lr / 2.0)
-    return CurvatureResult(method, values, vectors, row, time.perf_counter() - start, arrays)
+    return CurvatureResult(method, dtype_name, values, vectors, row, time.perf_counter() - start, arrays)
 
 
 def _iterative(method: str, model, loss_fn, x, y, hcfg, dtype, k_vec: int):
@@ -78,12 +87,14 @@ def _iterative(method: str, model, loss_fn, x, y, hcfg, dtype, k_vec: int):
                   max_iter=int(hcfg.max_iter), seed=seed, dtype=dtype, device=device)  # fmt: skip
     row = {"lambda_max": float(top.values[0]), "lambda_min": top.lambda_min, "converged": top.converged}
     nan = float("nan")
+    # the top eigenpairs enter the traces exactly and are projected out of the probes (when P leaves room)
+    deflate = (top.values, top.vectors) if hcfg.get("deflate", True) and len(top.values) < p else None
     if method == "lanczos":
-        trace, trace_se = hutchinson(matvec, p, probes=probes, seed=seed, dtype=dtype, device=device)
+        trace, trace_se = hutchinson(matvec, p, probes=probes, seed=seed, deflate=deflate, dtype=dtype, device=device)
         row.update(trace=trace, trace_se=trace_se, n_negative=nan, n_eff=nan, n_eff_se=nan, sane=nan, sane_se=nan)
         return top.values, top.vectors[:, :k_vec], row, {}
     quad = slq(matvec, p, probes=probes, steps=int(hcfg.steps), seed=seed, reorthogonalize=bool(hcfg.reorth),
-               dtype=dtype, device=device)  # fmt: skip
+               deflate=deflate, dtype=dtype, device=device)  # fmt: skip
     mode = hcfg.eig_mode
     # SANE's scale: the k-th largest |eigenvalue| (abs) or the k-th largest eigenvalue clipped at 0 (clip)
     largest = top.magnitudes if hcfg.eig_mode == "abs" else np.clip(top.values, 0.0, None)

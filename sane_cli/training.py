@@ -195,7 +195,7 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
     def curvature(step: int) -> dict[str, Any]:
         result = measure(model, loss_fn, hx, hy, hcfg, lr)
         row = {
-            "step": step, "lr": lr, "method": result.method, "dtype": hcfg.dtype, "n_params": n_params,
+            "step": step, "lr": lr, "method": result.method, "dtype": result.dtype, "n_params": n_params,
             "subset": len(hy), "alpha": hcfg.alpha, "rho": hcfg.rho, "k": hcfg.k, "eig_mode": hcfg.eig_mode,
             **result.row, "seconds": round(result.seconds, 4),
         }  # fmt: skip

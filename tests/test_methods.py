@@ -92,16 +92,47 @@ def test_slq_and_hutchinson_within_four_standard_errors():
         "n_eff": lambda t: np.abs(t) / (np.abs(t) + 0.5),
         "sane": lambda t: np.abs(t) / (np.abs(t) + scale),
     }
+    top = lanczos(matvec, p, 5, tol=1e-10)
     for seed in range(4):
-        for reorth in (True, False):
-            quad = slq(matvec, p, probes=20, steps=40, seed=seed, reorthogonalize=reorth)
+        for reorth, deflate in [(True, None), (False, None), (False, (top.values, top.vectors))]:
+            quad = slq(matvec, p, probes=20, steps=40, seed=seed, reorthogonalize=reorth, deflate=deflate)
             for name, f in fs.items():
                 est, se = quad.trace_of(f)
-                assert abs(est - exact[name]) <= 4 * se, (name, seed, reorth, est, se, exact[name])
-        est, se = hutchinson(matvec, p, probes=30, seed=seed)
-        assert abs(est - exact["trace"]) <= 4 * se
+                assert abs(est - exact[name]) <= 4 * se, (name, seed, reorth, deflate is None, est, se, exact[name])
+        for deflate in (None, (top.values, top.vectors)):
+            est, se = hutchinson(matvec, p, probes=30, seed=seed, deflate=deflate)
+            assert abs(est - exact["trace"]) <= 4 * se
     a, b = slq(matvec, p, probes=4, steps=10, seed=7), slq(matvec, p, probes=4, steps=10, seed=7)
     assert np.array_equal(a.nodes, b.nodes) and np.array_equal(a.weights, b.weights)
+
+
+def test_deflation_counts_the_top_eigenvalues_exactly_and_shrinks_the_error():
+    """Deflating the top eigenpairs: the probes lose their component along them (so the deflated part is
+    exact), and the trace's standard error falls when the top eigenvalues dominate."""
+    model, loss_fn, x, y, ref = problem(depth=3, width=8)
+    ev = np.linalg.eigvalsh(ref.numpy())
+    matvec, p = hvp_operator(model, loss_fn, x, y)
+    top = lanczos(matvec, p, 8, tol=1e-10)
+    plain = hutchinson(matvec, p, probes=64, seed=1)[1]
+    deflated = hutchinson(matvec, p, probes=64, seed=1, deflate=(top.values, top.vectors))[1]
+    assert deflated < 0.8 * plain, (deflated, plain)
+    # deflating every eigenvector leaves nothing to estimate: the trace is exact with zero error
+    full = lanczos(matvec, p, p, tol=1e-12, max_iter=p)
+    est, se = hutchinson(matvec, p, probes=4, seed=0, deflate=(full.values, full.vectors))
+    assert est == pytest.approx(ev.sum(), rel=1e-8) and se < 1e-8 * np.abs(ev).max()
+    quad = slq(matvec, p, probes=4, steps=5, seed=0, deflate=(full.values, full.vectors))
+    assert quad.trace_of(lambda t: t)[0] == pytest.approx(ev.sum(), rel=1e-8)
+
+
+def test_auto_runs_slq_in_its_own_precision_above_the_threshold():
+    model, loss_fn, x, y, ref = problem(depth=3, width=8)
+    n_params = sum(p.numel() for p in model.parameters())
+    hcfg = OmegaConf.merge(make_config().hessian, {"exact_max_params": n_params - 1, "steps": 20})
+    result = measure(model, loss_fn, x, y, hcfg, lr=0.1)
+    assert (result.method, result.dtype) == ("slq", "float32")
+    assert result.row["lambda_max"] == pytest.approx(np.linalg.eigvalsh(ref.numpy())[-1], rel=1e-5)
+    hcfg.auto_slq_dtype = "float64"
+    assert measure(model, loss_fn, x, y, hcfg, lr=0.1).dtype == "float64"
 
 
 @pytest.mark.parametrize("method", ["block_diag", "block_band", "lanczos", "slq", "auto"])
@@ -135,3 +166,13 @@ def test_slq_clip_mode_against_exact():
     assert abs(row["sane"] - np.sum(pos / (pos + scale))) <= 4 * row["sane_se"]
     assert abs(row["n_eff"] - np.sum(pos / (pos + 0.5))) <= 4 * row["n_eff_se"]
     assert row["lambda_max"] == pytest.approx(ev[-1], rel=1e-6)
+
+
+def test_lanczos_values_only_reaches_the_eigenvalue_tolerance_sooner():
+    model, loss_fn, x, y, ref = problem(depth=3, width=8)
+    ev = np.linalg.eigvalsh(ref.numpy())[::-1]
+    matvec, p = hvp_operator(model, loss_fn, x, y)
+    vectors = lanczos(matvec, p, 3, tol=1e-8, max_iter=p, seed=2)
+    values = lanczos(matvec, p, 3, tol=1e-8, max_iter=p, seed=2, values_only=True)
+    assert values.converged and values.iterations < vectors.iterations
+    np.testing.assert_allclose(values.values, ev[:3], rtol=1e-7)
