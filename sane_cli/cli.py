@@ -1,7 +1,8 @@
 """Command-line entry points: thin wrappers that compose the config and call plain functions.
 
 ``sane-run``    Hydra app around :func:`sane_cli.training.train` (single runs and ``-m`` sweeps).
-``sane-report`` a table of every run below the given folders (:func:`sane_cli.report.report`).
+``sane-report`` figures, tables and report.html for every run below the given folders
+                (:func:`sane_cli.report.report`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,9 @@ import logging
 import sys
 from importlib import resources
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from .errors import UsageError
 
-from .config import UsageError, validate
-from .data import check_files
-
+# torch, Hydra and the training code are imported where used, so that `sane-report` starts quickly
 CONFIG_MODULE = "sane_cli.conf"
 GROUPS = ("dataset", "model", "optim", "hessian", "experiment")
 
@@ -27,16 +24,24 @@ def _usage_exit(prog: str, err: UsageError) -> None:
     sys.exit(2)
 
 
-@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
-def _hydra_run(cfg: DictConfig) -> None:
-    from .training import train
+def _hydra_app():
+    """The Hydra application behind ``sane-run``: compose the config, train one run in Hydra's folder."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig
 
-    run_dir = HydraConfig.get().runtime.output_dir
-    try:
-        train(cfg, run_dir)
-    except UsageError as e:
-        logging.getLogger("sane_cli").error("%s", e)
-        _usage_exit("sane-run", e)
+    @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
+    def app(cfg: DictConfig) -> None:
+        from .training import train
+
+        run_dir = HydraConfig.get().runtime.output_dir
+        try:
+            train(cfg, run_dir)
+        except UsageError as e:
+            logging.getLogger("sane_cli").error("%s", e)
+            _usage_exit("sane-run", e)
+
+    return app
 
 
 def group_options(group: str) -> list[str]:
@@ -59,6 +64,9 @@ def precheck(argv: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
+
+    from .config import validate
+    from .data import check_files
 
     words = [a for a in argv if not a.startswith("-")]
     try:
@@ -96,7 +104,7 @@ def run_main() -> None:
             precheck(argv)
         except UsageError as e:
             _usage_exit("sane-run", e)
-    _hydra_run()
+    _hydra_app()()
 
 
 def report_main() -> None:

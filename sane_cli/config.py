@@ -11,6 +11,7 @@ import os
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .errors import UsageError
 from .models import ACTIVATIONS
 
 LOSSES = ("cross_entropy", "mse")
@@ -20,10 +21,6 @@ HESSIAN_METHODS = ("exact", "block_diag", "block_band", "lanczos", "slq", "auto"
 DTYPES = ("float64", "float32")
 EIG_MODES = ("abs", "clip")
 DATASETS = ("mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10")
-
-
-class UsageError(Exception):
-    """A problem with the user's input (config value, data folder, run folder), stated in one line."""
 
 
 def _fail(key: str, value, allowed: str) -> None:
@@ -125,7 +122,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check_number(cfg, "hessian.max_iter", minimum=1, integer=True)
     _check_number(cfg, "hessian.seed", minimum=0, integer=True)
     _check_number(cfg, "hessian.exact_max_params", minimum=1, integer=True)
-    for key in ("hessian.reorth", "hessian.deflate"):
+    _check_number(cfg, "hessian.spike_threshold", minimum=0, strict=True)
+    _check_number(cfg, "hessian.spike_after", minimum=1, integer=True)
+    _check_number(cfg, "hessian.spike_max", minimum=0, integer=True)
+    for key in ("hessian.reorth", "hessian.deflate", "hessian.on_spike"):
         if not isinstance(OmegaConf.select(cfg, key), bool):
             _fail(key, OmegaConf.select(cfg, key), "must be true or false")
 

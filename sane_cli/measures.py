@@ -88,3 +88,26 @@ def spectrum_summary(
         "two_over_lr": threshold,
         "sharpness_ratio": lam_max / threshold,
     }
+
+
+def spectrum_distance(
+    values_a: np.ndarray, weights_a: np.ndarray | None, values_b: np.ndarray, weights_b: np.ndarray | None
+) -> float:
+    """Distance between two spectra as distributions: the Wasserstein-1 (earth mover's) distance between
+    the eigenvalue distributions (each eigenvalue weighted equally unless weights are given, e.g. SLQ's
+    quadrature weights), divided by the mean |eigenvalue| of the first, so that it is scale free; 0 for the
+    same spectrum.
+
+    >>> spectrum_distance(np.array([1.0, 3.0]), None, np.array([1.0, 3.0]), None)
+    0.0
+    >>> spectrum_distance(np.array([1.0, 3.0]), None, np.array([2.0, 4.0]), None)
+    0.5
+    """
+    from scipy.stats import wasserstein_distance
+
+    a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
+    wa = np.ones_like(a) if weights_a is None else np.asarray(weights_a, dtype=np.float64)
+    scale = float(np.sum(wa * np.abs(a)) / np.sum(wa))
+    if scale == 0.0:
+        return float("nan")
+    return float(wasserstein_distance(a, b, wa, weights_b) / scale)

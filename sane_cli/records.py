@@ -7,11 +7,14 @@ A run folder holds::
     metrics.csv               one row per logged step: step, epoch (passes over the training set),
                               train_loss, train_acc, test_loss, test_acc, lr (no timings, so that the
                               same config gives the same file)
+    loss.csv                  one row per optimiser step: step, loss (the loss of the batch the step was
+                              taken on, before the update; for spike detection)
     hessian.csv               one row per curvature checkpoint: step, lr, method (the one that ran),
                               dtype, n_params, subset, lambda_max, lambda_min, trace, trace_se,
                               n_negative, n_eff, n_eff_se, sane, sane_se (standard errors of estimates,
                               0 for exact values), alpha, rho, k, eig_mode, two_over_lr,
-                              sharpness_ratio, converged (iterative methods), seconds
+                              sharpness_ratio, converged (iterative methods), seconds, kind
+                              (scheduled, pre_spike: the state just before a loss spike, post_spike)
     spectra/step_<step>.npz   eigenvalues, descending: all of them (exact, block_*) or the top Ritz values
                               (lanczos, slq); eigenvectors (P, topk_vectors), as columns; slq_nodes and
                               slq_weights (probes, steps) for slq
@@ -34,14 +37,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import UsageError
+from .errors import UsageError
 
 METRICS_COLUMNS = ["step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
 HESSIAN_COLUMNS = [
     "step", "lr", "method", "dtype", "n_params", "subset", "lambda_max", "lambda_min", "trace", "trace_se",
     "n_negative", "n_eff", "n_eff_se", "sane", "sane_se", "alpha", "rho", "k", "eig_mode", "two_over_lr",
-    "sharpness_ratio", "converged", "seconds",
+    "sharpness_ratio", "converged", "seconds", "kind",
 ]  # fmt: skip
+LOSS_COLUMNS = ["step", "loss"]
+CHECKPOINT_KINDS = ("scheduled", "pre_spike", "post_spike")
 STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 
 
@@ -55,11 +60,15 @@ class _CsvLog:
         self._writer.writeheader()
         self._file.flush()
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, row: dict[str, Any], flush: bool = True) -> None:
         missing = set(self.columns) - set(row)
         if missing:
             raise KeyError(f"{self.path.name} row lacks {sorted(missing)}")
         self._writer.writerow({c: row[c] for c in self.columns})
+        if flush:
+            self._file.flush()
+
+    def flush(self) -> None:
         self._file.flush()
 
     def close(self) -> None:
@@ -76,9 +85,14 @@ class RunWriter:
         (self.dir / "spectra").mkdir(parents=True, exist_ok=True)
         self.metrics = _CsvLog(self.dir / "metrics.csv", METRICS_COLUMNS)
         self.hessian = _CsvLog(self.dir / "hessian.csv", HESSIAN_COLUMNS)
+        self.loss = _CsvLog(self.dir / "loss.csv", LOSS_COLUMNS)
 
     def log_metrics(self, row: dict[str, Any]) -> None:
         self.metrics.write(row)
+        self.loss.flush()
+
+    def log_step_loss(self, step: int, loss: float) -> None:
+        self.loss.write({"step": step, "loss": loss}, flush=False)  # flushed with each metrics row
 
     def log_curvature(
         self, row: dict[str, Any], eigenvalues: np.ndarray, eigenvectors: np.ndarray, **arrays: np.ndarray
@@ -102,6 +116,7 @@ class RunWriter:
     def close(self) -> None:
         self.metrics.close()
         self.hessian.close()
+        self.loss.close()
 
 
 def _json_default(obj: Any) -> Any:
@@ -120,6 +135,7 @@ class Run:
     summary: dict[str, Any]
     metrics: pd.DataFrame
     hessian: pd.DataFrame
+    losses: pd.DataFrame | None = None  # loss.csv (absent in runs made before it existed)
 
     @property
     def status(self) -> str:
@@ -139,6 +155,24 @@ class Run:
 
     def spectrum_steps(self) -> list[int]:
         return sorted(int(p.stem.split("_", 1)[1]) for p in (self.path / "spectra").glob("step_*.npz"))
+
+    def density(self, step: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(eigenvalues, weights) of the spectrum at a checkpoint as a distribution: every eigenvalue
+        (weights None) for exact and block methods; SLQ's nodes with their quadrature weights (averaged
+        over probes); the top Ritz values for lanczos."""
+        path = self.path / "spectra" / f"step_{int(step)}.npz"
+        with np.load(path) as f:
+            if "slq_nodes" in f:
+                nodes, weights = f["slq_nodes"], f["slq_weights"]
+                return nodes.ravel(), (weights / len(weights)).ravel()
+            return f["eigenvalues"], None
+
+    def step_losses(self) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, training loss) at every optimiser step from loss.csv, or at the logged steps of
+        metrics.csv for runs without it."""
+        if self.losses is not None and len(self.losses):
+            return self.losses.step.to_numpy(), self.losses["loss"].to_numpy(dtype=float)
+        return self.metrics.step.to_numpy(), self.metrics.train_loss.to_numpy(dtype=float)
 
 
 def is_run_dir(path: Path) -> bool:
@@ -165,12 +199,17 @@ def load_run(path: str | Path) -> Run:
     if summary.get("status") not in STATUSES or "config" not in summary:
         raise UsageError(f"{path}: summary.json lacks a valid status and config; not a sane-run run folder")
     tables = {}
-    for name, columns in (("metrics", METRICS_COLUMNS), ("hessian", HESSIAN_COLUMNS)):
+    for name, columns in (("metrics", METRICS_COLUMNS), ("hessian", HESSIAN_COLUMNS), ("loss", LOSS_COLUMNS)):
+        if name == "loss" and not (path / "loss.csv").exists():
+            tables[name] = None  # written since version 0.2; older runs detect spikes on metrics.csv
+            continue
         try:
             df = pd.read_csv(path / f"{name}.csv")
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise UsageError(f"{path}: {name}.csv is missing or corrupt ({e})") from e
+        if name == "hessian" and list(df.columns) == columns[:-1]:  # before checkpoint kinds existed
+            df["kind"] = "scheduled"
         if list(df.columns) != columns:
             raise UsageError(f"{path}: {name}.csv has columns {list(df.columns)}, expected {columns}")
         tables[name] = df
-    return Run(path, summary, tables["metrics"], tables["hessian"])
+    return Run(path, summary, tables["metrics"], tables["hessian"], tables["loss"])

@@ -1,27 +1,65 @@
-"""``sane-report``: collect every run below some folders into one table.
+"""``sane-report PATH [PATH...]``: every run below some folders turned into tables, figures and one HTML
+page.
 
-This first version writes ``summary.csv`` (one row per run: status, the config keys that vary between
-runs, final metrics and final curvature) and prints it. Figures come with the report issue.
+Runs are grouped by the config keys that vary between them (lr, depth, width, dataset, optimiser, seed,
+...), and seeds are averaged with their standard deviation. The output folder (default
+``<first PATH>/report``) holds::
+
+    report.html          every figure and table on one page (opens offline), with the runs and configs
+    summary.csv          one row per run: status, the varying config keys, final metrics and curvature
+    groups.csv           runs that differ only in their seed: mean and std of each final quantity
+    correlations.csv     Kendall tau and Spearman rho between each measure and test loss, test accuracy
+                         and the generalisation gap across completed runs, with p-values
+    basins.csv           loss basins of every run (sane_cli.basins.BASIN_COLUMNS, plus the run)
+    figures/             lr_comparison and depth_comparison (when lr or depth vary)
+    runs/<label>/        dynamics, spectra and (with spikes) basins figures; basins.csv; similarity.csv
+
+Run folders are only read. Diverged runs are listed and marked in the figures, never dropped; unreadable
+run folders are skipped with a warning naming each.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import logging
+import os
+import re
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from .config import UsageError
-from .records import find_runs, load_run
+from .errors import UsageError
+from .records import Run, find_runs, load_run
 
 log = logging.getLogger(__name__)
 
 CONFIG_KEYS = {
     "dataset": ("dataset", "name"), "depth": ("model", "depth"), "width": ("model", "width"),
     "activation": ("model", "activation"), "optim": ("optim", "name"), "lr": ("optim", "lr"),
-    "weight_decay": ("optim", "weight_decay"), "loss": ("loss",), "seed": ("seed",),
+    "batch_size": ("optim", "batch_size"), "momentum": ("optim", "momentum"),
+    "weight_decay": ("optim", "weight_decay"), "loss": ("loss",), "steps": ("steps",),
+    "hessian": ("hessian", "method"), "seed": ("seed",),
 }  # fmt: skip
+IGNORED_KEYS = {"lr", "depth", "width", "device", "dataset.root", "dataset.cache_dir", "save_checkpoint"}
+MEASURES = ("sane", "n_eff", "lambda_max", "trace")
+TARGETS = ("test_loss", "test_acc", "gen_gap")
+FORMATS = ("png", "pdf")
+QUANTITIES = (*MEASURES, "test_loss", "test_acc", "train_loss", "train_acc", "gen_gap")
+
+
+@dataclass
+class Options:
+    """What to draw: figure formats and the curvature measures in the comparisons and correlations."""
+
+    formats: tuple[str, ...] = ("png",)
+    measures: tuple[str, ...] = MEASURES
+    jobs: int | None = None  # processes for the per-run figures; None: one per CPU
 
 
 def _get(d: dict, path: tuple[str, ...]):
@@ -32,43 +70,332 @@ def _get(d: dict, path: tuple[str, ...]):
     return d
 
 
-def summarise(paths: list[Path]) -> pd.DataFrame:
-    """One row per run found below ``paths``; unreadable run folders are skipped with a warning."""
-    rows = []
+def collect(paths: list[Path]) -> tuple[list[Run], list[str]]:
+    """Every readable run below ``paths`` and a message for each unreadable one (also logged).
+
+    Raises:
+        UsageError: a path that does not exist or holds no run folder, or no readable run at all.
+    """
+    runs, skipped, seen = [], [], set()
     for root in paths:
         if not root.exists():
             raise UsageError(f"{root} does not exist; give a folder that holds sane-run outputs (e.g. outputs/)")
-        runs = find_runs(root)
-        if not runs:
-            raise UsageError(f"{root} holds no sane-run run folders (none has a summary.json)")
-        for path in runs:
+        found = find_runs(root)
+        if not found:
+            raise UsageError(f"{root} holds no sane-run run folders (none has a summary.json); check the path")
+        for path in found:
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
             try:
-                run = load_run(path)
+                runs.append(load_run(path))
             except UsageError as e:
                 log.warning("skipping %s", e)
-                continue
-            row = {"run": str(path), "status": run.status}
-            row.update({k: _get(run.config, p) for k, p in CONFIG_KEYS.items()})
-            row.update({k: v for k, v in run.summary.items() if k.startswith("final_")})
-            row["n_params"] = run.summary.get("n_params")
-            row["wall_seconds"] = run.summary.get("wall_seconds")
-            rows.append(row)
-    if not rows:
+                skipped.append(str(e))
+    if not runs:
         raise UsageError(f"no readable run folders below {', '.join(map(str, paths))} (see the warnings above)")
+    return runs, skipped
+
+
+def summary_table(runs: list[Run]) -> pd.DataFrame:
+    """One row per run: path, status, config keys, size, and the final metrics and curvature (with the
+    standard errors of estimates). gen_gap = test loss - train loss; acc_gap = train acc - test acc."""
+    rows = []
+    for run in runs:
+        s = run.summary
+        row = {"run": str(run.path), "status": run.status}
+        row.update({k: _get(run.config, p) for k, p in CONFIG_KEYS.items()})
+        row.update({k: v for k, v in flat_config(run.config).items() if k not in row})
+        row.update(n_params=s.get("n_params"), steps_done=s.get("steps_done"), wall_seconds=s.get("wall_seconds"))
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+            row[key] = s.get(f"final_{key}", np.nan)
+        h = run.hessian[run.hessian.kind != "pre_spike"] if len(run.hessian) else run.hessian
+        last = h.sort_values("step").iloc[-1] if len(h) else None
+        for key in ("lambda_max", "lambda_min", "trace", "trace_se", "n_eff", "n_eff_se", "sane", "sane_se"):
+            row[key] = float(last[key]) if last is not None else np.nan
+        row["curvature_step"] = int(last.step) if last is not None else np.nan
+        row["method"] = last.method if last is not None else None
+        row["two_over_lr"] = 2.0 / row["lr"] if row["lr"] else np.nan
+        row["gen_gap"] = row["test_loss"] - row["train_loss"]
+        row["acc_gap"] = row["train_acc"] - row["test_acc"]
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["label"] = run_labels(table)
+    dotted = [c for c in table.columns if "." in c]  # the rest of the config, last
+    return table[["label", *[c for c in table.columns if c != "label" and c not in dotted], *dotted]]
+
+
+def flat_config(config: dict) -> dict:
+    """Every config value under its dotted key (``hessian.probes``), but those in CONFIG_KEYS under their
+    short name (``lr``), and without keys that do not change results (device, data folders) or duplicate
+    another (the ``lr``, ``depth``, ``width`` shortcuts)."""
+    flat = pd.json_normalize(config, sep=".").iloc[0].to_dict() if config else {}
+    dotted = {".".join(p): k for k, p in CONFIG_KEYS.items()}
+    out = {}
+    for key, value in flat.items():
+        if key in IGNORED_KEYS or key.startswith(("hydra.", "experiment")):
+            continue
+        out[dotted.get(key, key)] = value
+    return out
+
+
+def varying_keys(table: pd.DataFrame) -> list[str]:
+    """The config keys that take more than one value across the runs: those of CONFIG_KEYS first (lr,
+    depth, width, dataset, optimiser, seed, ...), then any other (dotted, e.g. ``hessian.probes``)."""
+    config_columns = list(CONFIG_KEYS) + sorted(c for c in table.columns if "." in c)
+    return [k for k in config_columns if k in table and table[k].astype(str).nunique() > 1]
+
+
+def run_labels(table: pd.DataFrame) -> list[str]:
+    """A short unique name per run from its varying config keys, e.g. ``lr=0.5 depth=8``; runs that share
+    every key are numbered; a lone run is named by its folder."""
+    keys = varying_keys(table)
+    if not keys:
+        base = [Path(p).name for p in table.run]
+    else:
+        base = [" ".join(f"{k}={_fmt(row[k])}" for k in keys) for _, row in table.iterrows()]
+    labels, count = [], {}
+    for b in base:
+        count[b] = count.get(b, 0) + 1
+        labels.append(b if base.count(b) == 1 else f"{b} #{count[b]}")
+    return labels
+
+
+def _fmt(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def slug(label: str) -> str:
+    """A file-name-safe form of a run label."""
+    return re.sub(r"[^A-Za-z0-9=.,_#-]+", "_", label).strip("_") or "run"
+
+
+def group_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Completed runs grouped by every varying key but the seed: n_runs, and mean and std (over seeds) of
+    each final quantity; n_diverged counts the group's diverged runs."""
+    keys = [k for k in varying_keys(table) if k != "seed"]
+    done = table[table.status == "completed"]
+    if not keys:
+        groups = {"all runs": (done, table)}
+    else:
+        groups = {
+            name: (sub, table[(table[keys].astype(str) == pd.Series(sub.iloc[0][keys]).astype(str)).all(axis=1)])
+            for name, sub in done.groupby(keys, dropna=False, sort=True)
+        }
+    rows = []
+    for name, (sub, everything) in groups.items():
+        row = dict(zip(keys, name if isinstance(name, tuple) else (name,), strict=False)) if keys else {}
+        row.update(n_runs=len(sub), n_diverged=int((everything.status == "diverged").sum()))
+        for q in QUANTITIES:
+            values = pd.to_numeric(sub[q], errors="coerce")
+            row[f"{q}_mean"] = values.mean()
+            row[f"{q}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
+def correlations(table: pd.DataFrame, measures=MEASURES, targets=TARGETS) -> pd.DataFrame:
+    """Rank correlations across completed runs between each measure and each target (test loss, test
+    accuracy, generalisation gap): Kendall tau-b and Spearman rho with their p-values, over the runs where
+    both are finite (NaN with fewer than 3)."""
+    from scipy.stats import kendalltau, spearmanr
+
+    done = table[table.status == "completed"]
+    rows = []
+    for m in measures:
+        for t in targets:
+            x, y = pd.to_numeric(done[m], errors="coerce"), pd.to_numeric(done[t], errors="coerce")
+            ok = np.isfinite(x) & np.isfinite(y)
+            row = {"measure": m, "target": t, "n_runs": int(ok.sum())}
+            if ok.sum() >= 3 and x[ok].nunique() > 1 and y[ok].nunique() > 1:
+                tau, tau_p = kendalltau(x[ok], y[ok])
+                rho, rho_p = spearmanr(x[ok], y[ok])
+                row.update(kendall_tau=tau, kendall_p=tau_p, spearman_rho=rho, spearman_p=rho_p)
+            else:
+                row.update(kendall_tau=np.nan, kendall_p=np.nan, spearman_rho=np.nan, spearman_p=np.nan)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _per_run(args: tuple[str, str, str, tuple[str, ...]]) -> tuple[str, pd.DataFrame, list[int], list[str]]:
+    """Basins and figures of one run (in a worker process): (label, basins table, spikes, figure files)."""
+    from . import basins as B
+    from . import plots
+
+    path, label, folder, formats = args
+    run = load_run(path)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    table = B.analyse(run)
+    spikes = [int(s) for s in table.spike_step.dropna()]
+    table.to_csv(out / "basins.csv", index=False)
+    files = []
+    figures = {"dynamics": lambda: plots.dynamics(run, spikes, label)}
+    if run.spectrum_steps():
+        sim_steps, sim = B.similarity_matrix(run)
+        pd.DataFrame(sim, index=sim_steps, columns=sim_steps).to_csv(out / "similarity.csv")
+        figures["spectra"] = lambda: plots.spectra(run, label)
+        if spikes:
+            figures["basins"] = lambda: plots.basins(run, table, sim_steps, sim, label)
+    for name, draw in figures.items():
+        files += _save(draw(), out / name, formats)
+    return label, table, spikes, files
+
+
+def _save(fig, stem: Path, formats: tuple[str, ...]) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for fmt in formats:
+        fig.savefig(stem.with_suffix(f".{fmt}"))
+        paths.append(str(stem.with_suffix(f".{fmt}")))
+    plt.close(fig)
+    return paths
+
+
+def report(paths: list[Path], out: Path | None = None, options: Options | None = None) -> Path:
+    """Write the report of every run below ``paths`` into ``out`` (default ``<paths[0]>/report``) and
+    return the path of report.html."""
+    from . import plots
+
+    options = options or Options()
+    start = time.perf_counter()
+    runs, skipped = collect(paths)
+    out = Path(out) if out is not None else paths[0] / "report"
+    for run in runs:
+        if out.resolve().is_relative_to(run.path.resolve()):
+            raise UsageError(f"the output folder {out} lies inside the run folder {run.path}; choose another (-o)")
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    table = summary_table(runs)
+    table.to_csv(out / "summary.csv", index=False)
+    keys = varying_keys(table)
+    log.info("%d runs (%s); varying: %s", len(runs), _status_counts(table), ", ".join(keys) or "nothing")
+
+    jobs = [
+        (str(r.path), lab, str(out / "runs" / slug(lab)), options.formats)
+        for r, lab in zip(runs, table.label, strict=True)
+    ]
+    n_workers = min(options.jobs or os.cpu_count() or 1, len(jobs))
+    if n_workers > 1:
+        with ProcessPoolExecutor(n_workers, mp_context=get_context("fork")) as pool:
+            per_run = list(pool.map(_per_run, jobs))
+    else:
+        per_run = [_per_run(j) for j in jobs]
+    basins = pd.concat([t.assign(run=lab) for lab, t, _, _ in per_run if len(t)], ignore_index=True)
+    basins = basins[["run", *[c for c in basins.columns if c != "run"]]] if len(basins) else basins
+    basins.to_csv(out / "basins.csv", index=False)
+    table["spikes"] = [len(s) for _, _, s, _ in per_run]
+    table.to_csv(out / "summary.csv", index=False)
+
+    groups = group_table(table)
+    groups.to_csv(out / "groups.csv", index=False)
+    corr = correlations(table, options.measures)
+    corr.to_csv(out / "correlations.csv", index=False)
+
+    comparisons = {}
+    diverged = table[table.status == "diverged"]
+    for x, panels in (
+        ("lr", [*options.measures, "test_acc", "gen_gap"]),
+        ("depth", [*options.measures, "test_acc"]),
+    ):
+        if x in keys and len(groups):
+            others = [k for k in keys if k not in (x, "seed")]
+            g, d = groups.copy(), diverged.copy()
+            line = None
+            if others:
+                line = others[0] if len(others) == 1 else "config"
+                if line == "config":
+                    g[line] = g[others].astype(str).agg(" ".join, axis=1)
+                    d[line] = d[others].astype(str).agg(" ".join, axis=1)
+            fig = plots.comparison(g, x, line, [p for p in panels if f"{p}_mean" in g], d)
+            comparisons[x] = _save(fig, out / "figures" / f"{x}_comparison", options.formats)
+
+    page = out / "report.html"
+    page.write_text(_html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run, out))
+    log.info("wrote %s in %.1f s", page, time.perf_counter() - start)
+    return page
+
+
+def _status_counts(table: pd.DataFrame) -> str:
+    return ", ".join(f"{n} {s}" for s, n in table.status.value_counts().items())
+
+
+def _html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run, out: Path) -> str:
+    """report.html: plain HTML with relative links to the figures, readable offline."""
+    from omegaconf import OmegaConf
+
+    def img(files: list[str], alt: str) -> str:
+        pngs = [f for f in files if f.endswith(".png")]
+        if pngs:
+            return f'<img src="{html.escape(os.path.relpath(pngs[0], out))}" alt="{html.escape(alt)}">'
+        return " ".join(f'<a href="{html.escape(os.path.relpath(f, out))}">{html.escape(alt)} (pdf)</a>' for f in files)
+
+    def tbl(df: pd.DataFrame) -> str:
+        return df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="t")
+
+    cols = ["label", "status", *keys, "n_params", "method", "steps_done", "train_loss", "test_loss", "test_acc",
+            "gen_gap", "lambda_max", "two_over_lr", "sane", "n_eff", "trace", "spikes"]  # fmt: skip
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>sane-report</title><style>",
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}",
+        "img{max-width:100%} table.t{border-collapse:collapse;font-size:12px;margin:0.5em 0}",
+        "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}",
+        ".diverged td{color:#b00} details{margin:0.4em 0} pre{background:#f6f6f6;padding:0.5em;font-size:11px}",
+        "</style></head><body>",
+        "<h1>sane-report</h1>",
+        f"<p>{len(runs)} runs below {html.escape(', '.join(map(str, paths)))} ({_status_counts(table)}); "
+        f"config keys that vary: {html.escape(', '.join(keys) or 'none')}. "
+        f"Written {time.strftime('%Y-%m-%d %H:%M')}.</p>",
+    ]
+    if skipped:
+        parts.append("<p><b>Skipped (unreadable):</b></p><ul>")
+        parts += [f"<li>{html.escape(s)}</li>" for s in skipped]
+        parts.append("</ul>")
+    parts += ["<h2>Runs</h2>", tbl(table[[c for c in cols if c in table]])]
+    titles = {"lr": "Learning-rate comparison", "depth": "Depth comparison"}
+    for x, files in comparisons.items():
+        parts += [f"<h2>{titles[x]}</h2>", "<p>Final values; mean and standard deviation over seeds; crosses on "
+                  "the x axis mark diverged runs.</p>", img(files, f"{x} comparison")]  # fmt: skip
+    parts += [
+        "<h2>Correlations</h2><p>Across completed runs, final values.</p>", tbl(corr),
+        "<h2>Groups</h2><p>Completed runs that differ only in their seed.</p>", tbl(groups),
+        "<h2>Per run</h2>",
+    ]  # fmt: skip
+    for run, (label, basins, _, files) in zip(runs, per_run, strict=True):
+        status = run.status
+        parts.append(f"<details><summary><b>{html.escape(label)}</b> ({status}) {html.escape(str(run.path))}</summary>")
+        for f in files:
+            if f.endswith(".png") or not any(g.endswith(".png") for g in files):
+                parts.append(img([f], Path(f).stem))
+        if basins["spike_step"].notna().any():
+            parts += ["<p>Loss basins</p>", tbl(basins)]
+        config = OmegaConf.to_yaml(OmegaConf.create(run.config))
+        parts.append(f"<details><summary>config</summary><pre>{html.escape(config)}</pre></details></details>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
 def main(argv: list[str]) -> Path:
-    parser = argparse.ArgumentParser(prog="sane-report", description="Tabulate every sane-run run below PATH.")
+    parser = argparse.ArgumentParser(
+        prog="sane-report", description="Figures, tables and report.html for every sane-run run below PATH."
+    )
     parser.add_argument("paths", nargs="+", type=Path, help="folders holding runs, e.g. outputs/")
     parser.add_argument("-o", "--out", type=Path, default=None, help="output folder (default: <first PATH>/report)")
+    parser.add_argument("--format", default="png", help="figure formats, comma separated: png, pdf (default png)")
+    parser.add_argument(
+        "--measures", default=",".join(MEASURES), help=f"curvature measures to compare (default {','.join(MEASURES)})"
+    )
+    parser.add_argument("-j", "--jobs", type=int, default=None, help="processes for per-run figures (default: CPUs)")
     args = parser.parse_args(argv)
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    measures = tuple(m.strip() for m in args.measures.split(",") if m.strip())
+    if not formats or any(f not in FORMATS for f in formats):
+        raise UsageError(f"--format={args.format!r} is invalid: use png, pdf or png,pdf")
+    if not measures or any(m not in MEASURES for m in measures):
+        raise UsageError(f"--measures={args.measures!r} is invalid: choose among {', '.join(MEASURES)}")
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs={args.jobs} is invalid: must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    table = summarise(args.paths)
-    out = args.out or args.paths[0] / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "summary.csv", index=False)
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table.drop(columns=["run"]).to_string(index=False))
-    print(f"wrote {out / 'summary.csv'} ({len(table)} runs)")
-    return out / "summary.csv"
+    page = report(args.paths, args.out, Options(formats, measures, args.jobs))
+    print(f"wrote {page}")
+    return page

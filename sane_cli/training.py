@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
+from .basins import SpikeDetector
 from .config import UsageError, check_against_data, validate
 from .curvature import loss_function
 from .data import Data, load_data
@@ -192,21 +193,32 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
         writer.log_metrics(row)
         return row
 
-    def curvature(step: int) -> dict[str, Any]:
-        result = measure(model, loss_fn, hx, hy, hcfg, lr)
+    measured: set[int] = set()
+
+    def curvature(step: int, kind: str = "scheduled", net: torch.nn.Module | None = None) -> dict[str, Any]:
+        result = measure(model if net is None else net, loss_fn, hx, hy, hcfg, lr)
         row = {
             "step": step, "lr": lr, "method": result.method, "dtype": result.dtype, "n_params": n_params,
             "subset": len(hy), "alpha": hcfg.alpha, "rho": hcfg.rho, "k": hcfg.k, "eig_mode": hcfg.eig_mode,
-            **result.row, "seconds": round(result.seconds, 4),
+            **result.row, "seconds": round(result.seconds, 4), "kind": kind,
         }  # fmt: skip
         writer.log_curvature(row, result.eigenvalues, result.eigenvectors, **result.arrays)
-        if cfg.save_checkpoint:
+        measured.add(step)
+        if cfg.save_checkpoint and net is None:
             writer.save_checkpoint({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict()})
         log.info(
-            "step %d/%d curvature: lambda_max %.4g (2/lr %.4g), N_eff %.4g, SANE %.4g, trace %.4g [%.1fs]",
-            step, steps, row["lambda_max"], row["two_over_lr"], row["n_eff"], row["sane"], row["trace"], result.seconds,
+            "step %d/%d %scurvature: lambda_max %.4g (2/lr %.4g), N_eff %.4g, SANE %.4g, trace %.4g [%.1fs]",
+            step, steps, "" if kind == "scheduled" else kind.replace("_", "-") + " ", row["lambda_max"],
+            row["two_over_lr"], row["n_eff"], row["sane"], row["trace"], result.seconds,
         )  # fmt: skip
         return row
+
+    # hessian.on_spike: the parameters before the latest step are kept, so that when a step's loss jumps
+    # the state just before it can be measured; a post_spike checkpoint follows spike_after steps later
+    detector = SpikeDetector(float(hcfg.spike_threshold))
+    on_spike = bool(hcfg.on_spike) and int(hcfg.spike_max) > 0
+    previous = [p.detach().clone() for p in model.parameters()] if on_spike else []
+    spikes, post_spike_at = 0, set()
 
     status = "completed"
     disable = None if progress is None else not progress  # None: a bar only on a terminal
@@ -215,6 +227,8 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
         for step in range(steps + 1):
             if step in curvature_at:
                 last["curvature"] = curvature(step)
+            elif step in post_spike_at and step not in measured:
+                last["curvature"] = curvature(step, "post_spike")
             if step % int(cfg.log_every) == 0 or step == steps:
                 last["metrics"] = log_metrics(step)
                 bar.set_postfix(
@@ -225,13 +239,23 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
             xb, yb = batches.next()
             model.train()
             loss = loss_fn(model(xb), yb)
-            if not torch.isfinite(loss) or loss.item() > float(cfg.max_loss):
+            loss_value = loss.item()
+            writer.log_step_loss(step, loss_value)
+            if detector.update(loss_value) and on_spike and spikes < int(hcfg.spike_max) and step > 0:
+                spikes += 1
+                if step - 1 not in measured:
+                    curvature(step - 1, "pre_spike", _with_parameters(model, previous))
+                if step + int(hcfg.spike_after) <= steps:
+                    post_spike_at.add(step + int(hcfg.spike_after))
+            if on_spike:
+                torch._foreach_copy_(previous, [p.detach() for p in model.parameters()])
+            if not torch.isfinite(loss) or loss_value > float(cfg.max_loss):
                 status = "diverged"
-                last["metrics"] = log_metrics(step, train_loss=loss.item())
+                last["metrics"] = log_metrics(step, train_loss=loss_value)
                 log.warning(
                     "diverged at step %d: training loss %.4g (max_loss %g); stopping this run",
                     step,
-                    loss.item(),
+                    loss_value,
                     cfg.max_loss,
                 )
                 break
@@ -239,10 +263,22 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
             loss.backward()
             opt.step()
             bar.update(1)
+    writer.loss.flush()
     final = {f"final_{k}": v for k, v in last.get("metrics", {}).items() if k not in ("lr", "epoch", "seconds")}
     for key in ("lambda_max", "lambda_min", "trace", "n_eff", "sane", "sharpness_ratio"):
         if "curvature" in last:
             final[f"final_{key}"] = last["curvature"][key]
     if "curvature" in last:
         final["final_curvature_step"] = last["curvature"]["step"]
-    return {"status": status, "steps_done": step, "steps_planned": steps, **final}
+    return {"status": status, "steps_done": step, "steps_planned": steps, "spikes_measured": spikes, **final}
+
+
+def _with_parameters(model: torch.nn.Module, parameters: list[torch.Tensor]) -> torch.nn.Module:
+    """A copy of ``model`` holding ``parameters`` (the state before the latest step)."""
+    import copy
+
+    net = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, q in zip(net.parameters(), parameters, strict=True):
+            p.copy_(q)
+    return net

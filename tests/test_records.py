@@ -9,7 +9,7 @@ from helpers import make_config
 
 from sane_cli.config import UsageError
 from sane_cli.records import find_runs, load_run
-from sane_cli.report import summarise
+from sane_cli.report import collect, summary_table
 from sane_cli.training import train
 
 
@@ -27,9 +27,9 @@ def test_find_and_read(runs):
     run = load_run(paths[0])
     assert run.summary["final_step"] == 20 == run.metrics.step.iloc[-1]
     assert run.summary["final_lambda_max"] == pytest.approx(run.hessian.lambda_max.iloc[-1])
-    table = summarise([runs])
+    table = summary_table(collect([runs])[0])
     assert len(table) == 2 and set(table.status) == {"completed"}
-    assert table.final_sane.tolist() == pytest.approx([load_run(p).hessian.sane.iloc[-1] for p in paths])
+    assert table.sane.tolist() == pytest.approx([load_run(p).hessian.sane.iloc[-1] for p in paths])
 
 
 @pytest.mark.parametrize(
@@ -49,9 +49,10 @@ def test_corrupt_folders_are_named(tmp_path, damage, message):
     assert str(tmp_path / "run") in str(info.value)
     # the report skips it with a warning, and fails only when nothing readable is left
     with pytest.raises(UsageError, match="no readable run folders"):
-        summarise([tmp_path])
+        collect([tmp_path])
     train(make_config(), tmp_path / "good")
-    assert summarise([tmp_path]).run.tolist() == [str(tmp_path / "good")]
+    runs, skipped = collect([tmp_path])
+    assert [r.path for r in runs] == [tmp_path / "good"] and str(tmp_path / "run") in skipped[0]
 
 
 def test_interrupted_run_is_recorded(tmp_path, monkeypatch):

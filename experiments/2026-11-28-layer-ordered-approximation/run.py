@@ -27,11 +27,10 @@ import numpy as np
 import pandas as pd
 import torch
 from hydra import compose, initialize_config_module
-from scipy.stats import wasserstein_distance
 
 from sane_cli.curvature import loss_function, mlp_hessian, spectrum
 from sane_cli.data import load_data
-from sane_cli.measures import n_eff, sane
+from sane_cli.measures import n_eff, sane, spectrum_distance
 from sane_cli.methods import _block_diag_spectrum
 from sane_cli.models import build_model
 from sane_cli.training import train
@@ -58,7 +57,7 @@ def compare(model, loss_fn, x, y) -> list[dict]:
             "top10_rel_err": float(np.max(np.abs(ev[:10] - exact[:10]) / np.abs(exact[:10]))),
             "sane_exact": sane(exact), "sane_rel_err": abs(sane(ev) / sane(exact) - 1),
             "neff_exact": n_eff(exact), "neff_rel_err": abs(n_eff(ev) / n_eff(exact) - 1),
-            "w1_rel": wasserstein_distance(ev, exact) / np.mean(np.abs(exact)),
+            "w1_rel": spectrum_distance(exact, None, ev, None),
         })  # fmt: skip
     return rows
 

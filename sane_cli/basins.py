@@ -1,0 +1,161 @@
+"""Loss basins of large-learning-rate training: spikes in the training loss, the basins between them, and
+how the Hessian changes across each spike (../shared/SCIENCE.md, "Loss basins").
+
+    spike       a step whose training loss exceeds (1 + threshold) x the lowest loss of the current basin,
+                after the loss has fallen within that basin (a rise straight from the basin's start is
+                part of the previous spike, not a new one)
+    basin       the steps from one spike (or step 0) up to the next spike
+    flattening  lambda_max (and SANE's scale rho * |lambda|_(k)) after a spike against before it
+    shift       similarity of the top-k eigenvector subspaces before and after,
+                s(U_a, U_b) = ||U_a^T U_b||_F^2 / k in [0, 1], and the distance between the two spectra
+
+The same :class:`SpikeDetector` runs inside ``sane-run`` (to take curvature checkpoints just before and
+just after each spike, ``hessian.on_spike``) and in ``sane-report`` over the logged per-step loss, so both
+find the same spikes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .measures import kth_largest, spectrum_distance
+
+BASIN_COLUMNS = [
+    "basin", "start", "end", "min_loss", "spike_step", "peak_loss", "before_step", "after_step",
+    "lambda_max_before", "lambda_max_after", "flattening", "sane_scale_before", "sane_scale_after",
+    "sane_before", "sane_after", "similarity", "spectrum_distance",
+]  # fmt: skip
+
+
+class SpikeDetector:
+    """Online spike detection: feed the training loss of each step in order; ``update`` says whether
+    that step starts a spike.
+
+    >>> d = SpikeDetector(threshold=0.5)
+    >>> [d.update(x) for x in [2.0, 1.0, 0.8, 1.5, 3.0, 1.0, 0.5, 0.4, 0.9]]
+    [False, False, False, True, False, False, False, False, True]
+    """
+
+    def __init__(self, threshold: float = 0.5):
+        if threshold <= 0:
+            raise ValueError(f"spike threshold {threshold} must be > 0")
+        self.threshold = threshold
+        self.start: float | None = None  # loss at the start of the current basin
+        self.low = math.inf  # lowest loss of the current basin
+        self.rising = False  # inside a spike: the loss has not started to fall again
+        self.last = math.inf
+
+    def update(self, loss: float) -> bool:
+        if not math.isfinite(loss):
+            return False
+        if self.rising:
+            if loss < self.last:  # past the peak: a new basin starts here
+                self.rising, self.start, self.low = False, self.last, loss
+            self.last = loss
+            return False
+        if self.start is None:
+            self.start = loss
+        spike = self.low < self.start and loss > (1.0 + self.threshold) * self.low
+        if spike:
+            self.rising = True
+        else:
+            self.low = min(self.low, loss)
+        self.last = loss
+        return spike
+
+
+def detect_spikes(steps: np.ndarray, losses: np.ndarray, threshold: float = 0.5) -> list[int]:
+    """The steps at which spikes start, from a training-loss curve in step order."""
+    detector = SpikeDetector(threshold)
+    return [int(s) for s, x in zip(steps, losses, strict=True) if detector.update(float(x))]
+
+
+def basin_bounds(spikes: list[int], first: int, last: int) -> list[tuple[int, int]]:
+    """(start, end) of each basin: from ``first`` to the first spike, between spikes, to ``last``.
+    A basin's end is the next spike's step (exclusive) or ``last`` (inclusive)."""
+    edges = [first, *[s for s in spikes if first < s <= last], last]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def subspace_similarity(u_a: np.ndarray, u_b: np.ndarray) -> float:
+    """s(U_a, U_b) = ||U_a^T U_b||_F^2 / k for orthonormal columns (P, k); 1 for the same subspace, 0 for
+    orthogonal ones, k/P on average for random ones. The smaller k of the two is used.
+
+    >>> float(subspace_similarity(np.eye(4)[:, :2], np.eye(4)[:, [1, 2]]))
+    0.5
+    """
+    k = min(u_a.shape[1], u_b.shape[1])
+    if k == 0:
+        return float("nan")
+    return float(np.sum((u_a[:, :k].T @ u_b[:, :k]) ** 2) / k)
+
+
+def analyse(run, threshold: float | None = None) -> pd.DataFrame:
+    """One row per basin of a run (:class:`sane_cli.records.Run`), with the spike that ends it: its step,
+    the peak loss, and the curvature at the last checkpoint before the spike and the first one at or after
+    it (flattening = lambda_max_after / lambda_max_before; similarity of the top eigenvectors; spectrum
+    distance). ``threshold`` defaults to the run's ``hessian.spike_threshold`` (0.5 for runs without one).
+    """
+    if threshold is None:
+        threshold = float(run.config.get("hessian", {}).get("spike_threshold", 0.5))
+    steps, losses = run.step_losses()
+    if len(steps) == 0:
+        return pd.DataFrame(columns=BASIN_COLUMNS)
+    spikes = detect_spikes(steps, losses, threshold)
+    curv = run.hessian.sort_values("step").drop_duplicates("step")
+    rows = []
+    for i, (start, end) in enumerate(basin_bounds(spikes, int(steps[0]), int(steps[-1]))):
+        in_basin = (steps >= start) & (steps < end) | (steps == end) & (i == len(spikes))
+        row = dict.fromkeys(BASIN_COLUMNS, np.nan)
+        row.update(basin=i, start=start, end=end, min_loss=float(np.min(losses[in_basin])))
+        if i < len(spikes):
+            spike = spikes[i]
+            after_spike = (steps >= spike) & (steps < (spikes[i + 1] if i + 1 < len(spikes) else np.inf))
+            row.update(spike_step=spike, peak_loss=float(np.max(losses[after_spike])))
+            row.update(_across(run, curv, spike))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=BASIN_COLUMNS)
+
+
+def _across(run, curv: pd.DataFrame, spike: int) -> dict:
+    """The curvature just before (step < spike) and just after (step >= spike) a spike."""
+    before, after = curv[curv.step < spike], curv[curv.step >= spike]
+    if before.empty or after.empty:
+        return {}
+    b, a = before.iloc[-1], after.iloc[0]
+    out = {
+        "before_step": int(b.step), "after_step": int(a.step),
+        "lambda_max_before": b.lambda_max, "lambda_max_after": a.lambda_max,
+        "flattening": a.lambda_max / b.lambda_max if b.lambda_max != 0 else np.nan,
+        "sane_before": b.sane, "sane_after": a.sane,
+    }  # fmt: skip
+    try:
+        ev_b, vec_b = run.spectrum(int(b.step))
+        ev_a, vec_a = run.spectrum(int(a.step))
+    except Exception:  # a missing spectra file leaves the eigenvector columns empty
+        return out
+    k = int(run.config.get("hessian", {}).get("k", 1))
+    mode = run.config.get("hessian", {}).get("eig_mode", "abs")
+    rho = float(run.config.get("hessian", {}).get("rho", 0.5))
+    if len(ev_b) >= k and len(ev_a) >= k:
+        out["sane_scale_before"] = rho * kth_largest(ev_b, k, mode)
+        out["sane_scale_after"] = rho * kth_largest(ev_a, k, mode)
+    out["similarity"] = subspace_similarity(vec_b, vec_a)
+    out["spectrum_distance"] = spectrum_distance(*run.density(int(b.step)), *run.density(int(a.step)))
+    return out
+
+
+def similarity_matrix(run) -> tuple[list[int], np.ndarray]:
+    """(checkpoint steps, matrix S) with S[i, j] = s(U_i, U_j), the top-eigenvector subspace similarity
+    between every pair of curvature checkpoints of a run."""
+    steps = run.spectrum_steps()
+    vectors = [run.spectrum(s)[1] for s in steps]
+    n = len(steps)
+    sim = np.ones((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            sim[i, j] = sim[j, i] = subspace_similarity(vectors[i], vectors[j])
+    return steps, sim

@@ -1,0 +1,231 @@
+"""The report's figures, in one style: sized for a paper column or page, learning rate on a log axis,
+2/lr always drawn beside lambda_max. Every function returns a matplotlib Figure and draws nothing on the
+screen (the Agg backend).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+STYLE = {
+    "font.size": 8,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "lines.linewidth": 1.3,
+    "lines.markersize": 4,
+    "figure.dpi": 150,
+    "savefig.dpi": 150,
+    "savefig.bbox": "tight",
+}
+LABELS = {
+    "sane": "SANE",
+    "n_eff": r"$N_\mathrm{eff}$",
+    "lambda_max": r"$\lambda_\mathrm{max}$",
+    "trace": r"tr $H$",
+    "test_acc": "test accuracy",
+    "test_loss": "test loss",
+    "gen_gap": "generalisation gap\n(test - train loss)",
+    "lr": r"learning rate $\eta$",
+    "depth": "depth (linear layers)",
+}
+SPIKE = dict(color="tab:red", lw=0.8, ls=":", alpha=0.8)
+
+
+def style():
+    """The context every figure is drawn in."""
+    return plt.rc_context(STYLE)
+
+
+def _label(key: str) -> str:
+    return LABELS.get(key, key)
+
+
+def comparison(
+    groups: pd.DataFrame, x: str, line_key: str | None, panels: Sequence[str], diverged: pd.DataFrame | None = None
+):
+    """Final measures against ``x`` (lr on a log axis, or depth), a line per value of ``line_key``, seed
+    means with their standard deviation as error bars; lambda_max panels carry 2/lr. ``groups`` has the
+    columns ``x``, ``line_key``, and ``<panel>_mean``, ``<panel>_std`` per panel; ``diverged`` (runs with
+    columns ``x`` and ``line_key``) is marked with crosses on the x axis."""
+    with style():
+        n = len(panels)
+        cols = min(n, 3)
+        rows = -(-n // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.1 * rows), squeeze=False)
+        lines = [None] if line_key is None else sorted(groups[line_key].dropna().unique())
+        for ax, panel in zip(axes.flat, panels, strict=False):
+            for i, value in enumerate(lines):
+                sub = groups if value is None else groups[groups[line_key] == value]
+                sub = sub.sort_values(x)
+                label = None if value is None else f"{line_key}={value:g}" if _is_number(value) else f"{value}"
+                ax.errorbar(
+                    sub[x], sub[f"{panel}_mean"], yerr=sub[f"{panel}_std"].fillna(0), marker="o", capsize=2,
+                    color=f"C{i}", label=label,
+                )  # fmt: skip
+                if diverged is not None and len(diverged):
+                    d = diverged if value is None else diverged[diverged[line_key] == value]
+                    if len(d):  # (an empty unclipped line would break tight_layout)
+                        ax.plot(d[x], np.zeros(len(d)), "x", color=f"C{i}", ms=6, mew=1.5, clip_on=False,
+                                transform=ax.get_xaxis_transform())  # fmt: skip
+            if panel == "lambda_max" and x == "lr":
+                grid = np.geomspace(groups[x].min(), groups[x].max(), 50)
+                ax.plot(grid, 2 / grid, "k--", lw=1, label=r"$2/\eta$")
+                ax.set_yscale("log")
+            if x == "lr":
+                ax.set_xscale("log")
+            ax.set_xlabel(_label(x))
+            ax.set_ylabel(_label(panel))
+        for ax in axes.flat[n:]:
+            ax.set_visible(False)
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        for ax in axes.flat[1:n]:
+            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
+        if diverged is not None and len(diverged):
+            handles.append(plt.Line2D([], [], marker="x", ls="", color="0.3", ms=6, mew=1.5))
+            labels.append("diverged")
+        top = 1.0
+        if labels:
+            ncol = min(len(labels), 5)
+            fig.legend(handles, labels, loc="upper center", ncol=ncol, bbox_to_anchor=(0.5, 1.0), frameon=False)
+            top = 1.0 - 0.07 * -(-len(labels) // ncol) / rows  # room for the legend's rows
+        fig.tight_layout(rect=(0, 0, 1, top))
+        return fig
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating))
+
+
+def dynamics(run, spikes: Sequence[int], title: str):
+    """Training dynamics of one run: train and test loss (spikes marked), lambda_max against 2/lr, SANE
+    and N_eff over steps (estimates with their standard errors)."""
+    h, m = run.hessian.sort_values("step"), run.metrics
+    steps, losses = run.step_losses()
+    with style():
+        fig, axes = plt.subplots(2, 2, figsize=(6.5, 4.2), sharex=True)
+        ax = axes[0, 0]
+        ax.plot(steps, losses, color="C0", lw=0.8, label="train (per step)")
+        ax.plot(m.step, m.test_loss, color="C1", label="test")
+        _log_if_wide(ax, np.concatenate([losses, m.test_loss.to_numpy(dtype=float)]))
+        ax.set_ylabel("loss")
+        ax = axes[0, 1]
+        ax.plot(h.step, h.lambda_max, "o-", color="C2", label=r"$\lambda_\mathrm{max}$")
+        ax.axhline(2 / float(h.lr.iloc[0]), color="k", ls="--", lw=1, label=r"$2/\eta$")
+        _log_if_wide(ax, np.append(h.lambda_max.to_numpy(dtype=float), 2 / float(h.lr.iloc[0])))
+        ax.set_ylabel(r"$\lambda_\mathrm{max}$")
+        estimated = bool((h.sane_se > 0).any())
+        for ax, key in ((axes[1, 0], "sane"), (axes[1, 1], "n_eff")):
+            ax.errorbar(h.step, h[key], yerr=2 * h[f"{key}_se"].fillna(0), fmt="o-", color="C3", capsize=2)
+            ax.set_ylabel(_label(key) + (r" ($\pm$2 SE)" if estimated else ""))
+            ax.set_xlabel("step")
+        for ax in axes.flat:
+            for s in spikes:
+                ax.axvline(s, **SPIKE)
+        spike_handle = [plt.Line2D([], [], label="spike", **SPIKE)] if len(spikes) else []
+        axes[0, 0].legend(handles=axes[0, 0].get_legend_handles_labels()[0] + spike_handle, frameon=False)
+        axes[0, 1].legend(frameon=False)
+        fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        return fig
+
+
+def basins(run, table: pd.DataFrame, sim_steps: list[int], sim: np.ndarray, title: str):
+    """Loss basins of one run: basins shaded on the loss curve, lambda_max before and after each spike
+    against 2/lr, the top-eigenvector similarity between all checkpoints, and the spectrum before and after
+    the first spike with a measured pair."""
+    steps, losses = run.step_losses()
+    with style():
+        fig, axes = plt.subplots(2, 2, figsize=(6.5, 4.8))
+        ax = axes[0, 0]
+        ax.plot(steps, losses, color="C0", lw=0.8)
+        for i, b in table.iterrows():
+            ax.axvspan(b.start, b.end, color=f"C{i % 2 + 7}", alpha=0.15, lw=0)
+            if np.isfinite(b.spike_step):
+                ax.axvline(b.spike_step, **SPIKE)
+        ax.set_yscale("log")
+        ax.set(xlabel="step", ylabel="train loss", title="basins between spikes")
+        ax = axes[0, 1]
+        spikes = table.dropna(subset=["lambda_max_before", "lambda_max_after"])
+        x = np.arange(len(spikes))
+        ax.bar(x - 0.2, spikes.lambda_max_before, 0.4, label="before", color="C2")
+        ax.bar(x + 0.2, spikes.lambda_max_after, 0.4, label="after", color="C4")
+        ax.axhline(2 / float(run.hessian.lr.iloc[0]), color="k", ls="--", lw=1, label=r"$2/\eta$")
+        ax.set_xticks(x, [f"{int(s)}" for s in spikes.spike_step], rotation=45 if len(x) > 6 else 0)
+        ax.set(xlabel="spike at step", ylabel=r"$\lambda_\mathrm{max}$", title="flattening")
+        ax.legend(frameon=False)
+        ax = axes[1, 0]
+        ax.grid(False)
+        im = ax.imshow(sim, vmin=0, vmax=1, cmap="viridis", origin="lower")
+        ticks = np.unique(np.linspace(0, len(sim_steps) - 1, min(len(sim_steps), 8)).astype(int))
+        ax.set_xticks(ticks, [sim_steps[t] for t in ticks], rotation=45)
+        ax.set_yticks(ticks, [sim_steps[t] for t in ticks])
+        ax.set(xlabel="checkpoint step", ylabel="checkpoint step", title="top-eigenvector similarity")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax = axes[1, 1]
+        if len(spikes):
+            first = spikes.iloc[0]
+            pair = ((first.before_step, "C2", "before"), (first.after_step, "C4", "after"))
+            _densities(ax, [(*run.density(int(s)), c, f"{name} (step {int(s)})") for s, c, name in pair])
+            ax.set(title=f"spectrum across the spike at step {int(first.spike_step)}")
+            ax.legend(frameon=False)
+        ax.set(xlabel="eigenvalue", ylabel="fraction of eigenvalues")
+        fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        return fig
+
+
+def _log_if_wide(ax, values: np.ndarray) -> None:
+    """A log y axis when the positive values span more than a decade."""
+    v = values[np.isfinite(values)]
+    if len(v) and v.min() > 0 and v.max() / v.min() > 10:
+        ax.set_yscale("log")
+
+
+def _densities(ax, spectra: list[tuple[np.ndarray, np.ndarray | None, str, str]]) -> None:
+    """Each spectrum (values, weights, color, label) as the fraction of eigenvalues (SLQ: quadrature
+    weight) in 60 shared bins, log y axis; the bulk near 0 is usually orders of magnitude above the
+    outliers."""
+    kept = []
+    for values, weights, color, label in spectra:
+        w = np.ones_like(values) / len(values) if weights is None else weights / np.sum(weights)
+        keep = w > 1e-8  # SLQ nodes with negligible weight are ghosts of the quadrature, not eigenvalues
+        kept.append((values[keep], w[keep], color, label))
+    lo, hi = min(v.min() for v, *_ in kept), max(v.max() for v, *_ in kept)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1, 61)
+    for values, w, color, label in kept:
+        _density(ax, values, w, color, label, edges)
+
+
+def _density(ax, values, w, color, label, edges) -> None:
+    ax.hist(values, bins=edges, weights=w, histtype="step", color=color, label=label)
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=max(w.min() / 3, 1e-8))
+
+
+def spectra(run, title: str):
+    """The eigenvalue density at the first and the last checkpoint of a run (early against late)."""
+    steps = run.spectrum_steps()
+    with style():
+        fig, ax = plt.subplots(figsize=(3.3, 2.4))
+        _densities(ax, [(*run.density(s), c, f"step {s}") for s, c in ((steps[0], "C0"), (steps[-1], "C3"))])
+        ax.set(xlabel="eigenvalue", ylabel="fraction of eigenvalues", title=title)
+        ax.legend(frameon=False)
+        fig.tight_layout()
+        return fig

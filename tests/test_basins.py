@@ -1,0 +1,138 @@
+"""Loss basins: spike detection on synthetic loss curves with known spikes, subspace similarity and
+spectrum distance against closed forms, the basin table of a hand-made run, and the runner's on_spike
+checkpoints on a real large-learning-rate run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import make_config
+
+from sane_cli.basins import SpikeDetector, analyse, basin_bounds, detect_spikes, similarity_matrix, subspace_similarity
+from sane_cli.measures import spectrum_distance
+from sane_cli.records import HESSIAN_COLUMNS, RunWriter, load_run
+from sane_cli.training import train
+
+
+def curve_with_spikes(spikes: list[int], n: int = 400, seed: int = 0) -> np.ndarray:
+    """A decaying loss with small noise, multiplied up over a few steps at each spike step."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(n)
+    loss = 2.0 * np.exp(-steps / 60) + 0.05
+    for s in spikes:
+        bump = np.zeros(n)
+        bump[s : s + 6] = [1.0, 2.5, 4.0, 3.0, 1.5, 0.5][: n - s]
+        loss *= 1 + bump
+    return loss * (1 + 0.01 * rng.standard_normal(n))
+
+
+@pytest.mark.parametrize("spikes", [[], [120], [80, 200, 330]])
+def test_detects_known_spikes(spikes):
+    loss = curve_with_spikes(spikes)
+    assert detect_spikes(np.arange(len(loss)), loss, threshold=0.5) == spikes
+
+
+def test_online_detector_agrees_with_offline_and_ignores_noise():
+    loss = curve_with_spikes([150, 260], seed=3)
+    online = SpikeDetector(0.5)
+    assert [s for s, x in enumerate(loss) if online.update(x)] == detect_spikes(np.arange(400), loss, 0.5)
+    # noise of 10 % never crosses a 50 % threshold; a rise straight from the start is not a spike
+    rng = np.random.default_rng(0)
+    assert detect_spikes(np.arange(300), 1 + 0.1 * rng.random(300), 0.5) == []
+    assert detect_spikes(np.arange(5), np.array([1.0, 3.0, 9.0, 4.0, 2.0]), 0.5) == []
+    assert detect_spikes(np.arange(4), np.array([1.0, np.nan, 0.5, 2.0]), 0.5) == [3]
+
+
+def test_basin_bounds():
+    assert basin_bounds([], 0, 100) == [(0, 100)]
+    assert basin_bounds([30, 70], 0, 100) == [(0, 30), (30, 70), (70, 100)]
+
+
+def test_subspace_similarity_closed_forms():
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((50, 6)))
+    assert subspace_similarity(q[:, :3], q[:, :3]) == pytest.approx(1.0)
+    assert subspace_similarity(q[:, :3], q[:, 3:]) == pytest.approx(0.0, abs=1e-12)
+    # the same subspace in another basis is still the same subspace
+    rot, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    assert subspace_similarity(q[:, :3], q[:, :3] @ rot) == pytest.approx(1.0)
+    # one of two directions turned by theta out of the subspace: (1 + cos^2 theta) / 2
+    theta = 0.7
+    turned = np.column_stack([q[:, 0], np.cos(theta) * q[:, 1] + np.sin(theta) * q[:, 5]])
+    assert subspace_similarity(q[:, :2], turned) == pytest.approx((1 + np.cos(theta) ** 2) / 2)
+
+
+def test_spectrum_distance_closed_forms():
+    a = np.array([-1.0, 0.0, 2.0, 5.0])
+    assert spectrum_distance(a, None, a, None) == 0.0
+    # shifting every eigenvalue by c moves the distribution by c: W1 = c, over mean |a| = 2
+    assert spectrum_distance(a, None, a + 0.3, None) == pytest.approx(0.3 / 2.0)
+    # weights: two atoms of mass 1/2 against one atom in the middle
+    assert spectrum_distance(np.array([1.0, 3.0]), np.array([0.5, 0.5]), np.array([2.0]), None) == pytest.approx(0.5)
+
+
+def hand_made_run(tmp_path, spike: int = 50):
+    """A run folder written with RunWriter: a loss curve with one spike at ``spike`` and two curvature
+    checkpoints around it whose top eigenvectors span known subspaces."""
+    w = RunWriter(tmp_path / "run")
+    loss = curve_with_spikes([spike], n=100)
+    for step, x in enumerate(loss):
+        w.log_step_loss(step, float(x))
+    for step in range(0, 100, 10):
+        w.log_metrics({"step": step, "epoch": step, "train_loss": loss[step], "train_acc": 0.5, "test_loss": 1.0,
+                       "test_acc": 0.5, "lr": 0.1})  # fmt: skip
+    e = np.eye(6)
+    checkpoints = [  # step, kind, eigenvalues, top-2 eigenvectors
+        (0, "scheduled", [9.0, 4.0, 1.0, 0.5, 0.1, 0.0], e[:, [0, 1]]),
+        (spike - 1, "pre_spike", [16.0, 4.0, 1.0, 0.5, 0.1, 0.0], e[:, [0, 1]]),
+        (spike + 5, "post_spike", [8.0, 4.0, 1.0, 0.5, 0.1, 0.0], e[:, [0, 2]]),
+        (99, "scheduled", [8.0, 4.0, 1.0, 0.5, 0.1, 0.0], e[:, [0, 2]]),
+    ]
+    for step, kind, ev, vec in checkpoints:
+        row = dict.fromkeys(HESSIAN_COLUMNS, 0.0)
+        row.update(step=step, kind=kind, lambda_max=ev[0], sane=float(step), method="exact", lr=0.1, k=1, rho=0.5)
+        w.log_curvature(row, np.array(ev), vec)
+    w.write_summary({"status": "completed", "config": {"hessian": {"spike_threshold": 0.5, "rho": 0.5, "k": 1}}})
+    w.close()
+    return load_run(tmp_path / "run")
+
+
+def test_basin_table_of_a_hand_made_run(tmp_path):
+    run = hand_made_run(tmp_path)
+    table = analyse(run)
+    assert list(table.basin) == [0, 1] and list(table.start) == [0, 50] and list(table.end) == [50, 99]
+    spike = table.iloc[0]
+    assert (spike.spike_step, spike.before_step, spike.after_step) == (50, 49, 55)
+    assert spike.lambda_max_before == 16.0 and spike.lambda_max_after == 8.0 and spike.flattening == 0.5
+    assert (spike.sane_scale_before, spike.sane_scale_after) == (8.0, 4.0)
+    assert spike.similarity == pytest.approx(0.5)  # one of the two top directions kept
+    ev_b, ev_a = np.array([16.0, 4, 1, 0.5, 0.1, 0]), np.array([8.0, 4, 1, 0.5, 0.1, 0])
+    assert spike.spectrum_distance == pytest.approx(np.mean(np.abs(ev_b - ev_a)) / np.mean(ev_b))
+    assert spike.peak_loss == pytest.approx(run.losses["loss"][50:].max())
+    assert np.isnan(table.iloc[1].spike_step)  # the last basin ends with the run
+    steps, sim = similarity_matrix(run)
+    assert steps == [0, 49, 55, 99]
+    np.testing.assert_allclose(sim, [[1, 1, 0.5, 0.5], [1, 1, 0.5, 0.5], [0.5, 0.5, 1, 1], [0.5, 0.5, 1, 1]])
+
+
+def test_on_spike_checkpoints_measure_the_states_around_the_spike(tmp_path):
+    """A large-lr run: each detected spike gets a pre_spike checkpoint of the state one step before it and
+    a post_spike one spike_after steps later; the pre_spike numbers equal a scheduled checkpoint taken at
+    that step by an identical run (training is deterministic)."""
+    cfg = make_config("lr=2.0", "steps=100", "hessian.spike_after=3")
+    summary = train(cfg, tmp_path / "a", progress=False)
+    run = load_run(tmp_path / "a")
+    spikes = detect_spikes(*run.step_losses(), threshold=0.5)
+    assert summary["spikes_measured"] == len(spikes) >= 1
+    pre = run.hessian[run.hessian.kind == "pre_spike"]
+    post = run.hessian[run.hessian.kind == "post_spike"]
+    scheduled = set(run.hessian.step[run.hessian.kind == "scheduled"])
+    assert set(pre.step) == {s - 1 for s in spikes} - scheduled
+    assert set(post.step) <= {s + 3 for s in spikes} and len(post) >= 1
+    first = int(pre.step.iloc[0])
+    train(make_config("lr=2.0", f"steps={first}", "hessian.on_spike=false"), tmp_path / "b", progress=False)
+    again = load_run(tmp_path / "b").hessian.iloc[-1]
+    for key in ("lambda_max", "trace", "sane", "n_eff"):
+        assert pre.iloc[0][key] == pytest.approx(again[key], rel=1e-9)
+    assert isinstance(analyse(run), pd.DataFrame) and analyse(run).spike_step.notna().sum() == len(spikes)

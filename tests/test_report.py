@@ -1,0 +1,166 @@
+"""sane-report on runs that sane-run makes in a temporary folder and on damaged copies: the files it
+writes, its numbers against the logs, correlations against a direct computation, skipped folders, and
+that run folders are never changed."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import make_config
+
+from sane_cli.errors import UsageError
+from sane_cli.records import find_runs, load_run
+from sane_cli.report import Options, correlations, main, report
+from sane_cli.training import train
+
+LRS, SEEDS = (0.05, 0.2, 0.5), (0, 1)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """An lr x seed sweep in multirun-like nested folders, plus a run that diverges."""
+    root = tmp_path_factory.mktemp("outputs")
+    for i, (lr, seed) in enumerate(itertools.product(LRS, SEEDS)):
+        train(make_config(f"lr={lr}", f"seed={seed}"), root / "sweeps" / "day" / f"{i}_lr={lr},seed={seed}", progress=False)
+    summary = train(make_config("lr=500", "seed=0"), root / "sweeps" / "day" / "6_lr=500", progress=False)
+    assert summary["status"] == "diverged"
+    return root
+
+
+def digest(folder) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_report_writes_every_file_and_changes_no_run(sweep, tmp_path):
+    before = digest(sweep)
+    page = report([sweep], tmp_path / "rep", Options(formats=("png", "pdf")))
+    assert digest(sweep) == before
+    out = tmp_path / "rep"
+    assert page == out / "report.html"
+    for name in ("summary.csv", "groups.csv", "correlations.csv", "basins.csv", "figures/lr_comparison.png",
+                 "figures/lr_comparison.pdf"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert (out / "figures" / "lr_comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "figures" / "depth_comparison.png").exists()  # depth does not vary
+    runs = sorted((out / "runs").iterdir())
+    assert len(runs) == 7 and all((r / "dynamics.png").is_file() and (r / "basins.csv").is_file() for r in runs)
+    text = page.read_text()
+    assert text.count("<details><summary><b>") == 7 and "diverged" in text and "figures/lr_comparison.png" in text
+
+
+def test_summary_and_groups_equal_the_logs(sweep, tmp_path):
+    report([sweep], tmp_path / "rep", Options(jobs=1))
+    table = pd.read_csv(tmp_path / "rep" / "summary.csv")
+    assert len(table) == 7 and set(table.status) == {"completed", "diverged"}
+    assert table.loc[table.status == "diverged", "lr"].tolist() == [500]
+    for _, row in table.iterrows():
+        run = load_run(row.run)
+        assert row.test_acc == run.summary["final_test_acc"]
+        if row.status == "completed":
+            last = run.hessian[run.hessian.kind != "pre_spike"].sort_values("step").iloc[-1]
+            assert (row.sane, row.n_eff, row.lambda_max, row.curvature_step) == (last.sane, last.n_eff, last.lambda_max, last.step)
+            assert row.gen_gap == pytest.approx(run.summary["final_test_loss"] - run.summary["final_train_loss"])
+            assert row.label == f"lr={row.lr:g} seed={row.seed}"
+    groups = pd.read_csv(tmp_path / "rep" / "groups.csv")
+    assert sorted(groups.lr) == list(LRS) and (groups.n_runs == 2).all()  # seeds averaged, diverged run excluded
+    for lr in LRS:
+        values = table.loc[table.lr == lr, "sane"]
+        g = groups[groups.lr == lr].iloc[0]
+        assert g.sane_mean == pytest.approx(values.mean()) and g.sane_std == pytest.approx(values.std(ddof=1))
+
+
+def kendall_tau_b(x, y) -> float:
+    """Kendall's tau-b by counting pairs."""
+    concordant = discordant = ties_x = ties_y = 0
+    for i, j in itertools.combinations(range(len(x)), 2):
+        dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+        if dx == 0 and dy == 0:
+            continue
+        if dx == 0:
+            ties_x += 1
+        elif dy == 0:
+            ties_y += 1
+        elif dx == dy:
+            concordant += 1
+        else:
+            discordant += 1
+    n0 = concordant + discordant
+    return (concordant - discordant) / np.sqrt((n0 + ties_x) * (n0 + ties_y))
+
+
+def spearman(x, y) -> float:
+    """Spearman's rho: Pearson's correlation of the (average) ranks."""
+    rx, ry = pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy()
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def test_correlations_match_a_direct_computation(sweep, tmp_path):
+    report([sweep], tmp_path / "rep", Options(jobs=1))
+    table = pd.read_csv(tmp_path / "rep" / "summary.csv")
+    corr = pd.read_csv(tmp_path / "rep" / "correlations.csv")
+    done = table[table.status == "completed"]
+    assert len(corr) == 4 * 3 and (corr.n_runs == len(done)).all()
+    for _, row in corr.iterrows():
+        x, y = done[row.measure].to_numpy(), done[row.target].to_numpy()
+        assert row.kendall_tau == pytest.approx(kendall_tau_b(x, y), abs=1e-12)
+        assert row.spearman_rho == pytest.approx(spearman(x, y), abs=1e-12)
+    # hand-made: a measure that orders the runs exactly as the target has tau = rho = 1
+    toy = pd.DataFrame({"status": "completed", "sane": [1.0, 2, 3, 4], "test_loss": [0.1, 0.2, 0.5, 0.9]})
+    row = correlations(toy, ["sane"], ["test_loss"]).iloc[0]
+    assert (row.kendall_tau, row.spearman_rho) == (pytest.approx(1.0), pytest.approx(1.0))
+
+
+def test_damaged_folders_are_skipped_with_a_warning(sweep, tmp_path, caplog):
+    root = tmp_path / "outputs"
+    good = find_runs(sweep)[0]
+    shutil.copytree(good, root / "good")
+    shutil.copytree(good, root / "bad_hessian")
+    (root / "bad_hessian" / "hessian.csv").write_text("step,lr\n0,0.1\n")
+    shutil.copytree(good, root / "bad_summary")
+    (root / "bad_summary" / "summary.json").write_text("{not json")
+    with caplog.at_level(logging.WARNING):
+        page = report([root], options=Options(jobs=1))
+    assert page == root / "report" / "report.html"
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert str(root / "bad_hessian") in warned and str(root / "bad_summary") in warned
+    assert len(pd.read_csv(root / "report" / "summary.csv")) == 1
+    assert "bad_hessian" in page.read_text()
+
+
+def test_bad_input_is_one_usage_error(tmp_path, sweep):
+    with pytest.raises(UsageError, match="does not exist"):
+        main([str(tmp_path / "nowhere")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="holds no sane-run run folders"):
+        main([str(tmp_path / "empty")])
+    with pytest.raises(UsageError, match="--format"):
+        main([str(sweep), "--format", "svg"])
+    with pytest.raises(UsageError, match="--measures"):
+        main([str(sweep), "--measures", "sane,sharpness"])
+    run = find_runs(sweep)[0]
+    with pytest.raises(UsageError, match="inside the run folder"):
+        report([run], run / "report")
+
+
+def test_basins_of_a_large_lr_run_in_the_report(sweep, tmp_path):
+    """Two paths (the sweep and a separate large-lr run): the spikes of the large-lr run reach basins.csv,
+    its basins figure, and the summary's spike count."""
+    train(make_config("lr=2.0", "steps=100"), tmp_path / "big" / "run", progress=False)
+    report([sweep, tmp_path / "big"], tmp_path / "rep", Options(jobs=2))
+    table = pd.read_csv(tmp_path / "rep" / "summary.csv")
+    assert len(table) == 8
+    big = table[table.lr == 2.0].iloc[0]
+    basins = pd.read_csv(tmp_path / "rep" / "basins.csv")
+    mine = basins[basins.run == big.label]
+    assert big.spikes == mine.spike_step.notna().sum() >= 1
+    assert (tmp_path / "rep" / "runs" / big.label.replace(" ", "_") / "basins.png").is_file()
+    assert mine.flattening.notna().any()
+    spikes = json.loads((tmp_path / "big" / "run" / "summary.json").read_text())["spikes_measured"]
+    assert spikes >= 1
