@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -30,6 +31,8 @@ STYLE = {
     "figure.dpi": 150,
     "savefig.dpi": 150,
     "savefig.bbox": "tight",
+    "legend.framealpha": 0.85,  # legends inside axes sit on a light box over the lines
+    "legend.edgecolor": "none",
 }
 LABELS = {
     "sane": "SANE",
@@ -81,6 +84,13 @@ def comparison(
                     if len(d):  # (an empty unclipped line would break tight_layout)
                         ax.plot(d[x], np.zeros(len(d)), "x", color=f"C{i}", ms=6, mew=1.5, clip_on=False,
                                 transform=ax.get_xaxis_transform())  # fmt: skip
+                if panel == "lambda_max" and line_key == "lr":  # each line's own 2/lr
+                    ax.axhline(2 / value, color=f"C{i}", ls="--", lw=1)
+            if panel == "lambda_max" and line_key == "lr":
+                ax.plot([], [], "k--", lw=1, label=r"$2/\eta$ (line colour)")
+                _log_if_wide(ax, np.r_[groups["lambda_max_mean"].to_numpy(dtype=float), 2 / np.asarray(lines, float)])
+            if x == "depth":
+                ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             if panel == "lambda_max" and x == "lr":
                 grid = np.geomspace(groups[x].min(), groups[x].max(), 50)
                 ax.plot(grid, 2 / grid, "k--", lw=1, label=r"$2/\eta$")
@@ -139,8 +149,8 @@ def dynamics(run, spikes: Sequence[int], title: str):
             for s in spikes:
                 ax.axvline(s, **SPIKE)
         spike_handle = [plt.Line2D([], [], label="spike", **SPIKE)] if len(spikes) else []
-        axes[0, 0].legend(handles=axes[0, 0].get_legend_handles_labels()[0] + spike_handle, frameon=False)
-        axes[0, 1].legend(frameon=False)
+        axes[0, 0].legend(handles=axes[0, 0].get_legend_handles_labels()[0] + spike_handle)
+        axes[0, 1].legend()
         fig.suptitle(title, fontsize=9)
         fig.tight_layout()
         return fig
@@ -169,7 +179,7 @@ def basins(run, table: pd.DataFrame, sim_steps: list[int], sim: np.ndarray, titl
         ax.axhline(2 / float(run.hessian.lr.iloc[0]), color="k", ls="--", lw=1, label=r"$2/\eta$")
         ax.set_xticks(x, [f"{int(s)}" for s in spikes.spike_step], rotation=45 if len(x) > 6 else 0)
         ax.set(xlabel="spike at step", ylabel=r"$\lambda_\mathrm{max}$", title="flattening")
-        ax.legend(frameon=False)
+        ax.legend()
         ax = axes[1, 0]
         ax.grid(False)
         im = ax.imshow(sim, vmin=0, vmax=1, cmap="viridis", origin="lower")
@@ -184,7 +194,7 @@ def basins(run, table: pd.DataFrame, sim_steps: list[int], sim: np.ndarray, titl
             pair = ((first.before_step, "C2", "before"), (first.after_step, "C4", "after"))
             _densities(ax, [(*run.density(int(s)), c, f"{name} (step {int(s)})") for s, c, name in pair])
             ax.set(title=f"spectrum across the spike at step {int(first.spike_step)}")
-            ax.legend(frameon=False)
+            ax.legend()
         ax.set(xlabel="eigenvalue", ylabel="fraction of eigenvalues")
         fig.suptitle(title, fontsize=9)
         fig.tight_layout()
@@ -226,6 +236,6 @@ def spectra(run, title: str):
         fig, ax = plt.subplots(figsize=(3.3, 2.4))
         _densities(ax, [(*run.density(s), c, f"step {s}") for s, c in ((steps[0], "C0"), (steps[-1], "C3"))])
         ax.set(xlabel="eigenvalue", ylabel="fraction of eigenvalues", title=title)
-        ax.legend(frameon=False)
+        ax.legend()
         fig.tight_layout()
         return fig

@@ -166,3 +166,13 @@ def test_basins_of_a_large_lr_run_in_the_report(sweep, tmp_path):
     assert mine.flattening.notna().any()
     spikes = json.loads((tmp_path / "big" / "run" / "summary.json").read_text())["spikes_measured"]
     assert spikes >= 1
+
+
+def test_depth_comparison_when_depth_varies(tmp_path):
+    for depth, lr in itertools.product((1, 2), (0.1, 0.3)):
+        train(make_config(f"depth={depth}", f"lr={lr}"), tmp_path / "runs" / f"d{depth}_lr{lr}", progress=False)
+    report([tmp_path / "runs"], tmp_path / "rep", Options(jobs=1))
+    assert (tmp_path / "rep" / "figures" / "depth_comparison.png").is_file()
+    assert (tmp_path / "rep" / "figures" / "lr_comparison.png").is_file()
+    groups = pd.read_csv(tmp_path / "rep" / "groups.csv")
+    assert sorted(zip(groups.depth, groups.lr, strict=True)) == [(1, 0.1), (1, 0.3), (2, 0.1), (2, 0.3)]
