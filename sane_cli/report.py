@@ -331,7 +331,10 @@ def _html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run,
         return " ".join(f'<a href="{html.escape(os.path.relpath(f, out))}">{html.escape(alt)} (pdf)</a>' for f in files)
 
     def tbl(df: pd.DataFrame) -> str:
-        return df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="t")
+        text = df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="t")
+        for status in ("diverged", "failed", "interrupted", "running"):  # runs that did not complete stand out
+            text = text.replace(f"<td>{status}</td>", f'<td class="bad">{status}</td>')
+        return text
 
     cols = ["label", "status", *keys, "n_params", "method", "steps_done", "train_loss", "test_loss", "test_acc",
             "gen_gap", "lambda_max", "two_over_lr", "sane", "n_eff", "trace", "spikes"]  # fmt: skip
@@ -340,7 +343,8 @@ def _html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run,
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}",
         "img{max-width:100%} table.t{border-collapse:collapse;font-size:12px;margin:0.5em 0}",
         "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}",
-        ".diverged td{color:#b00} details{margin:0.4em 0} pre{background:#f6f6f6;padding:0.5em;font-size:11px}",
+        "td.bad{color:#b00;font-weight:bold} details{margin:0.4em 0}",
+        "pre{background:#f6f6f6;padding:0.5em;font-size:11px}",
         "</style></head><body>",
         "<h1>sane-report</h1>",
         f"<p>{len(runs)} runs below {html.escape(', '.join(map(str, paths)))} ({_status_counts(table)}); "

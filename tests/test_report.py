@@ -53,7 +53,8 @@ def test_report_writes_every_file_and_changes_no_run(sweep, tmp_path):
     runs = sorted((out / "runs").iterdir())
     assert len(runs) == 7 and all((r / "dynamics.png").is_file() and (r / "basins.csv").is_file() for r in runs)
     text = page.read_text()
-    assert text.count("<details><summary><b>") == 7 and "diverged" in text and "figures/lr_comparison.png" in text
+    assert text.count("<details><summary><b>") == 7 and "figures/lr_comparison.png" in text
+    assert '<td class="bad">diverged</td>' in text
 
 
 def test_summary_and_groups_equal_the_logs(sweep, tmp_path):
