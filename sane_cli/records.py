@@ -168,9 +168,11 @@ class Run:
             return f["eigenvalues"], None
 
     def step_losses(self) -> tuple[np.ndarray, np.ndarray]:
-        """(steps, training loss) at every optimiser step from loss.csv, or at the logged steps of
-        metrics.csv for runs without it."""
-        if self.losses is not None and len(self.losses):
+        """(steps, training loss) at every optimiser step from loss.csv for full-batch GD; otherwise (SGD,
+        whose per-step loss is that of a mini-batch, or runs without loss.csv) the full training loss at the
+        logged steps of metrics.csv."""
+        full_batch = self.config.get("optim", {}).get("name", "gd") == "gd"
+        if full_batch and self.losses is not None and len(self.losses):
             return self.losses.step.to_numpy(), self.losses["loss"].to_numpy(dtype=float)
         return self.metrics.step.to_numpy(), self.metrics.train_loss.to_numpy(dtype=float)
 

@@ -216,7 +216,8 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
     # hessian.on_spike: the parameters before the latest step are kept, so that when a step's loss jumps
     # the state just before it can be measured; a post_spike checkpoint follows spike_after steps later
     detector = SpikeDetector(float(hcfg.spike_threshold))
-    on_spike = bool(hcfg.on_spike) and int(hcfg.spike_max) > 0
+    # (full-batch GD only: a mini-batch loss jumps from batch to batch without any change of basin)
+    on_spike = bool(hcfg.on_spike) and int(hcfg.spike_max) > 0 and cfg.optim.name == "gd"
     previous = [p.detach().clone() for p in model.parameters()] if on_spike else []
     spikes, post_spike_at = 0, set()
 

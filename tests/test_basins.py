@@ -136,3 +136,12 @@ def test_on_spike_checkpoints_measure_the_states_around_the_spike(tmp_path):
     for key in ("lambda_max", "trace", "sane", "n_eff"):
         assert pre.iloc[0][key] == pytest.approx(again[key], rel=1e-9)
     assert isinstance(analyse(run), pd.DataFrame) and analyse(run).spike_step.notna().sum() == len(spikes)
+
+
+def test_sgd_runs_take_no_spike_checkpoints_and_use_the_full_loss(tmp_path):
+    train(make_config("optim=sgd", "optim.batch_size=16", "lr=2.0", "steps=60"), tmp_path / "r", progress=False)
+    run = load_run(tmp_path / "r")
+    assert set(run.hessian.kind) == {"scheduled"}
+    steps, losses = run.step_losses()
+    assert list(steps) == list(run.metrics.step) and np.array_equal(losses, run.metrics.train_loss)
+    assert len(run.losses) == 60  # the mini-batch losses are still logged
