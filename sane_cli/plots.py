@@ -136,8 +136,9 @@ def dynamics(run, spikes: Sequence[int], title: str):
         ax.set_ylabel("loss")
         ax = axes[0, 1]
         ax.plot(h.step, h.lambda_max, "o-", color="C2", label=r"$\lambda_\mathrm{max}$")
-        ax.axhline(2 / float(h.lr.iloc[0]), color="k", ls="--", lw=1, label=r"$2/\eta$")
-        _log_if_wide(ax, np.append(h.lambda_max.to_numpy(dtype=float), 2 / float(h.lr.iloc[0])))
+        if len(h):  # (a run stopped before its first checkpoint has none)
+            ax.axhline(2 / float(h.lr.iloc[0]), color="k", ls="--", lw=1, label=r"$2/\eta$")
+            _log_if_wide(ax, np.append(h.lambda_max.to_numpy(dtype=float), 2 / float(h.lr.iloc[0])))
         ax.set_ylabel(r"$\lambda_\mathrm{max}$")
         estimated = bool((h.sane_se > 0).any())
         for ax, key in ((axes[1, 0], "sane"), (axes[1, 1], "n_eff")):

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .basins import BASIN_COLUMNS
 from .errors import UsageError
 from .records import Run, find_runs, load_run
 
@@ -217,12 +218,20 @@ def correlations(table: pd.DataFrame, measures=MEASURES, targets=TARGETS) -> pd.
     return pd.DataFrame(rows)
 
 
-def _per_run(args: tuple[str, str, str, tuple[str, ...]]) -> tuple[str, pd.DataFrame, list[int], list[str]]:
-    """Basins and figures of one run (in a worker process): (label, basins table, spikes, figure files)."""
+def _per_run(args: tuple[str, str, str, tuple[str, ...]]) -> tuple[str, pd.DataFrame, list[int], list[str], str]:
+    """Basins and figures of one run (in a worker process): (label, basins table, spikes, figure files,
+    a warning when they could not all be made: the rest of the report goes on)."""
+    try:
+        return _per_run_unsafe(*args)
+    except Exception as e:  # a partial run folder must not cost the report of every other run
+        warning = f"{args[0]}: no figures ({type(e).__name__}: {e})"
+        return args[1], pd.DataFrame(columns=BASIN_COLUMNS), [], [], warning
+
+
+def _per_run_unsafe(path: str, label: str, folder: str, formats: tuple[str, ...]):
     from . import basins as B
     from . import plots
 
-    path, label, folder, formats = args
     run = load_run(path)
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -239,7 +248,7 @@ def _per_run(args: tuple[str, str, str, tuple[str, ...]]) -> tuple[str, pd.DataF
             figures["basins"] = lambda: plots.basins(run, table, sim_steps, sim, label)
     for name, draw in figures.items():
         files += _save(draw(), out / name, formats)
-    return label, table, spikes, files
+    return label, table, spikes, files, ""
 
 
 def _save(fig, stem: Path, formats: tuple[str, ...]) -> list[str]:
@@ -281,10 +290,15 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
             per_run = list(pool.map(_per_run, jobs))
     else:
         per_run = [_per_run(j) for j in jobs]
-    basins = pd.concat([t.assign(run=lab) for lab, t, _, _ in per_run if len(t)], ignore_index=True)
-    basins = basins[["run", *[c for c in basins.columns if c != "run"]]] if len(basins) else basins
+    for *_, warning in per_run:
+        if warning:
+            log.warning("%s", warning)
+            skipped.append(warning)
+    tables = [t.assign(run=lab) for lab, t, *_ in per_run if len(t)]
+    basins = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["run", *BASIN_COLUMNS])
+    basins = basins[["run", *[c for c in basins.columns if c != "run"]]]
     basins.to_csv(out / "basins.csv", index=False)
-    table["spikes"] = [len(s) for _, _, s, _ in per_run]
+    table["spikes"] = [len(s) for _, _, s, *_ in per_run]
     table.to_csv(out / "summary.csv", index=False)
 
     groups = group_table(table)
@@ -352,7 +366,7 @@ def _html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run,
         f"Written {time.strftime('%Y-%m-%d %H:%M')}.</p>",
     ]
     if skipped:
-        parts.append("<p><b>Skipped (unreadable):</b></p><ul>")
+        parts.append("<p><b>Skipped (unreadable run folders, or runs without figures):</b></p><ul>")
         parts += [f"<li>{html.escape(s)}</li>" for s in skipped]
         parts.append("</ul>")
     parts += ["<h2>Runs</h2>", tbl(table[[c for c in cols if c in table]])]
@@ -365,7 +379,7 @@ def _html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run,
         "<h2>Groups</h2><p>Completed runs that differ only in their seed.</p>", tbl(groups),
         "<h2>Per run</h2>",
     ]  # fmt: skip
-    for run, (label, basins, _, files) in zip(runs, per_run, strict=True):
+    for run, (label, basins, _, files, _) in zip(runs, per_run, strict=True):
         status = run.status
         parts.append(f"<details><summary><b>{html.escape(label)}</b> ({status}) {html.escape(str(run.path))}</summary>")
         for f in files:

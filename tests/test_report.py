@@ -16,7 +16,7 @@ import pytest
 from helpers import make_config
 
 from sane_cli.errors import UsageError
-from sane_cli.records import find_runs, load_run
+from sane_cli.records import RunWriter, find_runs, load_run
 from sane_cli.report import Options, correlations, main, report
 from sane_cli.training import train
 
@@ -177,3 +177,24 @@ def test_depth_comparison_when_depth_varies(tmp_path):
     assert (tmp_path / "rep" / "figures" / "lr_comparison.png").is_file()
     groups = pd.read_csv(tmp_path / "rep" / "groups.csv")
     assert sorted(zip(groups.depth, groups.lr, strict=True)) == [(1, 0.1), (1, 0.3), (2, 0.1), (2, 0.3)]
+
+
+def test_partial_runs_are_listed_and_a_broken_spectrum_costs_only_its_figures(sweep, tmp_path, caplog):
+    """A run that has just started (headers only) is listed as running; a run whose spectra file is
+    corrupt keeps its row but loses its figures, with a warning naming it; the other runs are reported."""
+    root = tmp_path / "outputs"
+    started = RunWriter(root / "started")
+    started.write_summary({"status": "running", "config": {"optim": {"name": "gd", "lr": 0.1}, "seed": 0}})
+    started.close()
+    good = find_runs(sweep)[0]
+    shutil.copytree(good, root / "good")
+    shutil.copytree(good, root / "broken_spectrum")
+    (root / "broken_spectrum" / "spectra" / "step_0.npz").write_bytes(b"not a numpy file")
+    with caplog.at_level(logging.WARNING):
+        page = report([root], options=Options(jobs=2))
+    table = pd.read_csv(root / "report" / "summary.csv")
+    assert sorted(table.status) == ["completed", "completed", "running"]
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert str(root / "broken_spectrum") in warned and "no figures" in warned
+    assert str(root / "good") not in warned
+    assert "broken_spectrum" in page.read_text()
