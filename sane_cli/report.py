@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from .basins import BASIN_COLUMNS
 from .errors import UsageError
@@ -285,11 +286,12 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
         for r, lab in zip(runs, table.label, strict=True)
     ]
     n_workers = min(options.jobs or os.cpu_count() or 1, len(jobs))
+    bar = dict(total=len(jobs), desc="per-run figures", unit="run", disable=None)  # a bar on a terminal only
     if n_workers > 1:
         with ProcessPoolExecutor(n_workers, mp_context=get_context("fork")) as pool:
-            per_run = list(pool.map(_per_run, jobs))
+            per_run = list(tqdm(pool.map(_per_run, jobs), **bar))
     else:
-        per_run = [_per_run(j) for j in jobs]
+        per_run = [_per_run(j) for j in tqdm(jobs, **bar)]
     for *_, warning in per_run:
         if warning:
             log.warning("%s", warning)
