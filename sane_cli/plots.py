@@ -57,12 +57,18 @@ def _label(key: str) -> str:
 
 
 def comparison(
-    groups: pd.DataFrame, x: str, line_key: str | None, panels: Sequence[str], diverged: pd.DataFrame | None = None
+    groups: pd.DataFrame,
+    x: str,
+    line_key: str | None,
+    panels: Sequence[str],
+    diverged: pd.DataFrame | None = None,
+    lr: float | None = None,
 ):
     """Final measures against ``x`` (lr on a log axis, or depth), a line per value of ``line_key``, seed
     means with their standard deviation as error bars; lambda_max panels carry 2/lr. ``groups`` has the
     columns ``x``, ``line_key``, and ``<panel>_mean``, ``<panel>_std`` per panel; ``diverged`` (runs with
-    columns ``x`` and ``line_key``) is marked with crosses on the x axis."""
+    columns ``x`` and ``line_key``) is marked with crosses on the x axis; ``lr``, the learning rate shared by
+    every run when it does not vary, draws its 2/lr beside lambda_max."""
     with style():
         n = len(panels)
         cols = min(n, 3)
@@ -85,6 +91,8 @@ def comparison(
                                 transform=ax.get_xaxis_transform())  # fmt: skip
                 if panel == "lambda_max" and line_key == "lr":  # each line's own 2/lr
                     ax.axhline(2 / value, color=f"C{i}", ls="--", lw=1)
+            if panel == "lambda_max" and lr is not None and x != "lr":
+                ax.axhline(2 / lr, color="k", ls="--", lw=1, label=rf"$2/\eta$ ($\eta$ = {lr:g})")
             if panel == "lambda_max" and line_key == "lr":
                 ax.plot([], [], "k--", lw=1, label=r"$2/\eta$ (line colour)")
                 _log_if_wide(ax, np.r_[groups["lambda_max_mean"].to_numpy(dtype=float), 2 / np.asarray(lines, float)])

@@ -323,7 +323,8 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
                 if line == "config":
                     g[line] = g[others].astype(str).agg(" ".join, axis=1)
                     d[line] = d[others].astype(str).agg(" ".join, axis=1)
-            fig = plots.comparison(g, x, line, [p for p in panels if f"{p}_mean" in g], d)
+            lr = None if "lr" in keys else float(table.lr.iloc[0])
+            fig = plots.comparison(g, x, line, [p for p in panels if f"{p}_mean" in g], d, lr=lr)
             comparisons[x] = _save(fig, out / "figures" / f"{x}_comparison", options.formats)
 
     page = out / "report.html"
