@@ -9,7 +9,7 @@ Everything works on a matrix-free operator ``matvec(V) -> H V`` that takes a bat
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -109,28 +109,32 @@ class Quadrature:
 
     nodes: np.ndarray  # (probes, steps)
     weights: np.ndarray  # (probes, steps), each row sums to 1
-    p: int
-    scales: np.ndarray | None = None  # (probes,) squared norm of each (projected) probe; P without deflation
-    deflated: np.ndarray = field(default_factory=lambda: np.zeros(0))  # eigenvalues counted exactly
+    scales: np.ndarray  # (probes,) squared norm of each probe (P for a Rademacher one, less when projected)
+    deflated: np.ndarray  # eigenvalues counted exactly (empty without deflation)
 
     def trace_of(self, f: Callable[[np.ndarray], np.ndarray]) -> tuple[float, float]:
         """(estimate, standard error) of tr f(H): the deflated eigenvalues' sum of f, plus the mean over
         probes v of |v|^2 sum_j w_j f(theta_j), the quadrature of v^T f(H) v / |v|^2."""
-        scales = np.full(len(self.nodes), float(self.p)) if self.scales is None else self.scales
-        per_probe = scales * np.sum(self.weights * f(self.nodes), axis=1)
+        per_probe = self.scales * np.sum(self.weights * f(self.nodes), axis=1)
         se = per_probe.std(ddof=1) / np.sqrt(len(per_probe)) if len(per_probe) > 1 else float("nan")
         exact = float(np.sum(f(self.deflated))) if len(self.deflated) else 0.0
         return exact + float(per_probe.mean()), float(se)
 
 
-def _probes(p: int, probes: int, seed: int, dtype, device, deflate: torch.Tensor | None) -> torch.Tensor:
-    """Rademacher probes (probes, P), with the span of ``deflate``'s orthonormal columns projected out."""
+def _probes(
+    p: int, probes: int, seed: int, dtype, device, deflate: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[torch.Tensor, np.ndarray]:
+    """(Rademacher probes (probes, P) with the span of the deflated eigenvectors projected out, the
+    deflated eigenvalues (empty without deflation))."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = (torch.randint(0, 2, (probes, p), generator=gen) * 2 - 1).to(dtype=dtype, device=device)
-    if deflate is not None and deflate.shape[1]:
-        d = deflate.to(dtype=dtype, device=device)
+    if deflate is None:
+        return v, np.zeros(0)
+    values, vectors = deflate
+    if vectors.shape[1]:
+        d = torch.as_tensor(np.ascontiguousarray(vectors)).to(dtype=dtype, device=device)
         v -= (v @ d) @ d.T
-    return v
+    return v, np.asarray(values, dtype=float)
 
 
 def slq(
@@ -161,9 +165,7 @@ def slq(
     & Orginos 2017; the same idea as Hutch++).
     """
     steps = min(steps, p)
-    values, vectors = (np.zeros(0), None) if deflate is None else deflate
-    vectors = None if vectors is None else torch.as_tensor(np.ascontiguousarray(vectors))
-    v = _probes(p, probes, seed, dtype, device, vectors)
+    v, values = _probes(p, probes, seed, dtype, device, deflate)
     scales = (v.norm(dim=1) ** 2).double().cpu().numpy()
     v /= v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)  # a probe inside span(V) stays 0
     basis = torch.zeros(steps if reorthogonalize else 2, probes, p, dtype=dtype, device=device)
@@ -195,7 +197,7 @@ def slq(
     for b in range(probes):
         theta, s = _ritz(alphas[b, :m].numpy().tolist(), betas[b, : m - 1].numpy().tolist())
         nodes[b], weights[b] = theta, s[0, :] ** 2
-    return Quadrature(nodes, weights, p, scales, np.asarray(values, dtype=float))
+    return Quadrature(nodes, weights, scales, values)
 
 
 def hutchinson(
@@ -215,9 +217,7 @@ def hutchinson(
     ``deflate = (eigenvalues, eigenvectors)`` as in :func:`slq`: the eigenvalues' sum plus Hutchinson on
     the complement of the eigenvectors (deflated Hutchinson, the estimator of Hutch++ with the top
     eigenvectors as its sketch)."""
-    values, vectors = (np.zeros(0), None) if deflate is None else deflate
-    vectors = None if vectors is None else torch.as_tensor(np.ascontiguousarray(vectors))
-    v = _probes(p, probes, seed, dtype, device, vectors)
+    v, values = _probes(p, probes, seed, dtype, device, deflate)
     samples = torch.cat([(matvec(b) * b).sum(1) for b in v.split(batch)]).double().cpu().numpy()
     se = samples.std(ddof=1) / np.sqrt(probes) if probes > 1 else float("nan")
     return float(np.sum(values)) + float(samples.mean()), float(se)
