@@ -58,7 +58,7 @@ def measure(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
     method = resolve_method(hcfg, model, n_params)
     dtype_name = hcfg.dtype
     if hcfg.method == "auto" and method == "slq":
-        dtype_name = hcfg.get("auto_slq_dtype", dtype_name)
+        dtype_name = hcfg.auto_slq_dtype
     dtype, k_vec = DTYPES[dtype_name], int(hcfg.topk_vectors)
     arrays: dict = {}
     if method in ("exact", "block_band"):
@@ -88,7 +88,7 @@ def _iterative(method: str, model, loss_fn, x, y, hcfg, dtype, k_vec: int):
     row = {"lambda_max": float(top.values[0]), "lambda_min": top.lambda_min, "converged": top.converged}
     nan = float("nan")
     # the top eigenpairs enter the traces exactly and are projected out of the probes (when P leaves room)
-    deflate = (top.values, top.vectors) if hcfg.get("deflate", True) and len(top.values) < p else None
+    deflate = (top.values, top.vectors) if hcfg.deflate and len(top.values) < p else None
     if method == "lanczos":
         trace, trace_se = hutchinson(matvec, p, probes=probes, seed=seed, deflate=deflate, dtype=dtype, device=device)
         row.update(trace=trace, trace_se=trace_se, n_negative=nan, n_eff=nan, n_eff_se=nan, sane=nan, sane_se=nan)

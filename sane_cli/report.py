@@ -277,7 +277,6 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
             raise UsageError(f"the output folder {out} lies inside the run folder {run.path}; choose another (-o)")
     (out / "figures").mkdir(parents=True, exist_ok=True)
     table = summary_table(runs)
-    table.to_csv(out / "summary.csv", index=False)
     keys = varying_keys(table)
     log.info("%d runs (%s); varying: %s", len(runs), _status_counts(table), ", ".join(keys) or "nothing")
 

@@ -264,7 +264,6 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
             loss.backward()
             opt.step()
             bar.update(1)
-    writer.loss.flush()
     final = {f"final_{k}": v for k, v in last.get("metrics", {}).items() if k not in ("lr", "epoch", "seconds")}
     for key in ("lambda_max", "lambda_min", "trace", "n_eff", "sane", "sharpness_ratio"):
         if "curvature" in last:
