@@ -13,9 +13,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .errors import UsageError
 from .models import ACTIVATIONS
+from .optim import OPTIMISERS
 
 LOSSES = ("cross_entropy", "mse")
-OPTIMISERS = ("gd", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 HESSIAN_METHODS = ("exact", "block_diag", "block_band", "lanczos", "slq", "auto")
 DTYPES = ("float64", "float32")
@@ -93,6 +93,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     if cfg.optim.momentum >= 1:
         _fail("optim.momentum", cfg.optim.momentum, "must be in [0, 1)")
     _check_number(cfg, "optim.weight_decay", minimum=0)
+    if not isinstance(cfg.optim.get("nesterov", False), bool):
+        _fail("optim.nesterov", cfg.optim.nesterov, "must be true or false")
+    if cfg.optim.get("nesterov", False) and cfg.optim.momentum == 0:
+        _fail("optim.nesterov", True, "needs optim.momentum > 0 (Nesterov momentum without momentum is plain SGD)")
     if cfg.optim.name == "sgd":
         _check_number(cfg, "optim.batch_size", minimum=1, integer=True)
 
@@ -106,7 +110,7 @@ def validate(cfg: DictConfig) -> DictConfig:
 
     _check_choice(cfg, "hessian.method", HESSIAN_METHODS)
     _check_number(cfg, "hessian.every", minimum=1, integer=True)
-    _check_number(cfg, "hessian.subset", minimum=1, integer=True)
+    _check_number(cfg, "hessian.subset", minimum=1, integer=True, optional=True)  # null: the whole training set
     _check_number(cfg, "hessian.alpha", minimum=0, strict=True)
     _check_number(cfg, "hessian.rho", minimum=0, strict=True)
     _check_number(cfg, "hessian.k", minimum=1, integer=True)
@@ -130,7 +134,8 @@ def validate(cfg: DictConfig) -> DictConfig:
             _fail(key, OmegaConf.select(cfg, key), "must be true or false")
 
     n_train = cfg.dataset.get("n_train")
-    if n_train is not None and cfg.dataset.get("per_class") is None and cfg.hessian.subset > n_train:
+    subset = cfg.hessian.subset
+    if n_train is not None and cfg.dataset.get("per_class") is None and subset is not None and subset > n_train:
         _fail("hessian.subset", cfg.hessian.subset, f"must be at most dataset.n_train ({n_train})")
 
     with open_dict(cfg):
@@ -155,7 +160,7 @@ def check_against_data(cfg: DictConfig, n_train: int, n_params: int) -> None:
                 f"parameters (this machine has {have / 2**30:.0f} GiB); "
                 "use hessian=auto, hessian=slq or hessian=block_diag"
             )
-    if cfg.hessian.subset > n_train:
+    if cfg.hessian.subset is not None and cfg.hessian.subset > n_train:
         _fail("hessian.subset", cfg.hessian.subset, f"must be at most the training set size ({n_train})")
     if cfg.hessian.k > n_params:
         _fail("hessian.k", cfg.hessian.k, f"must be at most the number of parameters ({n_params})")

@@ -68,16 +68,16 @@ def sane(eigenvalues: np.ndarray, rho: float = 0.5, k: int = 1, mode: str = "abs
 
 
 def spectrum_summary(
-    eigenvalues: np.ndarray, *, lr: float, alpha: float, rho: float, k: int, mode: str = "abs"
+    eigenvalues: np.ndarray, *, threshold: float, alpha: float, rho: float, k: int, mode: str = "abs"
 ) -> dict[str, float | int]:
     """Everything hessian.csv records about one spectrum.
 
-    Returns lambda_max, lambda_min, trace, n_negative, n_eff, sane, and the stability threshold
-    2/lr with the ratio lambda_max / (2/lr) (above 1: gradient descent is unstable along the top direction).
+    Returns lambda_max, lambda_min, trace, n_negative, n_eff, sane, and the optimiser's stability threshold
+    (:func:`sane_cli.optim.stability_threshold`, 2/lr for plain GD) with the ratio lambda_max / threshold
+    (above 1: the optimiser is unstable along the top direction).
     """
     lam = np.asarray(eigenvalues, dtype=np.float64)
     lam_max = float(lam.max())
-    threshold = 2.0 / lr
     return {
         "lambda_max": lam_max,
         "lambda_min": float(lam.min()),
@@ -85,7 +85,7 @@ def spectrum_summary(
         "n_negative": int(np.count_nonzero(lam < 0)),
         "n_eff": n_eff(lam, alpha, mode),
         "sane": sane(lam, rho, k, mode),
-        "two_over_lr": threshold,
+        "stability_threshold": threshold,
         "sharpness_ratio": lam_max / threshold,
     }
 

@@ -47,8 +47,11 @@ def resolve_method(hcfg, model: nn.Module, n_params: int) -> str:
     return method
 
 
-def measure(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, hcfg, lr: float) -> CurvatureResult:
-    """The curvature of the mean loss over (x, y) at the model's current parameters, by ``hcfg.method``.
+def measure(
+    model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, hcfg, threshold: float
+) -> CurvatureResult:
+    """The curvature of the mean loss over (x, y) at the model's current parameters, by ``hcfg.method``;
+    ``threshold`` is the optimiser's stability threshold that lambda_max is compared with.
 
     Every method runs in ``hcfg.dtype`` except ``auto``'s SLQ branch, which runs in ``hcfg.auto_slq_dtype``
     (float32 by default: twice as fast, and float32's rounding, about 1e-7 relative, is far below SLQ's
@@ -68,14 +71,24 @@ def measure(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
             h = mlp_hessian(model, loss_fn, x, y, dtype=dtype, band=int(hcfg.band))
         spec = spectrum(h, k_vec)
         values, vectors = spec.eigenvalues, spec.eigenvectors
-        row = _exact_row(values, lr, hcfg)
+        row = _exact_row(values, threshold, hcfg)
     elif method == "block_diag":
         values, vectors = _block_diag_spectrum(model, loss_fn, x, y, dtype, k_vec)
-        row = _exact_row(values, lr, hcfg)
+        row = _exact_row(values, threshold, hcfg)
     else:
         values, vectors, row, arrays = _iterative(method, model, loss_fn, x, y, hcfg, dtype, k_vec)
-        row.update(two_over_lr=2.0 / lr, sharpness_ratio=row["lambda_max"] * lr / 2.0)
+        row.update(stability_threshold=threshold, sharpness_ratio=row["lambda_max"] / threshold)
     return CurvatureResult(method, dtype_name, values, vectors, row, time.perf_counter() - start, arrays)
+
+
+def top_eigenvalue(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, hcfg) -> float:
+    """The largest eigenvalue of the Hessian of the mean loss over (x, y), by Lanczos on Hessian-vector
+    products in ``hcfg.dtype`` to ``hcfg.tol`` (a few dozen products; the data streamed in chunks)."""
+    matvec, p = hvp_operator(model, loss_fn, x, y, dtype=DTYPES[hcfg.dtype])
+    device = next(model.parameters()).device
+    top = lanczos(matvec, p, 1, tol=float(hcfg.tol), max_iter=int(hcfg.max_iter), seed=int(hcfg.seed),
+                  values_only=True, dtype=DTYPES[hcfg.dtype], device=device)  # fmt: skip
+    return float(top.values[0])
 
 
 def _iterative(method: str, model, loss_fn, x, y, hcfg, dtype, k_vec: int):
@@ -110,8 +123,8 @@ def _iterative(method: str, model, loss_fn, x, y, hcfg, dtype, k_vec: int):
     return top.values, top.vectors[:, :k_vec], row, {"slq_nodes": quad.nodes, "slq_weights": quad.weights}
 
 
-def _exact_row(values: np.ndarray, lr: float, hcfg) -> dict:
-    row = spectrum_summary(values, lr=lr, alpha=hcfg.alpha, rho=hcfg.rho, k=hcfg.k, mode=hcfg.eig_mode)
+def _exact_row(values: np.ndarray, threshold: float, hcfg) -> dict:
+    row = spectrum_summary(values, threshold=threshold, alpha=hcfg.alpha, rho=hcfg.rho, k=hcfg.k, mode=hcfg.eig_mode)
     return {**row, "trace_se": 0.0, "n_eff_se": 0.0, "sane_se": 0.0, "converged": True}
 
 

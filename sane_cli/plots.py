@@ -1,5 +1,5 @@
 """The report's figures, in one style: sized for a paper column or page, learning rate on a log axis,
-2/lr always drawn beside lambda_max. Every function returns a matplotlib Figure and draws nothing on the
+the optimiser's stability threshold (2/lr for plain GD) always drawn beside lambda_max. Every function returns a matplotlib Figure and draws nothing on the
 screen (the Agg backend).
 """
 
@@ -62,13 +62,12 @@ def comparison(
     line_key: str | None,
     panels: Sequence[str],
     diverged: pd.DataFrame | None = None,
-    lr: float | None = None,
 ):
     """Final measures against ``x`` (lr on a log axis, or depth), a line per value of ``line_key``, seed
-    means with their standard deviation as error bars; lambda_max panels carry 2/lr. ``groups`` has the
-    columns ``x``, ``line_key``, and ``<panel>_mean``, ``<panel>_std`` per panel; ``diverged`` (runs with
-    columns ``x`` and ``line_key``) is marked with crosses on the x axis; ``lr``, the learning rate shared by
-    every run when it does not vary, draws its 2/lr beside lambda_max."""
+    means with their standard deviation as error bars; lambda_max panels carry the optimiser's stability
+    threshold (``stability_threshold_mean``, 2/lr for plain GD), in each line's colour where lines differ.
+    ``groups`` has the columns ``x``, ``line_key``, and ``<panel>_mean``, ``<panel>_std`` per panel;
+    ``diverged`` (runs with columns ``x`` and ``line_key``) is marked with crosses on the x axis."""
     with style():
         n = len(panels)
         cols = min(n, 3)
@@ -76,6 +75,7 @@ def comparison(
         fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.1 * rows), squeeze=False)
         lines = [None] if line_key is None else sorted(groups[line_key].dropna().unique())
         for ax, panel in zip(axes.flat, panels, strict=False):
+            thresholds = []  # (colour, x values, the stability threshold at each) of every line
             for i, value in enumerate(lines):
                 sub = groups if value is None else groups[groups[line_key] == value]
                 sub = sub.sort_values(x)
@@ -89,19 +89,26 @@ def comparison(
                     if len(d):  # (an empty unclipped line would break tight_layout)
                         ax.plot(d[x], np.zeros(len(d)), "x", color=f"C{i}", ms=6, mew=1.5, clip_on=False,
                                 transform=ax.get_xaxis_transform())  # fmt: skip
-                if panel == "lambda_max" and line_key == "lr":  # each line's own 2/lr
-                    ax.axhline(2 / value, color=f"C{i}", ls="--", lw=1)
-            if panel == "lambda_max" and lr is not None and x != "lr":
-                ax.axhline(2 / lr, color="k", ls="--", lw=1, label=rf"$2/\eta$ ($\eta$ = {lr:g})")
-            if panel == "lambda_max" and line_key == "lr":
-                ax.plot([], [], "k--", lw=1, label=r"$2/\eta$ (line colour)")
-                _log_if_wide(ax, np.r_[groups["lambda_max_mean"].to_numpy(dtype=float), 2 / np.asarray(lines, float)])
+                if panel == "lambda_max" and "stability_threshold_mean" in sub and len(sub):
+                    thresholds.append((f"C{i}", sub[x].to_numpy(), sub["stability_threshold_mean"].to_numpy(float)))
+            if thresholds:
+                # c / lr is a straight line on log axes, so joining the thresholds at the measured lr is exact
+                coloured = len({tuple(np.round(t, 9)) for _, _, t in thresholds}) > 1
+                for colour, xs, t in thresholds:
+                    colour = colour if coloured else "k"
+                    if x == "lr":
+                        ax.plot(xs, t, color=colour, ls="--", lw=1)
+                    else:
+                        ax.axhline(float(np.nanmean(t)), color=colour, ls="--", lw=1)
+                label = "stability threshold" + (" (line colour)" if coloured else "")
+                ax.plot([], [], "k--", lw=1, label=label)
+                values = np.concatenate([groups["lambda_max_mean"].to_numpy(dtype=float), *[t for *_, t in thresholds]])
+                if x == "lr":
+                    _log_y(ax)
+                else:
+                    _log_if_wide(ax, values)
             if x == "depth":
                 ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-            if panel == "lambda_max" and x == "lr":
-                grid = np.geomspace(groups[x].min(), groups[x].max(), 50)
-                ax.plot(grid, 2 / grid, "k--", lw=1, label=r"$2/\eta$")
-                _log_y(ax)
             if x == "lr":
                 ax.set_xscale("log")
             ax.set_xlabel(_label(x))
@@ -126,6 +133,12 @@ def comparison(
         return fig
 
 
+def threshold_label(h: pd.DataFrame) -> str:
+    """The legend of a run's stability threshold: 2/eta when it is plain GD's, else its name."""
+    plain = np.isclose(float(h.stability_threshold.iloc[0]), 2 / float(h.lr.iloc[0]), rtol=1e-9)
+    return r"$2/\eta$" if plain else "stability threshold"
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating))
 
@@ -143,10 +156,15 @@ def dynamics(run, spikes: Sequence[int], title: str):
         _log_if_wide(ax, np.concatenate([losses, m.test_loss.to_numpy(dtype=float)]))
         ax.set_ylabel("loss")
         ax = axes[0, 1]
-        ax.plot(h.step, h.lambda_max, "o-", color="C2", label=r"$\lambda_\mathrm{max}$")
+        subset = bool((h.subset < run.summary.get("n_train", np.inf)).any()) if len(h) else False
+        label = r"$\lambda_\mathrm{max}$" + (f" ({int(h.subset.iloc[0])} examples)" if subset else "")
+        ax.plot(h.step, h.lambda_max, "o-", color="C2", label=label)
+        if subset:  # the sharpness that the optimiser meets: that of the whole training loss
+            ax.plot(h.step, h.lambda_max_train, "s-", color="C4", ms=3, label=r"$\lambda_\mathrm{max}$ (training set)")
         if len(h):  # (a run stopped before its first checkpoint has none)
-            ax.axhline(2 / float(h.lr.iloc[0]), color="k", ls="--", lw=1, label=r"$2/\eta$")
-            _log_if_wide(ax, np.append(h.lambda_max.to_numpy(dtype=float), 2 / float(h.lr.iloc[0])))
+            threshold = float(h.stability_threshold.iloc[0])
+            ax.axhline(threshold, color="k", ls="--", lw=1, label=threshold_label(h))
+            _log_if_wide(ax, np.append(h.lambda_max.to_numpy(dtype=float), threshold))
         ax.set_ylabel(r"$\lambda_\mathrm{max}$")
         estimated = bool((h.sane_se > 0).any())
         for ax, key in ((axes[1, 0], "sane"), (axes[1, 1], "n_eff")):
@@ -185,7 +203,8 @@ def basins(run, table: pd.DataFrame, sim_steps: list[int], sim: np.ndarray, titl
         x = np.arange(len(spikes))
         ax.bar(x - 0.2, spikes.lambda_max_before, 0.4, label="before", color="C2")
         ax.bar(x + 0.2, spikes.lambda_max_after, 0.4, label="after", color="C4")
-        ax.axhline(2 / float(run.hessian.lr.iloc[0]), color="k", ls="--", lw=1, label=r"$2/\eta$")
+        ax.axhline(float(run.hessian.stability_threshold.iloc[0]), color="k", ls="--", lw=1,
+                   label=threshold_label(run.hessian))
         ax.set_xticks(x, [f"{int(s)}" for s in spikes.spike_step], rotation=45 if len(x) > 6 else 0)
         ax.set(xlabel="spike at step", ylabel=r"$\lambda_\mathrm{max}$", title="flattening")
         ax.legend()

@@ -10,11 +10,15 @@ A run folder holds::
     loss.csv                  one row per optimiser step: step, loss (the loss of the batch the step was
                               taken on, before the update; for spike detection)
     hessian.csv               one row per curvature checkpoint: step, lr, method (the one that ran),
-                              dtype, n_params, subset, lambda_max, lambda_min, trace, trace_se,
-                              n_negative, n_eff, n_eff_se, sane, sane_se (standard errors of estimates,
-                              0 for exact values), alpha, rho, k, eig_mode, two_over_lr,
-                              sharpness_ratio, converged (iterative methods), seconds, kind
-                              (scheduled, pre_spike: the state just before a loss spike, post_spike)
+                              dtype, n_params, subset (examples the Hessian was taken on: the whole
+                              training set unless hessian.subset is set), lambda_max, lambda_max_train
+                              (the top eigenvalue of the whole training loss; = lambda_max without a
+                              subset), lambda_min, trace, trace_se, n_negative, n_eff, n_eff_se, sane,
+                              sane_se (standard errors of estimates, 0 for exact values), alpha, rho, k,
+                              eig_mode, stability_threshold (of the optimiser: 2/lr for plain GD),
+                              sharpness_ratio (lambda_max_train / stability_threshold), converged
+                              (iterative methods), seconds, kind (scheduled, pre_spike: the state just
+                              before a loss spike, post_spike)
     spectra/step_<step>.npz   eigenvalues, descending: all of them (exact, block_*) or the top Ritz values
                               (lanczos, slq); eigenvectors (P, topk_vectors), as columns; slq_nodes and
                               slq_weights (probes, steps) for slq
@@ -41,9 +45,9 @@ from .errors import UsageError
 
 METRICS_COLUMNS = ["step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
 HESSIAN_COLUMNS = [
-    "step", "lr", "method", "dtype", "n_params", "subset", "lambda_max", "lambda_min", "trace", "trace_se",
-    "n_negative", "n_eff", "n_eff_se", "sane", "sane_se", "alpha", "rho", "k", "eig_mode", "two_over_lr",
-    "sharpness_ratio", "converged", "seconds", "kind",
+    "step", "lr", "method", "dtype", "n_params", "subset", "lambda_max", "lambda_max_train", "lambda_min", "trace",
+    "trace_se", "n_negative", "n_eff", "n_eff_se", "sane", "sane_se", "alpha", "rho", "k", "eig_mode",
+    "stability_threshold", "sharpness_ratio", "converged", "seconds", "kind",
 ]  # fmt: skip
 LOSS_COLUMNS = ["step", "loss"]
 CHECKPOINT_KINDS = ("scheduled", "pre_spike", "post_spike")
@@ -125,6 +129,23 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def _upgrade_hessian_table(df: pd.DataFrame, summary: dict[str, Any]) -> pd.DataFrame:
+    """hessian.csv of runs written by earlier versions, in today's columns: before 0.2 there was no ``kind``
+    (every checkpoint was scheduled); before 0.3 the threshold was ``two_over_lr`` (plain GD's 2/lr, which
+    the runs of those versions were compared with) and there was no ``lambda_max_train``: it equals
+    lambda_max where the Hessian was taken on the whole training set and is unknown (NaN) otherwise."""
+    if "kind" not in df.columns:
+        df["kind"] = "scheduled"
+    if "two_over_lr" in df.columns and "stability_threshold" not in df.columns:
+        df = df.rename(columns={"two_over_lr": "stability_threshold"})
+    if "lambda_max_train" not in df.columns and "lambda_max" in df.columns and "subset" in df.columns:
+        whole = df["subset"] == summary.get("n_train")
+        df["lambda_max_train"] = df["lambda_max"].where(whole)
+    if set(df.columns) == set(HESSIAN_COLUMNS):
+        df = df[HESSIAN_COLUMNS]
+    return df
 
 
 @dataclass
@@ -209,8 +230,8 @@ def load_run(path: str | Path) -> Run:
             df = pd.read_csv(path / f"{name}.csv")
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise UsageError(f"{path}: {name}.csv is missing or corrupt ({e})") from e
-        if name == "hessian" and list(df.columns) == columns[:-1]:  # before checkpoint kinds existed
-            df["kind"] = "scheduled"
+        if name == "hessian":
+            df = _upgrade_hessian_table(df, summary)
         if list(df.columns) != columns:
             raise UsageError(f"{path}: {name}.csv has columns {list(df.columns)}, expected {columns}")
         tables[name] = df

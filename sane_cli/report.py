@@ -52,7 +52,7 @@ IGNORED_KEYS = {"lr", "depth", "width", "device", "dataset.root", "dataset.cache
 MEASURES = ("sane", "n_eff", "lambda_max", "trace")
 TARGETS = ("test_loss", "test_acc", "gen_gap")
 FORMATS = ("png", "pdf")
-QUANTITIES = (*MEASURES, "test_loss", "test_acc", "train_loss", "train_acc", "gen_gap")
+QUANTITIES = (*MEASURES, "test_loss", "test_acc", "train_loss", "train_acc", "gen_gap", "stability_threshold")
 
 
 @dataclass
@@ -113,11 +113,17 @@ def summary_table(runs: list[Run]) -> pd.DataFrame:
             row[key] = s.get(f"final_{key}", np.nan)
         h = run.hessian[run.hessian.kind != "pre_spike"] if len(run.hessian) else run.hessian
         last = h.sort_values("step").iloc[-1] if len(h) else None
-        for key in ("lambda_max", "lambda_min", "trace", "trace_se", "n_eff", "n_eff_se", "sane", "sane_se"):
+        for key in ("lambda_max", "lambda_max_train", "lambda_min", "trace", "trace_se", "n_eff", "n_eff_se", "sane",
+                    "sane_se", "stability_threshold", "sharpness_ratio"):  # fmt: skip
             row[key] = float(last[key]) if last is not None else np.nan
         row["curvature_step"] = int(last.step) if last is not None else np.nan
         row["method"] = last.method if last is not None else None
-        row["two_over_lr"] = 2.0 / row["lr"] if row["lr"] else np.nan
+        # the Hessian's examples: the whole training set, or (marked) a subset of it
+        n_train = s.get("n_train")
+        row["hessian_examples"] = int(last.subset) if last is not None else np.nan
+        row["hessian_on"] = (
+            None if last is None else "training set" if last.subset == n_train else f"subset {int(last.subset)}/{n_train}"
+        )
         row["gen_gap"] = row["test_loss"] - row["train_loss"]
         row["acc_gap"] = row["train_acc"] - row["test_acc"]
         rows.append(row)
@@ -322,8 +328,7 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
                 if line == "config":
                     g[line] = g[others].astype(str).agg(" ".join, axis=1)
                     d[line] = d[others].astype(str).agg(" ".join, axis=1)
-            lr = None if "lr" in keys else float(table.lr.iloc[0])
-            fig = plots.comparison(g, x, line, [p for p in panels if f"{p}_mean" in g], d, lr=lr)
+            fig = plots.comparison(g, x, line, [p for p in panels if f"{p}_mean" in g], d)
             comparisons[x] = _save(fig, out / "figures" / f"{x}_comparison", options.formats)
 
     page = out / "report.html"
@@ -353,7 +358,7 @@ def _html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run,
         return text
 
     cols = ["label", "status", *keys, "n_params", "method", "steps_done", "train_loss", "test_loss", "test_acc",
-            "gen_gap", "lambda_max", "two_over_lr", "sane", "n_eff", "trace", "spikes"]  # fmt: skip
+            "gen_gap", "lambda_max", "stability_threshold", "hessian_on", "sane", "n_eff", "trace", "spikes"]  # fmt: skip
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>sane-report</title><style>",
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}",
@@ -371,6 +376,13 @@ def _html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run,
         parts.append("<p><b>Skipped (unreadable run folders, or runs without figures):</b></p><ul>")
         parts += [f"<li>{html.escape(s)}</li>" for s in skipped]
         parts.append("</ul>")
+    on_subset = table["hessian_on"].astype(str).str.startswith("subset") if "hessian_on" in table else []
+    if any(on_subset):
+        parts.append(
+            f"<p><b>{int(sum(on_subset))} of {len(table)} runs took their curvature on a subset of the training set "
+            "(column hessian_on):</b> their lambda_max, trace, N_eff and SANE are of a different function from the "
+            "loss being trained; lambda_max_train in summary.csv is the top eigenvalue of the training loss.</p>"
+        )
     parts += ["<h2>Runs</h2>", tbl(table[[c for c in cols if c in table]])]
     titles = {"lr": "Learning-rate comparison", "depth": "Depth comparison"}
     for x, files in comparisons.items():

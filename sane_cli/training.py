@@ -24,8 +24,9 @@ from .basins import SpikeDetector
 from .config import UsageError, check_against_data, validate
 from .curvature import loss_function
 from .data import Data, load_data
-from .methods import measure
+from .methods import measure, top_eigenvalue
 from .models import build_model, n_parameters
+from .optim import build_optimizer, full_batch, stability_threshold
 from .records import RunWriter
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def total_steps(cfg: DictConfig, n_train: int) -> int:
     """Optimiser steps of the run: ``steps``, or ``epochs`` passes over the training set."""
     if cfg.get("epochs") is None:
         return int(cfg.steps)
-    per_epoch = 1 if cfg.optim.name == "gd" else n_train // int(cfg.optim.batch_size)  # ragged end dropped
+    per_epoch = 1 if full_batch(cfg.optim) else n_train // int(cfg.optim.batch_size)  # ragged end dropped
     return int(cfg.epochs) * per_epoch
 
 
@@ -167,14 +168,16 @@ def train(cfg: DictConfig, run_dir: str | Path, *, progress: bool | None = None)
 def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | None) -> dict[str, Any]:
     loss_fn = loss_function(cfg.loss, data.n_classes)
     lr = float(cfg.optim.lr)
-    opt = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=float(cfg.optim.momentum), weight_decay=float(cfg.optim.weight_decay)
-    )
+    opt = build_optimizer(model.parameters(), cfg.optim)
+    threshold = stability_threshold(cfg.optim)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
-    hx, hy = data.hessian_subset(int(cfg.hessian.subset), int(cfg.seed))
-    hx, hy = hx.to(device), hy.to(device)
-    batch_size = None if cfg.optim.name == "gd" else cfg.optim.batch_size
+    # the Hessian of the training loss itself, unless the user asks for a subset (then lambda_max_train too)
+    subset = cfg.hessian.subset is not None and int(cfg.hessian.subset) < len(y_train)
+    hx, hy = (x_train, y_train)
+    if subset:
+        hx, hy = (t.to(device) for t in data.hessian_subset(int(cfg.hessian.subset), int(cfg.seed)))
+    batch_size = None if full_batch(cfg.optim) else cfg.optim.batch_size
     batches = _Batches(x_train, y_train, batch_size, int(cfg.seed))
     steps = total_steps(cfg, len(y_train))
     curvature_at = set(checkpoint_steps(int(cfg.hessian.every), steps))
@@ -196,20 +199,27 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
     measured: set[int] = set()
 
     def curvature(step: int, kind: str = "scheduled", net: torch.nn.Module | None = None) -> dict[str, Any]:
-        result = measure(model if net is None else net, loss_fn, hx, hy, hcfg, lr)
+        net = model if net is None else net
+        start = time.perf_counter()
+        result = measure(net, loss_fn, hx, hy, hcfg, threshold)
         row = {
             "step": step, "lr": lr, "method": result.method, "dtype": result.dtype, "n_params": n_params,
             "subset": len(hy), "alpha": hcfg.alpha, "rho": hcfg.rho, "k": hcfg.k, "eig_mode": hcfg.eig_mode,
-            **result.row, "seconds": round(result.seconds, 4), "kind": kind,
+            **result.row, "lambda_max_train": result.row["lambda_max"], "kind": kind,
         }  # fmt: skip
+        if subset:  # the sharpness that the optimiser meets is that of the whole training loss
+            row["lambda_max_train"] = top_eigenvalue(net, loss_fn, x_train, y_train, hcfg)
+            row["sharpness_ratio"] = row["lambda_max_train"] / threshold
+        row["seconds"] = round(time.perf_counter() - start, 4)
         writer.log_curvature(row, result.eigenvalues, result.eigenvectors, **result.arrays)
         measured.add(step)
-        if cfg.save_checkpoint and net is None:
+        if cfg.save_checkpoint and net is model:
             writer.save_checkpoint({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict()})
         log.info(
-            "step %d/%d %scurvature: lambda_max %.4g (2/lr %.4g), N_eff %.4g, SANE %.4g, trace %.4g [%.1fs]",
+            "step %d/%d %scurvature: lambda_max %.4g%s (threshold %.4g), N_eff %.4g, SANE %.4g, trace %.4g [%.1fs]",
             step, steps, "" if kind == "scheduled" else kind.replace("_", "-") + " ", row["lambda_max"],
-            row["two_over_lr"], row["n_eff"], row["sane"], row["trace"], result.seconds,
+            f" on {len(hy)} examples, {row['lambda_max_train']:.4g} on the training set" if subset else "",
+            threshold, row["n_eff"], row["sane"], row["trace"], row["seconds"],
         )  # fmt: skip
         return row
 
@@ -217,7 +227,7 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
     # the state just before it can be measured; a post_spike checkpoint follows spike_after steps later
     detector = SpikeDetector(float(hcfg.spike_threshold))
     # (full-batch GD only: a mini-batch loss jumps from batch to batch without any change of basin)
-    on_spike = bool(hcfg.on_spike) and int(hcfg.spike_max) > 0 and cfg.optim.name == "gd"
+    on_spike = bool(hcfg.on_spike) and int(hcfg.spike_max) > 0 and full_batch(cfg.optim)
     previous = [p.detach().clone() for p in model.parameters()] if on_spike else []
     spikes, post_spike_at = 0, set()
 
@@ -265,7 +275,8 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
             opt.step()
             bar.update(1)
     final = {f"final_{k}": v for k, v in last.get("metrics", {}).items() if k not in ("lr", "epoch", "seconds")}
-    for key in ("lambda_max", "lambda_min", "trace", "n_eff", "sane", "sharpness_ratio"):
+    for key in ("lambda_max", "lambda_max_train", "lambda_min", "trace", "n_eff", "sane", "stability_threshold",
+                "sharpness_ratio"):
         if "curvature" in last:
             final[f"final_{key}"] = last["curvature"][key]
     if "curvature" in last:

@@ -20,7 +20,6 @@ TINY = [
     "steps=20",
     "log_every=5",
     "hessian.every=10",
-    "hessian.subset=64",
     "hessian.topk_vectors=3",
     "device=cpu",
     "lr=0.1",

@@ -34,7 +34,7 @@ def test_single_run(tmp_path):
     for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "run.log", "checkpoint.pt"):
         assert (path / name).is_file(), name
     log = (path / "run.log").read_text()
-    assert log.count("curvature: lambda_max") == 3 and "2/lr 40" in log
+    assert log.count("curvature: lambda_max") == 3 and "(threshold 40)" in log
 
 
 def test_multirun_sweep(tmp_path):

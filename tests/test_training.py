@@ -32,7 +32,7 @@ def test_run_folder_contents(tiny_cfg, tmp_path):
     assert list(run.metrics.columns) == METRICS_COLUMNS and list(run.hessian.columns) == HESSIAN_COLUMNS
     assert run.metrics.step.tolist() == [0, 5, 10, 15, 20]
     assert run.hessian.step.tolist() == [0, 10, 20] == run.spectrum_steps()
-    assert (run.hessian.method == "exact").all() and (run.hessian.two_over_lr == 2 / 0.1).all()
+    assert (run.hessian.method == "exact").all() and (run.hessian.stability_threshold == 2 / 0.1).all()
     n_params = 6 * 5 + 5 + 5 * 3 + 3
     assert summary["n_params"] == n_params and (run.hessian.n_params == n_params).all()
     ev, vecs = run.spectrum(20)
