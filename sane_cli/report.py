@@ -325,9 +325,9 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
             line = None
             if others:
                 line = others[0] if len(others) == 1 else "config"
-                if line == "config":
-                    g[line] = g[others].astype(str).agg(" ".join, axis=1)
-                    d[line] = d[others].astype(str).agg(" ".join, axis=1)
+                if line == "config":  # one line per combination of the other keys (also when d has no rows)
+                    g[line] = [" ".join(map(str, r)) for r in g[others].itertuples(index=False)]
+                    d[line] = [" ".join(map(str, r)) for r in d[others].itertuples(index=False)]
             fig = plots.comparison(g, x, line, [p for p in panels if f"{p}_mean" in g], d)
             comparisons[x] = _save(fig, out / "figures" / f"{x}_comparison", options.formats)
 

@@ -198,3 +198,27 @@ def test_partial_runs_are_listed_and_a_broken_spectrum_costs_only_its_figures(sw
     assert str(root / "broken_spectrum") in warned and "no figures" in warned
     assert str(root / "good") not in warned
     assert "broken_spectrum" in page.read_text()
+
+
+def test_older_run_folders_and_subset_runs(sweep, tmp_path):
+    """Run folders written before stability_threshold and lambda_max_train existed (and, older still, before
+    checkpoint kinds) are read in today's columns; a run whose Hessian was taken on a subset is marked."""
+    root = tmp_path / "runs"
+    source = next(p for p in find_runs(sweep) if p.name.startswith("0_"))
+    for name, drop in (("v0.2", ["lambda_max_train"]), ("v0.1", ["lambda_max_train", "kind"])):
+        shutil.copytree(source, root / name)
+        h = pd.read_csv(root / name / "hessian.csv").drop(columns=drop).rename(
+            columns={"stability_threshold": "two_over_lr"}
+        )
+        h["subset"] = 64  # those versions took the Hessian on a subset of the 96 training examples
+        h.to_csv(root / name / "hessian.csv", index=False)
+    train(make_config("hessian.subset=50", "seed=5"), root / "subset", progress=False)
+    for name in ("v0.1", "v0.2"):
+        h = load_run(root / name).hessian
+        assert h.stability_threshold.tolist() == pytest.approx([2 / 0.05] * len(h))
+        assert h.lambda_max_train.isna().all() and (h.kind == "scheduled").all()
+    report([root], tmp_path / "rep")
+    table = pd.read_csv(tmp_path / "rep" / "summary.csv").set_index("label")
+    on = dict(zip(table.run.map(lambda p: p.rsplit("/", 1)[-1]), table.hessian_on, strict=True))
+    assert on == {"v0.1": "subset 64/96", "v0.2": "subset 64/96", "subset": "subset 50/96"}
+    assert "3 of 3 runs took their curvature on a subset" in (tmp_path / "rep" / "report.html").read_text()

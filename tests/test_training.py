@@ -45,16 +45,23 @@ def test_run_folder_contents(tiny_cfg, tmp_path):
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
 
 
-def test_logged_curvature_matches_reference_of_checkpoint(tmp_path):
-    cfg = make_config("model.activation=tanh", "loss=mse")
-    train(cfg, tmp_path / "run")
-    run = load_run(tmp_path / "run")
-    state = torch.load(tmp_path / "run" / "checkpoint.pt")
-    assert state["step"] == 20
+def checkpoint_model(cfg, run_dir):
+    """The model saved in run_dir/checkpoint.pt, and the run's data."""
+    state = torch.load(run_dir / "checkpoint.pt")
     data = load_data(cfg.dataset)
     model = build_model(cfg.model, data.in_dim, data.n_classes)
     model.load_state_dict(state["model"])
-    x, y = data.hessian_subset(cfg.hessian.subset, cfg.seed)
+    return model, data, state["step"]
+
+
+def test_logged_curvature_matches_reference_of_checkpoint(tmp_path):
+    """By default every logged number is of the Hessian of the mean loss over the whole training set."""
+    cfg = make_config("model.activation=tanh", "loss=mse")
+    train(cfg, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    model, data, step = checkpoint_model(cfg, tmp_path / "run")
+    assert step == 20
+    x, y = data.x_train, data.y_train  # the loss that gradient descent descends
     ref = np.linalg.eigvalsh(reference_hessian(copy.deepcopy(model), loss_function("mse", 3), x, y).numpy())[::-1]
     ev, vecs = run.spectrum(20)
     np.testing.assert_allclose(ev, ref, rtol=1e-9, atol=1e-11)
@@ -64,6 +71,43 @@ def test_logged_curvature_matches_reference_of_checkpoint(tmp_path):
     assert last.n_negative == int((ref < 0).sum())
     assert last.n_eff == pytest.approx(float(np.sum(np.abs(ref) / (np.abs(ref) + 0.5))), rel=1e-9)
     assert last.sane == pytest.approx(float(np.sum(np.abs(ref) / (np.abs(ref) + 0.5 * np.abs(ref).max()))), rel=1e-9)
+    assert last.subset == len(y) == run.summary["n_train"] and last.lambda_max_train == last.lambda_max
+    assert last.stability_threshold == 2 / 0.1 and last.sharpness_ratio == pytest.approx(ref[0] * 0.1 / 2, rel=1e-9)
+
+
+def test_subset_logs_the_top_eigenvalue_of_the_training_loss(tmp_path):
+    """With hessian.subset, the spectrum is the subset's and lambda_max_train (which the sharpness ratio uses)
+    is the top eigenvalue of the whole training loss, each against its own dense reference."""
+    cfg = make_config("hessian.subset=40", "lr=0.5", "steps=40", "hessian.every=20")
+    train(cfg, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    model, data, step = checkpoint_model(cfg, tmp_path / "run")
+    loss_fn = loss_function("cross_entropy", 3)
+    x, y = data.hessian_subset(40, cfg.seed)
+    on_subset = np.linalg.eigvalsh(reference_hessian(copy.deepcopy(model), loss_fn, x, y).numpy())
+    on_train = np.linalg.eigvalsh(reference_hessian(copy.deepcopy(model), loss_fn, data.x_train, data.y_train).numpy())
+    last = run.hessian.set_index("step").loc[step]
+    assert last.subset == 40
+    assert last.lambda_max == pytest.approx(on_subset[-1], rel=1e-9)
+    assert last.lambda_max_train == pytest.approx(on_train[-1], rel=1e-6)
+    assert abs(on_subset[-1] - on_train[-1]) > 1e-3 * on_train[-1]  # the two functions differ here
+    assert last.sharpness_ratio == pytest.approx(last.lambda_max_train / (2 / 0.5), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "overrides,threshold",
+    [
+        ([], 2 / 0.1),
+        (["optim.momentum=0.9"], 3.8 / 0.1),
+        (["optim.momentum=0.9", "optim.nesterov=true"], 3.8 / (2.8 * 0.1)),
+        (["optim=sgd", "optim.batch_size=32", "optim.momentum=0.5", "optim.weight_decay=0.01"], 3.0 / 0.1 - 0.01),
+    ],
+)
+def test_stability_threshold_follows_the_optimiser(tmp_path, overrides, threshold):
+    train(make_config(*overrides, "steps=10"), tmp_path / "run")
+    h = load_run(tmp_path / "run").hessian
+    assert h.stability_threshold.tolist() == pytest.approx([threshold] * len(h), rel=1e-12)
+    assert h.sharpness_ratio.tolist() == pytest.approx((h.lambda_max_train / threshold).tolist(), rel=1e-12)
 
 
 def test_same_config_gives_identical_metrics(tmp_path):
