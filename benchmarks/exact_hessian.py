@@ -70,8 +70,10 @@ def main() -> None:
         baseline = 0 if args.no_baseline else args.baseline_examples
         print(measure(depth, width, x, y, loss_fn, args.repeats, baseline)[0], flush=True)
     if not args.no_baseline:
-        print(f"(baseline: torch.func.hessian on {args.baseline_examples} examples, time x {args.examples} / "
-              f"{args.baseline_examples}; checked against ours on those examples)")
+        print(
+            f"(baseline: torch.func.hessian on {args.baseline_examples} examples, time x {args.examples} / "
+            f"{args.baseline_examples}; checked against ours on those examples)"
+        )
 
 
 def measure(depth: int, width: int, x, y, loss_fn, repeats: int, baseline: int) -> tuple[str, dict]:

@@ -102,7 +102,9 @@ def mlp_hessian(
     )
     for j, m in pairs:  # the blocks above the diagonal by symmetry
         if j > m:
-            h[starts[m] : starts[m + 1], starts[j] : starts[j + 1]] = h[starts[j] : starts[j + 1], starts[m] : starts[m + 1]].T
+            h[starts[m] : starts[m + 1], starts[j] : starts[j + 1]] = h[
+                starts[j] : starts[j + 1], starts[m] : starts[m + 1]
+            ].T
     return h
 
 
@@ -131,9 +133,7 @@ def mlp_hessian_blocks(
     """
     sizes = _layer_sizes(model)
     device = next(model.parameters()).device
-    blocks = {
-        (j, m): torch.zeros(sizes[j], sizes[m], dtype=dtype, device=device) for j, m in _pairs(len(sizes), band)
-    }
+    blocks = {(j, m): torch.zeros(sizes[j], sizes[m], dtype=dtype, device=device) for j, m in _pairs(len(sizes), band)}
     _mlp_hessian_into(lambda j, m: (blocks[j, m], 0, 0), model, loss_fn, x, y, dtype, band, max_rows, max_elements)
     return blocks
 
@@ -235,10 +235,10 @@ def _mlp_hessian_into(
         loss_grad = grad(lambda out, yb=yb, weight=weight: loss_fn(out, yb) * weight)
         deltas = [loss_grad(zs[-1])]  # delta_l = d loss / d z_l, (n_b, out_l), from the top down
         curve = []  # sigma''(z_l) (W_l+1^T delta_l+1): the part of d delta_l that moves with dz_l
-        for l in range(n_layers - 2, -1, -1):
-            back = deltas[0] @ weights[l + 1]
-            deltas.insert(0, back * slope[l])
-            curve.insert(0, back * bend[l])
+        for k in range(n_layers - 2, -1, -1):
+            back = deltas[0] @ weights[k + 1]
+            deltas.insert(0, back * slope[k])
+            curve.insert(0, back * bend[k])
 
         def loss_hvp(t: torch.Tensor, z=zs[-1], loss_grad=loss_grad) -> torch.Tensor:
             """loss''(z_L-1) t for tangents t (units, n_b, out_L-1)."""
@@ -254,8 +254,8 @@ def _mlp_hessian_into(
                 dz = {}  # forward tangents dz_l; sigma'(z_l) dz_l is that of layer l+1's input
                 if m < n_layers - 1:
                     dz[m + 1] = slope[m][:, p0:p1].T[:, :, None] * weights[m + 1][:, p0:p1].T[:, None, :]
-                    for l in range(m + 1, n_layers - 1):
-                        dz[l + 1] = (slope[l] * dz[l]) @ weights[l + 1].T
+                    for k in range(m + 1, n_layers - 1):
+                        dz[k + 1] = (slope[k] * dz[k]) @ weights[k + 1].T
                     d_delta = loss_hvp(dz[n_layers - 1])
                 else:
                     unit = torch.zeros(u, *zs[m].shape, dtype=dtype, device=device)

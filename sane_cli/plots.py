@@ -1,6 +1,6 @@
 """The report's figures, in one style: sized for a paper column or page, learning rate on a log axis,
-the optimiser's stability threshold (2/lr for plain GD) always drawn beside lambda_max. Every function returns a matplotlib Figure and draws nothing on the
-screen (the Agg backend).
+the optimiser's stability threshold (2/lr for plain GD) always drawn beside lambda_max. Every function
+returns a matplotlib Figure and draws nothing on the screen (the Agg backend).
 """
 
 from __future__ import annotations
@@ -203,8 +203,9 @@ def basins(run, table: pd.DataFrame, sim_steps: list[int], sim: np.ndarray, titl
         x = np.arange(len(spikes))
         ax.bar(x - 0.2, spikes.lambda_max_before, 0.4, label="before", color="C2")
         ax.bar(x + 0.2, spikes.lambda_max_after, 0.4, label="after", color="C4")
-        ax.axhline(float(run.hessian.stability_threshold.iloc[0]), color="k", ls="--", lw=1,
-                   label=threshold_label(run.hessian))
+        ax.axhline(
+            float(run.hessian.stability_threshold.iloc[0]), color="k", ls="--", lw=1, label=threshold_label(run.hessian)
+        )
         ax.set_xticks(x, [f"{int(s)}" for s in spikes.spike_step], rotation=45 if len(x) > 6 else 0)
         ax.set(xlabel="spike at step", ylabel=r"$\lambda_\mathrm{max}$", title="flattening")
         ax.legend()

@@ -122,7 +122,11 @@ def summary_table(runs: list[Run]) -> pd.DataFrame:
         n_train = s.get("n_train")
         row["hessian_examples"] = int(last.subset) if last is not None else np.nan
         row["hessian_on"] = (
-            None if last is None else "training set" if last.subset == n_train else f"subset {int(last.subset)}/{n_train}"
+            None
+            if last is None
+            else "training set"
+            if last.subset == n_train
+            else f"subset {int(last.subset)}/{n_train}"
         )
         row["gen_gap"] = row["test_loss"] - row["train_loss"]
         row["acc_gap"] = row["train_acc"] - row["test_acc"]
@@ -358,7 +362,8 @@ def _html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run,
         return text
 
     cols = ["label", "status", *keys, "n_params", "method", "steps_done", "train_loss", "test_loss", "test_acc",
-            "gen_gap", "lambda_max", "stability_threshold", "hessian_on", "sane", "n_eff", "trace", "spikes"]  # fmt: skip
+            "gen_gap", "lambda_max", "stability_threshold", "hessian_on", "sane", "n_eff", "trace",
+            "spikes"]  # fmt: skip
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>sane-report</title><style>",
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}",

@@ -275,8 +275,16 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
             opt.step()
             bar.update(1)
     final = {f"final_{k}": v for k, v in last.get("metrics", {}).items() if k not in ("lr", "epoch", "seconds")}
-    for key in ("lambda_max", "lambda_max_train", "lambda_min", "trace", "n_eff", "sane", "stability_threshold",
-                "sharpness_ratio"):
+    for key in (
+        "lambda_max",
+        "lambda_max_train",
+        "lambda_min",
+        "trace",
+        "n_eff",
+        "sane",
+        "stability_threshold",
+        "sharpness_ratio",
+    ):
         if "curvature" in last:
             final[f"final_{key}"] = last["curvature"][key]
     if "curvature" in last:

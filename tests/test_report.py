@@ -207,8 +207,10 @@ def test_older_run_folders_and_subset_runs(sweep, tmp_path):
     source = next(p for p in find_runs(sweep) if p.name.startswith("0_"))
     for name, drop in (("v0.2", ["lambda_max_train"]), ("v0.1", ["lambda_max_train", "kind"])):
         shutil.copytree(source, root / name)
-        h = pd.read_csv(root / name / "hessian.csv").drop(columns=drop).rename(
-            columns={"stability_threshold": "two_over_lr"}
+        h = (
+            pd.read_csv(root / name / "hessian.csv")
+            .drop(columns=drop)
+            .rename(columns={"stability_threshold": "two_over_lr"})
         )
         h["subset"] = 64  # those versions took the Hessian on a subset of the 96 training examples
         h.to_csv(root / name / "hessian.csv", index=False)

@@ -31,9 +31,15 @@ def main(root: str) -> None:
         cfg = run.config
         for _, h in run.hessian.iterrows():
             rows.append(
-                dict(activation=cfg["model"]["activation"], lr=cfg["optim"]["lr"], step=int(h.step),
-                     examples=int(h.subset), n_train=run.summary["n_train"], lambda_max_train=h.lambda_max_train,
-                     **{m: h[m] for m in MEASURES})  # fmt: skip
+                dict(
+                    activation=cfg["model"]["activation"],
+                    lr=cfg["optim"]["lr"],
+                    step=int(h.step),
+                    examples=int(h.subset),
+                    n_train=run.summary["n_train"],
+                    lambda_max_train=h.lambda_max_train,
+                    **{m: h[m] for m in MEASURES},
+                )  # fmt: skip
             )
     table = pd.DataFrame(rows)
     full = table[table.examples == table.n_train].set_index(["activation", "lr", "step"])

@@ -70,8 +70,9 @@ def main() -> None:
     rows = []
     for depth in args.depths:
         with initialize_config_module(version_base="1.3", config_module="sane_cli.conf"):
-            cfg = compose("config", overrides=[f"depth={depth}", f"steps={args.steps}", "hessian.every=100000",
-                                               "hessian.topk_vectors=0", "device=cpu", "hessian.subset=256"])  # fmt: skip
+            overrides = [f"depth={depth}", f"steps={args.steps}", "hessian.every=100000", "hessian.topk_vectors=0",
+                         "device=cpu", "hessian.subset=256"]  # fmt: skip
+            cfg = compose("config", overrides=overrides)
         data = load_data(cfg.dataset)
         x, y = data.hessian_subset(cfg.hessian.subset, cfg.seed)
         loss_fn = loss_function(cfg.loss, data.n_classes)
