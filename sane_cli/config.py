@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .errors import UsageError
 from .models import ACTIVATIONS
-from .optim import OPTIMISERS
+from .optim import OPTIMISERS, stability_threshold
 
 LOSSES = ("cross_entropy", "mse")
 DEVICES = ("auto", "cpu", "cuda")
@@ -97,6 +97,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         _fail("optim.nesterov", cfg.optim.nesterov, "must be true or false")
     if cfg.optim.get("nesterov", False) and cfg.optim.momentum == 0:
         _fail("optim.nesterov", True, "needs optim.momentum > 0 (Nesterov momentum without momentum is plain SGD)")
+    if stability_threshold(cfg.optim) <= 0:  # the decay alone overshoots: no curvature is stable
+        _fail("optim.weight_decay", cfg.optim.weight_decay, "must be below the stability threshold it lowers "
+              f"({stability_threshold(cfg.optim) + cfg.optim.weight_decay:g} at this lr and momentum)")  # fmt: skip
     if cfg.optim.name == "sgd":
         _check_number(cfg, "optim.batch_size", minimum=1, integer=True)
 
