@@ -73,7 +73,7 @@ def comparison(
         cols = min(n, 3)
         rows = -(-n // cols)
         fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.1 * rows), squeeze=False)
-        lines = [None] if line_key is None else sorted(groups[line_key].dropna().unique())
+        lines = [None] if line_key is None else sorted(groups[line_key].dropna().unique(), key=_order)
         for ax, panel in zip(axes.flat, panels, strict=False):
             thresholds = []  # (colour, x values, the stability threshold at each) of every line
             for i, value in enumerate(lines):
@@ -137,6 +137,11 @@ def threshold_label(h: pd.DataFrame) -> str:
     """The legend of a run's stability threshold: 2/eta when it is plain GD's, else its name."""
     plain = np.isclose(float(h.stability_threshold.iloc[0]), 2 / float(h.lr.iloc[0]), rtol=1e-9)
     return r"$2/\eta$" if plain else "stability threshold"
+
+
+def _order(value) -> tuple:
+    """Numbers first, in order, then anything else (e.g. ``null``) by its text."""
+    return (0, float(value), "") if _is_number(value) else (1, 0.0, str(value))
 
 
 def _is_number(value) -> bool:

@@ -140,14 +140,15 @@ def summary_table(runs: list[Run]) -> pd.DataFrame:
 def flat_config(config: dict) -> dict:
     """Every config value under its dotted key (``hessian.probes``), but those in CONFIG_KEYS under their
     short name (``lr``), and without keys that do not change results (device, data folders) or duplicate
-    another (the ``lr``, ``depth``, ``width`` shortcuts)."""
+    another (the ``lr``, ``depth``, ``width`` shortcuts). A null value is the string ``null``, a value of its own
+    (``hessian.subset`` null, the whole training set, against 256), where a key a run lacks stays missing."""
     flat = pd.json_normalize(config, sep=".").iloc[0].to_dict() if config else {}
     dotted = {".".join(p): k for k, p in CONFIG_KEYS.items()}
     out = {}
     for key, value in flat.items():
         if key in IGNORED_KEYS or key.startswith(("hydra.", "experiment")):
             continue
-        out[dotted.get(key, key)] = value
+        out[dotted.get(key, key)] = "null" if value is None else value
     return out
 
 
@@ -329,9 +330,8 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
             line = None
             if others:
                 line = others[0] if len(others) == 1 else "config"
-                if line == "config":  # one line per combination of the other keys (also when d has no rows)
-                    g[line] = [" ".join(map(str, r)) for r in g[others].itertuples(index=False)]
-                    d[line] = [" ".join(map(str, r)) for r in d[others].itertuples(index=False)]
+                if line == "config":  # one line per combination of the other keys
+                    g[line], d[line] = _combinations(g, others), _combinations(d, others)
             fig = plots.comparison(g, x, line, [p for p in panels if f"{p}_mean" in g], d)
             comparisons[x] = _save(fig, out / "figures" / f"{x}_comparison", options.formats)
 
@@ -339,6 +339,11 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
     page.write_text(_html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run, out))
     log.info("wrote %s in %.1f s", page, time.perf_counter() - start)
     return page
+
+
+def _combinations(df: pd.DataFrame, keys: list[str]) -> list[str]:
+    """Each row's values of ``keys`` as ``key=value ...`` (a list, so that a frame without rows works too)."""
+    return [" ".join(f"{k}={_fmt(v)}" for k, v in zip(keys, r, strict=True)) for r in df[keys].itertuples(index=False)]
 
 
 def _status_counts(table: pd.DataFrame) -> str:

@@ -224,3 +224,6 @@ def test_older_run_folders_and_subset_runs(sweep, tmp_path):
     on = dict(zip(table.run.map(lambda p: p.rsplit("/", 1)[-1]), table.hessian_on, strict=True))
     assert on == {"v0.1": "subset 64/96", "v0.2": "subset 64/96", "subset": "subset 50/96"}
     assert "3 of 3 runs took their curvature on a subset" in (tmp_path / "rep" / "report.html").read_text()
+    # hessian.subset is null in two runs and 50 in the third: a varying key like any other
+    labels = dict(zip(table.run.map(lambda p: p.rsplit("/", 1)[-1]), table.index, strict=True))
+    assert "hessian.subset=50" in labels["subset"] and "hessian.subset=null" in labels["v0.1"]
