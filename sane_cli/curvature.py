@@ -251,6 +251,7 @@ def _mlp_hessian_into(
             for p0 in range(0, outs[m], units):
                 p1 = min(outs[m], p0 + units)
                 u, idx = p1 - p0, torch.arange(p0, p1, device=device)
+                each = torch.arange(u, device=device)  # one tangent per unit
                 dz = {}  # forward tangents dz_l; sigma'(z_l) dz_l is that of layer l+1's input
                 if m < n_layers - 1:
                     dz[m + 1] = slope[m][:, p0:p1].T[:, :, None] * weights[m + 1][:, p0:p1].T[:, None, :]
@@ -259,7 +260,7 @@ def _mlp_hessian_into(
                     d_delta = loss_hvp(dz[n_layers - 1])
                 else:
                     unit = torch.zeros(u, *zs[m].shape, dtype=dtype, device=device)
-                    unit[torch.arange(u), :, idx] = 1.0  # unit p of z_m, every example
+                    unit[each, :, idx] = 1.0  # unit p of z_m, every example
                     d_delta = loss_hvp(unit)
                 for j in range(n_layers - 1, m - 1, -1):  # d delta_j, (units, n_b, out_j), from the top down
                     if j < n_layers - 1:
@@ -267,7 +268,7 @@ def _mlp_hessian_into(
                         if j > m:
                             d_delta += curve[j] * dz[j]
                         else:  # dz_m = e_p
-                            d_delta[torch.arange(u), :, idx] += curve[m][:, p0:p1].T
+                            d_delta[each, :, idx] += curve[m][:, p0:p1].T
                     if j >= top:
                         continue
                     outer = inputs[j][:, :, None] * inputs[m][:, None, :]  # (n_b, in_j + bias, in_m + bias)
