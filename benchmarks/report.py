@@ -45,14 +45,16 @@ def write_run(folder: Path, lr: float, depth: int, seed: int) -> None:
         vec = np.linalg.qr(rng.standard_normal((P, 10)))[0]
         row = dict.fromkeys(HESSIAN_COLUMNS, 0.0)
         row.update(step=s, lr=lr, method="exact", dtype="float64", n_params=P, kind="scheduled", lambda_max=ev[0],
-                   trace=ev.sum(), n_eff=float(np.sum(np.abs(ev) / (np.abs(ev) + 0.5))), sane=float(np.sum(
-                       np.abs(ev) / (np.abs(ev) + 0.5 * ev[0]))), two_over_lr=2 / lr, converged=True)  # fmt: skip
+                   lambda_max_train=ev[0], subset=4000, trace=ev.sum(),
+                   n_eff=float(np.sum(np.abs(ev) / (np.abs(ev) + 0.5))),
+                   sane=float(np.sum(np.abs(ev) / (np.abs(ev) + 0.5 * ev[0]))), stability_threshold=2 / lr,
+                   sharpness_ratio=ev[0] * lr / 2, converged=True)  # fmt: skip
         w.log_curvature(row, ev, vec)
     config = {"optim": {"name": "gd", "lr": lr}, "model": {"depth": depth, "width": 24}, "seed": seed,
               "dataset": {"name": "mnist1d"}, "hessian": {"spike_threshold": 0.5, "k": 1, "rho": 0.5}}  # fmt: skip
     final = {"final_train_loss": float(loss[-1]), "final_test_loss": 1.2 * float(loss[-1]),
              "final_train_acc": 1 - loss[-1] / 3, "final_test_acc": 1 - loss[-1] / 2.5}  # fmt: skip
-    w.write_summary({"status": "completed", "config": config, "n_params": P, **final})
+    w.write_summary({"status": "completed", "config": config, "n_params": P, "n_train": 4000, **final})
     w.close()
 
 
