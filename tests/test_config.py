@@ -49,8 +49,11 @@ BAD = [
     (["model.activation=swish"], r"model.activation='swish' is invalid: must be one of relu, tanh, gelu"),
     (["dataset=imagenet"], r"dataset='imagenet' is unknown; choose one of cifar10, fashion_mnist, mnist, mnist1d"),
     (["optim=adam"], r"optim='adam' is unknown; choose one of gd, sgd"),
-    (["optim.weight_decay=25"], r"optim.weight_decay=25 is invalid: must be below the stability threshold it "
-                                r"lowers \(10 at this lr and momentum\)"),
+    (
+        ["optim.weight_decay=25"],
+        r"optim.weight_decay=25 is invalid: must be below the stability threshold it "
+        r"lowers \(10 at this lr and momentum\)",
+    ),
     (["optim.nesterov=true"], r"optim.nesterov=True is invalid: needs optim.momentum > 0"),
     (["hessian.subset=0"], r"hessian.subset=0 is invalid: must be an integer >= 1"),
     (["hessian.subset=5000"], r"hessian.subset=5000 is invalid: must be at most dataset.n_train \(4000\)"),
