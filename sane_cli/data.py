@@ -7,8 +7,10 @@ standard deviation; labels are int64 class indices.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,11 +177,18 @@ def _torchvision(cfg) -> Data:
     root, folder, _ = _local_files(cfg)
     make = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "cifar10": _local_cifar10()}[cfg.name]
     try:
-        train, test = make(str(root), train=True), make(str(root), train=False)
+        with _safe_unpickling():
+            train, test = make(str(root), train=True), make(str(root), train=False)
     except Exception as e:  # torchvision's parsers raise assorted errors on truncated files
-        raise UsageError(f"dataset={cfg.name}: could not read the files in {folder}: {e}") from e
+        raise UsageError(f"dataset={cfg.name}: could not read the files in {folder}: {e}".splitlines()[0]) from e
 
     def tensors(ds, n) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(ds.data) != len(ds.targets):
+            raise UsageError(
+                f"dataset={cfg.name}: {len(ds.data)} images but {len(ds.targets)} labels in the "
+                f"{'training' if ds.train else 'test'} files of {folder}; the image and label files must come "
+                "from the same set"
+            )
         x = torch.as_tensor(np.asarray(ds.data)).float() / 255.0
         if x.ndim == 4:  # CIFAR is stored (n, 32, 32, 3); keep torch's channels-first layout
             x = x.permute(0, 3, 1, 2)
@@ -191,6 +200,46 @@ def _torchvision(cfg) -> Data:
     x_test, y_test = tensors(test, cfg.n_test)
     x_train, x_test = _standardise(x_train, x_test)
     return Data(cfg.name, x_train, y_train, x_test, y_test, 10)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR-10's python batches hold: dicts, lists, strings, bytes, numbers and numpy
+    arrays. Any other global (a function such as os.system, which a crafted file could call) is refused,
+    where pickle.load would run it."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }  # fmt: skip
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a dataset file (refused, not run)")
+        return super().find_class(module, name)
+
+
+class _SafePickle:
+    """Stands in for the pickle module inside torchvision's CIFAR reader (see :func:`_safe_unpickling`)."""
+
+    UnpicklingError = pickle.UnpicklingError
+
+    @staticmethod
+    def load(file, *, encoding: str = "ASCII"):
+        return _RestrictedUnpickler(file, encoding=encoding).load()
+
+
+@contextlib.contextmanager
+def _safe_unpickling():
+    """torchvision's CIFAR reader calls pickle.load on the batch files; while this is active it calls
+    :class:`_RestrictedUnpickler` instead, so a crafted file cannot run code."""
+    from torchvision.datasets import cifar
+
+    saved, cifar.pickle = cifar.pickle, _SafePickle
+    try:
+        yield
+    finally:
+        cifar.pickle = saved
 
 
 def _local_cifar10() -> type:

@@ -3,6 +3,7 @@ small files in the real formats (IDX for MNIST and Fashion-MNIST, pickled batche
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -118,3 +119,29 @@ def test_truncated_file_is_a_clear_error(tmp_path):
     p.write_bytes(p.read_bytes()[:100])
     with pytest.raises(UsageError, match="could not read"):
         load_data(cfg(name="mnist", root=str(tmp_path), n_train=5, n_test=5, per_class=None))
+
+
+def test_a_crafted_cifar_pickle_is_refused_and_not_run(tmp_path):
+    """torchvision's reader would unpickle anything; ours refuses every global but numpy's array builders."""
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch", "batches.meta"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": Payload(), "labels": [0], "label_names": ["a"]}, f)
+    with pytest.raises(UsageError, match=r"dataset=cifar10: could not read .* posix.system is not allowed"):
+        load_data(cfg(name="cifar10", root=str(tmp_path), n_train=None, n_test=None, per_class=None))
+    assert not (tmp_path / "ran").exists()
+
+
+def test_mnist_images_and_labels_of_different_sets_are_refused(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    write_idx(raw, "train", np.zeros((5, 28, 28), np.uint8), np.zeros(5, np.uint8))
+    write_idx(raw, "t10k", np.zeros((4, 28, 28), np.uint8), np.zeros(4, np.uint8))
+    (raw / "train-labels-idx1-ubyte").write_bytes((raw / "t10k-labels-idx1-ubyte").read_bytes())
+    with pytest.raises(UsageError, match=r"dataset=mnist: 5 images but 4 labels in the training files"):
+        load_data(cfg(name="mnist", root=str(tmp_path), n_train=None, n_test=None, per_class=None))
