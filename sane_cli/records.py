@@ -32,6 +32,7 @@ stops for any reason keeps everything it had logged.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -131,6 +132,33 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
+TEXT_COLUMNS = {"method", "dtype", "eig_mode", "converged", "kind"}
+
+
+def _checked_rows(df: pd.DataFrame, raw: bytes, file: Path) -> pd.DataFrame:
+    """``df`` (read from ``raw``, the bytes of ``file``) with every numeric column as numbers, or a UsageError
+    naming the file and row: every row is written whole and ends in a newline, so a file that does not was cut
+    off inside its last row (whose fields could read as other numbers: "33.64" cut to "3"); a field that is
+    not a number where one belongs, or a checkpoint kind that is not one, marks a damaged file too."""
+    if raw and not raw.endswith(b"\n"):
+        raise UsageError(f"{file}: the last row is cut off (no newline at the end); the run folder is corrupt")
+    for column in df.columns:
+        if column in TEXT_COLUMNS:
+            continue
+        values = pd.to_numeric(df[column], errors="coerce")
+        bad = values.isna() & df[column].notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise UsageError(
+                f"{file}: row {row + 1} has {column}={df[column].iloc[row]!r}, not a number; the run folder is corrupt"
+            )
+        df[column] = values
+    if "kind" in df.columns and not df["kind"].isin(CHECKPOINT_KINDS).all():
+        row = int(np.flatnonzero(~df["kind"].isin(CHECKPOINT_KINDS).to_numpy())[0])
+        raise UsageError(f"{file}: row {row + 1} has kind={df['kind'].iloc[row]!r}; the run folder is corrupt")
+    return df
+
+
 def _upgrade_hessian_table(df: pd.DataFrame, summary: dict[str, Any]) -> pd.DataFrame:
     """hessian.csv of runs written by earlier versions, in today's columns: before 0.2 there was no ``kind``
     (every checkpoint was scheduled); before 0.3 the threshold was ``two_over_lr`` (plain GD's 2/lr, which
@@ -219,20 +247,32 @@ def load_run(path: str | Path) -> Run:
         summary = json.loads((path / "summary.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UsageError(f"{path}: summary.json is missing or corrupt ({e}); not a complete run folder") from e
-    if summary.get("status") not in STATUSES or "config" not in summary:
+    if (
+        not isinstance(summary, dict)
+        or summary.get("status") not in STATUSES
+        or not isinstance(summary.get("config"), dict)
+    ):
         raise UsageError(f"{path}: summary.json lacks a valid status and config; not a sane-run run folder")
+    for key, value in summary.items():
+        if (
+            key.startswith("final_")
+            and value is not None
+            and (isinstance(value, bool) or not isinstance(value, int | float))
+        ):
+            raise UsageError(f"{path}: summary.json has a non-numeric {key} ({value!r}); the run folder is corrupt")
     tables = {}
     for name, columns in (("metrics", METRICS_COLUMNS), ("hessian", HESSIAN_COLUMNS), ("loss", LOSS_COLUMNS)):
         if name == "loss" and not (path / "loss.csv").exists():
             tables[name] = None  # written since version 0.2; older runs detect spikes on metrics.csv
             continue
         try:
-            df = pd.read_csv(path / f"{name}.csv")
+            raw = (path / f"{name}.csv").read_bytes()
+            df = pd.read_csv(io.BytesIO(raw))
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise UsageError(f"{path}: {name}.csv is missing or corrupt ({e})") from e
         if name == "hessian":
             df = _upgrade_hessian_table(df, summary)
         if list(df.columns) != columns:
             raise UsageError(f"{path}: {name}.csv has columns {list(df.columns)}, expected {columns}")
-        tables[name] = df
+        tables[name] = _checked_rows(df, raw, path / f"{name}.csv")
     return Run(path, summary, tables["metrics"], tables["hessian"], tables["loss"])

@@ -32,6 +32,23 @@ def test_find_and_read(runs):
     assert table.sane.tolist() == pytest.approx([load_run(p).hessian.sane.iloc[-1] for p in paths])
 
 
+def cut(file, before: str) -> None:
+    """Cut the file inside its last row, just before the last ``before`` (as a full disk or a kill can)."""
+    text = file.read_text()
+    file.write_text(text[: text.rindex(before)])
+
+
+def replace_last(file, old: str, new: str) -> None:
+    text = file.read_bytes().decode()  # as written: csv rows end in \r\n
+    i = text.rindex(old)
+    file.write_bytes((text[:i] + new + text[i + len(old) :]).encode())
+
+
+def edit_summary(folder, **changes) -> None:
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, **changes}))
+
+
 @pytest.mark.parametrize(
     "damage,message",
     [
@@ -39,6 +56,13 @@ def test_find_and_read(runs):
         (lambda d: (d / "summary.json").write_text(json.dumps({"status": "odd"})), "lacks a valid status"),
         (lambda d: (d / "metrics.csv").unlink(), "metrics.csv is missing or corrupt"),
         (lambda d: (d / "hessian.csv").write_text("step,lr\n0,0.1\n"), "hessian.csv has columns"),
+        (lambda d: cut(d / "hessian.csv", ",kind"), r"hessian.csv: the last row is cut off"),
+        (lambda d: cut(d / "loss.csv", "."), r"loss.csv: the last row is cut off"),
+        (lambda d: replace_last(d / "metrics.csv", "0.1\r\n", "fast\r\n"), r"metrics.csv: row 5 has lr='fast', not a"),
+        (lambda d: replace_last(d / "hessian.csv", "scheduled", "sched"), r"row 3 has kind='sched'"),
+        (lambda d: (d / "summary.json").write_text("[1, 2]"), "lacks a valid status and config"),
+        (lambda d: edit_summary(d, config="lr=0.1"), "lacks a valid status and config"),
+        (lambda d: edit_summary(d, final_sane="33.6"), r"non-numeric final_sane \('33.6'\)"),
     ],
 )
 def test_corrupt_folders_are_named(tmp_path, damage, message):
