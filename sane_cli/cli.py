@@ -54,25 +54,35 @@ def precheck(argv: list[str]) -> None:
     """Validate every job a command line asks for, before any of them starts.
 
     Each combination of sweep values is composed with Hydra's compose API and checked by
-    :func:`sane_cli.config.validate`, so that a bad value in the last job of a sweep stops the sweep before
-    the first job runs. Command lines Hydra itself cannot parse are left for Hydra to report.
+    :func:`sane_cli.config.validate`, and against the sizes of its data and model (known without loading the
+    one or allocating the other), so that a bad value in the last job of a sweep stops the sweep before the
+    first job runs. Words Hydra cannot parse and keys the config lacks are reported in one line too.
 
     Raises:
         UsageError: the first bad value.
     """
+    import torch
     from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from .config import validate
-    from .data import check_files
+    from .config import check_against_data, validate
+    from .data import check_files, dataset_sizes
+    from .models import build_model, n_parameters
 
     words = [a for a in argv if not a.startswith("-")]
-    try:
-        overrides = OverridesParser.create().parse_overrides(words)
-    except HydraException:
-        return
+    parser = OverridesParser.create()
+    for word in words:
+        try:
+            parser.parse_overrides([word])
+        except HydraException as e:
+            reason = str(e).strip().splitlines()[0]
+            raise UsageError(
+                f"{word!r} is not a valid override ({reason}); write key=value, key=a,b,c for a sweep "
+                "(https://hydra.cc/docs/advanced/override_grammar/basic/)"
+            ) from e
+    overrides = parser.parse_overrides(words)
     per_key = []
     for o in overrides:
         key = o.get_key_element()
@@ -89,10 +99,27 @@ def precheck(argv: list[str]) -> None:
         for job in itertools.product(*per_key):
             try:
                 cfg = compose("config", overrides=list(job))
-            except (HydraException, OmegaConfBaseException):
-                return  # Hydra's own message, from the real run, is the clearer one
-            validate(cfg)
+            except (HydraException, OmegaConfBaseException) as e:
+                raise UsageError(_compose_error(e)) from e
+            cfg = validate(cfg)
             check_files(cfg.dataset)
+            in_dim, n_classes, n_train = dataset_sizes(cfg.dataset)
+            with torch.device("meta"):  # the parameter count without allocating the model
+                n_params = n_parameters(build_model(cfg.model, in_dim, n_classes))
+            check_against_data(cfg, n_train, n_params)
+
+
+def _compose_error(e: Exception) -> str:
+    """One line for an override Hydra could not apply: an unknown key names the fix."""
+    text = f"{e}\n{e.__cause__ or ''}"
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if "is not in struct" in text and lines[0].startswith("Could not override"):
+        key = lines[0].split("'")[1]
+        return (
+            f"{key} is not a config key; check its spelling against `sane-run --cfg job`, or add a key of your own "
+            f"with +{key}=..."
+        )
+    return f"the config does not compose: {lines[0] if lines else type(e).__name__}"
 
 
 def run_main() -> None:

@@ -43,6 +43,25 @@ class Data:
         return self.x_train[idx], self.y_train[idx]
 
 
+_OFFICIAL = {"mnist": (784, 60000), "fashion_mnist": (784, 60000), "cifar10": (3072, 50000)}
+
+
+def dataset_sizes(cfg) -> tuple[int, int, int]:
+    """(input size, classes, training examples at most) of the dataset ``cfg`` describes, without loading it:
+    enough to check a config against its data before any run starts (the image sets may hold fewer examples
+    than their official size; the exact count is checked again once loaded)."""
+    if cfg.name == "mnist1d":
+        in_dim, n_classes, n_train = 40, 10, int(cfg.n_train)
+    elif cfg.name == "synthetic":
+        in_dim, n_classes, n_train = int(cfg.n_features), int(cfg.n_classes), int(cfg.n_train)
+    else:
+        in_dim, official = _OFFICIAL[cfg.name]
+        n_classes, n_train = 10, official if cfg.get("n_train") is None else min(int(cfg.n_train), official)
+    if cfg.get("per_class") is not None:
+        n_train = min(n_train, int(cfg.per_class) * n_classes)
+    return in_dim, n_classes, n_train
+
+
 def load_data(cfg) -> Data:
     """The dataset described by ``cfg`` (the `dataset` config group), subset as configured."""
     name = cfg.name

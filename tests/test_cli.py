@@ -54,6 +54,11 @@ def test_multirun_sweep(tmp_path):
         (["dataset=imagenet"], "sane-run: error: dataset='imagenet' is unknown; choose one of"),
         (["-m", "depth=2,0"], "sane-run: error: model.depth=0 is invalid"),
         (["dataset=mnist", "dataset.root=nowhere"], "sane-run: error: dataset=mnist: missing train-images-idx3-ubyte"),
+        (["foo=1"], "sane-run: error: foo is not a config key; check its spelling"),
+        (["lr=[1,"], "sane-run: error: 'lr=[1,' is not a valid override"),
+        # checks that need the data and model sizes, for the last job of a sweep, before the first runs
+        (["-m", "hessian.k=1,100000"], "sane-run: error: hessian.k=100000 is invalid: must be at most the number"),
+        (["-m", "lr=0.1,0.2", "optim=sgd", "optim.batch_size=5000"], "sane-run: error: optim.batch_size=5000"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
