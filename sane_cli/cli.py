@@ -32,7 +32,7 @@ def _hydra_app():
 
     @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
     def app(cfg: DictConfig) -> None:
-        from .training import train
+        from .training import Interrupted, train
 
         run_dir = HydraConfig.get().runtime.output_dir
         try:
@@ -40,6 +40,12 @@ def _hydra_app():
         except UsageError as e:
             logging.getLogger("sane_cli").error("%s", e)
             _usage_exit("sane-run", e)
+        except Interrupted as e:  # one line, and the shell's code for a death by that signal (submitit reads it)
+            print(f"sane-run: stopped by {e} at step {e.step}; {run_dir} keeps all it logged", file=sys.stderr)
+            sys.exit(128 + int(e.signum))
+        except KeyboardInterrupt:  # Ctrl-C before training started
+            print("sane-run: stopped by SIGINT before training started", file=sys.stderr)
+            sys.exit(128 + 2)
 
     return app
 

@@ -5,10 +5,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import platform
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,33 @@ from .optim import build_optimizer, full_batch, stability_threshold
 from .records import RunWriter
 
 log = logging.getLogger(__name__)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop by signal (SIGTERM, what schedulers and `timeout` send; SIGINT, Ctrl-C), raised in the training
+    loop so that the run records where it stopped. ``signum`` is the signal, ``step`` the step it stopped at
+    (set by :func:`train`)."""
+
+    def __init__(self, signum: int = signal.SIGINT, step: int | None = None):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.step = signum, step
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """While active (in the main thread, where Python delivers signals), SIGTERM raises :class:`Interrupted`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -148,11 +178,15 @@ def train(cfg: DictConfig, run_dir: str | Path, *, progress: bool | None = None)
         data.name, len(data.y_train), len(data.y_test), cfg.model.name, cfg.model.depth, cfg.model.width,
         n_params, cfg.optim.name, cfg.optim.lr, device,
     )  # fmt: skip
+    where = {"step": 0}  # the training loop's step, for a record of where an interruption stopped it
     try:
-        summary.update(_loop(cfg, data, model, device, writer, progress))
-    except KeyboardInterrupt:
-        summary.update(status="interrupted", error="KeyboardInterrupt")
-        raise
+        with _stop_on_sigterm():
+            summary.update(_loop(cfg, data, model, device, writer, progress, where))
+    except KeyboardInterrupt as e:
+        stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
+        stop.step = where["step"]
+        summary.update(status="interrupted", error=f"{stop} at step {stop.step}", steps_done=stop.step)
+        raise stop from None
     except Exception as e:
         summary.update(status="failed", error=f"{type(e).__name__}: {e}")
         log.exception("run failed")
@@ -165,7 +199,7 @@ def train(cfg: DictConfig, run_dir: str | Path, *, progress: bool | None = None)
     return summary
 
 
-def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | None) -> dict[str, Any]:
+def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | None, where: dict) -> dict[str, Any]:
     loss_fn = loss_function(cfg.loss, data.n_classes)
     lr = float(cfg.optim.lr)
     opt = build_optimizer(model.parameters(), cfg.optim)
@@ -236,6 +270,7 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
     bar = tqdm(total=steps, desc="training", unit="step", disable=disable, file=sys.stderr, dynamic_ncols=True)
     with logging_redirect_tqdm(), bar:  # log lines print above the bar rather than through it
         for step in range(steps + 1):
+            where["step"] = step
             if step in curvature_at:
                 last["curvature"] = curvature(step)
             elif step in post_spike_at and step not in measured:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from helpers import TINY
@@ -67,6 +69,32 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(message), out.stderr
     assert not (tmp_path / "outputs").exists()  # rejected before Hydra made a run folder
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_run_is_recorded_in_one_line(tmp_path, sig):
+    """SIGTERM (schedulers, `timeout`) and SIGINT (Ctrl-C): the run records where it stopped, prints one
+    line, and exits 128 + the signal's number."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = [command("sane-run"), *TINY, "steps=1000000", "hessian.every=1000000"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+    def rows_logged() -> int:
+        found = list(tmp_path.glob("outputs/runs/*/*/metrics.csv"))
+        return len(found[0].read_text().splitlines()) - 1 if found else 0
+
+    deadline = time.time() + 120
+    while rows_logged() < 2:  # mid-training: a few metrics rows written
+        assert time.time() < deadline and proc.poll() is None, "the run ended or did not start"
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"sane-run: stopped by {sig.name} at step "), err
+    run = load_run(find_runs(tmp_path)[0])
+    assert run.status == "interrupted" and run.summary["error"].startswith(f"{sig.name} at step ")
+    assert run.summary["steps_done"] >= run.metrics.step.iloc[-1] > 0
 
 
 def test_divergence_exits_0(tmp_path):
