@@ -11,6 +11,7 @@ import itertools
 import logging
 import sys
 from importlib import resources
+from pathlib import Path
 
 from .errors import UsageError
 
@@ -78,6 +79,12 @@ def precheck(argv: list[str]) -> None:
     from .models import build_model, n_parameters
 
     words = [a for a in argv if not a.startswith("-")]
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    for word in words:  # a named run folder that holds a run is refused before Hydra writes .hydra/ into it
+        if word.startswith("hydra.run.dir=") and not multirun:
+            folder = Path(word.split("=", 1)[1]).expanduser()
+            if (folder / "summary.json").exists():
+                raise UsageError(f"hydra.run.dir={folder} already holds a run (summary.json); choose another folder")
     parser = OverridesParser.create()
     for word in words:
         try:

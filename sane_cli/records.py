@@ -85,9 +85,12 @@ class RunWriter:
 
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
-        if (self.dir / "summary.json").exists():
-            raise UsageError(f"{self.dir} already holds a run (summary.json); choose another output folder")
-        (self.dir / "spectra").mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:  # claimed atomically: of two runs started into one folder, the second is refused
+            os.close(os.open(self.dir / "summary.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            raise UsageError(f"{self.dir} already holds a run (summary.json); choose another output folder") from None
+        (self.dir / "spectra").mkdir(exist_ok=True)
         self.metrics = _CsvLog(self.dir / "metrics.csv", METRICS_COLUMNS)
         self.hessian = _CsvLog(self.dir / "hessian.csv", HESSIAN_COLUMNS)
         self.loss = _CsvLog(self.dir / "loss.csv", LOSS_COLUMNS)

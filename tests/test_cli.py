@@ -97,6 +97,16 @@ def test_a_signal_mid_run_is_recorded_in_one_line(tmp_path, sig):
     assert run.summary["steps_done"] >= run.metrics.step.iloc[-1] > 0
 
 
+def test_a_named_folder_that_holds_a_run_is_refused_untouched(tmp_path):
+    assert run(tmp_path, *TINY, "hydra.run.dir=done").returncode == 0
+    before = {p: p.read_bytes() for p in sorted((tmp_path / "done").rglob("*")) if p.is_file()}
+    out = run(tmp_path, *TINY, "hydra.run.dir=done", "lr=0.5")
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "sane-run: error: hydra.run.dir=done already holds a run (summary.json); choose another folder"
+    )
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "done").rglob("*")) if p.is_file()} == before
+
+
 def test_divergence_exits_0(tmp_path):
     out = run(tmp_path, *TINY, "lr=500")
     assert out.returncode == 0, out.stderr
