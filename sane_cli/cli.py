@@ -36,6 +36,7 @@ def _hydra_app():
         from .training import Interrupted, train
 
         run_dir = HydraConfig.get().runtime.output_dir
+        _set_threads(cfg.get("threads"), HydraConfig.get().launcher)
         try:
             train(cfg, run_dir)
         except UsageError as e:
@@ -49,6 +50,25 @@ def _hydra_app():
             sys.exit(128 + 2)
 
     return app
+
+
+def _set_threads(threads: int | None, launcher) -> None:
+    """CPU threads for this run: ``threads``, or the cores shared among the launcher's parallel jobs (joblib's
+    ``n_jobs``; -1 means one job per core), so that jobs x threads <= cores. Set for torch and for every BLAS
+    in the process (scipy's too, behind the eigenvector solver), so that a run's numbers depend on its
+    thread count alone, not on the launcher that ran it."""
+    import os
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    if threads is None:
+        jobs = int(launcher.get("n_jobs", 1) or 1)
+        cores = os.cpu_count() or 1
+        jobs = cores if jobs < 0 else jobs
+        threads = max(1, cores // max(1, jobs))
+    torch.set_num_threads(int(threads))
+    threadpool_limits(limits=int(threads))
 
 
 def group_options(group: str) -> list[str]:

@@ -109,6 +109,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check_number(cfg, "log_every", minimum=1, integer=True)
     _check_number(cfg, "seed", minimum=0, integer=True)
     _check_choice(cfg, "device", DEVICES)
+    _check_number(cfg, "threads", minimum=1, integer=True, optional=True)
     _check_number(cfg, "max_loss", minimum=0, strict=True)
 
     _check_choice(cfg, "hessian.method", HESSIAN_METHODS)

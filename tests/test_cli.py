@@ -107,6 +107,23 @@ def test_a_named_folder_that_holds_a_run_is_refused_untouched(tmp_path):
     assert {p: p.read_bytes() for p in sorted((tmp_path / "done").rglob("*")) if p.is_file()} == before
 
 
+def test_joblib_sweep_of_four_jobs(tmp_path):
+    """hydra/launcher=joblib runs the jobs in 2 worker processes, cores shared among them; each job's numbers
+    equal those of the same run made alone with the same thread count."""
+    lrs = ("0.01", "0.02", "0.03", "0.04")
+    out = run(tmp_path, "-m", *TINY, f"lr={','.join(lrs)}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert out.returncode == 0, out.stderr
+    runs = [load_run(p) for p in find_runs(tmp_path / "outputs" / "sweeps")]
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert sorted(str(r.config["optim"]["lr"]) for r in runs) == list(lrs)
+    assert all(r.status == "completed" and r.summary["environment"]["torch_threads"] == threads for r in runs)
+    alone = run(tmp_path, *TINY, "lr=0.03", f"threads={threads}", "hydra.run.dir=alone")
+    assert alone.returncode == 0, alone.stderr
+    (job,) = [r.path for r in runs if r.config["optim"]["lr"] == 0.03]
+    for name in ("metrics.csv", "loss.csv", "spectra/step_20.npz"):
+        assert (job / name).read_bytes() == (tmp_path / "alone" / name).read_bytes(), name
+
+
 def test_divergence_exits_0(tmp_path):
     out = run(tmp_path, *TINY, "lr=500")
     assert out.returncode == 0, out.stderr

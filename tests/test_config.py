@@ -54,6 +54,7 @@ BAD = [
         r"optim.weight_decay=25 is invalid: must be below the stability threshold it "
         r"lowers \(10 at this lr and momentum\)",
     ),
+    (["threads=0"], r"threads=0 is invalid: must be an integer >= 1"),
     (["optim.nesterov=true"], r"optim.nesterov=True is invalid: needs optim.momentum > 0"),
     (["hessian.subset=0"], r"hessian.subset=0 is invalid: must be an integer >= 1"),
     (["hessian.subset=5000"], r"hessian.subset=5000 is invalid: must be at most dataset.n_train \(4000\)"),
