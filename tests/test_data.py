@@ -145,3 +145,17 @@ def test_mnist_images_and_labels_of_different_sets_are_refused(tmp_path):
     (raw / "train-labels-idx1-ubyte").write_bytes((raw / "t10k-labels-idx1-ubyte").read_bytes())
     with pytest.raises(UsageError, match=r"dataset=mnist: 5 images but 4 labels in the training files"):
         load_data(cfg(name="mnist", root=str(tmp_path), n_train=None, n_test=None, per_class=None))
+
+
+def test_gzipped_files_get_the_gunzip_hint(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        (raw / f"{name}.gz").write_bytes(b"")
+    with pytest.raises(UsageError, match=r"\(found \.gz files: gunzip them\); put the files there"):
+        load_data(cfg(name="mnist", root=str(tmp_path), n_train=None, n_test=None, per_class=None))
