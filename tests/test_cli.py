@@ -77,7 +77,12 @@ def test_a_signal_mid_run_is_recorded_in_one_line(tmp_path, sig):
     line, and exits 128 + the signal's number."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     args = [command("sane-run"), *TINY, "steps=1000000", "hessian.every=1000000"]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    # as in a terminal's foreground job: a non-interactive shell (CI) starts its children with SIGINT ignored,
+    # and Python then installs no Ctrl-C handler
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
 
     def rows_logged() -> int:
         found = list(tmp_path.glob("outputs/runs/*/*/metrics.csv"))
@@ -88,7 +93,7 @@ def test_a_signal_mid_run_is_recorded_in_one_line(tmp_path, sig):
         assert time.time() < deadline and proc.poll() is None, "the run ended or did not start"
         time.sleep(0.2)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"sane-run: stopped by {sig.name} at step "), err
