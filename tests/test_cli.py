@@ -88,12 +88,15 @@ def test_a_signal_mid_run_is_recorded_in_one_line(tmp_path, sig):
         found = list(tmp_path.glob("outputs/runs/*/*/metrics.csv"))
         return len(found[0].read_text().splitlines()) - 1 if found else 0
 
-    deadline = time.time() + 120
-    while rows_logged() < 2:  # mid-training: a few metrics rows written
-        assert time.time() < deadline and proc.poll() is None, "the run ended or did not start"
-        time.sleep(0.2)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.time() + 120
+        while rows_logged() < 2:  # mid-training: a few metrics rows written
+            assert time.time() < deadline and proc.poll() is None, "the run ended or did not start"
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # never leave a million-step run behind a failed test
     assert proc.returncode == 128 + sig
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"sane-run: stopped by {sig.name} at step "), err
