@@ -167,6 +167,8 @@ _FOLDERS = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw", "cifar10"
 
 def _local_files(cfg) -> tuple[Path, Path, list[str]]:
     """(root, folder holding the files, file names) of a dataset read from a local folder."""
+    if cfg.get("root") is None:
+        raise UsageError(f"dataset.root is null; set it to the folder that holds {_FOLDERS[cfg.name]}")
     root = Path(str(cfg.root)).expanduser().resolve()
     return root, root / _FOLDERS[cfg.name], _CIFAR_FILES if cfg.name == "cifar10" else _MNIST_FILES
 

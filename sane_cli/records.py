@@ -106,25 +106,46 @@ class RunWriter:
         self, row: dict[str, Any], eigenvalues: np.ndarray, eigenvectors: np.ndarray, **arrays: np.ndarray
     ) -> None:
         path = self.dir / "spectra" / f"step_{int(row['step'])}.npz"
-        np.savez(path, eigenvalues=eigenvalues, eigenvectors=eigenvectors, **arrays)
-        self.hessian.write(row)
+        _atomic(path, lambda f: np.savez(f, eigenvalues=eigenvalues, eigenvectors=eigenvectors, **arrays))
+        self.hessian.write(row)  # after its spectrum: a row in hessian.csv always has its file
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         import torch
 
-        tmp = self.dir / "checkpoint.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.dir / "checkpoint.pt")
+        _atomic(self.dir / "checkpoint.pt", lambda f: torch.save(state, f))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        tmp = self.dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
-        os.replace(tmp, self.dir / "summary.json")
+        text = json.dumps(_finite(summary), indent=2, default=_json_default, allow_nan=False) + "\n"
+        _atomic(self.dir / "summary.json", lambda f: f.write(text.encode()))
 
     def close(self) -> None:
         self.metrics.close()
         self.hessian.close()
         self.loss.close()
+
+
+def _atomic(path: Path, write) -> None:
+    """``write(file)`` into a temporary file beside ``path``, then renamed onto it: ``path`` is the old file
+    or the whole new one, never a part (a full disk or a kill mid-write leaves no temporary either)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with non-finite floats as None: JSON has no Infinity or NaN (the CSVs keep such values)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float | np.floating) and not np.isfinite(obj):
+        return None
+    return obj
 
 
 def _json_default(obj: Any) -> Any:

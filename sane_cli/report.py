@@ -110,7 +110,8 @@ def summary_table(runs: list[Run]) -> pd.DataFrame:
         row.update({k: v for k, v in flat_config(run.config).items() if k not in row})
         row.update(n_params=s.get("n_params"), steps_done=s.get("steps_done"), wall_seconds=s.get("wall_seconds"))
         for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
-            row[key] = s.get(f"final_{key}", np.nan)
+            value = s.get(f"final_{key}")
+            row[key] = np.nan if value is None else value  # null: not reached, or not finite (a diverged run)
         h = run.hessian[run.hessian.kind != "pre_spike"] if len(run.hessian) else run.hessian
         last = h.sort_values("step").iloc[-1] if len(h) else None
         for key in ("lambda_max", "lambda_max_train", "lambda_min", "trace", "trace_se", "n_eff", "n_eff_se", "sane",

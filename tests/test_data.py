@@ -159,3 +159,8 @@ def test_gzipped_files_get_the_gunzip_hint(tmp_path):
         (raw / f"{name}.gz").write_bytes(b"")
     with pytest.raises(UsageError, match=r"\(found \.gz files: gunzip them\); put the files there"):
         load_data(cfg(name="mnist", root=str(tmp_path), n_train=None, n_test=None, per_class=None))
+
+
+def test_a_null_data_root_is_a_clear_error():
+    with pytest.raises(UsageError, match=r"dataset.root is null; set it to the folder that holds MNIST/raw"):
+        load_data(cfg(name="mnist", root=None, n_train=None, n_test=None, per_class=None))

@@ -89,3 +89,36 @@ def test_interrupted_run_is_recorded(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(make_config(), tmp_path / "run")
     assert load_run(tmp_path / "run").status == "interrupted"
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A full disk while a spectrum is written: the run fails with its record, and neither a part of the
+    file, nor a temporary, nor a hessian.csv row without its spectrum is left."""
+    import sane_cli.records as records
+
+    real = records.np.savez
+
+    def full_disk(file, **arrays):
+        if "step_10" in getattr(file, "name", ""):
+            file.write(b"PK\x03\x04 half a file")
+            raise OSError(28, "No space left on device")
+        return real(file, **arrays)
+
+    monkeypatch.setattr(records.np, "savez", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        train(make_config(), tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert run.status == "failed" and "No space left" in run.summary["error"]
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*") if p.is_file() and "tmp" in p.name) == []
+    assert run.spectrum_steps() == run.hessian.step.tolist() == [0]
+
+
+def test_summary_json_is_strict_json_for_a_diverged_run(tmp_path):
+    train(make_config("lr=1e6", "max_loss=1e300", "steps=200"), tmp_path / "run")  # on until the loss is not finite
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text(), parse_constant=refuse)
+    assert summary["status"] == "diverged" and summary["final_train_loss"] is None
+    assert summary_table(collect([tmp_path])[0]).train_loss.isna().all()
