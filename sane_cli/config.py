@@ -21,6 +21,7 @@ HESSIAN_METHODS = ("exact", "block_diag", "block_band", "lanczos", "slq", "auto"
 DTYPES = ("float64", "float32")
 EIG_MODES = ("abs", "clip")
 DATASETS = ("mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10")
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _fail(key: str, value, allowed: str) -> None:
@@ -89,6 +90,10 @@ def validate(cfg: DictConfig) -> DictConfig:
 
     _check_choice(cfg, "optim.name", OPTIMISERS)
     _check_number(cfg, "optim.lr", minimum=0, strict=True)
+    for key in ("optim.lr", "optim.weight_decay"):  # torch applies them to float32 parameters
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > FLOAT32_MAX:
+            _fail(key, value, f"must be at most {FLOAT32_MAX:.4g}, the largest float32 (the parameters' precision)")
     _check_number(cfg, "optim.momentum", minimum=0)
     if cfg.optim.momentum >= 1:
         _fail("optim.momentum", cfg.optim.momentum, "must be in [0, 1)")

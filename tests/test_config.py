@@ -54,6 +54,7 @@ BAD = [
         r"optim.weight_decay=25 is invalid: must be below the stability threshold it "
         r"lowers \(10 at this lr and momentum\)",
     ),
+    (["lr=1e39"], r"optim.lr=1e\+39 is invalid: must be at most 3.403e\+38, the largest float32"),
     (["threads=0"], r"threads=0 is invalid: must be an integer >= 1"),
     (["optim.nesterov=true"], r"optim.nesterov=True is invalid: needs optim.momentum > 0"),
     (["hessian.subset=0"], r"hessian.subset=0 is invalid: must be an integer >= 1"),
