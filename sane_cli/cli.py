@@ -105,17 +105,16 @@ def precheck(argv: list[str]) -> None:
             folder = Path(word.split("=", 1)[1]).expanduser()
             if (folder / "summary.json").exists():
                 raise UsageError(f"hydra.run.dir={folder} already holds a run (summary.json); choose another folder")
-    parser = OverridesParser.create()
-    for word in words:
+    parser, overrides = OverridesParser.create(), []
+    for word in words:  # one at a time, to name the word that does not parse
         try:
-            parser.parse_overrides([word])
+            overrides += parser.parse_overrides([word])
         except HydraException as e:
             reason = str(e).strip().splitlines()[0]
             raise UsageError(
                 f"{word!r} is not a valid override ({reason}); write key=value, key=a,b,c for a sweep "
                 "(https://hydra.cc/docs/advanced/override_grammar/basic/)"
             ) from e
-    overrides = parser.parse_overrides(words)
     per_key = []
     for o in overrides:
         key = o.get_key_element()

@@ -102,11 +102,12 @@ def comparison(
                         ax.axhline(float(np.nanmean(t)), color=colour, ls="--", lw=1)
                 label = "stability threshold" + (" (line colour)" if coloured else "")
                 ax.plot([], [], "k--", lw=1, label=label)
-                values = np.concatenate([groups["lambda_max_mean"].to_numpy(dtype=float), *[t for *_, t in thresholds]])
                 if x == "lr":
                     _log_y(ax)
                 else:
-                    _log_if_wide(ax, values)
+                    _log_if_wide(
+                        ax, np.concatenate([groups["lambda_max_mean"].to_numpy(float), *[t for *_, t in thresholds]])
+                    )
             if x == "depth":
                 ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             if x == "lr":

@@ -40,9 +40,9 @@ class Interrupted(KeyboardInterrupt):
     loop so that the run records where it stopped. ``signum`` is the signal, ``step`` the step it stopped at
     (set by :func:`train`)."""
 
-    def __init__(self, signum: int = signal.SIGINT, step: int | None = None):
+    def __init__(self, signum: int = signal.SIGINT):
         super().__init__(signal.Signals(signum).name)
-        self.signum, self.step = signum, step
+        self.signum, self.step = signum, None
 
 
 @contextlib.contextmanager
