@@ -26,7 +26,12 @@ def _usage_exit(prog: str, err: UsageError) -> None:
 
 
 def _hydra_app():
-    """The Hydra application behind ``sane-run``: compose the config, train one run in Hydra's folder."""
+    """The Hydra application behind ``sane-run``: compose the config, train one run in Hydra's folder.
+
+    A job whose folder already holds a run (``resume=<folder>``, or a sweep started again with the same
+    ``hydra.sweep.dir``) continues it from its checkpoint, or skips it when it has ended (completed or
+    diverged). The ``.hydra/`` files are written here, for new runs only (``hydra.output_subdir`` is null), so
+    that a run's record of how it was started is never replaced."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig
@@ -35,21 +40,80 @@ def _hydra_app():
     def app(cfg: DictConfig) -> None:
         from .training import Interrupted, train
 
-        run_dir = HydraConfig.get().runtime.output_dir
-        _set_threads(cfg.get("threads"), HydraConfig.get().launcher)
+        hydra_cfg = HydraConfig.get()
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        log = logging.getLogger("sane_cli")
         try:
-            train(cfg, run_dir)
+            resume = _existing_run(cfg, run_dir, list(hydra_cfg.overrides.task))
+            if resume is None:
+                return
+            if resume is False:
+                _save_hydra_files(run_dir, cfg)
+            else:
+                cfg = resume
+            _set_threads(cfg.get("threads"), hydra_cfg.launcher)
+            train(cfg, run_dir, resume=resume is not False)
         except UsageError as e:
-            logging.getLogger("sane_cli").error("%s", e)
+            log.error("%s", e)
             _usage_exit("sane-run", e)
         except Interrupted as e:  # one line, and the shell's code for a death by that signal (submitit reads it)
-            print(f"sane-run: stopped by {e} at step {e.step}; {run_dir} keeps all it logged", file=sys.stderr)
+            print(
+                f"sane-run: stopped by {e} at step {e.step}; {run_dir} keeps all it logged "
+                f"(continue it: sane-run resume={run_dir})",
+                file=sys.stderr,
+            )
             sys.exit(128 + int(e.signum))
         except KeyboardInterrupt:  # Ctrl-C before training started
             print("sane-run: stopped by SIGINT before training started", file=sys.stderr)
             sys.exit(128 + 2)
 
     return app
+
+
+def _existing_run(cfg, run_dir: Path, overrides: list[str]):
+    """What to do in ``run_dir``: False, start a new run; None, nothing (it holds a run that has ended);
+    otherwise the config to resume the run there with: its own, with ``threads`` and ``device`` from this
+    command line (``resume=<folder>``), or the composed one (a sweep started again, checked to be the same)."""
+    import json
+
+    from omegaconf import OmegaConf, open_dict
+
+    from .training import MAY_DIFFER, resume_point
+
+    if cfg.get("resume") is None and not (run_dir / "summary.json").exists():
+        return False
+    if cfg.get("resume") is None:  # a sweep started again into the same hydra.sweep.dir
+        try:
+            status = json.loads((run_dir / "summary.json").read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            status = None
+        if status in ("completed", "diverged"):
+            print(f"sane-run: {run_dir} already holds a {status} run; skipped", flush=True)  # its run.log untouched
+            return None
+        resume_point(run_dir, cfg)  # its config must be this job's
+        return cfg
+    point = resume_point(run_dir)
+    given = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if "=" in o}
+    stored = OmegaConf.create(point.summary["config"])
+    with open_dict(stored):
+        for key in MAY_DIFFER:
+            if key in given and key != "resume":
+                stored[key] = cfg[key]
+        stored.resume = cfg.resume
+    return stored
+
+
+def _save_hydra_files(run_dir: Path, cfg) -> None:
+    """.hydra/config.yaml (the composed config), hydra.yaml and overrides.yaml, as Hydra writes them."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    hydra_cfg = HydraConfig.instance().cfg
+    folder = run_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (folder / "hydra.yaml").write_text(OmegaConf.to_yaml(hydra_cfg))
+    (folder / "overrides.yaml").write_text(OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task))
 
 
 def _set_threads(threads: int | None, launcher) -> None:
@@ -100,11 +164,17 @@ def precheck(argv: list[str]) -> None:
 
     words = [a for a in argv if not a.startswith("-")]
     multirun = any(a in ("-m", "--multirun") for a in argv)
+    if any(w.startswith("resume=") for w in words):
+        _check_resume(words, multirun)
+        return
     for word in words:  # a named run folder that holds a run is refused before Hydra writes .hydra/ into it
         if word.startswith("hydra.run.dir=") and not multirun:
             folder = Path(word.split("=", 1)[1]).expanduser()
             if (folder / "summary.json").exists():
-                raise UsageError(f"hydra.run.dir={folder} already holds a run (summary.json); choose another folder")
+                raise UsageError(
+                    f"hydra.run.dir={folder} already holds a run (summary.json); choose another folder, or continue "
+                    f"a stopped run with sane-run resume={folder}"
+                )
     parser, overrides = OverridesParser.create(), []
     for word in words:  # one at a time, to name the word that does not parse
         try:
@@ -141,6 +211,39 @@ def precheck(argv: list[str]) -> None:
             check_against_data(cfg, n_train, n_params)
 
 
+def _check_resume(words: list[str], multirun: bool) -> None:
+    """``resume=<folder>``: a single stopped run, continued with its own config (``threads`` and ``device``
+    may be given; a sweep is continued by starting it again with the same ``hydra.sweep.dir``)."""
+    from .training import MAY_DIFFER, resume_point
+
+    if multirun:
+        raise UsageError("resume= continues one run; to continue a sweep, run it again with the same hydra.sweep.dir")
+    folder = Path(next(w for w in words if w.startswith("resume=")).split("=", 1)[1]).expanduser()
+    others = [w for w in words if not w.startswith(("resume=", "hydra.verbose", "hydra/job_logging", "hydra/hydra_logging"))]
+    extra = [w for w in others if w.split("=", 1)[0] not in MAY_DIFFER]
+    if extra:
+        raise UsageError(
+            f"{extra[0]!r} cannot be given with resume=: a resumed run keeps its own config (only "
+            f"{', '.join(k for k in MAY_DIFFER if k != 'resume')} may change); start a new run to change it"
+        )
+    if not folder.is_dir():
+        raise UsageError(f"resume={folder} is not a folder; give the folder of a stopped run (it holds summary.json)")
+    resume_point(folder)
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """``resume=<folder>`` runs in that folder: Hydra is told so (``hydra.run.dir``) and the folder is made
+    absolute, so that the run's config records where it came from."""
+    out = []
+    for a in argv:
+        if a.startswith("resume="):
+            folder = Path(a.split("=", 1)[1]).expanduser().resolve()
+            out += [f"resume={folder}", f"hydra.run.dir={folder}"]
+        else:
+            out.append(a)
+    return out
+
+
 def _compose_error(e: Exception) -> str:
     """One line for an override Hydra could not apply: an unknown key names the fix."""
     text = f"{e}\n{e.__cause__ or ''}"
@@ -163,6 +266,8 @@ def run_main() -> None:
             precheck(argv)
         except UsageError as e:
             _usage_exit("sane-run", e)
+        if any(a.startswith("resume=") for a in argv):
+            sys.argv[1:] = resume_argv(argv)
     _hydra_app()()
 
 

@@ -23,15 +23,20 @@ A run folder holds::
                               (lanczos, slq); eigenvectors (P, topk_vectors), as columns; slq_nodes and
                               slq_weights (probes, steps) for slq
     summary.json              status, final metrics, resolved config, versions, device, wall time
-    checkpoint.pt             model and optimiser state at the latest curvature checkpoint
+    checkpoint.pt             model and optimiser state at the latest curvature checkpoint (or the step a
+                              signal stopped the run at), with all a resumed run needs: the step, the
+                              bytes of each CSV written by then, the batch order and RNG states, the
+                              spike detector's state (sane_cli.training._resumable)
 
 Rows are appended and flushed as they are made and summary.json is rewritten atomically, so a run that
-stops for any reason keeps everything it had logged.
+stops for any reason keeps everything it had logged; a resumed run cuts the CSVs back to the bytes its
+checkpoint recorded and appends from there. The folder is locked (flock) while a run writes it.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
@@ -56,13 +61,14 @@ STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 
 
 class _CsvLog:
-    """A CSV file with a fixed header, one flushed row per call."""
+    """A CSV file with a fixed header, one row per call; ``append`` continues a file written before."""
 
-    def __init__(self, path: Path, columns: list[str]):
+    def __init__(self, path: Path, columns: list[str], append: bool = False):
         self.path, self.columns = path, columns
-        self._file = open(path, "w", newline="")
+        self._file = open(path, "a" if append else "w", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=columns)
-        self._writer.writeheader()
+        if not append:
+            self._writer.writeheader()
         self._file.flush()
 
     def write(self, row: dict[str, Any], flush: bool = True) -> None:
@@ -72,6 +78,11 @@ class _CsvLog:
         self._writer.writerow({c: row[c] for c in self.columns})
         if flush:
             self._file.flush()
+
+    def size(self) -> int:
+        """Bytes on disk, everything written flushed."""
+        self._file.flush()
+        return os.fstat(self._file.fileno()).st_size
 
     def flush(self) -> None:
         self._file.flush()
@@ -83,17 +94,33 @@ class _CsvLog:
 class RunWriter:
     """Writes one run folder in the layout above."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, resume_sizes: dict[str, int] | None = None):
+        """A new run folder, or (``resume_sizes``: the bytes of each CSV that a checkpoint holds) the folder of
+        a stopped run, cut back to that checkpoint and continued. The folder is locked while the writer is
+        open, so that no second sane-run resumes a run that is still going."""
         self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        try:  # claimed atomically: of two runs started into one folder, the second is refused
-            os.close(os.open(self.dir / "summary.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            raise UsageError(f"{self.dir} already holds a run (summary.json); choose another output folder") from None
-        (self.dir / "spectra").mkdir(exist_ok=True)
-        self.metrics = _CsvLog(self.dir / "metrics.csv", METRICS_COLUMNS)
-        self.hessian = _CsvLog(self.dir / "hessian.csv", HESSIAN_COLUMNS)
-        self.loss = _CsvLog(self.dir / "loss.csv", LOSS_COLUMNS)
+        if resume_sizes is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            try:  # claimed atomically: of two runs started into one folder, the second is refused
+                os.close(os.open(self.dir / "summary.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                raise UsageError(f"{self.dir} already holds a run (summary.json); choose another output folder") from None
+        self._lock = _lock(self.dir)
+        try:
+            if resume_sizes is not None:
+                _cut_back(self.dir, resume_sizes)  # {}: back to nothing, the run starts over
+            (self.dir / "spectra").mkdir(exist_ok=True)
+            append = bool(resume_sizes)
+            self.metrics = _CsvLog(self.dir / "metrics.csv", METRICS_COLUMNS, append)
+            self.hessian = _CsvLog(self.dir / "hessian.csv", HESSIAN_COLUMNS, append)
+            self.loss = _CsvLog(self.dir / "loss.csv", LOSS_COLUMNS, append)
+        except BaseException:
+            os.close(self._lock)
+            raise
+
+    def sizes(self) -> dict[str, int]:
+        """The bytes of each CSV, flushed: what a checkpoint taken now keeps of them."""
+        return {log.path.name: log.size() for log in (self.metrics, self.hessian, self.loss)}
 
     def log_metrics(self, row: dict[str, Any]) -> None:
         self.metrics.write(row)
@@ -122,6 +149,60 @@ class RunWriter:
         self.metrics.close()
         self.hessian.close()
         self.loss.close()
+        os.close(self._lock)  # releases the lock
+
+
+def _lock(folder: Path) -> int:
+    """An exclusive lock on ``folder`` (flock on the folder itself, released when the process ends however it
+    ends, SIGKILL included), held through the returned descriptor."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(f"{folder} is being written by another sane-run that is still running") from None
+    return fd
+
+
+def is_locked(folder: str | Path) -> bool:
+    """Whether a running sane-run holds ``folder`` (a run with status ``running`` that is not locked was
+    killed, and can be resumed)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _cut_back(folder: Path, sizes: dict[str, int]) -> None:
+    """Cut each CSV back to the bytes a checkpoint recorded and remove what was written after it: spectra
+    without a hessian.csv row, temporary files. Every row kept was whole when the checkpoint was taken."""
+    for name, size in sizes.items():  # every file checked before any is cut
+        path = folder / name
+        have = path.stat().st_size if path.is_file() else -1
+        if have < size:
+            raise UsageError(
+                f"{path} holds {max(have, 0)} bytes, fewer than the {size} its checkpoint.pt recorded; the run folder "
+                "is damaged and cannot be resumed"
+            )
+    for name, size in sizes.items():
+        os.truncate(folder / name, size)
+    kept = set()
+    if sizes:
+        with open(folder / "hessian.csv", newline="") as f:
+            kept = {row["step"] for row in csv.DictReader(f)}
+    (folder / "spectra").mkdir(exist_ok=True)
+    for path in (folder / "spectra").glob("step_*.npz"):
+        if path.stem.split("_", 1)[1] not in kept:
+            path.unlink()
+    for tmp in [*folder.glob(".*.tmp"), *(folder / "spectra").glob(".*.tmp")]:
+        tmp.unlink(missing_ok=True)
 
 
 def _atomic(path: Path, write) -> None:

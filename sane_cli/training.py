@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import platform
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,21 +47,55 @@ class Interrupted(KeyboardInterrupt):
         self.signum, self.step = signum, None
 
 
-@contextlib.contextmanager
-def _stop_on_sigterm():
-    """While active (in the main thread, where Python delivers signals), SIGTERM raises :class:`Interrupted`."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class _Signals:
+    """Stops by SIGTERM and SIGINT at points from which the run can be resumed.
 
-    def handler(signum, _frame):
-        raise Interrupted(signum)
+    While the loop measures curvature, nothing of the training state changes, so a signal raises
+    :class:`Interrupted` at once and the run resumes at the top of that step. While an optimiser step changes
+    the state or a file is written (``hold``), a signal is kept and raised when that is done.
+    Installed in the main thread only (where Python delivers signals); a SIGINT that the shell told this
+    process to ignore stays ignored.
+    """
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __init__(self):
+        self.pending: int | None = None
+        self.holding = 0  # depth of nested hold() blocks
+
+    def _handler(self, signum, _frame):
+        if self.holding:
+            self.pending = signum
+        else:
+            raise Interrupted(signum)
+
+    def check(self) -> None:
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def hold(self):
+        """Signals wait while the block runs (a step, a file being written) and are raised when the outermost
+        such block ends."""
+        self.holding += 1
+        try:
+            yield
+        finally:
+            self.holding -= 1
+        if not self.holding:
+            self.check()
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    previous[sig] = signal.signal(sig, self._handler)
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -139,7 +175,9 @@ def evaluate(
     return total_loss / len(y), correct / len(y)
 
 
-def train(cfg: DictConfig, run_dir: str | Path, *, progress: bool | None = None) -> dict[str, Any]:
+def train(
+    cfg: DictConfig, run_dir: str | Path, *, progress: bool | None = None, resume: bool = False
+) -> dict[str, Any]:
     """Train the model described by ``cfg``, logging metrics and curvature checkpoints into ``run_dir``.
 
     Returns the summary written to ``run_dir/summary.json``. A diverged run (non-finite training loss, or
@@ -148,10 +186,14 @@ def train(cfg: DictConfig, run_dir: str | Path, *, progress: bool | None = None)
 
     Args:
         cfg: a composed run config (see conf/config.yaml); validated here before any work.
-        run_dir: the run folder; created if needed, must not already hold a run.
+        run_dir: the run folder; created if needed, must not already hold a run (unless ``resume``).
         progress: show a progress bar over the steps; None shows it only on a terminal.
+        resume: continue the stopped run in ``run_dir`` from its checkpoint.pt (:func:`resume_point`);
+            ``cfg`` must be the run's own config, ``threads`` and ``device`` aside.
     """
     cfg = validate(cfg.copy())
+    run_dir = Path(run_dir)
+    point = resume_point(run_dir, cfg) if resume else None
     device = resolve_device(cfg.device)
     data = load_data(cfg.dataset)
     torch.manual_seed(int(cfg.seed))
@@ -159,29 +201,46 @@ def train(cfg: DictConfig, run_dir: str | Path, *, progress: bool | None = None)
     n_params = n_parameters(model)
     check_against_data(cfg, len(data.y_train), n_params)
 
-    writer = RunWriter(run_dir)
     started = time.time()
-    summary: dict[str, Any] = {
-        "status": "running",
-        "error": None,
-        "started": dt.datetime.now().isoformat(timespec="seconds"),
-        "command": sys.argv,
-        "n_params": n_params,
-        "n_train": len(data.y_train),
-        "n_test": len(data.y_test),
-        "environment": environment(device),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
+    now = dt.datetime.now().isoformat(timespec="seconds")
+    if point is None:
+        writer = RunWriter(run_dir)
+        summary: dict[str, Any] = {
+            "status": "running",
+            "error": None,
+            "started": now,
+            "command": sys.argv,
+            "n_params": n_params,
+            "n_train": len(data.y_train),
+            "n_test": len(data.y_test),
+            "environment": environment(device),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+        earlier_seconds = 0.0
+    else:
+        checkpoint = None
+        if point.step is not None:
+            checkpoint = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=True)
+        writer = RunWriter(run_dir, resume_sizes={} if checkpoint is None else checkpoint["resume"]["sizes"])
+        summary = point.summary
+        earlier_seconds = float(summary.get("wall_seconds") or 0.0)
+        summary.update(status="running", error=None, config=OmegaConf.to_container(cfg, resolve=True))
+        summary.setdefault("resumed", []).append(
+            {"step": point.step or 0, "started": now, "command": sys.argv,
+             "environment": environment(device)}
+        )  # fmt: skip
     writer.write_summary(summary)
     log.info(
-        "%s: %d train / %d test examples; %s depth %d width %d (%d parameters); %s lr %g on %s",
+        "%s: %d train / %d test examples; %s depth %d width %d (%d parameters); %s lr %g on %s%s",
         data.name, len(data.y_train), len(data.y_test), cfg.model.name, cfg.model.depth, cfg.model.width,
         n_params, cfg.optim.name, cfg.optim.lr, device,
+        "" if point is None else f"; resumed at step {point.step or 0}",
     )  # fmt: skip
     where = {"step": 0}  # the training loop's step, for a record of where an interruption stopped it
     try:
-        with _stop_on_sigterm():
-            summary.update(_loop(cfg, data, model, device, writer, progress, where))
+        with _Signals().installed() as signals:
+            resumed = None if point is None else checkpoint
+            summary.update(_loop(cfg, data, model, device, writer, progress, where, signals, resumed))
     except KeyboardInterrupt as e:
         stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
         stop.step = where["step"]
@@ -192,14 +251,92 @@ def train(cfg: DictConfig, run_dir: str | Path, *, progress: bool | None = None)
         log.exception("run failed")
         raise
     finally:
-        summary["wall_seconds"] = round(time.time() - started, 3)
+        summary["wall_seconds"] = round(earlier_seconds + time.time() - started, 3)
         writer.write_summary(summary)
         writer.close()
     log.info("run %s after %.1fs: %s", summary["status"], summary["wall_seconds"], writer.dir)
     return summary
 
 
-def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | None, where: dict) -> dict[str, Any]:
+@dataclass
+class ResumePoint:
+    """A stopped run that can be continued: its summary as read, and the step its checkpoint holds."""
+
+    summary: dict[str, Any]
+    step: int | None  # None: no checkpoint.pt (stopped before step 0 was saved), so the run starts over
+
+
+RESUMABLE = ("running", "interrupted", "failed")
+MAY_DIFFER = ("threads", "device", "resume")  # keys a resumed run may change: where it runs, not what it computes
+
+
+def resume_point(run_dir: str | Path, cfg: DictConfig | None = None) -> ResumePoint:
+    """Check that ``run_dir`` holds a run that can be resumed and return where it resumes.
+
+    A run stopped by a signal, killed (status still ``running``, no process holding its folder) or failed
+    resumes from its checkpoint.pt; a completed or diverged run has nothing left to do. With ``cfg``, the
+    config must be the run's own, ``threads`` and ``device`` aside.
+
+    Raises:
+        UsageError: naming the folder and why it cannot be resumed.
+    """
+    from .records import is_locked
+
+    run_dir = Path(run_dir)
+    if is_locked(run_dir):
+        raise UsageError(f"{run_dir} is still being written by a running sane-run; stop it first (it saves where it got to)")
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        status = summary["status"]
+        stored = summary["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{run_dir} holds no readable run (summary.json: {e}); nothing to resume") from None
+    if status not in RESUMABLE:
+        raise UsageError(f"{run_dir} is a {status} run; nothing to resume")
+    if not stored.get("save_checkpoint", True):
+        raise UsageError(f"{run_dir} was run with save_checkpoint=false: it has no checkpoint.pt to resume from")
+    try:
+        checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+        step = int(checkpoint["resume"]["step"])
+    except FileNotFoundError:  # stopped before step 0 was saved: nothing was computed, it starts over
+        step = None
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
+        raise UsageError(f"{run_dir}/checkpoint.pt cannot be resumed from ({type(e).__name__}: {e})".splitlines()[0]) from None
+    if cfg is not None:
+        ours = OmegaConf.to_container(validate(cfg.copy()), resolve=True)  # as the run stored its own
+        changed = sorted(
+            k for k in set(ours) | set(stored) if k not in MAY_DIFFER and ours.get(k) != stored.get(k)
+        )
+        if changed:
+            key = changed[0]
+            raise UsageError(
+                f"{run_dir} holds a run with another config ({key}: {stored.get(key)!r} there, {ours.get(key)!r} "
+                "now); resume it with its own config, or give the new run another folder"
+            )
+    return ResumePoint(summary, step)
+
+
+@dataclass
+class _State:
+    """What the training loop carries from step to step besides the model, optimiser, batches and spike
+    detector; with them, what checkpoint.pt saves so that a resumed run continues exactly."""
+
+    step: int = 0  # the next step the loop runs
+    spikes: int = 0  # spikes measured (at most hessian.spike_max)
+    measured: set[int] = field(default_factory=set)  # steps with a curvature checkpoint
+    post_spike_at: set[int] = field(default_factory=set)  # steps of post-spike checkpoints still to take
+    pre_spike: tuple[int, list[torch.Tensor]] | None = None  # a pre-spike checkpoint to take: step, parameters
+    last: dict[str, Any] = field(default_factory=dict)  # the latest metrics and curvature rows (for the summary)
+
+    def copy(self) -> _State:
+        """The state at the top of a step; the parameter tensors are shared (never changed in place)."""
+        return _State(self.step, self.spikes, set(self.measured), set(self.post_spike_at), self.pre_spike,
+                      dict(self.last))  # fmt: skip
+
+
+def _loop(
+    cfg, data: Data, model, device, writer: RunWriter, progress, where: dict, signals: _Signals, resumed=None
+) -> dict[str, Any]:
     loss_fn = loss_function(cfg.loss, data.n_classes)
     lr = float(cfg.optim.lr)
     opt = build_optimizer(model.parameters(), cfg.optim)
@@ -217,7 +354,16 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
     curvature_at = set(checkpoint_steps(int(cfg.hessian.every), steps))
     hcfg = cfg.hessian
     n_params = n_parameters(model)
-    last: dict[str, Any] = {}
+
+    # hessian.on_spike: the parameters before the latest step are kept, so that when a step's loss jumps
+    # the state just before it can be measured; a post_spike checkpoint follows spike_after steps later
+    detector = SpikeDetector(float(hcfg.spike_threshold))
+    # (full-batch GD only: a mini-batch loss jumps from batch to batch without any change of basin)
+    on_spike = bool(hcfg.on_spike) and int(hcfg.spike_max) > 0 and full_batch(cfg.optim)
+    previous = [p.detach().clone() for p in model.parameters()] if on_spike else []
+    state = _State()
+    if resumed is not None:
+        state = _restore(resumed, model, opt, batches, detector, previous)
 
     def log_metrics(step: int, train_loss: float | None = None) -> dict[str, Any]:
         tr_loss, tr_acc = evaluate(model, loss_fn, x_train, y_train)
@@ -227,10 +373,9 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
             "train_loss": tr_loss if train_loss is None else train_loss,
             "train_acc": tr_acc, "test_loss": te_loss, "test_acc": te_acc, "lr": lr,
         }  # fmt: skip
-        writer.log_metrics(row)
+        with signals.hold():
+            writer.log_metrics(row)
         return row
-
-    measured: set[int] = set()
 
     def curvature(step: int, kind: str = "scheduled", net: torch.nn.Module | None = None) -> dict[str, Any]:
         net = model if net is None else net
@@ -245,10 +390,9 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
             row["lambda_max_train"] = top_eigenvalue(net, loss_fn, x_train, y_train, hcfg)
             row["sharpness_ratio"] = row["lambda_max_train"] / threshold
         row["seconds"] = round(time.perf_counter() - start, 4)
-        writer.log_curvature(row, result.eigenvalues, result.eigenvectors, **result.arrays)
-        measured.add(step)
-        if cfg.save_checkpoint and net is model:
-            writer.save_checkpoint({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict()})
+        with signals.hold():
+            writer.log_curvature(row, result.eigenvalues, result.eigenvectors, **result.arrays)
+            state.measured.add(step)
         log.info(
             "step %d/%d %scurvature: lambda_max %.4g%s (threshold %.4g), N_eff %.4g, SANE %.4g, trace %.4g [%.1fs]",
             step, steps, "" if kind == "scheduled" else kind.replace("_", "-") + " ", row["lambda_max"],
@@ -257,58 +401,81 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
         )  # fmt: skip
         return row
 
-    # hessian.on_spike: the parameters before the latest step are kept, so that when a step's loss jumps
-    # the state just before it can be measured; a post_spike checkpoint follows spike_after steps later
-    detector = SpikeDetector(float(hcfg.spike_threshold))
-    # (full-batch GD only: a mini-batch loss jumps from batch to batch without any change of basin)
-    on_spike = bool(hcfg.on_spike) and int(hcfg.spike_max) > 0 and full_batch(cfg.optim)
-    previous = [p.detach().clone() for p in model.parameters()] if on_spike else []
-    spikes, post_spike_at = 0, set()
+    def save(top: _State, sizes: dict[str, int]) -> None:
+        """checkpoint.pt: the model and optimiser, and all a resumed run needs, as at the top of a step."""
+        with signals.hold():
+            writer.save_checkpoint({
+                "step": top.step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "resume": _resumable(top, sizes, batches, detector, previous),
+            })  # fmt: skip
 
     status = "completed"
     disable = None if progress is None else not progress  # None: a bar only on a terminal
-    bar = tqdm(total=steps, desc="training", unit="step", disable=disable, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=state.step, desc="training", unit="step", disable=disable, file=sys.stderr,
+               dynamic_ncols=True)  # fmt: skip
+    where["step"] = state.step
+    top, sizes = state.copy(), writer.sizes()  # the state at the top of the step the loop starts with
     with logging_redirect_tqdm(), bar:  # log lines print above the bar rather than through it
-        for step in range(steps + 1):
-            where["step"] = step
-            if step in curvature_at:
-                last["curvature"] = curvature(step)
-            elif step in post_spike_at and step not in measured:
-                last["curvature"] = curvature(step, "post_spike")
-            if step % int(cfg.log_every) == 0 or step == steps:
-                last["metrics"] = log_metrics(step)
-                bar.set_postfix(
-                    loss=f"{last['metrics']['train_loss']:.4g}", test_acc=f"{last['metrics']['test_acc']:.3f}"
-                )
-            if step == steps:
-                break
-            xb, yb = batches.next()
-            model.train()
-            loss = loss_fn(model(xb), yb)
-            loss_value = loss.item()
-            writer.log_step_loss(step, loss_value)
-            if detector.update(loss_value) and on_spike and spikes < int(hcfg.spike_max) and step > 0:
-                spikes += 1
-                if step - 1 not in measured:
-                    curvature(step - 1, "pre_spike", _with_parameters(model, previous))
-                if step + int(hcfg.spike_after) <= steps:
-                    post_spike_at.add(step + int(hcfg.spike_after))
-            if on_spike:
-                torch._foreach_copy_(previous, [p.detach() for p in model.parameters()])
-            if not torch.isfinite(loss) or loss_value > float(cfg.max_loss):
-                status = "diverged"
-                last["metrics"] = log_metrics(step, train_loss=loss_value)
-                log.warning(
-                    "diverged at step %d: training loss %.4g (max_loss %g); stopping this run",
-                    step,
-                    loss_value,
-                    cfg.max_loss,
-                )
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            bar.update(1)
+        try:
+            for step in range(state.step, steps + 1):
+                signals.check()
+                # from here to the optimiser step nothing of the training state changes: a stop resumes here
+                is_checkpoint = step in curvature_at or (step in state.post_spike_at and step not in state.measured)
+                if cfg.save_checkpoint and is_checkpoint:
+                    save(top, sizes)
+                if state.pre_spike is not None:  # found by the previous step's loss
+                    pre_step, parameters = state.pre_spike
+                    curvature(pre_step, "pre_spike", _with_parameters(model, parameters))
+                    state.pre_spike = None
+                if step in curvature_at:
+                    state.last["curvature"] = curvature(step)
+                elif is_checkpoint:
+                    state.last["curvature"] = curvature(step, "post_spike")
+                if step % int(cfg.log_every) == 0 or step == steps:
+                    state.last["metrics"] = log_metrics(step)
+                    bar.set_postfix(
+                        loss=f"{state.last['metrics']['train_loss']:.4g}",
+                        test_acc=f"{state.last['metrics']['test_acc']:.3f}",
+                    )
+                if step == steps:
+                    break
+                with signals.hold():  # the step changes the state: a signal waits for the next step's top
+                    xb, yb = batches.next()
+                    model.train()
+                    loss = loss_fn(model(xb), yb)
+                    loss_value = loss.item()
+                    writer.log_step_loss(step, loss_value)
+                    if detector.update(loss_value) and on_spike and state.spikes < int(hcfg.spike_max) and step > 0:
+                        state.spikes += 1
+                        if step - 1 not in state.measured:  # measured at the top of the next step
+                            state.pre_spike = (step - 1, [p.clone() for p in previous])
+                        if step + int(hcfg.spike_after) <= steps:
+                            state.post_spike_at.add(step + int(hcfg.spike_after))
+                    if on_spike:
+                        torch._foreach_copy_(previous, [p.detach() for p in model.parameters()])
+                    if not torch.isfinite(loss) or loss_value > float(cfg.max_loss):
+                        status = "diverged"
+                        if state.pre_spike is not None:
+                            pre_step, parameters = state.pre_spike
+                            curvature(pre_step, "pre_spike", _with_parameters(model, parameters))
+                        state.last["metrics"] = log_metrics(step, train_loss=loss_value)
+                        log.warning(
+                            "diverged at step %d: training loss %.4g (max_loss %g); stopping this run",
+                            step, loss_value, cfg.max_loss,
+                        )  # fmt: skip
+                        break
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    # the next step's top, taken before a signal can stop the run there
+                    where["step"] = state.step = step + 1
+                    top, sizes = state.copy(), writer.sizes()  # every file whole up to here
+                    bar.update(1)
+        except KeyboardInterrupt:
+            if cfg.save_checkpoint:
+                save(top, sizes)
+            raise
+    last = state.last
     final = {f"final_{k}": v for k, v in last.get("metrics", {}).items() if k not in ("lr", "epoch", "seconds")}
     for key in (
         "lambda_max",
@@ -324,7 +491,66 @@ def _loop(cfg, data: Data, model, device, writer: RunWriter, progress: bool | No
             final[f"final_{key}"] = last["curvature"][key]
     if "curvature" in last:
         final["final_curvature_step"] = last["curvature"]["step"]
-    return {"status": status, "steps_done": step, "steps_planned": steps, "spikes_measured": spikes, **final}
+    return {
+        "status": status, "steps_done": step, "steps_planned": steps, "spikes_measured": state.spikes, **final
+    }  # fmt: skip
+
+
+RESUME_FORMAT = 1
+
+
+def _resumable(top: _State, sizes: dict[str, int], batches: _Batches, detector: SpikeDetector, previous) -> dict:
+    """The ``resume`` entry of checkpoint.pt: plain values and tensors only (read back with weights_only)."""
+    return {
+        "format": RESUME_FORMAT,
+        "step": top.step,
+        "sizes": sizes,  # bytes of each CSV at the top of that step: the part a resumed run keeps
+        "spikes": top.spikes,
+        "measured": sorted(top.measured),
+        "post_spike_at": sorted(top.post_spike_at),
+        "pre_spike_step": None if top.pre_spike is None else top.pre_spike[0],
+        "pre_spike_parameters": None if top.pre_spike is None else top.pre_spike[1],
+        "last": json.dumps(top.last, default=_plain),  # exact: floats are written with all their digits
+        "previous": previous,
+        "batches": {"generator": batches.gen.get_state(), "order": batches.order, "pos": batches.pos},
+        "detector": dict(vars(detector)),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+    }
+
+
+def _restore(checkpoint: dict, model, opt, batches: _Batches, detector: SpikeDetector, previous) -> _State:
+    """Put the model, optimiser, batches, spike detector and RNGs back as checkpoint.pt saved them."""
+    r = checkpoint["resume"]
+    if r.get("format") != RESUME_FORMAT:
+        raise UsageError(f"checkpoint.pt has resume format {r.get('format')}; this sane-run reads {RESUME_FORMAT}")
+    model.load_state_dict(checkpoint["model"])
+    opt.load_state_dict(checkpoint["optimizer"])
+    device = next(model.parameters()).device
+    batches.gen.set_state(r["batches"]["generator"])
+    batches.order = None if r["batches"]["order"] is None else r["batches"]["order"].to(device)
+    batches.pos = int(r["batches"]["pos"])
+    vars(detector).update(r["detector"])
+    if previous:
+        torch._foreach_copy_(previous, [p.to(device) for p in r["previous"]])
+    torch.set_rng_state(r["rng"]["torch"])
+    if torch.cuda.is_available() and len(r["rng"]["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(r["rng"]["cuda"])
+    pre = None
+    if r["pre_spike_step"] is not None:
+        pre = (int(r["pre_spike_step"]), [p.to(device) for p in r["pre_spike_parameters"]])
+    return _State(
+        step=int(r["step"]), spikes=int(r["spikes"]), measured=set(r["measured"]),
+        post_spike_at=set(r["post_spike_at"]), pre_spike=pre, last=json.loads(r["last"]),
+    )  # fmt: skip
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot save {type(obj).__name__} in checkpoint.pt")
 
 
 def _with_parameters(model: torch.nn.Module, parameters: list[torch.Tensor]) -> torch.nn.Module:

@@ -110,7 +110,8 @@ def test_a_named_folder_that_holds_a_run_is_refused_untouched(tmp_path):
     before = {p: p.read_bytes() for p in sorted((tmp_path / "done").rglob("*")) if p.is_file()}
     out = run(tmp_path, *TINY, "hydra.run.dir=done", "lr=0.5")
     assert out.returncode == 2 and out.stderr.strip() == (
-        "sane-run: error: hydra.run.dir=done already holds a run (summary.json); choose another folder"
+        "sane-run: error: hydra.run.dir=done already holds a run (summary.json); choose another folder, or "
+        "continue a stopped run with sane-run resume=done"
     )
     assert {p: p.read_bytes() for p in sorted((tmp_path / "done").rglob("*")) if p.is_file()} == before
 

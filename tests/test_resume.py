@@ -1,0 +1,192 @@
+"""Stopped runs continue where they stopped: `sane-run resume=<folder>` and sweeps started again.
+
+Real processes are stopped by SIGKILL and SIGTERM at several points, resumed, and their files compared byte
+for byte with a run that was never stopped (hessian.csv without its `seconds` column, a timing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY, make_config
+from test_cli import command, run
+
+from sane_cli.errors import UsageError
+from sane_cli.records import RunWriter, load_run
+from sane_cli.training import resume_point, train
+
+SPIKY = ["lr=3", "steps=300", "hessian.every=100", "dataset.n_train=1000", "device=cpu", "threads=1"]
+MOMENTUM = [*TINY, "steps=3000", "hessian.every=500", "optim=sgd", "optim.momentum=0.9", "optim.batch_size=32", "threads=1"]
+
+
+def _start(cwd: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [command("sane-run"), *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+
+
+def _stop_after(proc: subprocess.Popen, folder: Path, rows: int, sig: int) -> None:
+    """Send ``sig`` once loss.csv holds ``rows`` rows (0: as soon as the run folder is claimed)."""
+
+    def logged() -> int:
+        path = folder / "loss.csv"
+        return len(path.read_bytes().splitlines()) - 1 if path.exists() else -1
+
+    try:
+        deadline = time.time() + 120
+        while logged() < rows and proc.poll() is None:
+            assert time.time() < deadline, "the run did not get there"
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """The run's logs and spectra; hessian.csv without the `seconds` column (the only timing)."""
+    out = {name: (folder / name).read_bytes() for name in ("metrics.csv", "loss.csv")}
+    lines = (folder / "hessian.csv").read_text().splitlines()
+    drop = lines[0].split(",").index("seconds")
+    out["hessian.csv"] = "\n".join(",".join(f for i, f in enumerate(ln.split(",")) if i != drop) for ln in lines)
+    for path in sorted((folder / "spectra").iterdir()):
+        out[f"spectra/{path.name}"] = path.read_bytes()
+    return out
+
+
+@pytest.mark.parametrize(
+    "config,stops",
+    [
+        # GD at a large learning rate: pre- and post-spike checkpoints come and go between the stops
+        (SPIKY, [(signal.SIGKILL, 0), (signal.SIGTERM, 40), (signal.SIGKILL, 150), (signal.SIGTERM, 230)]),
+        # SGD with momentum: the batch order and the momentum buffers carry over
+        (MOMENTUM, [(signal.SIGTERM, 30), (signal.SIGKILL, 1000), (signal.SIGINT, 2000)]),
+    ],
+    ids=["gd-spikes", "sgd-momentum"],
+)
+def test_stopped_and_resumed_runs_equal_an_unstopped_one(tmp_path, config, stops):
+    assert run(tmp_path, *config, "hydra.run.dir=whole").returncode == 0
+    whole = load_run(tmp_path / "whole")
+    folder = tmp_path / "stopped"
+    _stop_after(_start(tmp_path, *config, f"hydra.run.dir={folder}"), folder, stops[0][1], stops[0][0])
+    statuses = []
+    for sig, rows in stops[1:]:
+        statuses.append(json.loads((folder / "summary.json").read_text())["status"])
+        _stop_after(_start(tmp_path, f"resume={folder}"), folder, rows, sig)
+    statuses.append(json.loads((folder / "summary.json").read_text())["status"])
+    out = run(tmp_path, f"resume={folder}")
+    assert out.returncode == 0, out.stderr
+    # SIGKILL leaves "running" (nothing can be written); SIGTERM and SIGINT record "interrupted"
+    assert statuses == ["running" if sig == signal.SIGKILL else "interrupted" for sig, _ in stops]
+    resumed = load_run(folder)
+    assert resumed.status == "completed" and len(resumed.summary["resumed"]) == len(stops)
+    assert _files(folder) == _files(tmp_path / "whole")
+    finals = {k: v for k, v in whole.summary.items() if k.startswith("final_") or k == "spikes_measured"}
+    assert {k: resumed.summary[k] for k in finals} == finals
+    if config is SPIKY:
+        assert set(whole.hessian.kind) == {"scheduled", "pre_spike", "post_spike"}
+    assert not list(folder.rglob("*.tmp"))
+
+
+def test_a_sweep_started_again_skips_finished_jobs_and_resumes_stopped_ones(tmp_path):
+    sweep = ["-m", *TINY, "steps=3000", "hessian.every=1000", "lr=0.01,0.02", "hydra.sweep.dir=sweep", "threads=1"]
+    proc = _start(tmp_path, *sweep)
+    second = None
+    deadline = time.time() + 120
+    while second is None:  # wait for the second job's folder, then stop the sweep inside it
+        assert time.time() < deadline and proc.poll() is None
+        second = next((p for p in (tmp_path / "sweep").glob("1_*") if (p / "loss.csv").exists()), None)
+        time.sleep(0.05)
+    _stop_after(proc, second, 500, signal.SIGTERM)
+    (first,) = (tmp_path / "sweep").glob("0_*")
+    assert load_run(first).status == "completed" and load_run(second).status == "interrupted"
+    first_files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in first.rglob("*") if p.is_file()}
+
+    out = run(tmp_path, *sweep)
+    assert out.returncode == 0, out.stderr
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in first.rglob("*") if p.is_file()} == first_files
+    assert load_run(second).status == "completed"
+    alone = run(tmp_path, *TINY, "steps=3000", "hessian.every=1000", "lr=0.02", "threads=1", "hydra.run.dir=alone")
+    assert alone.returncode == 0
+    assert _files(second) == _files(tmp_path / "alone")
+
+
+def _stopped_run(tmp_path: Path) -> Path:
+    """A run stopped by SIGTERM mid-way (through the Python API: the handler raises in this process)."""
+    cfg = make_config("steps=200", "hessian.every=50")
+    folder = tmp_path / "run"
+    original = torch.optim.SGD.step
+
+    def step(self, *a, **k):  # the 120th step delivers a SIGTERM to this process
+        step.calls += 1
+        if step.calls == 120:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *a, **k)
+
+    step.calls = 0
+    torch.optim.SGD.step = step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, folder, progress=False)
+    finally:
+        torch.optim.SGD.step = original
+    return folder
+
+
+def test_a_signal_during_a_step_is_kept_until_the_step_is_done(tmp_path):
+    folder = _stopped_run(tmp_path)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps_done"] == 120  # after step 119's update
+    checkpoint = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert checkpoint["resume"]["step"] == 120
+    assert checkpoint["resume"]["sizes"]["loss.csv"] == (folder / "loss.csv").stat().st_size
+
+
+def test_what_cannot_be_resumed_is_refused_in_one_line(tmp_path):
+    folder = _stopped_run(tmp_path)
+    cfg = make_config("steps=200", "hessian.every=50")
+    assert resume_point(folder, cfg).step == 120
+    with pytest.raises(UsageError, match=r"holds a run with another config \(lr: 0.1 there, 0.3 now\)"):
+        resume_point(folder, make_config("steps=200", "hessian.every=50", "lr=0.3"))
+    writer = RunWriter(tmp_path / "busy")  # a run still going holds its folder
+    try:
+        with pytest.raises(UsageError, match="still being written by a running sane-run"):
+            resume_point(tmp_path / "busy")
+    finally:
+        writer.close()
+    # a CSV shorter than its checkpoint says: damaged, refused before anything is changed
+    loss = (folder / "loss.csv").read_bytes()
+    (folder / "loss.csv").write_bytes(loss[:100])
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    with pytest.raises(UsageError, match="fewer than the .* its checkpoint.pt recorded"):
+        train(cfg, folder, progress=False, resume=True)
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    (folder / "loss.csv").write_bytes(loss)
+
+    done = tmp_path / "done"
+    train(make_config(), done, progress=False)
+    nowhere = tmp_path / "nowhere"
+    for args, message in [
+        ([f"resume={done}"], f"{done} is a completed run; nothing to resume"),
+        (
+            [f"resume={folder}", "lr=0.3"],
+            "'lr=0.3' cannot be given with resume=: a resumed run keeps its own config (only threads, device may "
+            "change); start a new run to change it",
+        ),
+        ([f"resume={nowhere}"], f"resume={nowhere} is not a folder; give the folder of a stopped run (it holds summary.json)"),
+        (["-m", f"resume={folder}"], "resume= continues one run; to continue a sweep, run it again with the same hydra.sweep.dir"),
+    ]:
+        out = run(tmp_path, *args)
+        assert out.returncode == 2 and out.stderr == f"sane-run: error: {message}\n", out.stderr
+    out = run(tmp_path, f"resume={folder}", "threads=1")
+    assert out.returncode == 0, out.stderr
+    assert load_run(folder).status == "completed"
