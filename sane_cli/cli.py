@@ -219,7 +219,9 @@ def _check_resume(words: list[str], multirun: bool) -> None:
     if multirun:
         raise UsageError("resume= continues one run; to continue a sweep, run it again with the same hydra.sweep.dir")
     folder = Path(next(w for w in words if w.startswith("resume=")).split("=", 1)[1]).expanduser()
-    others = [w for w in words if not w.startswith(("resume=", "hydra.verbose", "hydra/job_logging", "hydra/hydra_logging"))]
+    others = [
+        w for w in words if not w.startswith(("resume=", "hydra.verbose", "hydra/job_logging", "hydra/hydra_logging"))
+    ]
     extra = [w for w in others if w.split("=", 1)[0] not in MAY_DIFFER]
     if extra:
         raise UsageError(

@@ -104,7 +104,9 @@ class RunWriter:
             try:  # claimed atomically: of two runs started into one folder, the second is refused
                 os.close(os.open(self.dir / "summary.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
-                raise UsageError(f"{self.dir} already holds a run (summary.json); choose another output folder") from None
+                raise UsageError(
+                    f"{self.dir} already holds a run (summary.json); choose another output folder"
+                ) from None
         self._lock = _lock(self.dir)
         try:
             if resume_sizes is not None:

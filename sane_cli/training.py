@@ -284,7 +284,9 @@ def resume_point(run_dir: str | Path, cfg: DictConfig | None = None) -> ResumePo
 
     run_dir = Path(run_dir)
     if is_locked(run_dir):
-        raise UsageError(f"{run_dir} is still being written by a running sane-run; stop it first (it saves where it got to)")
+        raise UsageError(
+            f"{run_dir} is still being written by a running sane-run; stop it first (it saves where it got to)"
+        )
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
         status = summary["status"]
@@ -301,12 +303,12 @@ def resume_point(run_dir: str | Path, cfg: DictConfig | None = None) -> ResumePo
     except FileNotFoundError:  # stopped before step 0 was saved: nothing was computed, it starts over
         step = None
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
-        raise UsageError(f"{run_dir}/checkpoint.pt cannot be resumed from ({type(e).__name__}: {e})".splitlines()[0]) from None
+        raise UsageError(
+            f"{run_dir}/checkpoint.pt cannot be resumed from ({type(e).__name__}: {e})".splitlines()[0]
+        ) from None
     if cfg is not None:
         ours = OmegaConf.to_container(validate(cfg.copy()), resolve=True)  # as the run stored its own
-        changed = sorted(
-            k for k in set(ours) | set(stored) if k not in MAY_DIFFER and ours.get(k) != stored.get(k)
-        )
+        changed = sorted(k for k in set(ours) | set(stored) if k not in MAY_DIFFER and ours.get(k) != stored.get(k))
         if changed:
             key = changed[0]
             raise UsageError(

@@ -23,7 +23,15 @@ from sane_cli.records import RunWriter, load_run
 from sane_cli.training import resume_point, train
 
 SPIKY = ["lr=3", "steps=300", "hessian.every=100", "dataset.n_train=1000", "device=cpu", "threads=1"]
-MOMENTUM = [*TINY, "steps=3000", "hessian.every=500", "optim=sgd", "optim.momentum=0.9", "optim.batch_size=32", "threads=1"]
+MOMENTUM = [
+    *TINY,
+    "steps=3000",
+    "hessian.every=500",
+    "optim=sgd",
+    "optim.momentum=0.9",
+    "optim.batch_size=32",
+    "threads=1",
+]
 
 
 def _start(cwd: Path, *args: str) -> subprocess.Popen:
@@ -182,8 +190,14 @@ def test_what_cannot_be_resumed_is_refused_in_one_line(tmp_path):
             "'lr=0.3' cannot be given with resume=: a resumed run keeps its own config (only threads, device may "
             "change); start a new run to change it",
         ),
-        ([f"resume={nowhere}"], f"resume={nowhere} is not a folder; give the folder of a stopped run (it holds summary.json)"),
-        (["-m", f"resume={folder}"], "resume= continues one run; to continue a sweep, run it again with the same hydra.sweep.dir"),
+        (
+            [f"resume={nowhere}"],
+            f"resume={nowhere} is not a folder; give the folder of a stopped run (it holds summary.json)",
+        ),
+        (
+            ["-m", f"resume={folder}"],
+            "resume= continues one run; to continue a sweep, run it again with the same hydra.sweep.dir",
+        ),
     ]:
         out = run(tmp_path, *args)
         assert out.returncode == 2 and out.stderr == f"sane-run: error: {message}\n", out.stderr
