@@ -117,22 +117,48 @@ def _save_hydra_files(run_dir: Path, cfg) -> None:
 
 
 def _set_threads(threads: int | None, launcher) -> None:
-    """CPU threads for this run: ``threads``, or the cores shared among the launcher's parallel jobs (joblib's
-    ``n_jobs``; -1 means one job per core), so that jobs x threads <= cores. Set for torch and for every BLAS
-    in the process (scipy's too, behind the eigenvector solver), so that a run's numbers depend on its
-    thread count alone, not on the launcher that ran it."""
+    """CPU threads for this run: ``threads``, or else the cores this process may use (its CPU affinity: a
+    SLURM job's allocation) given to the launcher's jobs: a submitit job's ``cpus_per_task``, a share of
+    joblib's ``n_jobs`` parallel jobs (-1: one job per core), so that jobs x threads <= cores. Set for torch and
+    for every BLAS in the process (scipy's too, behind the eigenvector solver), so that a run's numbers depend
+    on its thread count alone, not on the launcher that ran it."""
     import os
 
     import torch
     from threadpoolctl import threadpool_limits
 
     if threads is None:
-        jobs = int(launcher.get("n_jobs", 1) or 1)
-        cores = os.cpu_count() or 1
-        jobs = cores if jobs < 0 else jobs
-        threads = max(1, cores // max(1, jobs))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if launcher.get("cpus_per_task"):
+            threads = min(int(launcher.cpus_per_task), cores)
+        else:
+            jobs = int(launcher.get("n_jobs", 1) or 1)
+            jobs = cores if jobs < 0 else jobs
+            threads = max(1, cores // max(1, jobs))
     torch.set_num_threads(int(threads))
     threadpool_limits(limits=int(threads))
+
+
+LAUNCHERS = {  # hydra/launcher options: the plugin package each needs, and the extra that installs it
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "parallel"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "ray": ("hydra_plugins.hydra_ray_launcher", "ray"),
+}
+
+
+def _check_launcher(name: str) -> None:
+    """``hydra/launcher=<name>``: a launcher this package knows, with its plugin installed."""
+    import importlib.util
+
+    if name == "basic":
+        return
+    if name not in LAUNCHERS:
+        raise UsageError(f"hydra/launcher={name} is unknown; choose one of basic, {', '.join(LAUNCHERS)}")
+    module, extra = LAUNCHERS[name]
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"hydra/launcher={name} needs its Hydra plugin: pip install 'sane-run[{extra}]'")
 
 
 def group_options(group: str) -> list[str]:
@@ -188,6 +214,8 @@ def precheck(argv: list[str]) -> None:
     per_key = []
     for o in overrides:
         key = o.get_key_element()
+        if o.key_or_group == "hydra/launcher" and not o.is_delete():
+            _check_launcher(o.get_value_element_as_str())
         if key.startswith(("hydra", "+hydra", "~hydra")):
             continue
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -61,6 +62,7 @@ def test_multirun_sweep(tmp_path):
         # checks that need the data and model sizes, for the last job of a sweep, before the first runs
         (["-m", "hessian.k=1,100000"], "sane-run: error: hessian.k=100000 is invalid: must be at most the number"),
         (["-m", "lr=0.1,0.2", "optim=sgd", "optim.batch_size=5000"], "sane-run: error: optim.batch_size=5000"),
+        (["-m", "hydra/launcher=slurmm", "lr=0.1,0.2"], "sane-run: error: hydra/launcher=slurmm is unknown; choose"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
@@ -131,6 +133,43 @@ def test_joblib_sweep_of_four_jobs(tmp_path):
     (job,) = [r.path for r in runs if r.config["optim"]["lr"] == 0.03]
     for name in ("metrics.csv", "loss.csv", "spectra/step_20.npz"):
         assert (job / name).read_bytes() == (tmp_path / "alone" / name).read_bytes(), name
+
+
+def test_submitit_sweep_through_its_local_executor(tmp_path):
+    """hydra/launcher=submitit_local: the SLURM launcher's code path, each job a process started by submitit;
+    the jobs' numbers equal those of the same runs made alone."""
+    out = run(tmp_path, "-m", *TINY, "lr=0.03,0.04", "threads=1", "hydra/launcher=submitit_local",
+              "hydra.sweep.dir=sweep", "hydra.launcher.timeout_min=5")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    runs = [load_run(p) for p in find_runs(tmp_path / "sweep")]
+    assert sorted(r.config["optim"]["lr"] for r in runs) == [0.03, 0.04] and {r.status for r in runs} == {"completed"}
+    alone = run(tmp_path, *TINY, "lr=0.04", "threads=1", "hydra.run.dir=alone")
+    assert alone.returncode == 0, alone.stderr
+    (job,) = [r.path for r in runs if r.config["optim"]["lr"] == 0.04]
+    for name in ("metrics.csv", "loss.csv", "spectra/step_20.npz"):
+        assert (job / name).read_bytes() == (tmp_path / "alone" / name).read_bytes(), name
+
+
+def test_slurm_launcher_config_composes_with_its_documented_keys(tmp_path):
+    out = run(tmp_path, "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1",
+              "--cfg", "hydra", "--package", "hydra.launcher")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    import yaml
+
+    launcher = yaml.safe_load(out.stdout)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert launcher["partition"] == "gpu" and launcher["gpus_per_node"] == 1
+    assert launcher["max_num_timeout"] == 3 and launcher["timeout_min"] == 240 and launcher["mem_gb"] == 16
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
+    reason="the Ray launcher is not installed (pip install -e '.[ray]'); not part of the test extra",
+)
+def test_ray_sweep(tmp_path):
+    out = run(tmp_path, "-m", *TINY, "lr=0.03,0.04", "hydra/launcher=ray", "hydra.sweep.dir=sweep")
+    assert out.returncode == 0, out.stderr
+    assert {load_run(p).status for p in find_runs(tmp_path / "sweep")} == {"completed"}
 
 
 def test_divergence_exits_0(tmp_path):
