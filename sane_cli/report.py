@@ -6,15 +6,17 @@ Runs are grouped by the config keys that vary between them (lr, depth, width, da
 ``<first PATH>/report``) holds::
 
     report.html          every figure and table on one page (opens offline), with the runs and configs
-    summary.csv          one row per run: status, the varying config keys, final metrics and curvature
+    summary.csv          one row per run: status (``stopped``: says running, but no process holds it), the
+                         varying config keys, final metrics and curvature
     groups.csv           runs that differ only in their seed: mean and std of each final quantity
     correlations.csv     Kendall tau and Spearman rho between each measure and test loss, test accuracy
                          and the generalisation gap across completed runs, with p-values
     basins.csv           loss basins of every run (sane_cli.basins.BASIN_COLUMNS, plus the run)
     figures/             lr_comparison and depth_comparison (when lr or depth vary)
     runs/<label>/        dynamics, spectra and (with spikes) basins figures; basins.csv; similarity.csv
+                         (the label as a file name, made unique)
 
-Run folders are only read. Diverged runs are listed and marked in the figures, never dropped; unreadable
+Run folders are only read, and the output folder may hold none of them. Diverged runs are listed and marked in the figures, never dropped; unreadable
 run folders are skipped with a warning naming each.
 """
 
@@ -37,7 +39,7 @@ from tqdm.auto import tqdm
 
 from .basins import BASIN_COLUMNS
 from .errors import UsageError
-from .records import Run, find_runs, load_run
+from .records import Run, find_runs, is_locked, load_run
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ def summary_table(runs: list[Run]) -> pd.DataFrame:
     rows = []
     for run in runs:
         s = run.summary
-        row = {"run": str(run.path), "status": run.status}
+        row = {"run": str(run.path), "status": run_status(run)}
         row.update({k: _get(run.config, p) for k, p in CONFIG_KEYS.items()})
         row.update({k: v for k, v in flat_config(run.config).items() if k not in row})
         row.update(n_params=s.get("n_params"), steps_done=s.get("steps_done"), wall_seconds=s.get("wall_seconds"))
@@ -136,6 +138,14 @@ def summary_table(runs: list[Run]) -> pd.DataFrame:
     table["label"] = run_labels(table)
     dotted = [c for c in table.columns if "." in c]  # the rest of the config, last
     return table[["label", *[c for c in table.columns if c != "label" and c not in dotted], *dotted]]
+
+
+def run_status(run: Run) -> str:
+    """The run's status, but ``stopped`` for one that says ``running`` while no process holds its folder:
+    it was killed (SIGKILL, a lost node) and can be continued with ``sane-run resume=<folder>``."""
+    if run.status == "running" and not is_locked(run.path):
+        return "stopped"
+    return run.status
 
 
 def flat_config(config: dict) -> dict:
@@ -182,6 +192,25 @@ def _fmt(value) -> str:
 def slug(label: str) -> str:
     """A file-name-safe form of a run label."""
     return re.sub(r"[^A-Za-z0-9=.,_#-]+", "_", label).strip("_") or "run"
+
+
+def unique_slugs(labels) -> list[str]:
+    """A folder name per label, distinct even where two labels differ only in characters a file name cannot
+    hold (``a/b`` and ``a_b``): later ones get ``~2``, ``~3``, ... (case-insensitive, for such file systems).
+
+    >>> unique_slugs(["lr=0.1", "dataset.root=a/b", "dataset.root=a_b"])
+    ['lr=0.1', 'dataset.root=a_b', 'dataset.root=a_b~2']
+    """
+    seen, out = set(), []
+    for label in labels:
+        base = name = slug(label)
+        n = 1
+        while name.lower() in seen:
+            n += 1
+            name = f"{base}~{n}"
+        seen.add(name.lower())
+        out.append(name)
+    return out
 
 
 def group_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -284,17 +313,22 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
     start = time.perf_counter()
     runs, skipped = collect(paths)
     out = Path(out) if out is not None else paths[0] / "report"
-    for run in runs:
-        if out.resolve().is_relative_to(run.path.resolve()):
-            raise UsageError(f"the output folder {out} lies inside the run folder {run.path}; choose another (-o)")
+    for folder in sorted({*(r.path for r in runs), *(f for root in paths for f in find_runs(root))}):  # damaged too
+        if out.resolve().is_relative_to(folder.resolve()):
+            raise UsageError(f"the output folder {out} lies inside the run folder {folder}; choose another (-o)")
+        if folder.resolve().is_relative_to(out.resolve()):
+            raise UsageError(
+                f"the output folder {out} holds run folders ({folder}); the report's files would mix with them: "
+                f"write it to {out / 'report'} or another folder (-o)"
+            )
     (out / "figures").mkdir(parents=True, exist_ok=True)
     table = summary_table(runs)
     keys = varying_keys(table)
     log.info("%d runs (%s); varying: %s", len(runs), _status_counts(table), ", ".join(keys) or "nothing")
 
     jobs = [
-        (str(r.path), lab, str(out / "runs" / slug(lab)), options.formats)
-        for r, lab in zip(runs, table.label, strict=True)
+        (str(r.path), lab, str(out / "runs" / folder), options.formats)
+        for r, lab, folder in zip(runs, table.label, unique_slugs(table.label), strict=True)
     ]
     n_workers = min(options.jobs or os.cpu_count() or 1, len(jobs))
     bar = dict(total=len(jobs), desc="per-run figures", unit="run", disable=None)  # a bar on a terminal only
@@ -363,7 +397,7 @@ def _html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run,
 
     def tbl(df: pd.DataFrame) -> str:
         text = df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="t")
-        for status in ("diverged", "failed", "interrupted", "running"):  # runs that did not complete stand out
+        for status in ("diverged", "failed", "interrupted", "running", "stopped"):  # runs that did not complete
             text = text.replace(f"<td>{status}</td>", f'<td class="bad">{status}</td>')
         return text
 
@@ -405,7 +439,7 @@ def _html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run,
         "<h2>Per run</h2>",
     ]  # fmt: skip
     for run, (label, basins, _, files, _) in zip(runs, per_run, strict=True):
-        status = run.status
+        status = run_status(run)
         parts.append(f"<details><summary><b>{html.escape(label)}</b> ({status}) {html.escape(str(run.path))}</summary>")
         for f in files:
             if f.endswith(".png") or not any(g.endswith(".png") for g in files):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import logging
 import shutil
 
@@ -150,6 +151,27 @@ def test_bad_input_is_one_usage_error(tmp_path, sweep):
     run = find_runs(sweep)[0]
     with pytest.raises(UsageError, match="inside the run folder"):
         report([run], run / "report")
+    with pytest.raises(UsageError, match=f"the output folder {sweep} holds run folders"):
+        report([sweep], sweep)
+    assert not (sweep / "report.html").exists() and not (sweep / "runs").exists()
+
+
+def test_labels_alike_as_file_names_get_folders_of_their_own(sweep, tmp_path):
+    """Two runs whose labels differ only in a character a file name cannot hold (/ and _): each gets its
+    own figures folder, neither overwrites the other's."""
+    good = find_runs(sweep)[0]
+    for name, note in (("one", "a/b"), ("two", "a_b")):
+        shutil.copytree(good, tmp_path / "runs" / name)
+        path = tmp_path / "runs" / name / "summary.json"
+        summary = json.loads(path.read_text())
+        summary["config"]["optim"]["note"] = note
+        path.write_text(json.dumps(summary))
+    report([tmp_path / "runs"], tmp_path / "rep", Options(jobs=1))
+    table = pd.read_csv(tmp_path / "rep" / "summary.csv")
+    assert sorted(table.label) == ["optim.note=a/b", "optim.note=a_b"]
+    folders = sorted(p.name for p in (tmp_path / "rep" / "runs").iterdir())
+    assert folders == ["optim.note=a_b", "optim.note=a_b~2"]
+    assert all((tmp_path / "rep" / "runs" / f / "dynamics.png").is_file() for f in folders)
 
 
 def test_basins_of_a_large_lr_run_in_the_report(sweep, tmp_path):
@@ -185,13 +207,15 @@ def test_partial_runs_are_listed_and_a_broken_spectrum_costs_only_its_figures(sw
     root = tmp_path / "outputs"
     started = RunWriter(root / "started")
     started.write_summary({"status": "running", "config": {"optim": {"name": "gd", "lr": 0.1}, "seed": 0}})
-    started.close()
     good = find_runs(sweep)[0]
     shutil.copytree(good, root / "good")
     shutil.copytree(good, root / "broken_spectrum")
     (root / "broken_spectrum" / "spectra" / "step_0.npz").write_bytes(b"not a numpy file")
-    with caplog.at_level(logging.WARNING):
-        page = report([root], options=Options(jobs=2))
+    try:  # the started run is still going: its writer holds the folder
+        with caplog.at_level(logging.WARNING):
+            page = report([root], options=Options(jobs=2))
+    finally:
+        started.close()
     table = pd.read_csv(root / "report" / "summary.csv")
     assert sorted(table.status) == ["completed", "completed", "running"]
     warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
@@ -227,3 +251,21 @@ def test_older_run_folders_and_subset_runs(sweep, tmp_path):
     # hessian.subset is null in two runs and 50 in the third: a varying key like any other
     labels = dict(zip(table.run.map(lambda p: p.rsplit("/", 1)[-1]), table.index, strict=True))
     assert "hessian.subset=50" in labels["subset"] and "hessian.subset=null" in labels["v0.1"]
+
+
+def test_a_killed_run_is_reported_as_stopped_and_a_live_one_as_running(sweep, tmp_path):
+    """status "running" in summary.json: "running" while a process holds the folder, else "stopped"."""
+    good = find_runs(sweep)[0]
+    for name in ("killed", "live"):
+        shutil.copytree(good, tmp_path / "runs" / name)
+        path = tmp_path / "runs" / name / "summary.json"
+        path.write_text(path.read_text().replace('"status": "completed"', '"status": "running"'))
+    from sane_cli.records import _lock
+
+    fd = _lock(tmp_path / "runs" / "live")  # as a running sane-run holds its folder
+    try:
+        report([tmp_path / "runs"], tmp_path / "rep", Options(jobs=1))
+    finally:
+        os.close(fd)
+    table = pd.read_csv(tmp_path / "rep" / "summary.csv").set_index("label")
+    assert table.status.to_dict() == {"killed": "stopped", "live": "running"}
