@@ -16,8 +16,8 @@ Runs are grouped by the config keys that vary between them (lr, depth, width, da
     runs/<label>/        dynamics, spectra and (with spikes) basins figures; basins.csv; similarity.csv
                          (the label as a file name, made unique)
 
-Run folders are only read, and the output folder may hold none of them. Diverged runs are listed and marked in the figures, never dropped; unreadable
-run folders are skipped with a warning naming each.
+Run folders are only read, and the output folder may hold none of them. Diverged runs are listed and
+marked in the figures, never dropped; unreadable run folders are skipped with a warning naming each.
 """
 
 from __future__ import annotations

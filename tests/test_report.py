@@ -7,8 +7,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import logging
+import os
 import shutil
 
 import numpy as np
