@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -186,7 +188,7 @@ def precheck(argv: list[str]) -> None:
 
     from .config import check_against_data, validate
     from .data import check_files, dataset_sizes
-    from .models import build_model, n_parameters
+    from .models import build_model
 
     words = [a for a in argv if not a.startswith("-")]
     multirun = any(a in ("-m", "--multirun") for a in argv)
@@ -201,6 +203,7 @@ def precheck(argv: list[str]) -> None:
                     f"hydra.run.dir={folder} already holds a run (summary.json); choose another folder, or continue "
                     f"a stopped run with sane-run resume={folder}"
                 )
+    _check_writable(words, multirun)
     parser, overrides = OverridesParser.create(), []
     for word in words:  # one at a time, to name the word that does not parse
         try:
@@ -234,9 +237,27 @@ def precheck(argv: list[str]) -> None:
             cfg = validate(cfg)
             check_files(cfg.dataset)
             in_dim, n_classes, n_train = dataset_sizes(cfg.dataset)
-            with torch.device("meta"):  # the parameter count without allocating the model
-                n_params = n_parameters(build_model(cfg.model, in_dim, n_classes))
-            check_against_data(cfg, n_train, n_params)
+            with torch.device("meta"):  # the sizes without allocating the model
+                model = build_model(cfg.model, in_dim, n_classes)
+            check_against_data(cfg, n_train, model)
+
+
+def _check_writable(words: list[str], multirun: bool) -> None:
+    """The folder the run (or sweep) will be written to can be made: its nearest existing parent is a
+    writable folder (not a file, not on a read-only file system)."""
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    given = next((w.split("=", 1)[1] for w in reversed(words) if w.startswith(key)), None)
+    target = Path(given.split("${", 1)[0] if given else "outputs").expanduser()
+    parent = target.absolute()
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    fix = f"choose another folder with {key}<folder>" if given else "run from a writable folder or set " + key
+    if not parent.is_dir():
+        raise UsageError(f"cannot write the run to {target}: {parent} is a file, not a folder; {fix}")
+    try:  # a folder made and removed: permissions, read-only file systems, /proc, a full disk's inodes
+        os.rmdir(tempfile.mkdtemp(prefix=".sane-run-check-", dir=parent))
+    except OSError as e:
+        raise UsageError(f"cannot write the run to {target}: {parent} is not writable ({e.strerror}); {fix}") from None
 
 
 def _check_resume(words: list[str], multirun: bool) -> None:

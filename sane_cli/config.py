@@ -154,21 +154,35 @@ def validate(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def check_against_data(cfg: DictConfig, n_train: int, n_params: int) -> None:
-    """Checks that need the dataset and model sizes: the Hessian subset and SANE's k must fit, and a
-    dense Hessian must fit in memory."""
+def check_against_data(cfg: DictConfig, n_train: int, model) -> None:
+    """Checks that need the dataset and model sizes: the Hessian subset and SANE's k must fit, and the
+    dense Hessian (exact, block_band) or its layer blocks (block_diag) must fit in memory. ``model`` may live
+    on the meta device (sizes only)."""
+    from torch import nn
+
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    blocks = [sum(p.numel() for p in m.parameters()) for m in model.modules() if isinstance(m, nn.Linear)]
     method = cfg.hessian.method
     if method == "auto" and n_params <= cfg.hessian.exact_max_params:
         method = "exact"
+    size = 8 if cfg.hessian.dtype == "float64" else 4
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    # every layer block, and eigh's copy and workspace for the largest
+    block_need = size * (sum(b**2 for b in blocks) + 2 * max(blocks, default=0) ** 2)
+    need = 0
     if method in ("exact", "block_band"):
-        need = 3 * 8 * n_params**2 if cfg.hessian.dtype == "float64" else 3 * 4 * n_params**2
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        if need > have:
-            raise UsageError(
-                f"hessian.method={method} needs about {need / 2**30:.0f} GiB for the dense Hessian of {n_params} "
-                f"parameters (this machine has {have / 2**30:.0f} GiB); "
-                "use hessian=auto, hessian=slq or hessian=block_diag"
-            )
+        need = 3 * size * n_params**2  # the matrix, eigh's copy and workspace
+        what = f"the dense Hessian of {n_params} parameters"
+        fix = "use hessian=auto, hessian=slq" + (" or hessian=block_diag" if block_need <= have else "")
+    elif method == "block_diag":
+        need = block_need
+        what = f"the layer blocks (largest {max(blocks, default=0)} parameters)"
+        fix = "use hessian=auto or hessian=slq"
+    if need > have:
+        raise UsageError(
+            f"hessian.method={method} needs about {need / 2**30:,.0f} GiB for {what} (this machine has "
+            f"{have / 2**30:.0f} GiB); {fix}"
+        )
     if cfg.hessian.subset is not None and cfg.hessian.subset > n_train:
         _fail("hessian.subset", cfg.hessian.subset, f"must be at most the training set size ({n_train})")
     if cfg.hessian.k > n_params:

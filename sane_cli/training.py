@@ -199,7 +199,7 @@ def train(
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg.model, data.in_dim, data.n_classes).to(device)
     n_params = n_parameters(model)
-    check_against_data(cfg, len(data.y_train), n_params)
+    check_against_data(cfg, len(data.y_train), model)
 
     started = time.time()
     now = dt.datetime.now().isoformat(timespec="seconds")

@@ -63,9 +63,13 @@ def test_multirun_sweep(tmp_path):
         (["-m", "hessian.k=1,100000"], "sane-run: error: hessian.k=100000 is invalid: must be at most the number"),
         (["-m", "lr=0.1,0.2", "optim=sgd", "optim.batch_size=5000"], "sane-run: error: optim.batch_size=5000"),
         (["-m", "hydra/launcher=slurmm", "lr=0.1,0.2"], "sane-run: error: hydra/launcher=slurmm is unknown; choose"),
+        (["hessian=block_diag", "width=2000"], "sane-run: error: hessian.method=block_diag needs about 358,039 GiB"),
+        (["hydra.run.dir=setup.cfg/run"], "sane-run: error: cannot write the run to setup.cfg/run: "),
+        (["hessian=exact", "width=2000"], "sane-run: error: hessian.method=exact needs about 376,468 GiB"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    (tmp_path / "setup.cfg").write_text("a file where a folder is asked for\n")
     out = run(tmp_path, *args)
     assert out.returncode == 2
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
