@@ -28,19 +28,21 @@ CASES = [
 
 @pytest.mark.parametrize("builder", ["mlp", "generic"])
 @pytest.mark.parametrize("depth,width,activation,bias,loss", CASES)
-def test_hessian_matches_dense_reference(depth, width, activation, bias, loss, builder):
+def test_hessian_matches_dense_reference(depth, width, activation, bias, loss, builder, device):
     torch.manual_seed(depth * 10 + width)
     n, d, c = 37, 5, 3
     model = MLP(d, c, depth, width, activation, bias)
     x, y = torch.randn(n, d), torch.randint(0, c, (n,))
     loss_fn = loss_function(loss, c)
+    ref = reference_hessian(copy.deepcopy(model), loss_fn, x, y)  # on the CPU
+    model, xd, yd = model.to(device), x.to(device), y.to(device)
     # small blocks and data chunks exercise the chunked accumulation
     if builder == "mlp":  # tiny temporaries exercise the chunking over units
-        h = mlp_hessian(model, loss_fn, x, y, dtype=torch.float64, max_rows=10, max_elements=50)
+        h = mlp_hessian(model, loss_fn, xd, yd, dtype=torch.float64, max_rows=10, max_elements=50)
     else:
-        h = generic_hessian(model, loss_fn, x, y, dtype=torch.float64, block=7, max_rows=10)
-    ref = reference_hessian(copy.deepcopy(model), loss_fn, x, y)
-    assert h.dtype == torch.float64 and h.shape == ref.shape
+        h = generic_hessian(model, loss_fn, xd, yd, dtype=torch.float64, block=7, max_rows=10)
+    assert h.dtype == torch.float64 and h.shape == ref.shape and h.device.type == device
+    h = h.cpu()
     torch.testing.assert_close(h, ref, rtol=1e-10, atol=1e-12)
     assert next(model.parameters()).dtype == torch.float32  # the model itself is untouched
 

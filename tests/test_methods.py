@@ -59,11 +59,11 @@ def test_block_diag_eigenvalues_are_those_of_the_diagonal_blocks():
     assert set(mlp_hessian_blocks(model, loss_fn, x, y, band=0)) == {(0, 0), (1, 1), (2, 2)}
 
 
-def test_lanczos_top_k_to_1e6():
+def test_lanczos_top_k_to_1e6(device):
     model, loss_fn, x, y, ref = problem(depth=3, width=8)
     ev = np.linalg.eigvalsh(ref.numpy())[::-1]
-    matvec, p = hvp_operator(model, loss_fn, x, y, max_rows=30)
-    top = lanczos(matvec, p, 10, tol=1e-10, max_iter=p, seed=3)
+    matvec, p = hvp_operator(model.to(device), loss_fn, x.to(device), y.to(device), max_rows=30)
+    top = lanczos(matvec, p, 10, tol=1e-10, max_iter=p, seed=3, device=device)
     assert top.converged and top.iterations < p
     np.testing.assert_allclose(top.values, ev[:10], rtol=1e-6)
     np.testing.assert_allclose(top.magnitudes, np.sort(np.abs(ev))[::-1][:10], rtol=1e-6)
@@ -147,8 +147,10 @@ def test_auto_runs_slq_in_its_own_precision_above_the_threshold():
 
 
 @pytest.mark.parametrize("method", ["block_diag", "block_band", "lanczos", "slq", "auto"])
-def test_runs_with_each_method(tmp_path, method):
-    train(make_config(f"hessian={method}", "hessian.probes=8", "hessian.steps=20"), tmp_path / "run")
+def test_runs_with_each_method(tmp_path, method, device):
+    train(
+        make_config(f"hessian={method}", "hessian.probes=8", "hessian.steps=20", f"device={device}"), tmp_path / "run"
+    )
     run = load_run(tmp_path / "run")
     assert run.status == "completed"
     assert (run.hessian.method == ("exact" if method == "auto" else method)).all()
