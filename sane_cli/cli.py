@@ -59,11 +59,13 @@ def _hydra_app():
             log.error("%s", e)
             _usage_exit("sane-run", e)
         except Interrupted as e:  # one line, and the shell's code for a death by that signal (submitit reads it)
-            print(
-                f"sane-run: stopped by {e} at step {e.step}; {run_dir} keeps all it logged "
-                f"(continue it: sane-run resume={run_dir})",
-                file=sys.stderr,
-            )
+            from hydra.types import RunMode
+
+            again = f"sane-run resume={run_dir}"
+            if hydra_cfg.mode == RunMode.MULTIRUN:
+                again = f"run the sweep again with hydra.sweep.dir={hydra_cfg.sweep.dir}"
+            print(f"sane-run: stopped by {e} at step {e.step}; {run_dir} keeps all it logged (continue: {again})",
+                  file=sys.stderr)  # fmt: skip
             sys.exit(128 + int(e.signum))
         except KeyboardInterrupt:  # Ctrl-C before training started
             print("sane-run: stopped by SIGINT before training started", file=sys.stderr)

@@ -299,13 +299,20 @@ def resume_point(run_dir: str | Path, cfg: DictConfig | None = None) -> ResumePo
         raise UsageError(f"{run_dir} was run with save_checkpoint=false: it has no checkpoint.pt to resume from")
     try:
         checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-        step = int(checkpoint["resume"]["step"])
     except FileNotFoundError:  # stopped before step 0 was saved: nothing was computed, it starts over
-        step = None
+        checkpoint = None
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
         raise UsageError(
-            f"{run_dir}/checkpoint.pt cannot be resumed from ({type(e).__name__}: {e})".splitlines()[0]
+            f"{run_dir}/checkpoint.pt is unreadable ({type(e).__name__}); the run cannot be resumed"
         ) from None
+    step = None
+    if checkpoint is not None:
+        if not isinstance(checkpoint, dict) or "resume" not in checkpoint:
+            raise UsageError(f"{run_dir}/checkpoint.pt holds no resume state (written by a sane-run before 0.4)")
+        try:
+            step = int(checkpoint["resume"]["step"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"{run_dir}/checkpoint.pt holds no valid resume state ({type(e).__name__})") from None
     if cfg is not None:
         ours = OmegaConf.to_container(validate(cfg.copy()), resolve=True)  # as the run stored its own
         changed = sorted(k for k in set(ours) | set(stored) if k not in MAY_DIFFER and ours.get(k) != stored.get(k))

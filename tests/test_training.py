@@ -180,6 +180,6 @@ def test_float32_hessian_agrees_with_float64(tmp_path):
 
 
 def test_dense_hessian_too_large_for_memory_is_refused(tmp_path):
-    with pytest.raises(UsageError, match=r"hessian.method=exact needs about \d+ GiB .* use hessian=auto"):
+    with pytest.raises(UsageError, match=r"hessian.method=exact needs about [\d,]+ GiB .* use hessian=auto"):
         train(make_config("hessian=exact", "depth=3", "model.width=4000"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
