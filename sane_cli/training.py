@@ -59,9 +59,11 @@ class _Signals:
 
     def __init__(self):
         self.pending: int | None = None
+        self.received: int | None = None  # the last signal, also when torch re-raised it as another error
         self.holding = 0  # depth of nested hold() blocks
 
     def _handler(self, signum, _frame):
+        self.received = signum
         if self.holding:
             self.pending = signum
         else:
@@ -480,10 +482,16 @@ def _loop(
                     where["step"] = state.step = step + 1
                     top, sizes = state.copy(), writer.sizes()  # every file whole up to here
                     bar.update(1)
-        except KeyboardInterrupt:
+        except BaseException as e:
+            # a signal raised inside torch's own interpreter (torch.func's decompositions) comes out as a
+            # RuntimeError: a stop all the same
+            if not isinstance(e, KeyboardInterrupt) and signals.received is None:
+                raise
             if cfg.save_checkpoint:
                 save(top, sizes)
-            raise
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            raise Interrupted(signals.received) from None
     last = state.last
     final = {f"final_{k}": v for k, v in last.get("metrics", {}).items() if k not in ("lr", "epoch", "seconds")}
     for key in (

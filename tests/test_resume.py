@@ -204,3 +204,34 @@ def test_what_cannot_be_resumed_is_refused_in_one_line(tmp_path):
     out = run(tmp_path, f"resume={folder}", "threads=1")
     assert out.returncode == 0, out.stderr
     assert load_run(folder).status == "completed"
+
+
+def test_a_signal_that_torch_turns_into_another_error_still_stops_the_run(tmp_path, monkeypatch):
+    """torch's own interpreter (torch.func's decompositions) re-raises the error a signal handler raised as a
+    RuntimeError; the run still records `interrupted` and saves a checkpoint to resume from. (SIGTERM: a
+    non-interactive shell may start this process with SIGINT ignored.)"""
+    import sane_cli.training as training
+
+    real = training.measure
+    calls = []
+
+    def measure(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # inside the third checkpoint's computation
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+            except KeyboardInterrupt as e:
+                raise RuntimeError(f"The following operation failed in the TorchScript interpreter: {e}") from None
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "measure", measure)
+    cfg = make_config("steps=40", "hessian.every=10")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", progress=False)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["error"] == "SIGTERM at step 20"
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["resume"]["step"] == 20
+    monkeypatch.setattr(training, "measure", real)
+    train(cfg, tmp_path / "run", progress=False, resume=True)
+    train(cfg, tmp_path / "whole", progress=False)
+    assert _files(tmp_path / "run") == _files(tmp_path / "whole")
