@@ -238,9 +238,9 @@ def precheck(argv: list[str]) -> None:
                 raise UsageError(_compose_error(e)) from e
             cfg = validate(cfg)
             check_files(cfg.dataset)
-            in_dim, n_classes, n_train = dataset_sizes(cfg.dataset)
+            input_shape, n_classes, n_train = dataset_sizes(cfg.dataset)
             with torch.device("meta"):  # the sizes without allocating the model
-                model = build_model(cfg.model, in_dim, n_classes)
+                model = build_model(cfg.model, input_shape, n_classes)
             check_against_data(cfg, n_train, model)
 
 

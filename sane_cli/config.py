@@ -12,7 +12,7 @@ import os
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .errors import UsageError
-from .models import ACTIVATIONS
+from .models import ACTIVATIONS, LAYERED, MODELS, POOLINGS
 from .optim import OPTIMISERS, stability_threshold
 
 LOSSES = ("cross_entropy", "mse")
@@ -20,8 +20,9 @@ DEVICES = ("auto", "cpu", "cuda")
 HESSIAN_METHODS = ("exact", "block_diag", "block_band", "lanczos", "slq", "auto")
 DTYPES = ("float64", "float32")
 EIG_MODES = ("abs", "clip")
-DATASETS = ("mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10")
+DATASETS = ("mnist1d", "synthetic", "digits", "mnist", "fashion_mnist", "cifar10")
 FLOAT32_MAX = 3.4028234663852886e38
+DIGITS_IMAGES = 1797  # scikit-learn's bundled digits (sane_cli.data.DIGITS)
 
 
 def _fail(key: str, value, allowed: str) -> None:
@@ -52,7 +53,8 @@ def _check_choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
 
 def validate(cfg: DictConfig) -> DictConfig:
     """Check a composed run config, resolve it, and return it with the shortcuts `lr`, `depth` and `width`
-    made equal to `optim.lr`, `model.depth` and `model.width` (the values actually used).
+    made equal to `optim.lr`, `model.depth` and `model.width` (the values actually used; `width` null for
+    models without one).
 
     Raises:
         UsageError: on the first bad value, naming the key, the value and what is allowed.
@@ -83,9 +85,16 @@ def validate(cfg: DictConfig) -> DictConfig:
         _check_number(cfg, "dataset.n_classes", minimum=2, integer=True)
         _check_number(cfg, "dataset.noise", minimum=0)
 
-    _check_choice(cfg, "model.name", ("mlp",))
+    _check_choice(cfg, "model.name", tuple(MODELS))
     _check_number(cfg, "model.depth", minimum=1, integer=True)
-    _check_number(cfg, "model.width", minimum=1, integer=True)
+    if cfg.model.name == "mlp":
+        _check_number(cfg, "model.width", minimum=1, integer=True)
+    if cfg.model.name == "cnn":
+        _check_number(cfg, "model.channels", minimum=1, integer=True)
+        _check_number(cfg, "model.kernel", minimum=1, integer=True)
+        if cfg.model.kernel % 2 == 0:
+            _fail("model.kernel", cfg.model.kernel, "must be odd (the padding keeps the size only for odd widths)")
+        _check_choice(cfg, "model.pooling", POOLINGS)
     _check_choice(cfg, "model.activation", tuple(ACTIVATIONS))
 
     _check_choice(cfg, "optim.name", OPTIMISERS)
@@ -118,6 +127,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check_number(cfg, "max_loss", minimum=0, strict=True)
 
     _check_choice(cfg, "hessian.method", HESSIAN_METHODS)
+    if cfg.hessian.method in ("block_diag", "block_band") and cfg.model.name not in LAYERED:
+        _fail("hessian.method", cfg.hessian.method, f"needs a model of layer blocks ({', '.join(LAYERED)}); "
+              f"model={cfg.model.name} takes exact, lanczos, slq or auto")  # fmt: skip
     _check_number(cfg, "hessian.every", minimum=1, integer=True)
     _check_number(cfg, "hessian.subset", minimum=1, integer=True, optional=True)  # null: the whole training set
     _check_number(cfg, "hessian.alpha", minimum=0, strict=True)
@@ -142,6 +154,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         if not isinstance(OmegaConf.select(cfg, key), bool):
             _fail(key, OmegaConf.select(cfg, key), "must be true or false")
 
+    if cfg.dataset.name == "digits" and cfg.dataset.n_train + cfg.dataset.n_test > DIGITS_IMAGES:
+        _fail("dataset.n_train", cfg.dataset.n_train, f"plus dataset.n_test ({cfg.dataset.n_test}) must be at most "
+              f"{DIGITS_IMAGES}, the images of dataset=digits")  # fmt: skip
     n_train = cfg.dataset.get("n_train")
     subset = cfg.hessian.subset
     if n_train is not None and cfg.dataset.get("per_class") is None and subset is not None and subset > n_train:
@@ -150,7 +165,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     with open_dict(cfg):
         cfg.lr = cfg.optim.lr
         cfg.depth = cfg.model.depth
-        cfg.width = cfg.model.width
+        cfg.width = cfg.model.get("width")  # null for models without one (cnn: model.channels)
     return cfg
 
 

@@ -1,5 +1,6 @@
-"""Datasets, as in-memory tensors: MNIST-1D (generated offline), a synthetic set, and MNIST,
-Fashion-MNIST and CIFAR-10 read through torchvision from a local folder (never downloaded).
+"""Datasets, as in-memory tensors: MNIST-1D (generated offline), a synthetic set, scikit-learn's bundled
+8x8 digits, and MNIST, Fashion-MNIST and CIFAR-10 read through torchvision from a local folder (never
+downloaded).
 
 Inputs are float32 of shape (n, features...) and standardised with the training set's mean and
 standard deviation; labels are int64 class indices.
@@ -33,8 +34,13 @@ class Data:
     n_classes: int
 
     @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One example's shape: (features,) for vectors, (channels, height, width) for images."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
     def in_dim(self) -> int:
-        return int(np.prod(self.x_train.shape[1:]))
+        return int(np.prod(self.input_shape))
 
     def hessian_subset(self, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A fixed, seeded subset of the training set on which every Hessian of a run is taken."""
@@ -43,23 +49,26 @@ class Data:
         return self.x_train[idx], self.y_train[idx]
 
 
-_OFFICIAL = {"mnist": (784, 60000), "fashion_mnist": (784, 60000), "cifar10": (3072, 50000)}
+_OFFICIAL = {"mnist": ((1, 28, 28), 60000), "fashion_mnist": ((1, 28, 28), 60000), "cifar10": ((3, 32, 32), 50000)}
+DIGITS = (1797, (1, 8, 8))  # scikit-learn's bundled handwritten digits: examples, image shape
 
 
-def dataset_sizes(cfg) -> tuple[int, int, int]:
-    """(input size, classes, training examples at most) of the dataset ``cfg`` describes, without loading it:
-    enough to check a config against its data before any run starts (the image sets may hold fewer examples
-    than their official size; the exact count is checked again once loaded)."""
+def dataset_sizes(cfg) -> tuple[tuple[int, ...], int, int]:
+    """(one example's shape, classes, training examples at most) of the dataset ``cfg`` describes, without
+    loading it: enough to check a config against its data before any run starts (the image sets may hold
+    fewer examples than their official size; the exact count is checked again once loaded)."""
     if cfg.name == "mnist1d":
-        in_dim, n_classes, n_train = 40, 10, int(cfg.n_train)
+        shape, n_classes, n_train = (40,), 10, int(cfg.n_train)
     elif cfg.name == "synthetic":
-        in_dim, n_classes, n_train = int(cfg.n_features), int(cfg.n_classes), int(cfg.n_train)
+        shape, n_classes, n_train = (int(cfg.n_features),), int(cfg.n_classes), int(cfg.n_train)
+    elif cfg.name == "digits":
+        shape, n_classes, n_train = DIGITS[1], 10, int(cfg.n_train)
     else:
-        in_dim, official = _OFFICIAL[cfg.name]
+        shape, official = _OFFICIAL[cfg.name]
         n_classes, n_train = 10, official if cfg.get("n_train") is None else min(int(cfg.n_train), official)
     if cfg.get("per_class") is not None:
         n_train = min(n_train, int(cfg.per_class) * n_classes)
-    return in_dim, n_classes, n_train
+    return shape, n_classes, n_train
 
 
 def load_data(cfg) -> Data:
@@ -69,6 +78,8 @@ def load_data(cfg) -> Data:
         data = _mnist1d(cfg)
     elif name == "synthetic":
         data = _synthetic(cfg)
+    elif name == "digits":
+        data = _digits(cfg)
     elif name in ("mnist", "fashion_mnist", "cifar10"):
         data = _torchvision(cfg)
     else:
@@ -77,6 +88,25 @@ def load_data(cfg) -> Data:
         keep = _first_per_class(data.y_train, int(cfg.per_class), data.n_classes)
         data.x_train, data.y_train = data.x_train[keep], data.y_train[keep]
     return data
+
+
+def _digits(cfg) -> Data:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 16 grey levels; no download), as
+    (1, 8, 8) images, shuffled by ``data_seed`` and split into the first n_train and the next n_test."""
+    from sklearn.datasets import load_digits
+
+    n_train, n_test = int(cfg.n_train), int(cfg.n_test)
+    if n_train + n_test > DIGITS[0]:
+        raise UsageError(
+            f"dataset=digits holds {DIGITS[0]} images: dataset.n_train + dataset.n_test = {n_train + n_test} "
+            "is too many"
+        )
+    x, y = load_digits(return_X_y=True)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(int(cfg.data_seed)))
+    x = torch.as_tensor(x, dtype=torch.float32)[order].reshape(-1, *DIGITS[1]) / 16.0
+    y = torch.as_tensor(y, dtype=torch.int64)[order]
+    x_train, x_test = _standardise(x[:n_train], x[n_train : n_train + n_test])
+    return Data("digits", x_train, y[:n_train], x_test, y[n_train : n_train + n_test], 10)
 
 
 def _first_per_class(y: torch.Tensor, per_class: int, n_classes: int) -> torch.Tensor:
@@ -213,6 +243,8 @@ def _torchvision(cfg) -> Data:
         x = torch.as_tensor(np.asarray(ds.data)).float() / 255.0
         if x.ndim == 4:  # CIFAR is stored (n, 32, 32, 3); keep torch's channels-first layout
             x = x.permute(0, 3, 1, 2)
+        else:  # (MNIST, Fashion-MNIST) (n, 28, 28): one channel
+            x = x[:, None]
         y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
         n = len(y) if n is None else min(int(n), len(y))
         return x[:n].contiguous(), y[:n]

@@ -1,6 +1,13 @@
-"""Models: a fully connected net with a configurable depth, width and activation."""
+"""Models, chosen by ``model.name``: a fully connected net (``mlp``) and a small convolutional net (``cnn``).
+
+Each is built from its config group (conf/model/<name>.yaml) and the data's input shape (without the batch
+axis: (features,) for MNIST-1D, (channels, height, width) for image sets) by :func:`build_model`; a new model
+is a class, an entry in MODELS and a config file.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -35,16 +42,82 @@ class MLP(nn.Sequential):
         return super().forward(x.flatten(1))
 
 
-def build_model(model_cfg, in_dim: int, out_dim: int) -> nn.Module:
-    """The model named by ``model_cfg.name`` (only ``mlp`` for now), default PyTorch initialisation."""
-    return MLP(
-        in_dim,
-        out_dim,
-        depth=int(model_cfg.depth),
-        width=int(model_cfg.width),
-        activation=str(model_cfg.activation),
-        bias=bool(model_cfg.bias),
-    )
+class CNN(nn.Sequential):
+    """``depth`` convolutional layers of ``channels`` filters (``kernel`` wide, padded to keep the size), each
+    followed by ``activation`` and, while the signal is at least 2 long, a 2-wide ``pooling`` (max, avg or
+    none); then one linear layer from the flattened features to the classes. 1-D convolutions for inputs of
+    shape (length,) or (channels, length), 2-D for (channels, height, width).
+
+    >>> net = CNN((40,), 10, depth=2, channels=4, kernel=3)
+    >>> net(torch.zeros(5, 40)).shape, sum(p.numel() for p in net.parameters())
+    (torch.Size([5, 10]), 478)
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        out_dim: int,
+        depth: int,
+        channels: int,
+        kernel: int = 3,
+        pooling: str = "max",
+        activation: str = "relu",
+        bias: bool = True,
+    ):
+        shape = (1, *input_shape) if len(input_shape) == 1 else tuple(input_shape)
+        if len(shape) not in (2, 3):
+            raise ValueError(f"a CNN takes inputs of 1 or 2 spatial dimensions, not shape {tuple(input_shape)}")
+        conv, pools = (nn.Conv1d, POOLS_1D) if len(shape) == 2 else (nn.Conv2d, POOLS_2D)
+        layers: list[nn.Module] = [nn.Unflatten(1, shape)]
+        c, size = shape[0], list(shape[1:])
+        for _ in range(depth):
+            layers += [conv(c, channels, kernel, padding=kernel // 2, bias=bias), ACTIVATIONS[activation]()]
+            size = [s + 2 * (kernel // 2) - kernel + 1 for s in size]
+            if pooling != "none" and min(size) >= 2:
+                layers.append(pools[pooling](2))
+                size = [s // 2 for s in size]
+            c = channels
+        layers += [nn.Flatten(1), nn.Linear(c * math.prod(size), out_dim, bias=bias)]
+        super().__init__(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.flatten(1))
+
+
+POOLS_1D = {"max": nn.MaxPool1d, "avg": nn.AvgPool1d}
+POOLS_2D = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+POOLINGS = ("max", "avg", "none")
+
+
+def _mlp(cfg, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+    return MLP(math.prod(input_shape), out_dim, depth=int(cfg.depth), width=int(cfg.width),
+               activation=str(cfg.activation), bias=bool(cfg.bias))  # fmt: skip
+
+
+def _cnn(cfg, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+    return CNN(input_shape, out_dim, depth=int(cfg.depth), channels=int(cfg.channels), kernel=int(cfg.kernel),
+               pooling=str(cfg.pooling), activation=str(cfg.activation), bias=bool(cfg.bias))  # fmt: skip
+
+
+MODELS = {"mlp": _mlp, "cnn": _cnn}  # model.name -> builder(model config, input shape, classes)
+LAYERED = ("mlp",)  # models with the layer blocks that block_diag and block_band need
+
+
+def build_model(model_cfg, input_shape: tuple[int, ...] | int, out_dim: int) -> nn.Module:
+    """The model named by ``model_cfg.name`` for inputs of ``input_shape`` (an int: a flat vector), default
+    PyTorch initialisation."""
+    shape = (input_shape,) if isinstance(input_shape, int) else tuple(int(s) for s in input_shape)
+    return MODELS[str(model_cfg.name)](model_cfg, shape, out_dim)
+
+
+def describe(model_cfg) -> str:
+    """The model in a few words, e.g. ``mlp depth 3 width 24``.
+
+    >>> describe({"name": "cnn", "depth": 2, "channels": 8, "kernel": 3, "pooling": "max"})
+    'cnn depth 2 channels 8 kernel 3 pooling max'
+    """
+    keys = {"mlp": ("depth", "width"), "cnn": ("depth", "channels", "kernel", "pooling")}.get(model_cfg["name"], ())
+    return " ".join([str(model_cfg["name"]), *(f"{k} {model_cfg[k]}" for k in keys)])
 
 
 def n_parameters(model: nn.Module) -> int:

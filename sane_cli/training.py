@@ -30,7 +30,7 @@ from .config import UsageError, check_against_data, validate
 from .curvature import loss_function
 from .data import Data, load_data
 from .methods import measure, top_eigenvalue
-from .models import build_model, n_parameters
+from .models import build_model, describe, n_parameters
 from .optim import build_optimizer, full_batch, stability_threshold
 from .records import RunWriter
 
@@ -199,7 +199,7 @@ def train(
     device = resolve_device(cfg.device)
     data = load_data(cfg.dataset)
     torch.manual_seed(int(cfg.seed))
-    model = build_model(cfg.model, data.in_dim, data.n_classes).to(device)
+    model = build_model(cfg.model, data.input_shape, data.n_classes).to(device)
     n_params = n_parameters(model)
     check_against_data(cfg, len(data.y_train), model)
 
@@ -233,9 +233,9 @@ def train(
         )  # fmt: skip
     writer.write_summary(summary)
     log.info(
-        "%s: %d train / %d test examples; %s depth %d width %d (%d parameters); %s lr %g on %s%s",
-        data.name, len(data.y_train), len(data.y_test), cfg.model.name, cfg.model.depth, cfg.model.width,
-        n_params, cfg.optim.name, cfg.optim.lr, device,
+        "%s: %d train / %d test examples; %s (%d parameters); %s lr %g on %s%s",
+        data.name, len(data.y_train), len(data.y_test), describe(cfg.model), n_params, cfg.optim.name,
+        cfg.optim.lr, device,
         "" if point is None else f"; resumed at step {point.step or 0}",
     )  # fmt: skip
     where = {"step": 0}  # the training loop's step, for a record of where an interruption stopped it

@@ -29,7 +29,8 @@ def test_every_config_file_composes():
 def test_config_files_are_installed_with_the_package():
     root = resources.files("sane_cli.conf")
     assert (root / "config.yaml").is_file()
-    assert group_options("dataset") == ["cifar10", "fashion_mnist", "mnist", "mnist1d", "synthetic"]
+    assert group_options("dataset") == ["cifar10", "digits", "fashion_mnist", "mnist", "mnist1d", "synthetic"]
+    assert group_options("model") == ["cnn", "mlp"] and group_options("hydra/launcher") == ["slurm"]
 
 
 def test_shortcuts_reach_the_groups():
@@ -47,7 +48,7 @@ BAD = [
     (["depth=0"], r"model.depth=0 is invalid: must be an integer >= 1"),
     (["model.width=0"], r"model.width=0 is invalid"),
     (["model.activation=swish"], r"model.activation='swish' is invalid: must be one of relu, tanh, gelu"),
-    (["dataset=imagenet"], r"dataset='imagenet' is unknown; choose one of cifar10, fashion_mnist, mnist, mnist1d"),
+    (["dataset=imagenet"], r"dataset='imagenet' is unknown; choose one of cifar10, digits, fashion_mnist, mnist"),
     (["optim=adam"], r"optim='adam' is unknown; choose one of gd, sgd"),
     (
         ["optim.weight_decay=25"],

@@ -80,10 +80,10 @@ def test_mnist_formats_from_local_folder(tmp_path, name, sub):
     write_idx(tmp_path / sub / "raw", "train", train_x, train_y)
     write_idx(tmp_path / sub / "raw", "t10k", test_x, test_y)
     d = load_data(cfg(name=name, root=str(tmp_path), n_train=20, n_test=None, per_class=None))
-    assert d.x_train.shape == (20, 28, 28) and d.x_test.shape == (12, 28, 28) and d.in_dim == 784
+    assert d.x_train.shape == (20, 1, 28, 28) and d.x_test.shape == (12, 1, 28, 28) and d.in_dim == 784
     np.testing.assert_array_equal(d.y_train.numpy(), train_y[:20])
     # standardised with the kept training images' mean and std
-    raw = torch.as_tensor(train_x[:20]).float() / 255
+    raw = torch.as_tensor(train_x[:20]).float()[:, None] / 255  # one channel axis
     torch.testing.assert_close(d.x_train, (raw - raw.mean()) / raw.std())
 
 

@@ -49,7 +49,7 @@ def checkpoint_model(cfg, run_dir):
     """The model saved in run_dir/checkpoint.pt, and the run's data."""
     state = torch.load(run_dir / "checkpoint.pt")
     data = load_data(cfg.dataset)
-    model = build_model(cfg.model, data.in_dim, data.n_classes)
+    model = build_model(cfg.model, data.input_shape, data.n_classes)
     model.load_state_dict(state["model"])
     return model, data, state["step"]
 

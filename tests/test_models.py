@@ -1,0 +1,113 @@
+"""Models other than the MLP (the CNN) through every curvature method that takes them, against the dense
+float64 Hessian of torch.func; the digits dataset; model-specific config checks."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_config, reference_hessian
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from sane_cli.config import validate
+from sane_cli.curvature import hessian, loss_function
+from sane_cli.data import load_data
+from sane_cli.errors import UsageError
+from sane_cli.iterative import hvp_operator, lanczos
+from sane_cli.methods import measure
+from sane_cli.models import CNN, build_model
+from sane_cli.records import load_run
+from sane_cli.training import train
+
+
+@pytest.mark.parametrize(
+    "shape,pooling,activation,loss",
+    [((12,), "max", "relu", "cross_entropy"), ((2, 9), "avg", "tanh", "mse"),
+     ((1, 6, 5), "max", "gelu", "cross_entropy"), ((3, 4, 4), "none", "softplus", "cross_entropy")],
+)  # fmt: skip
+def test_cnn_hessian_matches_dense_reference(shape, pooling, activation, loss, device):
+    torch.manual_seed(len(shape))
+    model = CNN(shape, 3, depth=2, channels=3, kernel=3, pooling=pooling, activation=activation)
+    x, y = torch.randn(23, *shape), torch.randint(0, 3, (23,))
+    loss_fn = loss_function(loss, 3)
+    ref = reference_hessian(copy.deepcopy(model), loss_fn, x, y)
+    h = hessian(model.to(device), loss_fn, x.to(device), y.to(device)).cpu()
+    torch.testing.assert_close(h, ref, rtol=1e-10, atol=1e-12)
+    # Lanczos on the same model's Hessian-vector products
+    ev = np.linalg.eigvalsh(ref.numpy())[::-1]
+    matvec, p = hvp_operator(model, loss_fn, x.to(device), y.to(device))
+    top = lanczos(matvec, p, 4, tol=1e-10, max_iter=p, device=device)
+    np.testing.assert_allclose(top.values, ev[:4], rtol=1e-6)
+
+
+def test_cnn_measures_equal_those_of_its_dense_spectrum():
+    torch.manual_seed(1)
+    model = CNN((10,), 4, depth=2, channels=3)
+    x, y = torch.randn(40, 10), torch.randint(0, 4, (40,))
+    loss_fn = loss_function("cross_entropy", 4)
+    ev = np.linalg.eigvalsh(reference_hessian(copy.deepcopy(model), loss_fn, x, y).numpy())
+    hcfg = OmegaConf.merge(make_config().hessian, {"method": "exact"})
+    row = measure(model, loss_fn, x, y, hcfg, threshold=20.0).row
+    scale = 0.5 * np.sort(np.abs(ev))[::-1][0]
+    assert row["n_eff"] == pytest.approx(np.sum(np.abs(ev) / (np.abs(ev) + hcfg.alpha)), rel=1e-9)
+    assert row["sane"] == pytest.approx(np.sum(np.abs(ev) / (np.abs(ev) + scale)), rel=1e-9)
+    assert row["trace"] == pytest.approx(ev.sum(), rel=1e-9, abs=1e-12)
+
+
+def config(*overrides: str):
+    """The real config with ``overrides`` only (helpers.TINY sets MLP and synthetic-data keys)."""
+    with initialize_config_module(version_base="1.3", config_module="sane_cli.conf"):
+        return compose("config", overrides=list(overrides))
+
+
+def digits_config(*overrides: str):
+    return config("dataset=digits", *overrides).dataset
+
+
+def test_digits_are_the_bundled_images_split_by_seed():
+    from sklearn.datasets import load_digits
+
+    data = load_data(digits_config())
+    assert data.x_train.shape == (1400, 1, 8, 8) and data.x_test.shape == (397, 1, 8, 8)
+    assert data.input_shape == (1, 8, 8) and data.n_classes == 10
+    # scikit-learn's images, shuffled by the seed, split, standardised with the training images' statistics
+    raw_x, raw_y = load_digits(return_X_y=True)
+    order = torch.randperm(1797, generator=torch.Generator().manual_seed(0)).numpy()
+    x, y = raw_x[order] / 16.0, raw_y[order]
+    mean, std = x[:1400].mean(), x[:1400].std(ddof=1)
+    np.testing.assert_allclose(data.x_train.reshape(1400, 64).numpy(), (x[:1400] - mean) / std, atol=1e-5)
+    np.testing.assert_allclose(data.x_test.reshape(397, 64).numpy(), (x[1400:] - mean) / std, atol=1e-5)
+    assert np.array_equal(data.y_train.numpy(), y[:1400]) and np.array_equal(data.y_test.numpy(), y[1400:])
+    assert not torch.equal(load_data(digits_config("dataset.data_seed=1")).y_train, data.y_train)
+    with pytest.raises(UsageError, match="dataset=digits holds 1797 images"):
+        load_data(digits_config("dataset.n_train=1500", "dataset.n_test=400"))
+
+
+def test_a_cnn_trains_on_digits_and_is_measured(tmp_path):
+    cfg = config("model=cnn", "dataset=digits", "dataset.per_class=5", "dataset.n_test=50", "depth=2",
+                 "model.channels=2", "steps=6", "hessian.every=3", "lr=0.05", "device=cpu")  # fmt: skip
+    train(cfg, tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    assert run.status == "completed" and run.config["width"] is None and run.config["model"]["channels"] == 2
+    model = build_model(cfg.model, (1, 8, 8), 10)
+    assert run.summary["n_params"] == sum(p.numel() for p in model.parameters())
+    assert (run.hessian.method == "exact").all() and len(run.hessian) == 3
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model=cnn", "hessian=block_diag"], "hessian.method='block_diag' is invalid: needs a model of layer blocks"),
+        (["model=cnn", "hessian=block_band"], "hessian.method='block_band' is invalid: needs a model of layer blocks"),
+        (["model=cnn", "model.kernel=4"], "model.kernel=4 is invalid: must be odd"),
+        (["model=cnn", "model.pooling=sum"], "model.pooling='sum' is invalid: must be one of max, avg, none"),
+        (["model=cnn", "model.channels=0"], "model.channels=0 is invalid"),
+        (["dataset=digits", "dataset.n_train=1500"], "dataset.n_train=1500 is invalid: plus dataset.n_test"),
+    ],
+)
+def test_cnn_config_errors(overrides, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate(config(*overrides))
