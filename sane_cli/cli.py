@@ -91,7 +91,7 @@ def _existing_run(cfg, run_dir: Path, overrides: list[str]):
             status = json.loads((run_dir / "summary.json").read_text()).get("status")
         except (OSError, ValueError, AttributeError):
             status = None
-        if status in ("completed", "diverged"):
+        if status in ("completed", "converged", "diverged"):
             print(f"sane-run: {run_dir} already holds a {status} run; skipped", flush=True)  # its run.log untouched
             return None
         resume_point(run_dir, cfg)  # its config must be this job's

@@ -125,6 +125,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check_choice(cfg, "device", DEVICES)
     _check_number(cfg, "threads", minimum=1, integer=True, optional=True)
     _check_number(cfg, "max_loss", minimum=0, strict=True)
+    _check_number(cfg, "stop.train_loss", minimum=0, optional=True)
+    _check_number(cfg, "stop.train_acc", minimum=0, strict=True, optional=True)
+    if (OmegaConf.select(cfg, "stop.train_acc") or 0) > 1:
+        _fail("stop.train_acc", cfg.stop.train_acc, "must be in (0, 1] (a fraction of the training set)")
 
     _check_choice(cfg, "hessian.method", HESSIAN_METHODS)
     if cfg.hessian.method in ("block_diag", "block_band") and cfg.model.name not in LAYERED:

@@ -57,7 +57,8 @@ HESSIAN_COLUMNS = [
 ]  # fmt: skip
 LOSS_COLUMNS = ["step", "loss"]
 CHECKPOINT_KINDS = ("scheduled", "pre_spike", "post_spike")
-STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
+STATUSES = ("running", "completed", "converged", "diverged", "failed", "interrupted")
+FINISHED = ("completed", "converged")  # ran to its end: all its steps, or its stop criterion
 
 
 class _CsvLog:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from .basins import BASIN_COLUMNS
 from .errors import UsageError
-from .records import Run, find_runs, is_locked, load_run
+from .records import FINISHED, Run, find_runs, is_locked, load_run
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +214,10 @@ def unique_slugs(labels) -> list[str]:
 
 
 def group_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Completed runs grouped by every varying key but the seed: n_runs, and mean and std (over seeds) of
+    """Finished runs (completed, or converged: stopped by their criterion) grouped by every varying key but the seed: n_runs, and mean and std (over seeds) of
     each final quantity; n_diverged counts the group's diverged runs."""
     keys = [k for k in varying_keys(table) if k != "seed"]
-    done = table[table.status == "completed"]
+    done = table[table.status.isin(FINISHED)]
     if not keys:
         groups = {"all runs": (done, table)}
     else:
@@ -243,7 +243,7 @@ def correlations(table: pd.DataFrame, measures=MEASURES, targets=TARGETS) -> pd.
     both are finite (NaN with fewer than 3)."""
     from scipy.stats import kendalltau, spearmanr
 
-    done = table[table.status == "completed"]
+    done = table[table.status.isin(FINISHED)]
     rows = []
     for m in measures:
         for t in targets:
@@ -434,7 +434,7 @@ def _html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run,
         parts += [f"<h2>{titles[x]}</h2>", "<p>Final values; mean and standard deviation over seeds; crosses on "
                   "the x axis mark diverged runs.</p>", img(files, f"{x} comparison")]  # fmt: skip
     parts += [
-        "<h2>Correlations</h2><p>Across completed runs, final values.</p>", tbl(corr),
+        "<h2>Correlations</h2><p>Across finished runs (completed or converged), final values.</p>", tbl(corr),
         "<h2>Groups</h2><p>Completed runs that differ only in their seed.</p>", tbl(groups),
         "<h2>Per run</h2>",
     ]  # fmt: skip

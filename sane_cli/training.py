@@ -268,7 +268,7 @@ class ResumePoint:
     step: int | None  # None: no checkpoint.pt (stopped before step 0 was saved), so the run starts over
 
 
-RESUMABLE = ("running", "interrupted", "failed")
+RESUMABLE = ("running", "interrupted", "failed")  # completed, converged and diverged runs have ended
 MAY_DIFFER = ("threads", "device", "resume")  # keys a resumed run may change: where it runs, not what it computes
 
 
@@ -448,6 +448,13 @@ def _loop(
                         loss=f"{state.last['metrics']['train_loss']:.4g}",
                         test_acc=f"{state.last['metrics']['test_acc']:.3f}",
                     )
+                    if step < steps and _reached(cfg.get("stop"), state.last["metrics"]):
+                        status = "converged"
+                        if step not in state.measured:  # the curvature where the run ends
+                            state.last["curvature"] = curvature(step)
+                        log.info("step %d: the stop criterion %s is reached; the run ends here", step,
+                                 OmegaConf.to_container(cfg.stop))  # fmt: skip
+                        break
                 if step == steps:
                     break
                 with signals.hold():  # the step changes the state: a signal waits for the next step's top
@@ -511,6 +518,16 @@ def _loop(
     return {
         "status": status, "steps_done": step, "steps_planned": steps, "spikes_measured": state.spikes, **final
     }  # fmt: skip
+
+
+def _reached(stop, metrics: dict[str, Any]) -> bool:
+    """Whether the training loss and accuracy of a metrics row meet ``stop`` (every criterion set; none set:
+    never)."""
+    if stop is None or (stop.get("train_loss") is None and stop.get("train_acc") is None):
+        return False
+    loss_ok = stop.get("train_loss") is None or metrics["train_loss"] <= float(stop.train_loss)
+    acc_ok = stop.get("train_acc") is None or metrics["train_acc"] >= float(stop.train_acc)
+    return loss_ok and acc_ok
 
 
 RESUME_FORMAT = 1

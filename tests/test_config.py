@@ -44,6 +44,8 @@ def test_shortcuts_reach_the_groups():
 
 BAD = [
     (["lr=-0.1"], r"optim.lr=-0.1 is invalid: must be a number > 0"),
+    (["stop.train_acc=1.5"], r"stop.train_acc=1.5 is invalid: must be in \(0, 1\]"),
+    (["stop.train_loss=-1"], r"stop.train_loss=-1 is invalid: must be a number >= 0"),
     (["lr=0"], r"optim.lr=0 is invalid"),
     (["depth=0"], r"model.depth=0 is invalid: must be an integer >= 1"),
     (["model.width=0"], r"model.width=0 is invalid"),

@@ -183,3 +183,28 @@ def test_dense_hessian_too_large_for_memory_is_refused(tmp_path):
     with pytest.raises(UsageError, match=r"hessian.method=exact needs about [\d,]+ GiB .* use hessian=auto"):
         train(make_config("hessian=exact", "depth=3", "model.width=4000"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("stop", [["stop.train_loss=0.9"], ["stop.train_loss=2", "stop.train_acc=0.6"]])
+def test_a_stop_criterion_ends_the_run_converged_with_a_checkpoint_there(tmp_path, stop):
+    """The run ends at the first metrics row that meets every criterion set, with status converged and a
+    curvature checkpoint at that step; the report counts it among the finished runs."""
+    cfg = make_config("steps=400", "hessian.every=100", "log_every=10", "lr=0.5", *stop)
+    train(cfg, tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    m = run.metrics
+    loss_ok = m.train_loss <= cfg.stop.train_loss
+    met = loss_ok & (m.train_acc >= cfg.stop.train_acc) if cfg.stop.train_acc is not None else loss_ok
+    first = int(m.step[met].iloc[0])  # the first logged step that meets the criterion
+    assert run.status == "converged" and run.summary["steps_done"] == first == int(m.step.iloc[-1]) < 400
+    assert int(run.hessian.step.iloc[-1]) == first and run.summary["final_curvature_step"] == first
+    assert run.summary["final_train_loss"] == m.train_loss.iloc[-1]
+    from sane_cli.report import group_table, summary_table
+
+    assert group_table(summary_table([run])).n_runs.tolist() == [1]
+
+
+def test_a_stop_criterion_not_reached_leaves_the_run_completed(tmp_path):
+    train(make_config("stop.train_loss=1e-9"), tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    assert run.status == "completed" and run.summary["steps_done"] == 20
