@@ -214,8 +214,9 @@ def unique_slugs(labels) -> list[str]:
 
 
 def group_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Finished runs (completed, or converged: stopped by their criterion) grouped by every varying key but the seed: n_runs, and mean and std (over seeds) of
-    each final quantity; n_diverged counts the group's diverged runs."""
+    """Finished runs (completed, or converged: stopped by their criterion) grouped by every varying key but
+    the seed: n_runs, and mean and std (over seeds) of each final quantity; n_diverged counts the group's
+    diverged runs."""
     keys = [k for k in varying_keys(table) if k != "seed"]
     done = table[table.status.isin(FINISHED)]
     if not keys:
