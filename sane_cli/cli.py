@@ -82,6 +82,7 @@ def _existing_run(cfg, run_dir: Path, overrides: list[str]):
 
     from omegaconf import OmegaConf, open_dict
 
+    from .records import ENDED
     from .training import MAY_DIFFER, resume_point
 
     if cfg.get("resume") is None and not (run_dir / "summary.json").exists():
@@ -91,7 +92,7 @@ def _existing_run(cfg, run_dir: Path, overrides: list[str]):
             status = json.loads((run_dir / "summary.json").read_text()).get("status")
         except (OSError, ValueError, AttributeError):
             status = None
-        if status in ("completed", "converged", "diverged"):
+        if status in ENDED:
             print(f"sane-run: {run_dir} already holds a {status} run; skipped", flush=True)  # its run.log untouched
             return None
         resume_point(run_dir, cfg)  # its config must be this job's
@@ -126,8 +127,6 @@ def _set_threads(threads: int | None, launcher) -> None:
     joblib's ``n_jobs`` parallel jobs (-1: one job per core), so that jobs x threads <= cores. Set for torch and
     for every BLAS in the process (scipy's too, behind the eigenvector solver), so that a run's numbers depend
     on its thread count alone, not on the launcher that ran it."""
-    import os
-
     import torch
     from threadpoolctl import threadpool_limits
 

@@ -59,6 +59,7 @@ LOSS_COLUMNS = ["step", "loss"]
 CHECKPOINT_KINDS = ("scheduled", "pre_spike", "post_spike")
 STATUSES = ("running", "completed", "converged", "diverged", "failed", "interrupted")
 FINISHED = ("completed", "converged")  # ran to its end: all its steps, or its stop criterion
+ENDED = (*FINISHED, "diverged")  # nothing left to run: a sweep started again skips them, resume= refuses them
 
 
 class _CsvLog:

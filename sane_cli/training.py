@@ -268,7 +268,6 @@ class ResumePoint:
     step: int | None  # None: no checkpoint.pt (stopped before step 0 was saved), so the run starts over
 
 
-RESUMABLE = ("running", "interrupted", "failed")  # completed, converged and diverged runs have ended
 MAY_DIFFER = ("threads", "device", "resume")  # keys a resumed run may change: where it runs, not what it computes
 
 
@@ -282,7 +281,7 @@ def resume_point(run_dir: str | Path, cfg: DictConfig | None = None) -> ResumePo
     Raises:
         UsageError: naming the folder and why it cannot be resumed.
     """
-    from .records import is_locked
+    from .records import ENDED, STATUSES, is_locked
 
     run_dir = Path(run_dir)
     if is_locked(run_dir):
@@ -295,7 +294,7 @@ def resume_point(run_dir: str | Path, cfg: DictConfig | None = None) -> ResumePo
         stored = summary["config"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UsageError(f"{run_dir} holds no readable run (summary.json: {e}); nothing to resume") from None
-    if status not in RESUMABLE:
+    if status not in STATUSES or status in ENDED:  # running (killed), interrupted and failed runs resume
         raise UsageError(f"{run_dir} is a {status} run; nothing to resume")
     if not stored.get("save_checkpoint", True):
         raise UsageError(f"{run_dir} was run with save_checkpoint=false: it has no checkpoint.pt to resume from")
