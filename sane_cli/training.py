@@ -220,9 +220,7 @@ def train(
         }
         earlier_seconds = 0.0
     else:
-        checkpoint = None
-        if point.step is not None:
-            checkpoint = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=True)
+        checkpoint = point.checkpoint  # on the CPU: _restore moves each part where it belongs
         writer = RunWriter(run_dir, resume_sizes={} if checkpoint is None else checkpoint["resume"]["sizes"])
         summary = point.summary
         earlier_seconds = float(summary.get("wall_seconds") or 0.0)
@@ -266,6 +264,7 @@ class ResumePoint:
 
     summary: dict[str, Any]
     step: int | None  # None: no checkpoint.pt (stopped before step 0 was saved), so the run starts over
+    checkpoint: dict[str, Any] | None = None  # checkpoint.pt as read (tensors on the CPU)
 
 
 MAY_DIFFER = ("threads", "device", "resume")  # keys a resumed run may change: where it runs, not what it computes
@@ -323,7 +322,7 @@ def resume_point(run_dir: str | Path, cfg: DictConfig | None = None) -> ResumePo
                 f"{run_dir} holds a run with another config ({key}: {stored.get(key)!r} there, {ours.get(key)!r} "
                 "now); resume it with its own config, or give the new run another folder"
             )
-    return ResumePoint(summary, step)
+    return ResumePoint(summary, step, checkpoint)
 
 
 @dataclass
