@@ -96,19 +96,28 @@ class _CsvLog:
 class RunWriter:
     """Writes one run folder in the layout above."""
 
-    def __init__(self, run_dir: str | Path, resume_sizes: dict[str, int] | None = None):
-        """A new run folder, or (``resume_sizes``: the bytes of each CSV that a checkpoint holds) the folder of
-        a stopped run, cut back to that checkpoint and continued. The folder is locked while the writer is
-        open, so that no second sane-run resumes a run that is still going."""
+    def __init__(
+        self, run_dir: str | Path, resume_sizes: dict[str, int] | None = None, summary: dict[str, Any] | None = None
+    ):
+        """A new run folder, claimed with its first ``summary``, or (``resume_sizes``: the bytes of each CSV
+        that a checkpoint holds) the folder of a stopped run, cut back to that checkpoint and continued. The
+        folder is locked while the writer is open, so that no second sane-run resumes a run that is still
+        going."""
         self.dir = Path(run_dir)
         if resume_sizes is None:
             self.dir.mkdir(parents=True, exist_ok=True)
-            try:  # claimed atomically: of two runs started into one folder, the second is refused
-                os.close(os.open(self.dir / "summary.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            # claimed atomically, and whole: summary.json is linked into place only if no file has that name,
+            # so of two runs started into one folder the second is refused, and a kill leaves a readable claim
+            tmp = self.dir / f".summary.json.{os.getpid()}.tmp"
+            try:
+                tmp.write_text(_summary_text(summary or {"status": "running"}))
+                os.link(tmp, self.dir / "summary.json")
             except FileExistsError:
                 raise UsageError(
                     f"{self.dir} already holds a run (summary.json); choose another output folder"
                 ) from None
+            finally:
+                tmp.unlink(missing_ok=True)
         self._lock = _lock(self.dir)
         try:
             if resume_sizes is not None:
@@ -146,7 +155,7 @@ class RunWriter:
         _atomic(self.dir / "checkpoint.pt", lambda f: torch.save(state, f))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        text = json.dumps(_finite(summary), indent=2, default=_json_default, allow_nan=False) + "\n"
+        text = _summary_text(summary)
         _atomic(self.dir / "summary.json", lambda f: f.write(text.encode()))
 
     def close(self) -> None:
@@ -220,6 +229,10 @@ def _atomic(path: Path, write) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _summary_text(summary: dict[str, Any]) -> str:
+    return json.dumps(_finite(summary), indent=2, default=_json_default, allow_nan=False) + "\n"
 
 
 def _finite(obj: Any) -> Any:

@@ -206,7 +206,6 @@ def train(
     started = time.time()
     now = dt.datetime.now().isoformat(timespec="seconds")
     if point is None:
-        writer = RunWriter(run_dir)
         summary: dict[str, Any] = {
             "status": "running",
             "error": None,
@@ -218,6 +217,7 @@ def train(
             "environment": environment(device),
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
+        writer = RunWriter(run_dir, summary=summary)
         earlier_seconds = 0.0
     else:
         checkpoint = point.checkpoint  # on the CPU: _restore moves each part where it belongs

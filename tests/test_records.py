@@ -122,3 +122,23 @@ def test_summary_json_is_strict_json_for_a_diverged_run(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text(), parse_constant=refuse)
     assert summary["status"] == "diverged" and summary["final_train_loss"] is None
     assert summary_table(collect([tmp_path])[0]).train_loss.isna().all()
+
+
+def test_a_run_folder_is_claimed_whole_and_only_once(tmp_path):
+    """summary.json appears with its first content in one step (a kill right after the claim leaves a
+    readable, resumable record), and a second writer into the same folder is refused."""
+    from sane_cli.records import RunWriter
+
+    writer = RunWriter(tmp_path / "run", summary={"status": "running", "config": {"seed": 3}})
+    try:
+        assert json.loads((tmp_path / "run" / "summary.json").read_text()) == {
+            "status": "running",
+            "config": {"seed": 3},
+        }
+        with pytest.raises(UsageError, match="already holds a run"):
+            RunWriter(tmp_path / "run")
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+            "hessian.csv", "loss.csv", "metrics.csv", "spectra", "summary.json"
+        ]  # fmt: skip
+    finally:
+        writer.close()
