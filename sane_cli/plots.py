@@ -38,6 +38,7 @@ LABELS = {
     "n_eff": r"$N_\mathrm{eff}$",
     "lambda_max": r"$\lambda_\mathrm{max}$",
     "trace": r"tr $H$",
+    "log_evidence": "log evidence (Laplace)",
     "test_acc": "test accuracy",
     "test_loss": "test loss",
     "gen_gap": "generalisation gap\n(test - train loss)",

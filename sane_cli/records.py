@@ -14,7 +14,8 @@ A run folder holds::
                               training set unless hessian.subset is set), lambda_max, lambda_max_train
                               (the top eigenvalue of the whole training loss; = lambda_max without a
                               subset), lambda_min, trace, trace_se, n_negative, n_eff, n_eff_se, sane,
-                              sane_se (standard errors of estimates, 0 for exact values), alpha, rho, k,
+                              sane_se (standard errors of estimates, 0 for exact values), log_evidence
+                              (Laplace, exact method only; sane_cli.measures), alpha, rho, k,
                               eig_mode, stability_threshold (of the optimiser: 2/lr for plain GD),
                               sharpness_ratio (lambda_max_train / stability_threshold), converged
                               (iterative methods), seconds, kind (scheduled, pre_spike: the state just
@@ -52,7 +53,7 @@ from .errors import UsageError
 METRICS_COLUMNS = ["step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
 HESSIAN_COLUMNS = [
     "step", "lr", "method", "dtype", "n_params", "subset", "lambda_max", "lambda_max_train", "lambda_min", "trace",
-    "trace_se", "n_negative", "n_eff", "n_eff_se", "sane", "sane_se", "alpha", "rho", "k", "eig_mode",
+    "trace_se", "n_negative", "n_eff", "n_eff_se", "sane", "sane_se", "log_evidence", "alpha", "rho", "k", "eig_mode",
     "stability_threshold", "sharpness_ratio", "converged", "seconds", "kind",
 ]  # fmt: skip
 LOSS_COLUMNS = ["step", "loss"]
@@ -293,6 +294,8 @@ def _upgrade_hessian_table(df: pd.DataFrame, summary: dict[str, Any]) -> pd.Data
     if "lambda_max_train" not in df.columns and "lambda_max" in df.columns and "subset" in df.columns:
         whole = df["subset"] == summary.get("n_train")
         df["lambda_max_train"] = df["lambda_max"].where(whole)
+    if "log_evidence" not in df.columns and "sane_se" in df.columns:  # before 0.4
+        df.insert(df.columns.get_loc("sane_se") + 1, "log_evidence", np.nan)
     if set(df.columns) == set(HESSIAN_COLUMNS):
         df = df[HESSIAN_COLUMNS]
     return df

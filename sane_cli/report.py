@@ -51,7 +51,7 @@ CONFIG_KEYS = {
     "hessian": ("hessian", "method"), "seed": ("seed",),
 }  # fmt: skip
 IGNORED_KEYS = {"lr", "depth", "width", "device", "dataset.root", "dataset.cache_dir", "save_checkpoint"}
-MEASURES = ("sane", "n_eff", "lambda_max", "trace")
+MEASURES = ("sane", "n_eff", "log_evidence", "lambda_max", "trace")
 TARGETS = ("test_loss", "test_acc", "gen_gap")
 FORMATS = ("png", "pdf")
 QUANTITIES = (*MEASURES, "test_loss", "test_acc", "train_loss", "train_acc", "gen_gap", "stability_threshold")
@@ -117,7 +117,7 @@ def summary_table(runs: list[Run]) -> pd.DataFrame:
         h = run.hessian[run.hessian.kind != "pre_spike"] if len(run.hessian) else run.hessian
         last = h.sort_values("step").iloc[-1] if len(h) else None
         for key in ("lambda_max", "lambda_max_train", "lambda_min", "trace", "trace_se", "n_eff", "n_eff_se", "sane",
-                    "sane_se", "stability_threshold", "sharpness_ratio"):  # fmt: skip
+                    "sane_se", "log_evidence", "stability_threshold", "sharpness_ratio"):  # fmt: skip
             row[key] = float(last[key]) if last is not None else np.nan
         row["curvature_step"] = int(last.step) if last is not None else np.nan
         row["method"] = last.method if last is not None else None

@@ -506,6 +506,7 @@ def _loop(
         "trace",
         "n_eff",
         "sane",
+        "log_evidence",
         "stability_threshold",
         "sharpness_ratio",
     ):

@@ -189,3 +189,29 @@ def test_lanczos_values_only_reaches_the_eigenvalue_tolerance_sooner():
     values = lanczos(matvec, p, 3, tol=1e-8, max_iter=p, seed=2, values_only=True)
     assert values.converged and values.iterations < vectors.iterations
     np.testing.assert_allclose(values.values, ev[:3], rtol=1e-7)
+
+
+def test_laplace_evidence_is_exact_for_bayesian_linear_regression():
+    """A linear model under the MSE loss (a unit-variance Gaussian likelihood) at the posterior mode: the
+    Laplace evidence is the exact marginal likelihood, log N(y_c | 0, I + X X^T / gamma) summed over the
+    outputs (scipy), up to the likelihood's constant n C / 2 log 2 pi."""
+    from scipy.stats import multivariate_normal
+
+    torch.manual_seed(0)
+    n, d, c, gamma = 30, 4, 3, 2.5
+    x, labels = torch.randn(n, d, dtype=torch.float64), torch.randint(0, c, (n,))
+    targets = torch.nn.functional.one_hot(labels, c).double().numpy()
+    xt = np.hstack([x.numpy(), np.ones((n, 1))])  # weights and bias share the prior
+    mode = np.linalg.solve(xt.T @ xt + gamma * np.eye(d + 1), xt.T @ targets)  # (d + 1, c)
+    model = MLP(d, c, depth=1, width=1).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.as_tensor(mode[:d].T))
+        model[0].bias.copy_(torch.as_tensor(mode[d]))
+    hcfg = OmegaConf.merge(make_config().hessian, {"method": "exact", "prior_precision": gamma})
+    row = measure(model, loss_function("mse", c), x, labels, hcfg, threshold=20.0).row
+    cov = np.eye(n) + xt @ xt.T / gamma
+    exact = sum(multivariate_normal(np.zeros(n), cov).logpdf(targets[:, j]) for j in range(c))
+    assert row["log_evidence"] - n * c / 2 * np.log(2 * np.pi) == pytest.approx(exact, rel=1e-10)
+    # the iterative methods have no whole spectrum: no evidence
+    slq_cfg = OmegaConf.merge(hcfg, {"method": "slq", "probes": 4, "steps": 5})
+    assert np.isnan(measure(model, loss_function("mse", c), x, labels, slq_cfg, threshold=20.0).row["log_evidence"])

@@ -110,7 +110,7 @@ def test_correlations_match_a_direct_computation(sweep, tmp_path):
     table = pd.read_csv(tmp_path / "rep" / "summary.csv")
     corr = pd.read_csv(tmp_path / "rep" / "correlations.csv")
     done = table[table.status == "completed"]
-    assert len(corr) == 4 * 3 and (corr.n_runs == len(done)).all()
+    assert len(corr) == 5 * 3 and (corr.n_runs == len(done)).all()
     for _, row in corr.iterrows():
         x, y = done[row.measure].to_numpy(), done[row.target].to_numpy()
         assert row.kendall_tau == pytest.approx(kendall_tau_b(x, y), abs=1e-12)
