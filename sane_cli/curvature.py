@@ -289,12 +289,14 @@ def generic_hessian(
     y: torch.Tensor,
     *,
     dtype: torch.dtype = torch.float64,
-    block: int = 64,
+    block: int = 8,
     max_rows: int = 4096,
 ) -> torch.Tensor:
     """The exact Hessian of any model by Hessian-vector products with the unit vectors.
 
-    ``block`` unit vectors are processed at once, through :func:`hvp_operator`.
+    ``block`` unit vectors are processed at once, through :func:`hvp_operator` (8: for convolutions, larger
+    vmapped batches are slower per vector: 24 s for 64, 9 s for 8, 12 s one at a time, a depth-3 CNN of 842
+    parameters on 1,000 MNIST-1D examples, 2 cores).
     """
     matvec, n_params = hvp_operator(model, loss_fn, x, y, dtype=dtype, max_rows=max_rows)
     device = next(model.parameters()).device
