@@ -80,3 +80,22 @@ def test_bad_values_are_rejected_before_work(argv, message):
 
 def test_good_sweep_passes_precheck():
     precheck(["-m", "lr=0.01,0.1,0.5", "depth=2,4,8", "dataset=mnist1d,synthetic"])
+
+
+def test_each_list_of_choices_matches_its_config_files():
+    """The choices validation allows are the options installed in each config group: adding a dataset,
+    model or optimiser means its code and its config file, and this test says when one is missing."""
+    from sane_cli.config import DATASETS, HESSIAN_METHODS
+    from sane_cli.models import MODELS
+    from sane_cli.optim import OPTIMISERS
+
+    assert group_options("dataset") == sorted(DATASETS)
+    assert group_options("model") == sorted(MODELS)
+    assert group_options("optim") == sorted(OPTIMISERS)
+    assert group_options("hessian") == sorted(HESSIAN_METHODS)
+    from sane_cli.data import dataset_sizes
+
+    with initialize_config_module(version_base="1.3", config_module="sane_cli.conf"):
+        for name in DATASETS:  # every dataset has its sizes (what the checks before a sweep need)
+            shape, classes, n_train = dataset_sizes(compose("config", overrides=[f"dataset={name}"]).dataset)
+            assert len(shape) in (1, 3) and classes >= 2 and n_train >= 1, name
