@@ -44,13 +44,16 @@ from .records import FINISHED, Run, find_runs, is_locked, load_run
 log = logging.getLogger(__name__)
 
 CONFIG_KEYS = {
-    "dataset": ("dataset", "name"), "depth": ("model", "depth"), "width": ("model", "width"),
+    "dataset": ("dataset", "name"), "model": ("model", "name"), "depth": ("model", "depth"),
+    "width": ("model", "width"),
     "activation": ("model", "activation"), "optim": ("optim", "name"), "lr": ("optim", "lr"),
     "batch_size": ("optim", "batch_size"), "momentum": ("optim", "momentum"),
     "weight_decay": ("optim", "weight_decay"), "loss": ("loss",), "steps": ("steps",),
     "hessian": ("hessian", "method"), "seed": ("seed",),
 }  # fmt: skip
-IGNORED_KEYS = {"lr", "depth", "width", "device", "dataset.root", "dataset.cache_dir", "save_checkpoint"}
+# keys that do not change what a run computes (where it ran, how it was started) or repeat another
+IGNORED_KEYS = {"lr", "depth", "width", "device", "threads", "resume", "dataset.root", "dataset.cache_dir",
+                "save_checkpoint"}  # fmt: skip
 MEASURES = ("sane", "n_eff", "log_evidence", "lambda_max", "trace")
 TARGETS = ("test_loss", "test_acc", "gen_gap")
 FORMATS = ("png", "pdf")

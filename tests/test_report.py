@@ -269,3 +269,19 @@ def test_a_killed_run_is_reported_as_stopped_and_a_live_one_as_running(sweep, tm
         os.close(fd)
     table = pd.read_csv(tmp_path / "rep" / "summary.csv").set_index("label")
     assert table.status.to_dict() == {"killed": "stopped", "live": "running"}
+
+
+def test_a_resumed_run_groups_with_its_unstopped_twin(sweep, tmp_path):
+    """`resume` and `threads` say how a run was started, not what it computed: no label or group splits on
+    them."""
+    good = find_runs(sweep)[0]
+    for name, extra in (("plain", {}), ("resumed", {"resume": "/somewhere/run", "threads": 1})):
+        shutil.copytree(good, tmp_path / "runs" / name)
+        path = tmp_path / "runs" / name / "summary.json"
+        summary = json.loads(path.read_text())
+        summary["config"].update(extra)
+        path.write_text(json.dumps(summary))
+    report([tmp_path / "runs"], tmp_path / "rep", Options(jobs=1))
+    groups = pd.read_csv(tmp_path / "rep" / "groups.csv")
+    assert groups.n_runs.tolist() == [2]
+    assert sorted(pd.read_csv(tmp_path / "rep" / "summary.csv").label) == ["plain", "resumed"]
