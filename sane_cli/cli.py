@@ -83,23 +83,23 @@ def _existing_run(cfg, run_dir: Path, overrides: list[str]):
     from omegaconf import OmegaConf, open_dict
 
     from .records import ENDED
-    from .training import MAY_DIFFER, resume_point
+    from .training import MAY_DIFFER
 
     if cfg.get("resume") is None and not (run_dir / "summary.json").exists():
         return False
+    summary_path = run_dir / "summary.json"
     if cfg.get("resume") is None:  # a sweep started again into the same hydra.sweep.dir
         try:
-            status = json.loads((run_dir / "summary.json").read_text()).get("status")
+            status = json.loads(summary_path.read_text()).get("status")
         except (OSError, ValueError, AttributeError):
             status = None
         if status in ENDED:
             print(f"sane-run: {run_dir} already holds a {status} run; skipped", flush=True)  # its run.log untouched
             return None
-        resume_point(run_dir, cfg)  # its config must be this job's
-        return cfg
-    point = resume_point(run_dir)
-    given = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if "=" in o}
-    stored = OmegaConf.create(point.summary["config"])
+        return cfg  # train(resume=True) checks that the run there has this job's config
+    # resume=<folder>: checked before Hydra started (precheck), so its summary.json is readable
+    stored = OmegaConf.create(json.loads(summary_path.read_text())["config"])
+    given = {o.split("=", 1)[0] for o in overrides}
     with open_dict(stored):
         for key in MAY_DIFFER:
             if key in given and key != "resume":

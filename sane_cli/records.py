@@ -233,7 +233,7 @@ def _atomic(path: Path, write) -> None:
 
 
 def _summary_text(summary: dict[str, Any]) -> str:
-    return json.dumps(_finite(summary), indent=2, default=_json_default, allow_nan=False) + "\n"
+    return json.dumps(_finite(summary), indent=2, default=json_default, allow_nan=False) + "\n"
 
 
 def _finite(obj: Any) -> Any:
@@ -247,7 +247,8 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """JSON for numpy scalars (as Python numbers) and paths (as text): ``json.dumps(..., default=json_default)``."""
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, Path):

@@ -32,7 +32,7 @@ from .data import Data, load_data
 from .methods import measure, top_eigenvalue
 from .models import build_model, describe, n_parameters
 from .optim import build_optimizer, full_batch, stability_threshold
-from .records import RunWriter
+from .records import RunWriter, json_default
 
 log = logging.getLogger(__name__)
 
@@ -410,6 +410,11 @@ def _loop(
         )  # fmt: skip
         return row
 
+    def pre_spike_checkpoint() -> None:
+        """The curvature of the parameters kept from before a spike's step (``state.pre_spike``)."""
+        pre_step, parameters = state.pre_spike
+        curvature(pre_step, "pre_spike", _with_parameters(model, parameters))
+
     def save(top: _State, sizes: dict[str, int]) -> None:
         """checkpoint.pt: the model and optimiser, and all a resumed run needs, as at the top of a step."""
         with signals.hold():
@@ -433,8 +438,7 @@ def _loop(
                 if cfg.save_checkpoint and is_checkpoint:
                     save(top, sizes)
                 if state.pre_spike is not None:  # found by the previous step's loss
-                    pre_step, parameters = state.pre_spike
-                    curvature(pre_step, "pre_spike", _with_parameters(model, parameters))
+                    pre_spike_checkpoint()
                     state.pre_spike = None
                 if step in curvature_at:
                     state.last["curvature"] = curvature(step)
@@ -472,8 +476,7 @@ def _loop(
                     if not torch.isfinite(loss) or loss_value > float(cfg.max_loss):
                         status = "diverged"
                         if state.pre_spike is not None:
-                            pre_step, parameters = state.pre_spike
-                            curvature(pre_step, "pre_spike", _with_parameters(model, parameters))
+                            pre_spike_checkpoint()
                         state.last["metrics"] = log_metrics(step, train_loss=loss_value)
                         log.warning(
                             "diverged at step %d: training loss %.4g (max_loss %g); stopping this run",
@@ -543,7 +546,7 @@ def _resumable(top: _State, sizes: dict[str, int], batches: _Batches, detector: 
         "post_spike_at": sorted(top.post_spike_at),
         "pre_spike_step": None if top.pre_spike is None else top.pre_spike[0],
         "pre_spike_parameters": None if top.pre_spike is None else top.pre_spike[1],
-        "last": json.dumps(top.last, default=_plain),  # exact: floats are written with all their digits
+        "last": json.dumps(top.last, default=json_default),  # exact: floats are written with all their digits
         "previous": previous,
         "batches": {"generator": batches.gen.get_state(), "order": batches.order, "pos": batches.pos},
         "detector": dict(vars(detector)),
@@ -578,12 +581,6 @@ def _restore(checkpoint: dict, model, opt, batches: _Batches, detector: SpikeDet
         step=int(r["step"]), spikes=int(r["spikes"]), measured=set(r["measured"]),
         post_spike_at=set(r["post_spike_at"]), pre_spike=pre, last=json.loads(r["last"]),
     )  # fmt: skip
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"cannot save {type(obj).__name__} in checkpoint.pt")
 
 
 def _with_parameters(model: torch.nn.Module, parameters: list[torch.Tensor]) -> torch.nn.Module:
