@@ -234,7 +234,7 @@ def precheck(argv: list[str]) -> None:
             try:
                 cfg = compose("config", overrides=list(job))
             except (HydraException, OmegaConfBaseException) as e:
-                raise UsageError(_compose_error(e)) from e
+                raise UsageError(_compose_error(e, job)) from e
             cfg = validate(cfg)
             check_files(cfg.dataset)
             input_shape, n_classes, n_train = dataset_sizes(cfg.dataset)
@@ -296,12 +296,26 @@ def resume_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def _compose_error(e: Exception) -> str:
-    """One line for an override Hydra could not apply: an unknown key names the fix."""
+def _compose_error(e: Exception, job: tuple[str, ...] = ()) -> str:
+    """One line for an override Hydra could not apply: an unknown key names the fix (for a key of a config
+    group, the keys that the chosen option has: optim=adam has no momentum)."""
     text = f"{e}\n{e.__cause__ or ''}"
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     if "is not in struct" in text and lines[0].startswith("Could not override"):
         key = lines[0].split("'")[1]
+        group = key.split(".")[0]
+        if group in GROUPS and "." in key:
+            from hydra import compose
+            from hydra.errors import HydraException
+            from omegaconf.errors import OmegaConfBaseException
+
+            try:
+                chosen = compose("config", overrides=[w for w in job if w.split("=")[0] != key])[group]
+            except (HydraException, OmegaConfBaseException):
+                chosen = None
+            if chosen is not None and "name" in chosen:
+                keys = ", ".join(k for k in chosen if k != "name")
+                return f"{key} is not a key of {group}={chosen.name} (its keys: {keys}); check `sane-run --cfg job`"
         return (
             f"{key} is not a config key; check its spelling against `sane-run --cfg job`, or add a key of your own "
             f"with +{key}=..."

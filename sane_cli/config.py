@@ -103,19 +103,28 @@ def validate(cfg: DictConfig) -> DictConfig:
         value = OmegaConf.select(cfg, key)
         if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > FLOAT32_MAX:
             _fail(key, value, f"must be at most {FLOAT32_MAX:.4g}, the largest float32 (the parameters' precision)")
-    _check_number(cfg, "optim.momentum", minimum=0)
-    if cfg.optim.momentum >= 1:
-        _fail("optim.momentum", cfg.optim.momentum, "must be in [0, 1)")
     _check_number(cfg, "optim.weight_decay", minimum=0)
-    if not isinstance(cfg.optim.get("nesterov", False), bool):
-        _fail("optim.nesterov", cfg.optim.nesterov, "must be true or false")
-    if cfg.optim.get("nesterov", False) and cfg.optim.momentum == 0:
-        _fail("optim.nesterov", True, "needs optim.momentum > 0 (Nesterov momentum without momentum is plain SGD)")
-    if stability_threshold(cfg.optim) <= 0:  # the decay alone overshoots: no curvature is stable
-        _fail("optim.weight_decay", cfg.optim.weight_decay, "must be below the stability threshold it lowers "
-              f"({stability_threshold(cfg.optim) + cfg.optim.weight_decay:g} at this lr and momentum)")  # fmt: skip
-    if cfg.optim.name == "sgd":
-        _check_number(cfg, "optim.batch_size", minimum=1, integer=True)
+    _check_number(cfg, "optim.batch_size", minimum=1, integer=True, optional=True)  # null: full batch
+    if cfg.optim.name == "gd" and cfg.optim.batch_size is not None:
+        _fail("optim.batch_size", cfg.optim.batch_size, "must be null for optim=gd (full batch); for mini-batches "
+              "use optim=sgd")  # fmt: skip
+    if cfg.optim.name == "adam":
+        for key in ("optim.beta1", "optim.beta2"):
+            _check_number(cfg, key, minimum=0)
+            if OmegaConf.select(cfg, key) >= 1:
+                _fail(key, OmegaConf.select(cfg, key), "must be in [0, 1)")
+        _check_number(cfg, "optim.eps", minimum=0, strict=True)
+    else:
+        _check_number(cfg, "optim.momentum", minimum=0)
+        if cfg.optim.momentum >= 1:
+            _fail("optim.momentum", cfg.optim.momentum, "must be in [0, 1)")
+        if not isinstance(cfg.optim.get("nesterov", False), bool):
+            _fail("optim.nesterov", cfg.optim.nesterov, "must be true or false")
+        if cfg.optim.get("nesterov", False) and cfg.optim.momentum == 0:
+            _fail("optim.nesterov", True, "needs optim.momentum > 0 (Nesterov momentum without momentum is plain SGD)")
+        if stability_threshold(cfg.optim) <= 0:  # the decay alone overshoots: no curvature is stable
+            _fail("optim.weight_decay", cfg.optim.weight_decay, "must be below the stability threshold it lowers "
+                  f"({stability_threshold(cfg.optim) + cfg.optim.weight_decay:g} at this lr and momentum)")  # fmt: skip
 
     _check_choice(cfg, "loss", LOSSES)
     _check_number(cfg, "steps", minimum=1, integer=True, optional=cfg.get("epochs") is not None)
@@ -206,5 +215,5 @@ def check_against_data(cfg: DictConfig, n_train: int, model) -> None:
         _fail("hessian.subset", cfg.hessian.subset, f"must be at most the training set size ({n_train})")
     if cfg.hessian.k > n_params:
         _fail("hessian.k", cfg.hessian.k, f"must be at most the number of parameters ({n_params})")
-    if cfg.optim.name == "sgd" and cfg.optim.batch_size > n_train:
+    if cfg.optim.batch_size is not None and cfg.optim.batch_size > n_train:
         _fail("optim.batch_size", cfg.optim.batch_size, f"must be at most the training set size ({n_train})")

@@ -105,6 +105,33 @@ def top_eigenvalue(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.
     return float(top.values[0])
 
 
+def preconditioned_sharpness(
+    model: nn.Module,
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    hcfg,
+    diagonal: list[torch.Tensor],
+    weight_decay: float = 0.0,
+) -> float:
+    """lambda_max(P^-1 (H + weight_decay I)) for the diagonal preconditioner P (one tensor per parameter, see
+    :func:`sane_cli.optim.preconditioner`) and H the Hessian of the mean loss over (x, y): the top eigenvalue
+    of the symmetric P^-1/2 (H + weight_decay I) P^-1/2, which has the same eigenvalues, by Lanczos on
+    Hessian-vector products in ``hcfg.dtype`` to ``hcfg.tol``."""
+    dtype = DTYPES[hcfg.dtype]
+    matvec, p = hvp_operator(model, loss_fn, x, y, dtype=dtype)
+    device = next(model.parameters()).device
+    scale = torch.cat([d.reshape(-1) for d in diagonal]).to(device=device, dtype=dtype).rsqrt()
+
+    def scaled(v: torch.Tensor) -> torch.Tensor:
+        u = v * scale
+        return (matvec(u) + weight_decay * u) * scale
+
+    top = lanczos(scaled, p, 1, tol=float(hcfg.tol), max_iter=int(hcfg.max_iter), seed=int(hcfg.seed),
+                  values_only=True, dtype=dtype, device=device)  # fmt: skip
+    return float(top.values[0])
+
+
 def _iterative(method: str, model, loss_fn, x, y, hcfg, dtype, k_vec: int):
     """lanczos or slq on Hessian-vector products: (top Ritz values, top vectors, hessian.csv row, arrays)."""
     matvec, p = hvp_operator(model, loss_fn, x, y, dtype=dtype)

@@ -37,6 +37,7 @@ LABELS = {
     "sane": "SANE",
     "n_eff": r"$N_\mathrm{eff}$",
     "lambda_max": r"$\lambda_\mathrm{max}$",
+    "preconditioned_sharpness": r"$\lambda_\mathrm{max}(P^{-1}H)$ (Adam)",
     "trace": r"tr $H$",
     "log_evidence": "log evidence (Laplace)",
     "test_acc": "test accuracy",
@@ -66,7 +67,9 @@ def comparison(
 ):
     """Final measures against ``x`` (lr on a log axis, or depth), a line per value of ``line_key``, seed
     means with their standard deviation as error bars; lambda_max panels carry the optimiser's stability
-    threshold (``stability_threshold_mean``, 2/lr for plain GD), in each line's colour where lines differ.
+    threshold (``stability_threshold_mean``, 2/lr for plain GD), in each line's colour where lines differ;
+    for groups whose threshold bounds a preconditioned sharpness (Adam's) it is drawn on the
+    ``preconditioned_sharpness`` panel instead.
     ``groups`` has the columns ``x``, ``line_key``, and ``<panel>_mean``, ``<panel>_std`` per panel;
     ``diverged`` (runs with columns ``x`` and ``line_key``) is marked with crosses on the x axis."""
     with style():
@@ -90,11 +93,17 @@ def comparison(
                     if len(d):  # (an empty unclipped line would break tight_layout)
                         ax.plot(d[x], np.zeros(len(d)), "x", color=f"C{i}", ms=6, mew=1.5, clip_on=False,
                                 transform=ax.get_xaxis_transform())  # fmt: skip
-                if panel == "lambda_max" and "stability_threshold_mean" in sub and len(sub):
-                    thresholds.append((f"C{i}", sub[x].to_numpy(), sub["stability_threshold_mean"].to_numpy(float)))
+                sharpness = panel in ("lambda_max", "preconditioned_sharpness")
+                if sharpness and "stability_threshold_mean" in sub and len(sub):
+                    t = sub["stability_threshold_mean"].to_numpy(float)
+                    # each threshold on the sharpness it bounds: Adam's on lambda_max(P^-1 H)
+                    pre = sub.get("preconditioned_sharpness_mean", pd.Series(np.nan, sub.index)).notna().to_numpy()
+                    t = np.where(pre == (panel == "preconditioned_sharpness"), t, np.nan)
+                    if np.isfinite(t).any():
+                        thresholds.append((f"C{i}", sub[x].to_numpy(), t))
             if thresholds:
                 # c / lr is a straight line on log axes, so joining the thresholds at the measured lr is exact
-                coloured = len({tuple(np.round(t, 9)) for _, _, t in thresholds}) > 1
+                coloured = len({tuple(np.round(np.nan_to_num(t, nan=-1.0), 9)) for _, _, t in thresholds}) > 1
                 for colour, xs, t in thresholds:
                     colour = colour if coloured else "k"
                     if x == "lr":
@@ -107,7 +116,7 @@ def comparison(
                     _log_y(ax)
                 else:
                     _log_if_wide(
-                        ax, np.concatenate([groups["lambda_max_mean"].to_numpy(float), *[t for *_, t in thresholds]])
+                        ax, np.concatenate([groups[f"{panel}_mean"].to_numpy(float), *[t for *_, t in thresholds]])
                     )
             if x == "depth":
                 ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
@@ -136,9 +145,17 @@ def comparison(
 
 
 def threshold_label(h: pd.DataFrame) -> str:
-    """The legend of a run's stability threshold: 2/eta when it is plain GD's, else its name."""
+    """The legend of a run's stability threshold: 2/eta when it is plain GD's, else its name (and the
+    sharpness it bounds when that is a preconditioned one)."""
+    if _preconditioned(h):
+        return r"threshold of $\lambda_\mathrm{max}(P^{-1}H)$"
     plain = np.isclose(float(h.stability_threshold.iloc[0]), 2 / float(h.lr.iloc[0]), rtol=1e-9)
     return r"$2/\eta$" if plain else "stability threshold"
+
+
+def _preconditioned(h: pd.DataFrame) -> bool:
+    """Whether a run's threshold bounds its preconditioned sharpness (Adam) rather than lambda_max."""
+    return "preconditioned_sharpness" in h and bool(h.preconditioned_sharpness.notna().any())
 
 
 def _order(value) -> tuple:
@@ -168,10 +185,16 @@ def dynamics(run, spikes: Sequence[int], title: str):
         ax.plot(h.step, h.lambda_max, "o-", color="C2", label=label)
         if subset:  # the sharpness that the optimiser meets: that of the whole training loss
             ax.plot(h.step, h.lambda_max_train, "s-", color="C4", ms=3, label=r"$\lambda_\mathrm{max}$ (training set)")
+        if _preconditioned(h):  # ... through Adam's preconditioner P
+            ax.plot(h.step, h.preconditioned_sharpness, "^-", color="C5", ms=3,
+                    label=r"$\lambda_\mathrm{max}(P^{-1}H)$")  # fmt: skip
         if len(h):  # (a run stopped before its first checkpoint has none)
             threshold = float(h.stability_threshold.iloc[0])
             ax.axhline(threshold, color="k", ls="--", lw=1, label=threshold_label(h))
-            _log_if_wide(ax, np.append(h.lambda_max.to_numpy(dtype=float), threshold))
+            shown = h.lambda_max.to_numpy(dtype=float)
+            if _preconditioned(h):
+                shown = np.append(shown, h.preconditioned_sharpness.to_numpy(dtype=float))
+            _log_if_wide(ax, np.append(shown, threshold))
         ax.set_ylabel(r"$\lambda_\mathrm{max}$")
         estimated = bool((h.sane_se > 0).any())
         for ax, key in ((axes[1, 0], "sane"), (axes[1, 1], "n_eff")):
@@ -210,9 +233,9 @@ def basins(run, table: pd.DataFrame, sim_steps: list[int], sim: np.ndarray, titl
         x = np.arange(len(spikes))
         ax.bar(x - 0.2, spikes.lambda_max_before, 0.4, label="before", color="C2")
         ax.bar(x + 0.2, spikes.lambda_max_after, 0.4, label="after", color="C4")
-        ax.axhline(
-            float(run.hessian.stability_threshold.iloc[0]), color="k", ls="--", lw=1, label=threshold_label(run.hessian)
-        )
+        if not _preconditioned(run.hessian):  # (Adam's threshold bounds P^-1 H, not the lambda_max shown)
+            ax.axhline(float(run.hessian.stability_threshold.iloc[0]), color="k", ls="--", lw=1,
+                       label=threshold_label(run.hessian))  # fmt: skip
         ax.set_xticks(x, [f"{int(s)}" for s in spikes.spike_step], rotation=45 if len(x) > 6 else 0)
         ax.set(xlabel="spike at step", ylabel=r"$\lambda_\mathrm{max}$", title="flattening")
         ax.legend()

@@ -16,8 +16,12 @@ A run folder holds::
                               subset), lambda_min, trace, trace_se, n_negative, n_eff, n_eff_se, sane,
                               sane_se (standard errors of estimates, 0 for exact values), log_evidence
                               (Laplace, exact method only; sane_cli.measures), alpha, rho, k,
-                              eig_mode, stability_threshold (of the optimiser: 2/lr for plain GD),
-                              sharpness_ratio (lambda_max_train / stability_threshold), converged
+                              eig_mode, preconditioned_sharpness (lambda_max(P^-1 H) of the training
+                              loss under Adam's preconditioner P; empty for other optimisers and
+                              before Adam's first step), stability_threshold (of the optimiser: 2/lr
+                              for plain GD, 38/lr for Adam), sharpness_ratio (the sharpness the
+                              optimiser meets over its threshold: lambda_max_train, or for Adam
+                              preconditioned_sharpness, / stability_threshold), converged
                               (iterative methods), seconds, kind (scheduled, pre_spike: the state just
                               before a loss spike, post_spike)
     spectra/step_<step>.npz   eigenvalues, descending: all of them (exact, block_*) or the top Ritz values
@@ -54,7 +58,7 @@ METRICS_COLUMNS = ["step", "epoch", "train_loss", "train_acc", "test_loss", "tes
 HESSIAN_COLUMNS = [
     "step", "lr", "method", "dtype", "n_params", "subset", "lambda_max", "lambda_max_train", "lambda_min", "trace",
     "trace_se", "n_negative", "n_eff", "n_eff_se", "sane", "sane_se", "log_evidence", "alpha", "rho", "k", "eig_mode",
-    "stability_threshold", "sharpness_ratio", "converged", "seconds", "kind",
+    "preconditioned_sharpness", "stability_threshold", "sharpness_ratio", "converged", "seconds", "kind",
 ]  # fmt: skip
 LOSS_COLUMNS = ["step", "loss"]
 CHECKPOINT_KINDS = ("scheduled", "pre_spike", "post_spike")
@@ -297,6 +301,8 @@ def _upgrade_hessian_table(df: pd.DataFrame, summary: dict[str, Any]) -> pd.Data
         df["lambda_max_train"] = df["lambda_max"].where(whole)
     if "log_evidence" not in df.columns and "sane_se" in df.columns:  # before 0.4
         df.insert(df.columns.get_loc("sane_se") + 1, "log_evidence", np.nan)
+    if "preconditioned_sharpness" not in df.columns and "stability_threshold" in df.columns:  # before 0.5
+        df.insert(df.columns.get_loc("stability_threshold"), "preconditioned_sharpness", np.nan)
     if set(df.columns) == set(HESSIAN_COLUMNS):
         df = df[HESSIAN_COLUMNS]
     return df
@@ -343,10 +349,10 @@ class Run:
             return f["eigenvalues"], None
 
     def step_losses(self) -> tuple[np.ndarray, np.ndarray]:
-        """(steps, training loss) at every optimiser step from loss.csv for full-batch GD; otherwise (SGD,
-        whose per-step loss is that of a mini-batch, or runs without loss.csv) the full training loss at the
-        logged steps of metrics.csv."""
-        full_batch = self.config.get("optim", {}).get("name", "gd") == "gd"
+        """(steps, training loss) at every optimiser step from loss.csv for full-batch runs (optim.batch_size
+        null); otherwise (mini-batches, whose per-step loss is that of a batch, or runs without loss.csv) the
+        full training loss at the logged steps of metrics.csv."""
+        full_batch = self.config.get("optim", {}).get("batch_size") is None
         if full_batch and self.losses is not None and len(self.losses):
             return self.losses.step.to_numpy(), self.losses["loss"].to_numpy(dtype=float)
         return self.metrics.step.to_numpy(), self.metrics.train_loss.to_numpy(dtype=float)

@@ -53,11 +53,20 @@ CONFIG_KEYS = {
 }  # fmt: skip
 # keys that do not change what a run computes (where it ran, how it was started) or repeat another
 IGNORED_KEYS = {"lr", "depth", "width", "device", "threads", "resume", "dataset.root", "dataset.cache_dir",
-                "save_checkpoint"}  # fmt: skip
+                "save_checkpoint", "optim.default_lr"}  # fmt: skip
 MEASURES = ("sane", "n_eff", "log_evidence", "lambda_max", "trace")
 TARGETS = ("test_loss", "test_acc", "gen_gap")
 FORMATS = ("png", "pdf")
-QUANTITIES = (*MEASURES, "test_loss", "test_acc", "train_loss", "train_acc", "gen_gap", "stability_threshold")
+QUANTITIES = (
+    *MEASURES,
+    "test_loss",
+    "test_acc",
+    "train_loss",
+    "train_acc",
+    "gen_gap",
+    "stability_threshold",
+    "preconditioned_sharpness",
+)
 
 
 @dataclass
@@ -120,7 +129,8 @@ def summary_table(runs: list[Run]) -> pd.DataFrame:
         h = run.hessian[run.hessian.kind != "pre_spike"] if len(run.hessian) else run.hessian
         last = h.sort_values("step").iloc[-1] if len(h) else None
         for key in ("lambda_max", "lambda_max_train", "lambda_min", "trace", "trace_se", "n_eff", "n_eff_se", "sane",
-                    "sane_se", "log_evidence", "stability_threshold", "sharpness_ratio"):  # fmt: skip
+                    "sane_se", "log_evidence", "preconditioned_sharpness", "stability_threshold",
+                    "sharpness_ratio"):  # fmt: skip
             row[key] = float(last[key]) if last is not None else np.nan
         row["curvature_step"] = int(last.step) if last is not None else np.nan
         row["method"] = last.method if last is not None else None
@@ -371,6 +381,8 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
                 line = others[0] if len(others) == 1 else "config"
                 if line == "config":  # one line per combination of the other keys
                     g[line], d[line] = _combinations(g, others), _combinations(d, others)
+            if g.get("preconditioned_sharpness_mean", pd.Series(dtype=float)).notna().any():
+                panels = [*panels, "preconditioned_sharpness"]  # Adam's sharpness, against its threshold
             fig = plots.comparison(g, x, line, [p for p in panels if f"{p}_mean" in g], d)
             comparisons[x] = _save(fig, out / "figures" / f"{x}_comparison", options.formats)
 
@@ -406,7 +418,7 @@ def _html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run,
         return text
 
     cols = ["label", "status", *keys, "n_params", "method", "steps_done", "train_loss", "test_loss", "test_acc",
-            "gen_gap", "lambda_max", "stability_threshold", "hessian_on", "sane", "n_eff", "trace",
+            "gen_gap", "lambda_max", "stability_threshold", "sharpness_ratio", "hessian_on", "sane", "n_eff", "trace",
             "spikes"]  # fmt: skip
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>sane-report</title><style>",

@@ -29,9 +29,9 @@ from .basins import SpikeDetector
 from .config import UsageError, check_against_data, validate
 from .curvature import loss_function
 from .data import Data, load_data
-from .methods import measure, top_eigenvalue
+from .methods import measure, preconditioned_sharpness, top_eigenvalue
 from .models import build_model, describe, n_parameters
-from .optim import build_optimizer, full_batch, stability_threshold
+from .optim import PRECONDITIONED, build_optimizer, full_batch, preconditioner, stability_threshold
 from .records import RunWriter, json_default
 
 log = logging.getLogger(__name__)
@@ -369,7 +369,20 @@ def _loop(
     detector = SpikeDetector(float(hcfg.spike_threshold))
     # (full-batch GD only: a mini-batch loss jumps from batch to batch without any change of basin)
     on_spike = bool(hcfg.on_spike) and int(hcfg.spike_max) > 0 and full_batch(cfg.optim)
+    # Adam's sharpness is read through its preconditioner (sane_cli.optim), kept with the parameters
+    preconditioned = cfg.optim.name in PRECONDITIONED
+    n_tensors = len(list(model.parameters()))
     previous = [p.detach().clone() for p in model.parameters()] if on_spike else []
+    if on_spike and preconditioned:  # none before the first step: NaN, a sharpness of NaN
+        previous += [torch.full_like(p, float("nan"), dtype=torch.float64) for p in model.parameters()]
+
+    def keep_previous() -> None:
+        """Copy the parameters (and Adam's preconditioner) at the top of this step into ``previous``."""
+        now = [p.detach() for p in model.parameters()]
+        if preconditioned:
+            now += preconditioner(opt) or [torch.full_like(p, float("nan")) for p in previous[n_tensors:]]
+        torch._foreach_copy_(previous, now)
+
     state = _State()
     if resumed is not None:
         state = _restore(resumed, model, opt, batches, detector, previous)
@@ -386,34 +399,46 @@ def _loop(
             writer.log_metrics(row)
         return row
 
-    def curvature(step: int, kind: str = "scheduled", net: torch.nn.Module | None = None) -> dict[str, Any]:
+    def curvature(
+        step: int, kind: str = "scheduled", net: torch.nn.Module | None = None, diagonal: list | None = None
+    ) -> dict[str, Any]:
+        """One checkpoint of ``net`` (the model), whose preconditioner is ``diagonal`` (the optimiser's)."""
         net = model if net is None else net
+        diagonal = preconditioner(opt) if diagonal is None else diagonal
         start = time.perf_counter()
         result = measure(net, loss_fn, hx, hy, hcfg, threshold)
         row = {
             "step": step, "lr": lr, "method": result.method, "dtype": result.dtype, "n_params": n_params,
             "subset": len(hy), "alpha": hcfg.alpha, "rho": hcfg.rho, "k": hcfg.k, "eig_mode": hcfg.eig_mode,
-            **result.row, "lambda_max_train": result.row["lambda_max"], "kind": kind,
+            **result.row, "lambda_max_train": result.row["lambda_max"], "preconditioned_sharpness": float("nan"),
+            "kind": kind,
         }  # fmt: skip
         if subset:  # the sharpness that the optimiser meets is that of the whole training loss
             row["lambda_max_train"] = top_eigenvalue(net, loss_fn, x_train, y_train, hcfg)
             row["sharpness_ratio"] = row["lambda_max_train"] / threshold
+        if preconditioned:  # ... through the optimiser's preconditioner
+            if diagonal is not None and all(bool(torch.isfinite(d).all()) for d in diagonal):
+                row["preconditioned_sharpness"] = preconditioned_sharpness(
+                    net, loss_fn, x_train, y_train, hcfg, diagonal, float(cfg.optim.weight_decay)
+                )
+            row["sharpness_ratio"] = row["preconditioned_sharpness"] / threshold
         row["seconds"] = round(time.perf_counter() - start, 4)
         with signals.hold():
             writer.log_curvature(row, result.eigenvalues, result.eigenvectors, **result.arrays)
             state.measured.add(step)
         log.info(
-            "step %d/%d %scurvature: lambda_max %.4g%s (threshold %.4g), N_eff %.4g, SANE %.4g, trace %.4g [%.1fs]",
+            "step %d/%d %scurvature: lambda_max %.4g%s%s (threshold %.4g), N_eff %.4g, SANE %.4g, trace %.4g [%.1fs]",
             step, steps, "" if kind == "scheduled" else kind.replace("_", "-") + " ", row["lambda_max"],
             f" on {len(hy)} examples, {row['lambda_max_train']:.4g} on the training set" if subset else "",
+            f", preconditioned {row['preconditioned_sharpness']:.4g}" if preconditioned else "",
             threshold, row["n_eff"], row["sane"], row["trace"], row["seconds"],
         )  # fmt: skip
         return row
 
     def pre_spike_checkpoint() -> None:
         """The curvature of the parameters kept from before a spike's step (``state.pre_spike``)."""
-        pre_step, parameters = state.pre_spike
-        curvature(pre_step, "pre_spike", _with_parameters(model, parameters))
+        pre_step, kept = state.pre_spike
+        curvature(pre_step, "pre_spike", _with_parameters(model, kept[:n_tensors]), kept[n_tensors:] or None)
 
     def save(top: _State, sizes: dict[str, int]) -> None:
         """checkpoint.pt: the model and optimiser, and all a resumed run needs, as at the top of a step."""
@@ -472,7 +497,7 @@ def _loop(
                         if step + int(hcfg.spike_after) <= steps:
                             state.post_spike_at.add(step + int(hcfg.spike_after))
                     if on_spike:
-                        torch._foreach_copy_(previous, [p.detach() for p in model.parameters()])
+                        keep_previous()
                     if not torch.isfinite(loss) or loss_value > float(cfg.max_loss):
                         status = "diverged"
                         if state.pre_spike is not None:
@@ -510,6 +535,7 @@ def _loop(
         "n_eff",
         "sane",
         "log_evidence",
+        "preconditioned_sharpness",
         "stability_threshold",
         "sharpness_ratio",
     ):

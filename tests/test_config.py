@@ -40,6 +40,10 @@ def test_shortcuts_reach_the_groups():
         # a group key wins, and the shortcut is made to agree with it
         cfg = validate(compose("config", overrides=["optim.lr=0.25", "model.depth=4"]))
         assert cfg.lr == 0.25 and cfg.depth == 4
+        # without `lr`, each optimiser's own default step size
+        assert validate(compose("config")).lr == 0.2 == validate(compose("config", overrides=["optim=sgd"])).lr
+        assert validate(compose("config", overrides=["optim=adam"])).optim.lr == 0.001
+        assert validate(compose("config", overrides=["optim=adam", "lr=0.01"])).optim.lr == 0.01
 
 
 BAD = [
@@ -51,7 +55,17 @@ BAD = [
     (["model.width=0"], r"model.width=0 is invalid"),
     (["model.activation=swish"], r"model.activation='swish' is invalid: must be one of relu, tanh, gelu"),
     (["dataset=imagenet"], r"dataset='imagenet' is unknown; choose one of cifar10, digits, fashion_mnist, mnist"),
-    (["optim=adam"], r"optim='adam' is unknown; choose one of gd, sgd"),
+    (["optim=rmsprop"], r"optim='rmsprop' is unknown; choose one of adam, gd, sgd"),
+    (["optim=adam", "optim.beta1=1"], r"optim.beta1=1 is invalid: must be in \[0, 1\)"),
+    (["optim=adam", "optim.beta2=-0.5"], r"optim.beta2=-0.5 is invalid: must be a number >= 0"),
+    (["optim=adam", "optim.eps=0"], r"optim.eps=0 is invalid: must be a number > 0"),
+    (["optim=adam", "optim.momentum=0.9"], r"optim.momentum is not a key of optim=adam"),
+    (
+        ["optim.batch_size=32"],
+        r"optim.batch_size=32 is invalid: must be null for optim=gd \(full batch\); for "
+        r"mini-batches use optim=sgd",
+    ),
+    (["optim=sgd", "optim.batch_size=0"], r"optim.batch_size=0 is invalid: must be an integer >= 1"),
     (
         ["optim.weight_decay=25"],
         r"optim.weight_decay=25 is invalid: must be below the stability threshold it "

@@ -215,3 +215,22 @@ def test_laplace_evidence_is_exact_for_bayesian_linear_regression():
     # the iterative methods have no whole spectrum: no evidence
     slq_cfg = OmegaConf.merge(hcfg, {"method": "slq", "probes": 4, "steps": 5})
     assert np.isnan(measure(model, loss_function("mse", c), x, labels, slq_cfg, threshold=20.0).row["log_evidence"])
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_preconditioned_sharpness_against_the_dense_preconditioned_hessian(weight_decay, device):
+    """lambda_max(P^-1 (H + wd I)) by Lanczos on P^-1/2 (H + wd I) P^-1/2 against the eigenvalues of the dense
+    non-symmetric P^-1 (H + wd I), for a diagonal P spread over two orders of magnitude."""
+    from sane_cli.methods import preconditioned_sharpness
+
+    model, loss_fn, x, y, ref = problem(depth=3, activation="gelu")
+    gen = torch.Generator().manual_seed(3)
+    diagonal = [10 ** (2 * torch.rand(p.shape, generator=gen, dtype=torch.float64) - 1) for p in model.parameters()]
+    p = torch.cat([d.reshape(-1) for d in diagonal])
+    dense = (ref + weight_decay * torch.eye(len(p), dtype=torch.float64)) / p[:, None]
+    expected = float(torch.linalg.eigvals(dense).real.max())
+    hcfg = OmegaConf.merge(make_config().hessian, {"tol": 1e-10, "max_iter": 400})
+    model, x, y = model.to(device), x.to(device), y.to(device)
+    got = preconditioned_sharpness(model, loss_fn, x, y, hcfg, [d.to(device) for d in diagonal], weight_decay)
+    assert got == pytest.approx(expected, rel=1e-8)
+    assert abs(expected - float(torch.linalg.eigvalsh(ref)[-1])) > 0.1 * expected  # P changes the answer

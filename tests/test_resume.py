@@ -23,6 +23,8 @@ from sane_cli.records import RunWriter, load_run
 from sane_cli.training import resume_point, train
 
 SPIKY = ["lr=3", "steps=300", "hessian.every=100", "dataset.n_train=1000", "device=cpu", "threads=1"]
+# Adam: its moving averages carry over, and the preconditioner kept beside the parameters before a spike
+ADAM = ["optim=adam", "lr=0.1", "hessian.spike_threshold=0.1", *SPIKY[1:]]
 MOMENTUM = [
     *TINY,
     "steps=3000",
@@ -78,8 +80,9 @@ def _files(folder: Path) -> dict[str, bytes]:
         (SPIKY, [(signal.SIGKILL, 0), (signal.SIGTERM, 40), (signal.SIGKILL, 150), (signal.SIGTERM, 230)]),
         # SGD with momentum: the batch order and the momentum buffers carry over
         (MOMENTUM, [(signal.SIGTERM, 30), (signal.SIGKILL, 1000), (signal.SIGINT, 2000)]),
+        (ADAM, [(signal.SIGTERM, 50), (signal.SIGKILL, 117), (signal.SIGTERM, 191)]),
     ],
-    ids=["gd-spikes", "sgd-momentum"],
+    ids=["gd-spikes", "sgd-momentum", "adam-spikes"],
 )
 def test_stopped_and_resumed_runs_equal_an_unstopped_one(tmp_path, config, stops):
     assert run(tmp_path, *config, "hydra.run.dir=whole").returncode == 0
@@ -100,7 +103,7 @@ def test_stopped_and_resumed_runs_equal_an_unstopped_one(tmp_path, config, stops
     assert _files(folder) == _files(tmp_path / "whole")
     finals = {k: v for k, v in whole.summary.items() if k.startswith("final_") or k == "spikes_measured"}
     assert {k: resumed.summary[k] for k in finals} == finals
-    if config is SPIKY:
+    if config in (SPIKY, ADAM):
         assert set(whole.hessian.kind) == {"scheduled", "pre_spike", "post_spike"}
     assert not list(folder.rglob("*.tmp"))
 

@@ -110,6 +110,31 @@ def test_stability_threshold_follows_the_optimiser(tmp_path, overrides, threshol
     assert h.sharpness_ratio.tolist() == pytest.approx((h.lambda_max_train / threshold).tolist(), rel=1e-12)
 
 
+@pytest.mark.parametrize("batch", ["optim.batch_size=null", "optim.batch_size=32"])
+def test_adam_logs_its_preconditioned_sharpness_against_38_over_lr(tmp_path, batch):
+    """An Adam run: hessian.csv's preconditioned_sharpness at the last checkpoint equals lambda_max(P^-1 H) of
+    the dense training-loss Hessian and the P rebuilt from the saved optimiser state; NaN at step 0 (no P
+    yet); the ratio is taken against 38/lr."""
+    cfg = make_config("optim=adam", "lr=0.02", "optim.weight_decay=0.01", batch, "steps=40", "hessian.every=20")
+    train(cfg, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    h = run.hessian.set_index("step")
+    assert np.isnan(h.loc[0, "preconditioned_sharpness"]) and np.isnan(h.loc[0, "sharpness_ratio"])
+    assert h.stability_threshold.tolist() == pytest.approx([38 / 0.02] * len(h), rel=1e-12)
+    model, data, step = checkpoint_model(cfg, tmp_path / "run")
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt")["optimizer"]["state"]
+    v = torch.cat([saved[i]["exp_avg_sq"].double().reshape(-1) for i in range(len(saved))])
+    t = float(saved[0]["step"])
+    p = (1 - 0.9**t) * ((v / (1 - 0.999**t)).sqrt() + 1e-8)  # Cohen et al. 2022's P_t, independently
+    ref = reference_hessian(copy.deepcopy(model), loss_function("cross_entropy", 3), data.x_train, data.y_train)
+    ref += 0.01 * torch.eye(len(p), dtype=torch.float64)  # the weight decay's curvature
+    expected = float(torch.linalg.eigvals(ref / p[:, None]).real.max())
+    assert step == 40 and t == 40
+    assert h.loc[40, "preconditioned_sharpness"] == pytest.approx(expected, rel=1e-6)
+    assert h.loc[40, "sharpness_ratio"] == pytest.approx(expected * 0.02 / 38, rel=1e-6)
+    assert run.summary["final_preconditioned_sharpness"] == h.loc[40, "preconditioned_sharpness"]
+
+
 def test_same_config_gives_identical_metrics(tmp_path):
     cfg = make_config("optim=sgd", "optim.batch_size=32", "optim.momentum=0.9")
     train(cfg, tmp_path / "a")
