@@ -190,9 +190,9 @@ def check_against_data(cfg: DictConfig, n_train: int, model) -> None:
 
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     blocks = [sum(p.numel() for p in m.parameters()) for m in model.modules() if isinstance(m, nn.Linear)]
-    method = cfg.hessian.method
-    if method == "auto" and n_params <= cfg.hessian.exact_max_params:
-        method = "exact"
+    from .methods import resolve_method
+
+    method = resolve_method(cfg.hessian, model, n_params) if cfg.hessian.method == "auto" else cfg.hessian.method
     size = 8 if cfg.hessian.dtype == "float64" else 4
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     # every layer block, and eigh's copy and workspace for the largest

@@ -36,13 +36,18 @@ class CurvatureResult:
 
 
 def resolve_method(hcfg, model: nn.Module, n_params: int) -> str:
-    """``auto``: exact while its cost (about P^3 for the eigenvalues) stays within seconds, that is up to
-    ``hessian.exact_max_params`` parameters; above, SLQ (its Hessian-vector products in
-    ``hessian.auto_slq_dtype``, see :func:`measure`). Other methods are returned as given; the layer-ordered
-    ones need an MLP."""
+    """``auto``: exact while its cost stays within seconds, else SLQ (its Hessian-vector products in
+    ``hessian.auto_slq_dtype``, see :func:`measure`). An MLP's exact Hessian has a layer-structured build (about
+    P^3 for the eigenvalues): exact up to ``hessian.exact_max_params`` parameters. Other models (the CNN) build
+    it from P Hessian-vector products: exact only while P is at most the products SLQ would spend,
+    ``hessian.probes`` x ``hessian.steps`` (640 by default), and ``exact_max_params``. Other methods are
+    returned as given; the layer-ordered ones need an MLP."""
     method = hcfg.method
     if method == "auto":
-        return "exact" if n_params <= int(hcfg.exact_max_params) else "slq"
+        limit = int(hcfg.exact_max_params)
+        if not isinstance(model, MLP):
+            limit = min(limit, int(hcfg.probes) * int(hcfg.steps))
+        return "exact" if n_params <= limit else "slq"
     if method in ("block_diag", "block_band") and not isinstance(model, MLP):
         raise ValueError(f"hessian.method={method} needs an MLP (its layer blocks)")
     return method

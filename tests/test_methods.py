@@ -146,6 +146,20 @@ def test_auto_runs_slq_in_its_own_precision_above_the_threshold():
     assert measure(model, loss_fn, x, y, hcfg, threshold=20.0).dtype == "float64"
 
 
+def test_auto_weighs_a_model_without_a_structured_hessian_by_its_hessian_vector_products():
+    """An MLP is measured exact up to exact_max_params; a CNN (whose exact Hessian costs P products) only while
+    P is at most SLQ's probes x steps."""
+    from sane_cli.methods import resolve_method
+    from sane_cli.models import CNN
+
+    hcfg = OmegaConf.merge(make_config().hessian, {"method": "auto", "probes": 8, "steps": 80})
+    cnn, mlp = CNN((40,), 10, depth=3, channels=8), MLP(40, 10, depth=3, width=24)
+    assert resolve_method(hcfg, mlp, 1834) == "exact" and resolve_method(hcfg, mlp, 6001) == "slq"
+    assert resolve_method(hcfg, cnn, 640) == "exact" and resolve_method(hcfg, cnn, 641) == "slq"
+    hcfg.exact_max_params = 500
+    assert resolve_method(hcfg, cnn, 600) == "slq"
+
+
 @pytest.mark.parametrize("method", ["block_diag", "block_band", "lanczos", "slq", "auto"])
 def test_runs_with_each_method(tmp_path, method, device):
     train(
