@@ -112,12 +112,12 @@ def comparison(
                         ax.axhline(float(np.nanmean(t)), color=colour, ls="--", lw=1)
                 label = "stability threshold" + (" (line colour)" if coloured else "")
                 ax.plot([], [], "k--", lw=1, label=label)
-                if x == "lr":
-                    _log_y(ax)
+                shown = np.concatenate([groups[f"{panel}_mean"].to_numpy(float), *[t for *_, t in thresholds]])
+                if x == "lr":  # (ticks at 1, 2, 5 x 10^n where the axis spans less than two decades)
+                    v = shown[np.isfinite(shown) & (shown > 0)]
+                    _log_y(ax, dense=len(v) > 0 and v.max() / v.min() < 100)
                 else:
-                    _log_if_wide(
-                        ax, np.concatenate([groups[f"{panel}_mean"].to_numpy(float), *[t for *_, t in thresholds]])
-                    )
+                    _log_if_wide(ax, shown)
             if x == "depth":
                 ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             if x == "lr":
@@ -137,7 +137,9 @@ def comparison(
             labels.append("diverged")
         top = 1.0
         if labels:
-            ncol = min(len(labels), 5)
+            # as many columns as the figure's width holds at the longest label (about 0.065 in a character)
+            fit = int(2.4 * cols // (0.065 * max(len(lab) for lab in labels) + 0.45))
+            ncol = max(1, min(len(labels), 5, fit))
             fig.legend(handles, labels, loc="upper center", ncol=ncol, bbox_to_anchor=(0.5, 1.0), frameon=False)
             top = 1.0 - 0.07 * -(-len(labels) // ncol) / rows  # room for the legend's rows
         fig.tight_layout(rect=(0, 0, 1, top))

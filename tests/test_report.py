@@ -285,3 +285,34 @@ def test_a_resumed_run_groups_with_its_unstopped_twin(sweep, tmp_path):
     groups = pd.read_csv(tmp_path / "rep" / "groups.csv")
     assert groups.n_runs.tolist() == [2]
     assert sorted(pd.read_csv(tmp_path / "rep" / "summary.csv").label) == ["plain", "resumed"]
+
+
+def test_adam_runs_compare_their_preconditioned_sharpness_with_their_own_threshold(tmp_path):
+    """GD and Adam at two learning rates: the summary carries Adam's preconditioned sharpness (empty for GD); in
+    the lr comparison the lambda_max panel's threshold is GD's 2/lr alone, and a panel of lambda_max(P^-1 H)
+    carries Adam's 38/lr."""
+    import matplotlib.pyplot as plt
+
+    from sane_cli import plots
+    from sane_cli.report import group_table, summary_table
+
+    for optim, lr in itertools.product(("gd", "adam"), (0.01, 0.1)):
+        train(
+            make_config(f"optim={optim}", f"lr={lr}", "steps=10"), tmp_path / "runs" / f"{optim}_{lr}", progress=False
+        )
+    runs = [load_run(p) for p in find_runs(tmp_path / "runs")]
+    table = summary_table(runs)
+    adam = table.optim == "adam"
+    assert table[adam].preconditioned_sharpness.notna().all() and table[~adam].preconditioned_sharpness.isna().all()
+    np.testing.assert_allclose(table[adam].sharpness_ratio, table[adam].preconditioned_sharpness * table[adam].lr / 38)
+    fig = plots.comparison(group_table(table), "lr", "optim", ["lambda_max", "preconditioned_sharpness"])
+    dashed = {
+        ax.get_ylabel(): sorted(y for line in ax.get_lines() if line.get_linestyle() == "--" for y in line.get_ydata())
+        for ax in fig.axes[:2]
+    }
+    plt.close(fig)
+    assert dashed[plots._label("lambda_max")] == pytest.approx([2 / 0.1, 2 / 0.01])
+    assert dashed[plots._label("preconditioned_sharpness")] == pytest.approx([38 / 0.1, 38 / 0.01])
+    out = tmp_path / "report"
+    report([tmp_path / "runs"], out, Options(jobs=1))
+    assert (out / "figures" / "lr_comparison.png").is_file()
