@@ -10,7 +10,8 @@ Runs are grouped by the config keys that vary between them (lr, depth, width, da
                          varying config keys, final metrics and curvature
     groups.csv           runs that differ only in their seed: mean and std of each final quantity
     correlations.csv     Kendall tau and Spearman rho between each measure and test loss, test accuracy
-                         and the generalisation gap across completed runs, with p-values
+                         and the generalisation gap across finished runs, with p-values, bootstrap 95 %
+                         confidence intervals (_lo, _hi) and the runs behind each (few_runs: under 8)
     basins.csv           loss basins of every run (sane_cli.basins.BASIN_COLUMNS, plus the run)
     figures/             lr_comparison and depth_comparison (when lr or depth vary)
     runs/<label>/        dynamics, spectra and (with spikes) basins figures; basins.csv; similarity.csv
@@ -251,10 +252,16 @@ def group_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def correlations(table: pd.DataFrame, measures=MEASURES, targets=TARGETS) -> pd.DataFrame:
-    """Rank correlations across completed runs between each measure and each target (test loss, test
-    accuracy, generalisation gap): Kendall tau-b and Spearman rho with their p-values, over the runs where
-    both are finite (NaN with fewer than 3)."""
+BOOTSTRAP = 2000  # resamples of the runs behind each correlation's confidence interval
+FEW_RUNS = 8  # a correlation over fewer runs is marked (few_runs) and read with care
+
+
+def correlations(table: pd.DataFrame, measures=MEASURES, targets=TARGETS, *, seed: int = 0) -> pd.DataFrame:
+    """Rank correlations across finished runs between each measure and each target (test loss, test
+    accuracy, generalisation gap): Kendall tau-b and Spearman rho with their p-values and 95 % confidence
+    intervals (percentile bootstrap over runs: ``BOOTSTRAP`` resamples of the runs with replacement, seeded by
+    ``seed``), over the runs where both are finite (n_runs; NaN with fewer than 3); ``few_runs`` marks those
+    over fewer than ``FEW_RUNS``."""
     from scipy.stats import kendalltau, spearmanr
 
     done = table[table.status.isin(FINISHED)]
@@ -263,15 +270,41 @@ def correlations(table: pd.DataFrame, measures=MEASURES, targets=TARGETS) -> pd.
         for t in targets:
             x, y = pd.to_numeric(done[m], errors="coerce"), pd.to_numeric(done[t], errors="coerce")
             ok = np.isfinite(x) & np.isfinite(y)
-            row = {"measure": m, "target": t, "n_runs": int(ok.sum())}
+            row = {"measure": m, "target": t, "n_runs": int(ok.sum()), "few_runs": bool(ok.sum() < FEW_RUNS)}
+            nan = dict.fromkeys(("kendall_tau", "kendall_lo", "kendall_hi", "kendall_p", "spearman_rho",
+                                 "spearman_lo", "spearman_hi", "spearman_p"), np.nan)  # fmt: skip
+            row.update(nan)
             if ok.sum() >= 3 and x[ok].nunique() > 1 and y[ok].nunique() > 1:
-                tau, tau_p = kendalltau(x[ok], y[ok])
-                rho, rho_p = spearmanr(x[ok], y[ok])
-                row.update(kendall_tau=tau, kendall_p=tau_p, spearman_rho=rho, spearman_p=rho_p)
-            else:
-                row.update(kendall_tau=np.nan, kendall_p=np.nan, spearman_rho=np.nan, spearman_p=np.nan)
+                xs, ys = x[ok].to_numpy(float), y[ok].to_numpy(float)
+                tau, tau_p = kendalltau(xs, ys)
+                rho, rho_p = spearmanr(xs, ys)
+                idx = np.random.default_rng(seed).integers(0, len(xs), size=(BOOTSTRAP, len(xs)))
+                taus, rhos = bootstrap_rank_correlations(xs[idx], ys[idx])
+                (tau_lo, tau_hi), (rho_lo, rho_hi) = (np.nanpercentile(v, [2.5, 97.5]) for v in (taus, rhos))
+                row.update(kendall_tau=tau, kendall_lo=tau_lo, kendall_hi=tau_hi, kendall_p=tau_p, spearman_rho=rho,
+                           spearman_lo=rho_lo, spearman_hi=rho_hi, spearman_p=rho_p)  # fmt: skip
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def bootstrap_rank_correlations(x: np.ndarray, y: np.ndarray, chunk: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Kendall tau-b and Spearman rho of each row of x and y (resamples, n), vectorised: tau-b as
+    sum s_x s_y / sqrt(sum s_x^2 sum s_y^2) over the pairs' signs s = sign(v_i - v_j) (ties count 0 in the
+    numerator and drop out of the denominator, which is tau-b), rho as the Pearson correlation of average
+    ranks. NaN for a row in which x or y is constant."""
+    from scipy.stats import rankdata
+
+    taus = np.empty(len(x))
+    for a in range(0, len(x), chunk):  # (chunk, n, n) signs at a time
+        sx = np.sign(x[a : a + chunk, :, None] - x[a : a + chunk, None, :])
+        sy = np.sign(y[a : a + chunk, :, None] - y[a : a + chunk, None, :])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            taus[a : a + chunk] = (sx * sy).sum((1, 2)) / np.sqrt((sx * sx).sum((1, 2)) * (sy * sy).sum((1, 2)))
+    rx, ry = rankdata(x, axis=1), rankdata(y, axis=1)
+    rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rhos = (rx * ry).sum(1) / np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
+    return taus, rhos
 
 
 def _per_run(args: tuple[str, str, str, tuple[str, ...]]) -> tuple[str, pd.DataFrame, list[int], list[str], str]:
@@ -450,7 +483,9 @@ def _html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run,
         parts += [f"<h2>{titles[x]}</h2>", "<p>Final values; mean and standard deviation over seeds; crosses on "
                   "the x axis mark diverged runs.</p>", img(files, f"{x} comparison")]  # fmt: skip
     parts += [
-        "<h2>Correlations</h2><p>Across finished runs (completed or converged), final values.</p>", tbl(corr),
+        "<h2>Correlations</h2><p>Across finished runs (completed or converged), final values; _lo and _hi bound "
+        f"the 95 % confidence interval (percentile bootstrap over runs, {BOOTSTRAP} resamples); few_runs: fewer "
+        f"than {FEW_RUNS} runs behind it.</p>", tbl(corr),
         "<h2>Groups</h2><p>Completed runs that differ only in their seed.</p>", tbl(groups),
         "<h2>Per run</h2>",
     ]  # fmt: skip

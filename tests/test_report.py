@@ -119,6 +119,36 @@ def test_correlations_match_a_direct_computation(sweep, tmp_path):
     toy = pd.DataFrame({"status": "completed", "sane": [1.0, 2, 3, 4], "test_loss": [0.1, 0.2, 0.5, 0.9]})
     row = correlations(toy, ["sane"], ["test_loss"]).iloc[0]
     assert (row.kendall_tau, row.spearman_rho) == (pytest.approx(1.0), pytest.approx(1.0))
+    # every resample of a monotone relation is monotone: the interval is [1, 1]; 4 runs are few
+    assert (row.kendall_lo, row.kendall_hi, row.spearman_lo, row.spearman_hi) == (1, 1, 1, 1) and row.few_runs
+
+
+def test_bootstrap_intervals_of_the_correlations():
+    """Each resample's tau-b and rho (bootstrap resamples repeat runs: ties) equal scipy's; the interval
+    holds the estimate, narrows with more runs, and is the same for the same seed."""
+    from scipy.stats import kendalltau, spearmanr
+
+    from sane_cli.report import bootstrap_rank_correlations
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=12)
+    y = x + rng.normal(size=12)
+    idx = rng.integers(0, 12, size=(40, 12))
+    taus, rhos = bootstrap_rank_correlations(x[idx], y[idx], chunk=7)
+    for i in range(40):
+        assert taus[i] == pytest.approx(kendalltau(x[idx[i]], y[idx[i]])[0], abs=1e-12)
+        assert rhos[i] == pytest.approx(spearmanr(x[idx[i]], y[idx[i]])[0], abs=1e-12)
+    widths = []
+    for n in (10, 80):
+        x = rng.normal(size=n)
+        toy = pd.DataFrame({"status": "completed", "sane": x, "test_loss": x + rng.normal(size=n)})
+        row = correlations(toy, ["sane"], ["test_loss"]).iloc[0]
+        assert row.n_runs == n and not row.few_runs
+        assert row.kendall_lo < row.kendall_tau < row.kendall_hi
+        assert row.spearman_lo < row.spearman_rho < row.spearman_hi
+        widths.append(row.spearman_hi - row.spearman_lo)
+        pd.testing.assert_series_equal(row, correlations(toy, ["sane"], ["test_loss"]).iloc[0])
+    assert widths[1] < 0.6 * widths[0]
 
 
 def test_damaged_folders_are_skipped_with_a_warning(sweep, tmp_path, caplog):
