@@ -146,6 +146,26 @@ def comparison(
         return fig
 
 
+def sharpness(runs: Sequence[tuple[str, pd.DataFrame]]):
+    """The sharpness ratio (sharpness / stability threshold) over training of each (label, hessian.csv) run,
+    at its scheduled checkpoints, with the edge of stability (1) marked."""
+    with style():
+        fig, ax = plt.subplots(figsize=(6.5, 3.2))
+        values = [1.0]
+        for i, (label, h) in enumerate(runs):
+            h = h[h.kind == "scheduled"].sort_values("step")
+            ratio = pd.to_numeric(h.sharpness_ratio, errors="coerce").to_numpy(float)
+            line = "-" if i < 10 else "--"  # (ten colours, then dashed)
+            ax.plot(h.step, ratio, marker="o", ms=2.5, lw=1, color=f"C{i % 10}", ls=line, label=label)
+            values += list(ratio)
+        ax.axhline(1.0, color="k", ls="--", lw=1, label="stability threshold")
+        _log_if_wide(ax, np.asarray(values))
+        ax.set(xlabel="step", ylabel="sharpness / threshold")
+        ax.legend(fontsize=6, ncol=2 if len(runs) > 8 else 1, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        fig.subplots_adjust(left=0.1, right=0.62, bottom=0.15, top=0.95)
+        return fig
+
+
 def threshold_label(h: pd.DataFrame) -> str:
     """The legend of a run's stability threshold: 2/eta when it is plain GD's, else its name (and the
     sharpness it bounds when that is a preconditioned one)."""

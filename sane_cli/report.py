@@ -13,7 +13,8 @@ Runs are grouped by the config keys that vary between them (lr, depth, width, da
                          and the generalisation gap across finished runs, with p-values, bootstrap 95 %
                          confidence intervals (_lo, _hi) and the runs behind each (few_runs: under 8)
     basins.csv           loss basins of every run (sane_cli.basins.BASIN_COLUMNS, plus the run)
-    figures/             lr_comparison and depth_comparison (when lr or depth vary)
+    figures/             lr_comparison and depth_comparison (when lr or depth vary); sharpness (the
+                         sharpness ratio of every run over training, up to 20 runs)
     runs/<label>/        dynamics, spectra and (with spikes) basins figures; basins.csv; similarity.csv
                          (the label as a file name, made unique)
 
@@ -133,6 +134,7 @@ def summary_table(runs: list[Run]) -> pd.DataFrame:
                     "sane_se", "log_evidence", "preconditioned_sharpness", "stability_threshold",
                     "sharpness_ratio"):  # fmt: skip
             row[key] = float(last[key]) if last is not None else np.nan
+        row["sharpness_ratio_late"] = late_sharpness_ratio(run.hessian)
         row["curvature_step"] = int(last.step) if last is not None else np.nan
         row["method"] = last.method if last is not None else None
         # the Hessian's examples: the whole training set, or (marked) a subset of it
@@ -227,6 +229,17 @@ def unique_slugs(labels) -> list[str]:
     return out
 
 
+def late_sharpness_ratio(hessian: pd.DataFrame) -> float:
+    """The median sharpness ratio (sharpness / stability threshold) over the scheduled checkpoints of the last
+    third of a run's steps (from 2/3 of its last checkpoint's step on): where it sits once progressive
+    sharpening is over. NaN without such checkpoints."""
+    h = hessian[hessian.kind == "scheduled"] if len(hessian) else hessian
+    if not len(h):
+        return np.nan
+    late = pd.to_numeric(h[h.step >= 2 / 3 * h.step.max()].sharpness_ratio, errors="coerce").dropna()
+    return float(late.median()) if len(late) else np.nan
+
+
 def group_table(table: pd.DataFrame) -> pd.DataFrame:
     """Finished runs (completed, or converged: stopped by their criterion) grouped by every varying key but
     the seed: n_runs, and mean and std (over seeds) of each final quantity; n_diverged counts the group's
@@ -252,6 +265,7 @@ def group_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+SHARPNESS_RUNS = 20  # the most runs drawn in figures/sharpness (the sharpness ratio over training)
 BOOTSTRAP = 2000  # resamples of the runs behind each correlation's confidence interval
 FEW_RUNS = 8  # a correlation over fewer runs is marked (few_runs) and read with care
 
@@ -418,6 +432,10 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
                 panels = [*panels, "preconditioned_sharpness"]  # Adam's sharpness, against its threshold
             fig = plots.comparison(g, x, line, [p for p in panels if f"{p}_mean" in g], d)
             comparisons[x] = _save(fig, out / "figures" / f"{x}_comparison", options.formats)
+    measured = [(lab, r.hessian) for r, lab in zip(runs, table.label, strict=True) if len(r.hessian)]
+    if 0 < len(measured) <= SHARPNESS_RUNS:  # (more lines than that are no longer readable in one figure)
+        fig = plots.sharpness(measured)
+        comparisons["sharpness"] = _save(fig, out / "figures" / "sharpness", options.formats)
 
     page = out / "report.html"
     page.write_text(_html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run, out))
@@ -478,10 +496,16 @@ def _html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run,
             "loss being trained; lambda_max_train in summary.csv is the top eigenvalue of the training loss.</p>"
         )
     parts += ["<h2>Runs</h2>", tbl(table[[c for c in cols if c in table]])]
-    titles = {"lr": "Learning-rate comparison", "depth": "Depth comparison"}
+    titles = {"lr": "Learning-rate comparison", "depth": "Depth comparison", "sharpness": "Sharpness over training"}
+    captions = {
+        "sharpness": "Each run's sharpness over its stability threshold at every scheduled checkpoint (lambda_max of "
+        "the training loss; for Adam, of P^-1 H); 1 is the edge of stability. sharpness_ratio_late in summary.csv is "
+        "its median over the last third of the run."
+    }
     for x, files in comparisons.items():
-        parts += [f"<h2>{titles[x]}</h2>", "<p>Final values; mean and standard deviation over seeds; crosses on "
-                  "the x axis mark diverged runs.</p>", img(files, f"{x} comparison")]  # fmt: skip
+        caption = captions.get(x, "Final values; mean and standard deviation over seeds; crosses on the x axis mark "
+                               "diverged runs.")  # fmt: skip
+        parts += [f"<h2>{titles[x]}</h2>", f"<p>{caption}</p>", img(files, f"{x} comparison")]
     parts += [
         "<h2>Correlations</h2><p>Across finished runs (completed or converged), final values; _lo and _hi bound "
         f"the 95 % confidence interval (percentile bootstrap over runs, {BOOTSTRAP} resamples); few_runs: fewer "

@@ -345,4 +345,14 @@ def test_adam_runs_compare_their_preconditioned_sharpness_with_their_own_thresho
     assert dashed[plots._label("preconditioned_sharpness")] == pytest.approx([38 / 0.1, 38 / 0.01])
     out = tmp_path / "report"
     report([tmp_path / "runs"], out, Options(jobs=1))
-    assert (out / "figures" / "lr_comparison.png").is_file()
+    assert (out / "figures" / "lr_comparison.png").is_file() and (out / "figures" / "sharpness.png").is_file()
+
+
+def test_the_late_sharpness_ratio_is_the_median_over_the_last_third(tmp_path):
+    from sane_cli.report import late_sharpness_ratio
+
+    train(make_config("lr=0.5", "steps=30", "hessian.every=5"), tmp_path / "run", progress=False)
+    h = load_run(tmp_path / "run").hessian
+    scheduled = h[h.kind == "scheduled"].set_index("step").sharpness_ratio
+    assert late_sharpness_ratio(h) == pytest.approx(np.median(scheduled.loc[[20, 25, 30]]), rel=1e-12)
+    assert np.isnan(late_sharpness_ratio(h.iloc[:0]))
