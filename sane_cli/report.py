@@ -193,12 +193,17 @@ def run_labels(table: pd.DataFrame) -> list[str]:
     if not keys:
         base = [Path(p).name for p in table.run]
     else:
-        base = [" ".join(f"{k}={_fmt(row[k])}" for k in keys) for _, row in table.iterrows()]
+        # (a key the run's config lacks, optim.momentum of an Adam run, is left out of its label)
+        base = [" ".join(f"{k}={_fmt(row[k])}" for k in keys if not _missing(row[k])) for _, row in table.iterrows()]
     labels, count = [], {}
     for b in base:
         count[b] = count.get(b, 0) + 1
         labels.append(b if base.count(b) == 1 else f"{b} #{count[b]}")
     return labels
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 def _fmt(value) -> str:
