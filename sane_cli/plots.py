@@ -5,6 +5,7 @@ returns a matplotlib Figure and draws nothing on the screen (the Agg backend).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import matplotlib
@@ -143,6 +144,37 @@ def comparison(
             fig.legend(handles, labels, loc="upper center", ncol=ncol, bbox_to_anchor=(0.5, 1.0), frameon=False)
             top = 1.0 - 0.07 * -(-len(labels) // ncol) / rows  # room for the legend's rows
         fig.tight_layout(rect=(0, 0, 1, top))
+        return fig
+
+
+def correlations(
+    table: pd.DataFrame,
+    corr: pd.DataFrame,
+    measures: Sequence[str],
+    targets: Sequence[str],
+    colour_key: str | None = None,
+):
+    """Each measure (a row) against each target (a column) over finished runs, one point per run (coloured by
+    ``colour_key`` where given), titled with the Spearman rho and its bootstrap 95 % interval from ``corr``."""
+    with style():
+        fig, axes = plt.subplots(len(measures), len(targets), figsize=(2.3 * len(targets), 1.9 * len(measures)),
+                                 squeeze=False)  # fmt: skip
+        kinds = [None] if colour_key is None else sorted(table[colour_key].dropna().astype(str).unique())
+        for (i, m), (j, t) in itertools.product(enumerate(measures), enumerate(targets)):
+            ax = axes[i, j]
+            for c, kind in enumerate(kinds):
+                sub = table if kind is None else table[table[colour_key].astype(str) == kind]
+                label = None if kind is None else f"{colour_key}={kind}"
+                ax.plot(sub[t], sub[m], "o", ms=3, color=f"C{c}", label=label)
+            row = corr[(corr.measure == m) & (corr.target == t)]
+            if len(row) and np.isfinite(row.spearman_rho.iloc[0]):
+                r = row.iloc[0]
+                ax.set_title(rf"$\rho$ = {r.spearman_rho:.2f} [{r.spearman_lo:.2f}, {r.spearman_hi:.2f}]", fontsize=7)
+            ax.set_xlabel(_label(t) if i == len(measures) - 1 else "")
+            ax.set_ylabel(_label(m) if j == 0 else "")
+        if colour_key is not None:
+            fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper center", ncol=len(kinds), frameon=False)
+        fig.tight_layout(rect=(0, 0, 1, 0.97 if colour_key is not None else 1))
         return fig
 
 

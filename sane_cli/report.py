@@ -14,7 +14,8 @@ Runs are grouped by the config keys that vary between them (lr, depth, width, da
                          confidence intervals (_lo, _hi) and the runs behind each (few_runs: under 8)
     basins.csv           loss basins of every run (sane_cli.basins.BASIN_COLUMNS, plus the run)
     figures/             lr_comparison and depth_comparison (when lr or depth vary); sharpness (the
-                         sharpness ratio of every run over training, up to 20 runs)
+                         sharpness ratio of every run over training, up to 20 runs); correlations (each
+                         measure against test loss and accuracy, run by run)
     runs/<label>/        dynamics, spectra and (with spikes) basins figures; basins.csv; similarity.csv
                          (the label as a file name, made unique)
 
@@ -437,6 +438,12 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
                 panels = [*panels, "preconditioned_sharpness"]  # Adam's sharpness, against its threshold
             fig = plots.comparison(g, x, line, [p for p in panels if f"{p}_mean" in g], d)
             comparisons[x] = _save(fig, out / "figures" / f"{x}_comparison", options.formats)
+    finished = table[table.status.isin(FINISHED)]
+    measures = [m for m in options.measures if pd.to_numeric(finished[m], errors="coerce").notna().sum() >= 3]
+    if len(finished) >= 3 and measures:  # each measure against test loss and accuracy, run by run
+        colour = "model" if "model" in keys else None
+        fig = plots.correlations(finished, corr, measures, ("test_loss", "test_acc"), colour)
+        comparisons["correlations"] = _save(fig, out / "figures" / "correlations", options.formats)
     measured = [(lab, r.hessian) for r, lab in zip(runs, table.label, strict=True) if len(r.hessian)]
     if 0 < len(measured) <= SHARPNESS_RUNS:  # (more lines than that are no longer readable in one figure)
         fig = plots.sharpness(measured)
@@ -501,11 +508,18 @@ def _html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run,
             "loss being trained; lambda_max_train in summary.csv is the top eigenvalue of the training loss.</p>"
         )
     parts += ["<h2>Runs</h2>", tbl(table[[c for c in cols if c in table]])]
-    titles = {"lr": "Learning-rate comparison", "depth": "Depth comparison", "sharpness": "Sharpness over training"}
+    titles = {
+        "lr": "Learning-rate comparison",
+        "depth": "Depth comparison",
+        "sharpness": "Sharpness over training",
+        "correlations": "Measures against test loss and accuracy",
+    }
     captions = {
         "sharpness": "Each run's sharpness over its stability threshold at every scheduled checkpoint (lambda_max of "
         "the training loss; for Adam, of P^-1 H); 1 is the edge of stability. sharpness_ratio_late in summary.csv is "
-        "its median over the last third of the run."
+        "its median over the last third of the run.",
+        "correlations": "Final values of each finished run; the titles give Spearman's rho with its 95 % bootstrap "
+        "interval (the table below).",
     }
     for x, files in comparisons.items():
         caption = captions.get(x, "Final values; mean and standard deviation over seeds; crosses on the x axis mark "

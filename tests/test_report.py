@@ -345,7 +345,8 @@ def test_adam_runs_compare_their_preconditioned_sharpness_with_their_own_thresho
     assert dashed[plots._label("preconditioned_sharpness")] == pytest.approx([38 / 0.1, 38 / 0.01])
     out = tmp_path / "report"
     report([tmp_path / "runs"], out, Options(jobs=1))
-    assert (out / "figures" / "lr_comparison.png").is_file() and (out / "figures" / "sharpness.png").is_file()
+    for name in ("lr_comparison", "sharpness", "correlations"):
+        assert (out / "figures" / f"{name}.png").is_file(), name
 
 
 def test_the_late_sharpness_ratio_is_the_median_over_the_last_third(tmp_path):
