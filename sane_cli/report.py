@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from .basins import BASIN_COLUMNS
 from .errors import UsageError
-from .records import FINISHED, Run, find_runs, is_locked, load_run
+from .records import FINISHED, STATUSES, Run, find_runs, is_locked, load_run
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class Options:
     formats: tuple[str, ...] = ("png",)
     measures: tuple[str, ...] = MEASURES
     jobs: int | None = None  # processes for the per-run figures; None: one per CPU
+    status: tuple[str, ...] | None = None  # only runs of these statuses (run_status); None: every run
 
 
 def _get(d: dict, path: tuple[str, ...]):
@@ -379,6 +380,13 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
     options = options or Options()
     start = time.perf_counter()
     runs, skipped = collect(paths)
+    if options.status is not None:
+        kept = [r for r in runs if run_status(r) in options.status]
+        if not kept:
+            raise UsageError(f"none of the {len(runs)} runs below {', '.join(map(str, paths))} has status "
+                             f"{' or '.join(options.status)}; drop --status or choose another")  # fmt: skip
+        log.info("%d of %d runs have status %s", len(kept), len(runs), " or ".join(options.status))
+        runs = kept
     out = Path(out) if out is not None else paths[0] / "report"
     for folder in sorted({*(r.path for r in runs), *(f for root in paths for f in find_runs(root))}):  # damaged too
         if out.resolve().is_relative_to(folder.resolve()):
@@ -557,7 +565,14 @@ def main(argv: list[str]) -> Path:
         "--measures", default=",".join(MEASURES), help=f"curvature measures to compare (default {','.join(MEASURES)})"
     )
     parser.add_argument("-j", "--jobs", type=int, default=None, help="processes for per-run figures (default: CPUs)")
+    parser.add_argument(
+        "--status", default=None, help="only runs of these statuses, comma separated (e.g. converged; default: all)"
+    )
     args = parser.parse_args(argv)
+    status = None if args.status is None else tuple(x.strip() for x in args.status.split(",") if x.strip())
+    allowed = (*STATUSES, "stopped")
+    if status is not None and (not status or any(x not in allowed for x in status)):
+        raise UsageError(f"--status={args.status!r} is invalid: choose among {', '.join(allowed)}")
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     measures = tuple(m.strip() for m in args.measures.split(",") if m.strip())
     if not formats or any(f not in FORMATS for f in formats):
@@ -567,6 +582,6 @@ def main(argv: list[str]) -> Path:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs={args.jobs} is invalid: must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    page = report(args.paths, args.out, Options(formats, measures, args.jobs))
+    page = report(args.paths, args.out, Options(formats, measures, args.jobs, status))
     print(f"wrote {page}")
     return page

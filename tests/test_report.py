@@ -178,6 +178,10 @@ def test_bad_input_is_one_usage_error(tmp_path, sweep):
         main([str(sweep), "--format", "svg"])
     with pytest.raises(UsageError, match="--measures"):
         main([str(sweep), "--measures", "sane,sharpness"])
+    with pytest.raises(UsageError, match=r"--status='finished' is invalid: choose among running, completed"):
+        main([str(sweep), "--status", "finished"])
+    with pytest.raises(UsageError, match="has status converged; drop --status"):
+        main([str(sweep), "--status", "converged", "-o", str(tmp_path / "rep")])
     run = find_runs(sweep)[0]
     with pytest.raises(UsageError, match="inside the run folder"):
         report([run], run / "report")
@@ -357,3 +361,10 @@ def test_the_late_sharpness_ratio_is_the_median_over_the_last_third(tmp_path):
     scheduled = h[h.kind == "scheduled"].set_index("step").sharpness_ratio
     assert late_sharpness_ratio(h) == pytest.approx(np.median(scheduled.loc[[20, 25, 30]]), rel=1e-12)
     assert np.isnan(late_sharpness_ratio(h.iloc[:0]))
+
+
+def test_status_keeps_only_those_runs(sweep, tmp_path):
+    statuses = {str(p): load_run(p).status for p in find_runs(sweep)}
+    main([str(sweep), "--status", "diverged", "-o", str(tmp_path / "rep"), "-j", "1"])
+    table = pd.read_csv(tmp_path / "rep" / "summary.csv")
+    assert sorted(table.run) == sorted(p for p, s in statuses.items() if s == "diverged") and len(table)
