@@ -2,6 +2,7 @@
 # The model-comparison study: 20 models (11 MLPs, 9 CNNs) x 2 seeds trained by full-batch GD to training loss
 # 0.8 on MNIST-1D (1,000 training examples), exact Hessians at the stop; then one report over all of them.
 # Usage: bash experiments/2026-11-29-model-comparison/run.sh [OUT] [extra overrides...]   (OUT: outputs/mc)
+# Reports: OUT-report (every converged run), OUT-report-cnn and OUT-report-mlp (one family each).
 set -euo pipefail
 out=${1:-outputs/mc}
 shift || true
@@ -14,4 +15,7 @@ sweep model=mlp depth=8 width=16 hydra.sweep.dir="$out/mlp-deeper" "$@"
 sweep model=cnn depth=1,2,3 model.channels=4,8 hydra.sweep.dir="$out/cnn" "$@"
 sweep model=cnn depth=2,3 model.channels=8 model.kernel=5 hydra.sweep.dir="$out/cnn-k5" "$@"
 sweep model=cnn depth=2 model.channels=8 model.pooling=avg hydra.sweep.dir="$out/cnn-avg" "$@"
-sane-report "$out" -o "$out/report"
+# the comparison: the runs that reached the criterion, all together and within each family
+sane-report "$out" --status converged -o "$out-report"
+sane-report "$out"/cnn* --status converged -o "$out-report-cnn"
+sane-report "$out"/mlp* --status converged -o "$out-report-mlp"
