@@ -8,6 +8,9 @@ how the Hessian changes across each spike (../shared/SCIENCE.md, "Loss basins").
     flattening  lambda_max (and SANE's scale rho * |lambda|_(k)) after a spike against before it
     shift       similarity of the top-k eigenvector subspaces before and after,
                 s(U_a, U_b) = ||U_a^T U_b||_F^2 / k in [0, 1], and the distance between the two spectra
+    null        the mean similarity of the checkpoint pairs as many steps apart as the pair across the
+                spike, but with no spike between them (null_pairs of them; NaN when the run has none,
+                e.g. hessian.every larger than that gap): what the subspace turns by in that time anyway
 
 The same :class:`SpikeDetector` runs inside ``sane-run`` (to take curvature checkpoints just before and
 just after each spike, ``hessian.on_spike``) and in ``sane-report`` over the logged per-step loss, so both
@@ -26,7 +29,7 @@ from .measures import kth_largest, spectrum_distance
 BASIN_COLUMNS = [
     "basin", "start", "end", "min_loss", "spike_step", "peak_loss", "before_step", "after_step",
     "lambda_max_before", "lambda_max_after", "flattening", "sane_scale_before", "sane_scale_after",
-    "sane_before", "sane_after", "similarity", "spectrum_distance",
+    "sane_before", "sane_after", "similarity", "spectrum_distance", "null_similarity", "null_pairs",
 ]  # fmt: skip
 
 
@@ -106,6 +109,7 @@ def analyse(run, threshold: float | None = None) -> pd.DataFrame:
         return pd.DataFrame(columns=BASIN_COLUMNS)
     spikes = detect_spikes(steps, losses, threshold)
     curv = run.hessian.sort_values("step").drop_duplicates("step")
+    null = _NullSimilarity(run, spikes)
     rows = []
     for i, (start, end) in enumerate(basin_bounds(spikes, int(steps[0]), int(steps[-1]))):
         in_basin = (steps >= start) & (steps < end) | (steps == end) & (i == len(spikes))
@@ -116,6 +120,8 @@ def analyse(run, threshold: float | None = None) -> pd.DataFrame:
             after_spike = (steps >= spike) & (steps < (spikes[i + 1] if i + 1 < len(spikes) else np.inf))
             row.update(spike_step=spike, peak_loss=float(np.max(losses[after_spike])))
             row.update(_across(run, curv, spike))
+            if np.isfinite(row["similarity"]):
+                row["null_similarity"], row["null_pairs"] = null(int(row["after_step"] - row["before_step"]))
         rows.append(row)
     return pd.DataFrame(rows, columns=BASIN_COLUMNS)
 
@@ -146,6 +152,28 @@ def _across(run, curv: pd.DataFrame, spike: int) -> dict:
     out["similarity"] = subspace_similarity(vec_b, vec_a)
     out["spectrum_distance"] = spectrum_distance(*run.density(int(b.step)), *run.density(int(a.step)))
     return out
+
+
+class _NullSimilarity:
+    """The mean subspace similarity of a run's checkpoint pairs ``gap`` steps apart with no spike in
+    between, and their number; eigenvectors read once per checkpoint."""
+
+    def __init__(self, run, spikes: list[int]):
+        self.run, self.spikes, self.vectors = run, np.asarray(spikes), {}
+        self.steps = set(run.spectrum_steps())
+
+    def _vectors(self, step: int) -> np.ndarray:
+        if step not in self.vectors:
+            self.vectors[step] = self.run.spectrum(step)[1]
+        return self.vectors[step]
+
+    def __call__(self, gap: int) -> tuple[float, int]:
+        pairs = [(a, a + gap) for a in sorted(self.steps) if a + gap in self.steps
+                 and not ((self.spikes > a) & (self.spikes <= a + gap)).any()]  # fmt: skip
+        if not pairs:
+            return float("nan"), 0
+        sims = [subspace_similarity(self._vectors(a), self._vectors(b)) for a, b in pairs]
+        return float(np.mean(sims)), len(pairs)
 
 
 def similarity_matrix(run) -> tuple[list[int], np.ndarray]:

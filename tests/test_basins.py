@@ -72,9 +72,10 @@ def test_spectrum_distance_closed_forms():
     assert spectrum_distance(np.array([1.0, 3.0]), np.array([0.5, 0.5]), np.array([2.0]), None) == pytest.approx(0.5)
 
 
-def hand_made_run(tmp_path, spike: int = 50):
+def hand_made_run(tmp_path, spike: int = 50, extra=()):
     """A run folder written with RunWriter: a loss curve with one spike at ``spike`` and two curvature
-    checkpoints around it whose top eigenvectors span known subspaces."""
+    checkpoints around it whose top eigenvectors span known subspaces (and the ``extra`` checkpoints: step,
+    top-2 eigenvectors)."""
     w = RunWriter(tmp_path / "run")
     loss = curve_with_spikes([spike], n=100)
     for step, x in enumerate(loss):
@@ -88,7 +89,9 @@ def hand_made_run(tmp_path, spike: int = 50):
         (spike - 1, "pre_spike", [16.0, 4.0, 1.0, 0.5, 0.1, 0.0], e[:, [0, 1]]),
         (spike + 5, "post_spike", [8.0, 4.0, 1.0, 0.5, 0.1, 0.0], e[:, [0, 2]]),
         (99, "scheduled", [8.0, 4.0, 1.0, 0.5, 0.1, 0.0], e[:, [0, 2]]),
+        *[(step, "scheduled", [8.0, 4.0, 1.0, 0.5, 0.1, 0.0], vec) for step, vec in extra],
     ]
+    checkpoints.sort(key=lambda c: c[0])
     for step, kind, ev, vec in checkpoints:
         row = dict.fromkeys(HESSIAN_COLUMNS, 0.0)
         row.update(step=step, kind=kind, lambda_max=ev[0], sane=float(step), method="exact", lr=0.1, k=1, rho=0.5)
@@ -145,3 +148,14 @@ def test_sgd_runs_take_no_spike_checkpoints_and_use_the_full_loss(tmp_path):
     steps, losses = run.step_losses()
     assert list(steps) == list(run.metrics.step) and np.array_equal(losses, run.metrics.train_loss)
     assert len(run.losses) == 60  # the mini-batch losses are still logged
+
+
+def test_the_null_similarity_is_that_of_pairs_as_far_apart_without_a_spike(tmp_path):
+    """Across the spike the pair is 6 steps apart (49, 55); the pairs (10, 16) and (60, 66) are too, with no
+    spike between, and keep both and one of their two top directions: null 0.75 over 2 pairs. The pair across
+    the spike itself is no null pair (with it the mean would be 2/3)."""
+    e = np.eye(6)
+    extra = [(10, e[:, [0, 1]]), (16, e[:, [0, 1]]), (60, e[:, [0, 2]]), (66, e[:, [0, 3]])]
+    spike = analyse(hand_made_run(tmp_path, extra=extra)).iloc[0]
+    assert spike.similarity == pytest.approx(0.5) and (spike.null_similarity, spike.null_pairs) == (0.75, 2)
+    assert np.isnan(analyse(hand_made_run(tmp_path / "bare")).iloc[0].null_similarity)
