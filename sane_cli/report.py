@@ -60,16 +60,8 @@ IGNORED_KEYS = {"lr", "depth", "width", "device", "threads", "resume", "dataset.
 MEASURES = ("sane", "n_eff", "log_evidence", "lambda_max", "trace")
 TARGETS = ("test_loss", "test_acc", "gen_gap")
 FORMATS = ("png", "pdf")
-QUANTITIES = (
-    *MEASURES,
-    "test_loss",
-    "test_acc",
-    "train_loss",
-    "train_acc",
-    "gen_gap",
-    "stability_threshold",
-    "preconditioned_sharpness",
-)
+QUANTITIES = (*MEASURES, "test_loss", "test_acc", "train_loss", "train_acc", "gen_gap", "stability_threshold",
+              "preconditioned_sharpness", "sharpness_ratio_late")  # fmt: skip
 
 
 @dataclass

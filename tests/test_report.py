@@ -361,6 +361,10 @@ def test_the_late_sharpness_ratio_is_the_median_over_the_last_third(tmp_path):
     scheduled = h[h.kind == "scheduled"].set_index("step").sharpness_ratio
     assert late_sharpness_ratio(h) == pytest.approx(np.median(scheduled.loc[[20, 25, 30]]), rel=1e-12)
     assert np.isnan(late_sharpness_ratio(h.iloc[:0]))
+    from sane_cli.report import group_table, summary_table
+
+    groups = group_table(summary_table([load_run(tmp_path / "run")]))
+    assert groups.sharpness_ratio_late_mean.iloc[0] == late_sharpness_ratio(h)
 
 
 def test_status_keeps_only_those_runs(sweep, tmp_path):
