@@ -8,9 +8,10 @@ how the Hessian changes across each spike (../shared/SCIENCE.md, "Loss basins").
     flattening  lambda_max (and SANE's scale rho * |lambda|_(k)) after a spike against before it
     shift       similarity of the top-k eigenvector subspaces before and after,
                 s(U_a, U_b) = ||U_a^T U_b||_F^2 / k in [0, 1], and the distance between the two spectra
-    null        the mean similarity of the checkpoint pairs as many steps apart as the pair across the
-                spike, but with no spike between them (null_pairs of them; NaN when the run has none,
-                e.g. hessian.every larger than that gap): what the subspace turns by in that time anyway
+    null        the mean similarity and the mean lambda_max ratio (later / earlier) of the checkpoint pairs
+                as many steps apart as the pair across the spike, but with no spike between them
+                (null_pairs of them; NaN when the run has none, e.g. hessian.every larger than that
+                gap): how far the subspace turns, and lambda_max moves, in that time anyway
 
 The same :class:`SpikeDetector` runs inside ``sane-run`` (to take curvature checkpoints just before and
 just after each spike, ``hessian.on_spike``) and in ``sane-report`` over the logged per-step loss, so both
@@ -29,7 +30,7 @@ from .measures import kth_largest, spectrum_distance
 BASIN_COLUMNS = [
     "basin", "start", "end", "min_loss", "spike_step", "peak_loss", "before_step", "after_step",
     "lambda_max_before", "lambda_max_after", "flattening", "sane_scale_before", "sane_scale_after",
-    "sane_before", "sane_after", "similarity", "spectrum_distance", "null_similarity", "null_pairs",
+    "sane_before", "sane_after", "similarity", "spectrum_distance", "null_similarity", "null_flattening", "null_pairs",
 ]  # fmt: skip
 
 
@@ -119,19 +120,26 @@ def analyse(run, threshold: float | None = None) -> pd.DataFrame:
             spike = spikes[i]
             after_spike = (steps >= spike) & (steps < (spikes[i + 1] if i + 1 < len(spikes) else np.inf))
             row.update(spike_step=spike, peak_loss=float(np.max(losses[after_spike])))
-            row.update(_across(run, curv, spike))
+            row.update(_across(run, curv, spike, spikes[i + 1] if i + 1 < len(spikes) else None))
             if np.isfinite(row["similarity"]):
-                row["null_similarity"], row["null_pairs"] = null(int(row["after_step"] - row["before_step"]))
+                gap = int(row["after_step"] - row["before_step"])
+                row["null_similarity"], row["null_flattening"], row["null_pairs"] = null(gap)
         rows.append(row)
     return pd.DataFrame(rows, columns=BASIN_COLUMNS)
 
 
-def _across(run, curv: pd.DataFrame, spike: int) -> dict:
-    """The curvature just before (step < spike) and just after (step >= spike) a spike."""
+def _across(run, curv: pd.DataFrame, spike: int, next_spike: int | None) -> dict:
+    """The curvature just before (the last checkpoint at step < spike: the pre-spike one where taken) and
+    after a spike: its post-spike checkpoint (``hessian.spike_after`` steps on, once the loss has had time to
+    settle) where there is one before the next spike, else the first checkpoint at step >= spike."""
     before, after = curv[curv.step < spike], curv[curv.step >= spike]
     if before.empty or after.empty:
         return {}
     b, a = before.iloc[-1], after.iloc[0]
+    if "kind" in after:
+        post = after[(after.kind == "post_spike") & (after.step < (next_spike if next_spike is not None else np.inf))]
+        if len(post):
+            a = post.iloc[0]
     out = {
         "before_step": int(b.step), "after_step": int(a.step),
         "lambda_max_before": b.lambda_max, "lambda_max_after": a.lambda_max,
@@ -155,25 +163,28 @@ def _across(run, curv: pd.DataFrame, spike: int) -> dict:
 
 
 class _NullSimilarity:
-    """The mean subspace similarity of a run's checkpoint pairs ``gap`` steps apart with no spike in
-    between, and their number; eigenvectors read once per checkpoint."""
+    """The mean subspace similarity and lambda_max ratio of a run's checkpoint pairs ``gap`` steps apart with
+    no spike in between, and their number; eigenvectors read once per checkpoint."""
 
     def __init__(self, run, spikes: list[int]):
         self.run, self.spikes, self.vectors = run, np.asarray(spikes), {}
         self.steps = set(run.spectrum_steps())
+        h = run.hessian.drop_duplicates("step") if len(run.hessian) else run.hessian
+        self.lambda_max = dict(zip(h.step, h.lambda_max, strict=True)) if len(h) else {}
 
     def _vectors(self, step: int) -> np.ndarray:
         if step not in self.vectors:
             self.vectors[step] = self.run.spectrum(step)[1]
         return self.vectors[step]
 
-    def __call__(self, gap: int) -> tuple[float, int]:
+    def __call__(self, gap: int) -> tuple[float, float, int]:
         pairs = [(a, a + gap) for a in sorted(self.steps) if a + gap in self.steps
                  and not ((self.spikes > a) & (self.spikes <= a + gap)).any()]  # fmt: skip
         if not pairs:
-            return float("nan"), 0
+            return float("nan"), float("nan"), 0
         sims = [subspace_similarity(self._vectors(a), self._vectors(b)) for a, b in pairs]
-        return float(np.mean(sims)), len(pairs)
+        ratios = [self.lambda_max[b] / self.lambda_max[a] for a, b in pairs if self.lambda_max.get(a)]
+        return float(np.mean(sims)), float(np.mean(ratios)) if ratios else float("nan"), len(pairs)
 
 
 def similarity_matrix(run) -> tuple[list[int], np.ndarray]:

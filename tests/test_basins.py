@@ -75,7 +75,7 @@ def test_spectrum_distance_closed_forms():
 def hand_made_run(tmp_path, spike: int = 50, extra=()):
     """A run folder written with RunWriter: a loss curve with one spike at ``spike`` and two curvature
     checkpoints around it whose top eigenvectors span known subspaces (and the ``extra`` checkpoints: step,
-    top-2 eigenvectors)."""
+    top-2 eigenvectors, top eigenvalue)."""
     w = RunWriter(tmp_path / "run")
     loss = curve_with_spikes([spike], n=100)
     for step, x in enumerate(loss):
@@ -89,7 +89,7 @@ def hand_made_run(tmp_path, spike: int = 50, extra=()):
         (spike - 1, "pre_spike", [16.0, 4.0, 1.0, 0.5, 0.1, 0.0], e[:, [0, 1]]),
         (spike + 5, "post_spike", [8.0, 4.0, 1.0, 0.5, 0.1, 0.0], e[:, [0, 2]]),
         (99, "scheduled", [8.0, 4.0, 1.0, 0.5, 0.1, 0.0], e[:, [0, 2]]),
-        *[(step, "scheduled", [8.0, 4.0, 1.0, 0.5, 0.1, 0.0], vec) for step, vec in extra],
+        *[(step, "scheduled", [*top, 4.0, 1.0, 0.5, 0.1, 0.0], vec) for step, vec, *top in extra],
     ]
     checkpoints.sort(key=lambda c: c[0])
     for step, kind, ev, vec in checkpoints:
@@ -155,7 +155,16 @@ def test_the_null_similarity_is_that_of_pairs_as_far_apart_without_a_spike(tmp_p
     spike between, and keep both and one of their two top directions: null 0.75 over 2 pairs. The pair across
     the spike itself is no null pair (with it the mean would be 2/3)."""
     e = np.eye(6)
-    extra = [(10, e[:, [0, 1]]), (16, e[:, [0, 1]]), (60, e[:, [0, 2]]), (66, e[:, [0, 3]])]
+    extra = [(10, e[:, [0, 1]], 8.0), (16, e[:, [0, 1]], 12.0), (60, e[:, [0, 2]], 10.0), (66, e[:, [0, 3]], 5.0)]
     spike = analyse(hand_made_run(tmp_path, extra=extra)).iloc[0]
     assert spike.similarity == pytest.approx(0.5) and (spike.null_similarity, spike.null_pairs) == (0.75, 2)
+    assert spike.null_flattening == pytest.approx((12 / 8 + 5 / 10) / 2)  # lambda_max 8 -> 12, 10 -> 5
     assert np.isnan(analyse(hand_made_run(tmp_path / "bare")).iloc[0].null_similarity)
+
+
+def test_after_a_spike_is_its_post_spike_checkpoint_even_with_a_scheduled_one_between(tmp_path):
+    """A scheduled checkpoint at step 52 lies between the spike (50) and its post-spike checkpoint (55): the
+    state after the spike is still the post-spike one, as far from the pre-spike one as every spike's."""
+    e = np.eye(6)
+    spike = analyse(hand_made_run(tmp_path, extra=[(52, e[:, [4, 5]], 8.0)])).iloc[0]
+    assert (spike.before_step, spike.after_step, spike.similarity) == (49, 55, pytest.approx(0.5))
