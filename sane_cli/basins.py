@@ -25,6 +25,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from .errors import UsageError
 from .measures import kth_largest, spectrum_distance
 
 BASIN_COLUMNS = [
@@ -172,14 +173,19 @@ class _NullSimilarity:
         h = run.hessian.drop_duplicates("step") if len(run.hessian) else run.hessian
         self.lambda_max = dict(zip(h.step, h.lambda_max, strict=True)) if len(h) else {}
 
-    def _vectors(self, step: int) -> np.ndarray:
+    def _vectors(self, step: int) -> np.ndarray | None:
+        """The checkpoint's top eigenvectors; None for a damaged spectra file (its pairs are left out)."""
         if step not in self.vectors:
-            self.vectors[step] = self.run.spectrum(step)[1]
+            try:
+                self.vectors[step] = self.run.spectrum(step)[1]
+            except UsageError:
+                self.vectors[step] = None
         return self.vectors[step]
 
     def __call__(self, gap: int) -> tuple[float, float, int]:
         pairs = [(a, a + gap) for a in sorted(self.steps) if a + gap in self.steps
-                 and not ((self.spikes > a) & (self.spikes <= a + gap)).any()]  # fmt: skip
+                 and not ((self.spikes > a) & (self.spikes <= a + gap)).any()
+                 and self._vectors(a) is not None and self._vectors(a + gap) is not None]  # fmt: skip
         if not pairs:
             return float("nan"), float("nan"), 0
         sims = [subspace_similarity(self._vectors(a), self._vectors(b)) for a, b in pairs]

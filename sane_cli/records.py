@@ -328,11 +328,18 @@ class Run:
 
     def spectrum(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(eigenvalues descending, top eigenvectors as columns) at a curvature checkpoint."""
+        with self._spectrum_file(step) as f:
+            return f["eigenvalues"], f["eigenvectors"]
+
+    def _spectrum_file(self, step: int):
+        """spectra/step_<step>.npz, opened (no pickled objects); a missing or unreadable one is a UsageError."""
         path = self.path / "spectra" / f"step_{int(step)}.npz"
         if not path.is_file():
             raise UsageError(f"{self.path}: no spectrum for step {step} ({path.name} is missing)")
-        with np.load(path) as f:
-            return f["eigenvalues"], f["eigenvectors"]
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise UsageError(f"{path}: not a readable spectrum ({type(e).__name__}); the run folder is damaged") from e
 
     def spectrum_steps(self) -> list[int]:
         return sorted(int(p.stem.split("_", 1)[1]) for p in (self.path / "spectra").glob("step_*.npz"))
@@ -341,8 +348,7 @@ class Run:
         """(eigenvalues, weights) of the spectrum at a checkpoint as a distribution: every eigenvalue
         (weights None) for exact and block methods; SLQ's nodes with their quadrature weights (averaged
         over probes); the top Ritz values for lanczos."""
-        path = self.path / "spectra" / f"step_{int(step)}.npz"
-        with np.load(path) as f:
+        with self._spectrum_file(step) as f:
             if "slq_nodes" in f:
                 nodes, weights = f["slq_nodes"], f["slq_weights"]
                 return nodes.ravel(), (weights / len(weights)).ravel()

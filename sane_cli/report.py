@@ -322,35 +322,41 @@ def bootstrap_rank_correlations(x: np.ndarray, y: np.ndarray, chunk: int = 100) 
 
 def _per_run(args: tuple[str, str, str, tuple[str, ...]]) -> tuple[str, pd.DataFrame, list[int], list[str], str]:
     """Basins and figures of one run (in a worker process): (label, basins table, spikes, figure files,
-    a warning when they could not all be made: the rest of the report goes on)."""
-    try:
-        return _per_run_unsafe(*args)
-    except Exception as e:  # a partial run folder must not cost the report of every other run
-        warning = f"{args[0]}: no figures ({type(e).__name__}: {e})"
-        return args[1], pd.DataFrame(columns=BASIN_COLUMNS), [], [], warning
-
-
-def _per_run_unsafe(path: str, label: str, folder: str, formats: tuple[str, ...]):
+    a warning naming what could not be made). A damaged file costs only what needs it: the basins table
+    and the dynamics figure survive a broken spectrum, and the rest of the report goes on."""
     from . import basins as B
     from . import plots
 
-    run = load_run(path)
+    path, label, folder, formats = args
+    failed = []
+
+    def attempt(what: str, make, default=None):
+        try:
+            return make()
+        except Exception as e:  # a partial run folder must not cost the report of every other run
+            failed.append(f"{what} ({type(e).__name__}: {e})")
+            return default
+
+    run = attempt("run", lambda: load_run(path))
+    if run is None:
+        return label, pd.DataFrame(columns=BASIN_COLUMNS), [], [], f"{path}: no figures: {'; '.join(failed)}"
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    table = B.analyse(run)
+    table = attempt("basins", lambda: B.analyse(run), pd.DataFrame(columns=BASIN_COLUMNS))
     spikes = [int(s) for s in table.spike_step.dropna()]
     table.to_csv(out / "basins.csv", index=False)
-    files = []
     figures = {"dynamics": lambda: plots.dynamics(run, spikes, label)}
-    if run.spectrum_steps():
-        sim_steps, sim = B.similarity_matrix(run)
+    similarity = attempt("similarity", lambda: B.similarity_matrix(run)) if run.spectrum_steps() else None
+    if similarity is not None:
+        sim_steps, sim = similarity
         pd.DataFrame(sim, index=sim_steps, columns=sim_steps).to_csv(out / "similarity.csv")
         figures["spectra"] = lambda: plots.spectra(run, label)
         if spikes:
             figures["basins"] = lambda: plots.basins(run, table, sim_steps, sim, label)
+    files = []
     for name, draw in figures.items():
-        files += _save(draw(), out / name, formats)
-    return label, table, spikes, files, ""
+        files += attempt(f"{name} figure", lambda draw=draw, name=name: _save(draw(), out / name, formats), [])
+    return label, table, spikes, files, f"{path}: {'; '.join(failed)}" if failed else ""
 
 
 def _save(fig, stem: Path, formats: tuple[str, ...]) -> list[str]:

@@ -237,7 +237,8 @@ def test_depth_comparison_when_depth_varies(tmp_path):
 
 def test_partial_runs_are_listed_and_a_broken_spectrum_costs_only_its_figures(sweep, tmp_path, caplog):
     """A run that has just started (headers only) is listed as running; a run whose spectra file is
-    corrupt keeps its row but loses its figures, with a warning naming it; the other runs are reported."""
+    corrupt keeps its row and dynamics figure but loses those that need the spectra, with a warning naming
+    it and the damaged file; the other runs are reported."""
     root = tmp_path / "outputs"
     started = RunWriter(root / "started")
     started.write_summary({"status": "running", "config": {"optim": {"name": "gd", "lr": 0.1}, "seed": 0}})
@@ -253,8 +254,12 @@ def test_partial_runs_are_listed_and_a_broken_spectrum_costs_only_its_figures(sw
     table = pd.read_csv(root / "report" / "summary.csv")
     assert sorted(table.status) == ["completed", "completed", "running"]
     warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert str(root / "broken_spectrum") in warned and "no figures" in warned
+    assert str(root / "broken_spectrum") in warned and "step_0.npz: not a readable spectrum" in warned
     assert str(root / "good") not in warned
+    folders = [p for p in (root / "report" / "runs").iterdir() if p.is_dir()]
+    with_dynamics = [p for p in folders if (p / "dynamics.png").is_file()]
+    without_spectra = [p for p in with_dynamics if not (p / "spectra.png").exists()]
+    assert len(with_dynamics) == 3 and len(without_spectra) == 2  # the broken one, and the started one
     assert "broken_spectrum" in page.read_text()
 
 
