@@ -17,7 +17,7 @@ import pytest
 from helpers import make_config
 
 from sane_cli.errors import UsageError
-from sane_cli.records import RunWriter, find_runs, load_run
+from sane_cli.records import HESSIAN_COLUMNS, RunWriter, find_runs, load_run
 from sane_cli.report import Options, correlations, main, report
 from sane_cli.training import train
 
@@ -268,7 +268,8 @@ def test_older_run_folders_and_subset_runs(sweep, tmp_path):
     checkpoint kinds) are read in today's columns; a run whose Hessian was taken on a subset is marked."""
     root = tmp_path / "runs"
     source = next(p for p in find_runs(sweep) if p.name.startswith("0_"))
-    for name, drop in (("v0.2", ["lambda_max_train"]), ("v0.1", ["lambda_max_train", "kind"])):
+    older = ["log_evidence", "preconditioned_sharpness"]  # (added in 0.4 and 0.5)
+    for name, drop in (("v0.2", ["lambda_max_train", *older]), ("v0.1", ["lambda_max_train", "kind", *older])):
         shutil.copytree(source, root / name)
         h = (
             pd.read_csv(root / name / "hessian.csv")
@@ -282,6 +283,7 @@ def test_older_run_folders_and_subset_runs(sweep, tmp_path):
         h = load_run(root / name).hessian
         assert h.stability_threshold.tolist() == pytest.approx([2 / 0.05] * len(h))
         assert h.lambda_max_train.isna().all() and (h.kind == "scheduled").all()
+        assert list(h.columns) == HESSIAN_COLUMNS and h[older].isna().all().all()
     report([root], tmp_path / "rep")
     table = pd.read_csv(tmp_path / "rep" / "summary.csv").set_index("label")
     on = dict(zip(table.run.map(lambda p: p.rsplit("/", 1)[-1]), table.hessian_on, strict=True))
