@@ -20,6 +20,7 @@ DEVICES = ("auto", "cpu", "cuda")
 HESSIAN_METHODS = ("exact", "block_diag", "block_band", "lanczos", "slq", "auto")
 DTYPES = ("float64", "float32")
 EIG_MODES = ("abs", "clip")
+REORTHS = ("none", "selective", "full")  # SLQ's reorthogonalisation (sane_cli.iterative.slq)
 DATASETS = ("mnist1d", "synthetic", "digits", "mnist", "fashion_mnist", "cifar10")
 FLOAT32_MAX = 3.4028234663852886e38
 DIGITS_IMAGES = 1797  # scikit-learn's bundled digits (sane_cli.data.DIGITS)
@@ -163,7 +164,12 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check_number(cfg, "hessian.spike_threshold", minimum=0, strict=True)
     _check_number(cfg, "hessian.spike_after", minimum=1, integer=True)
     _check_number(cfg, "hessian.spike_max", minimum=0, integer=True)
-    for key in ("hessian.reorth", "hessian.deflate", "hessian.on_spike"):
+    reorth = OmegaConf.select(cfg, "hessian.reorth")
+    if isinstance(reorth, bool):  # true / false (before 0.5): full / none
+        with open_dict(cfg):
+            cfg.hessian.reorth = "full" if reorth else "none"
+    _check_choice(cfg, "hessian.reorth", REORTHS)
+    for key in ("hessian.deflate", "hessian.on_spike"):
         if not isinstance(OmegaConf.select(cfg, key), bool):
             _fail(key, OmegaConf.select(cfg, key), "must be true or false")
 

@@ -123,18 +123,19 @@ class Quadrature:
 
 def _probes(
     p: int, probes: int, seed: int, dtype, device, deflate: tuple[np.ndarray, np.ndarray] | None
-) -> tuple[torch.Tensor, np.ndarray]:
+) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None]:
     """(Rademacher probes (probes, P) with the span of the deflated eigenvectors projected out, the
-    deflated eigenvalues (empty without deflation))."""
+    deflated eigenvalues (empty without deflation), the deflated eigenvectors (P, k) or None)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = (torch.randint(0, 2, (probes, p), generator=gen) * 2 - 1).to(dtype=dtype, device=device)
     if deflate is None:
-        return v, np.zeros(0)
+        return v, np.zeros(0), None
     values, vectors = deflate
+    d = None
     if vectors.shape[1]:
         d = torch.as_tensor(np.ascontiguousarray(vectors)).to(dtype=dtype, device=device)
         v -= (v @ d) @ d.T
-    return v, np.asarray(values, dtype=float)
+    return v, np.asarray(values, dtype=float), d
 
 
 def slq(
@@ -146,6 +147,7 @@ def slq(
     seed: int = 0,
     reorthogonalize: bool = True,
     deflate: tuple[np.ndarray, np.ndarray] | None = None,
+    reproject: bool = True,
     dtype=torch.float64,
     device="cpu",
 ) -> Quadrature:
@@ -162,10 +164,13 @@ def slq(
     exactly. tr f(H) = tr V^T f(H) V + tr (I - VV^T) f(H) (I - VV^T) holds for any orthonormal V, and the
     projected probes estimate the second term without bias; when V holds the outlying eigenvectors, which
     carry most of the variance of v^T f(H) v, the standard errors shrink several-fold (Gambhir, Stathopoulos
-    & Orginos 2017; the same idea as Hutch++).
+    & Orginos 2017; the same idea as Hutch++). With ``reproject`` (and without full reorthogonalisation) the
+    eigenvectors are projected out of every Lanczos vector too (k x P a step): rounding puts their
+    directions back into the Krylov space, where Lanczos finds them at once and the quadrature would
+    count the deflated eigenvalues a second time.
     """
     steps = min(steps, p)
-    v, values = _probes(p, probes, seed, dtype, device, deflate)
+    v, values, d = _probes(p, probes, seed, dtype, device, deflate)
     scales = (v.norm(dim=1) ** 2).double().cpu().numpy()
     v /= v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)  # a probe inside span(V) stays 0
     basis = torch.zeros(steps if reorthogonalize else 2, probes, p, dtype=dtype, device=device)
@@ -186,6 +191,8 @@ def slq(
             w -= alpha[:, None] * q
             if i > 0:
                 w -= betas[:, i - 1].to(device=device, dtype=dtype)[:, None] * basis[(i - 1) % 2]
+            if reproject and d is not None:  # keep the deflated directions out (see the docstring)
+                w -= (w @ d) @ d.T
         norms = w.norm(dim=1)
         betas[:, i] = norms.cpu()
         if i + 1 < steps:
@@ -217,7 +224,7 @@ def hutchinson(
     ``deflate = (eigenvalues, eigenvectors)`` as in :func:`slq`: the eigenvalues' sum plus Hutchinson on
     the complement of the eigenvectors (deflated Hutchinson, the estimator of Hutch++ with the top
     eigenvectors as its sketch)."""
-    v, values = _probes(p, probes, seed, dtype, device, deflate)
+    v, values, _ = _probes(p, probes, seed, dtype, device, deflate)
     samples = torch.cat([(matvec(b) * b).sum(1) for b in v.split(batch)]).double().cpu().numpy()
     se = samples.std(ddof=1) / np.sqrt(probes) if probes > 1 else float("nan")
     return float(np.sum(values)) + float(samples.mean()), float(se)

@@ -87,6 +87,7 @@ def measure(
         values, vectors, row, arrays = _iterative(method, model, loss_fn, x, y, hcfg, dtype, k_vec)
         row.update(stability_threshold=threshold, sharpness_ratio=row["lambda_max"] / threshold)
     row.setdefault("log_evidence", float("nan"))  # exact spectra only
+    row.setdefault("reorth", "")  # slq's reorthogonalisation; nothing to say for other methods
     return CurvatureResult(method, dtype_name, values, vectors, row, time.perf_counter() - start, arrays)
 
 
@@ -152,7 +153,8 @@ def _iterative(method: str, model, loss_fn, x, y, hcfg, dtype, k_vec: int):
         trace, trace_se = hutchinson(matvec, p, probes=probes, seed=seed, deflate=deflate, dtype=dtype, device=device)
         row.update(trace=trace, trace_se=trace_se, n_negative=nan, n_eff=nan, n_eff_se=nan, sane=nan, sane_se=nan)
         return top.values, top.vectors[:, :k_vec], row, {}
-    quad = slq(matvec, p, probes=probes, steps=int(hcfg.steps), seed=seed, reorthogonalize=bool(hcfg.reorth),
+    quad = slq(matvec, p, probes=probes, steps=int(hcfg.steps), seed=seed, reorthogonalize=hcfg.reorth == "full",
+               reproject=hcfg.reorth == "selective",
                deflate=deflate, dtype=dtype, device=device)  # fmt: skip
     mode = hcfg.eig_mode
     # SANE's scale: the k-th largest |eigenvalue| (abs) or the k-th largest eigenvalue clipped at 0 (clip)
@@ -165,7 +167,7 @@ def _iterative(method: str, model, loss_fn, x, y, hcfg, dtype, k_vec: int):
     )
     n_neg, _ = quad.trace_of(lambda t: (t < 0).astype(float))
     row.update(trace=trace, trace_se=trace_se, n_negative=n_neg, n_eff=n_eff, n_eff_se=n_eff_se, sane=sane,
-               sane_se=sane_se)  # fmt: skip
+               sane_se=sane_se, reorth=hcfg.reorth)  # fmt: skip
     return top.values, top.vectors[:, :k_vec], row, {"slq_nodes": quad.nodes, "slq_weights": quad.weights}
 
 

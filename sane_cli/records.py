@@ -10,7 +10,8 @@ A run folder holds::
     loss.csv                  one row per optimiser step: step, loss (the loss of the batch the step was
                               taken on, before the update; for spike detection)
     hessian.csv               one row per curvature checkpoint: step, lr, method (the one that ran),
-                              dtype, n_params, subset (examples the Hessian was taken on: the whole
+                              dtype, reorth (slq's reorthogonalisation: none, selective or full; empty
+                              for other methods), n_params, subset (examples the Hessian was taken on: the whole
                               training set unless hessian.subset is set), lambda_max, lambda_max_train
                               (the top eigenvalue of the whole training loss; = lambda_max without a
                               subset), lambda_min, trace, trace_se, n_negative, n_eff, n_eff_se, sane,
@@ -56,9 +57,9 @@ from .errors import UsageError
 
 METRICS_COLUMNS = ["step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
 HESSIAN_COLUMNS = [
-    "step", "lr", "method", "dtype", "n_params", "subset", "lambda_max", "lambda_max_train", "lambda_min", "trace",
-    "trace_se", "n_negative", "n_eff", "n_eff_se", "sane", "sane_se", "log_evidence", "alpha", "rho", "k", "eig_mode",
-    "preconditioned_sharpness", "stability_threshold", "sharpness_ratio", "converged", "seconds", "kind",
+    "step", "lr", "method", "dtype", "reorth", "n_params", "subset", "lambda_max", "lambda_max_train", "lambda_min",
+    "trace", "trace_se", "n_negative", "n_eff", "n_eff_se", "sane", "sane_se", "log_evidence", "alpha", "rho", "k",
+    "eig_mode", "preconditioned_sharpness", "stability_threshold", "sharpness_ratio", "converged", "seconds", "kind",
 ]  # fmt: skip
 LOSS_COLUMNS = ["step", "loss"]
 CHECKPOINT_KINDS = ("scheduled", "pre_spike", "post_spike")
@@ -260,7 +261,7 @@ def json_default(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
-TEXT_COLUMNS = {"method", "dtype", "eig_mode", "converged", "kind"}
+TEXT_COLUMNS = {"method", "dtype", "reorth", "eig_mode", "converged", "kind"}
 
 
 def _checked_rows(df: pd.DataFrame, raw: bytes, file: Path) -> pd.DataFrame:
@@ -303,6 +304,8 @@ def _upgrade_hessian_table(df: pd.DataFrame, summary: dict[str, Any]) -> pd.Data
         df.insert(df.columns.get_loc("sane_se") + 1, "log_evidence", np.nan)
     if "preconditioned_sharpness" not in df.columns and "stability_threshold" in df.columns:  # before 0.5
         df.insert(df.columns.get_loc("stability_threshold"), "preconditioned_sharpness", np.nan)
+    if "reorth" not in df.columns and "dtype" in df.columns:  # before 0.5 (slq's was the config's)
+        df.insert(df.columns.get_loc("dtype") + 1, "reorth", None)
     if set(df.columns) == set(HESSIAN_COLUMNS):
         df = df[HESSIAN_COLUMNS]
     return df

@@ -44,6 +44,9 @@ def test_shortcuts_reach_the_groups():
         assert validate(compose("config")).lr == 0.2 == validate(compose("config", overrides=["optim=sgd"])).lr
         assert validate(compose("config", overrides=["optim=adam"])).optim.lr == 0.001
         assert validate(compose("config", overrides=["optim=adam", "lr=0.01"])).optim.lr == 0.01
+        # hessian.reorth of configs before 0.5: true / false
+        assert validate(compose("config", overrides=["hessian.reorth=true"])).hessian.reorth == "full"
+        assert validate(compose("config", overrides=["hessian.reorth=false"])).hessian.reorth == "none"
 
 
 BAD = [
@@ -80,6 +83,7 @@ BAD = [
     (["loss=hinge"], r"loss='hinge' is invalid: must be one of cross_entropy, mse"),
     (["device=tpu"], r"device='tpu' is invalid"),
     (["hessian.dtype=float16"], r"hessian.dtype='float16' is invalid"),
+    (["hessian.reorth=partial"], r"hessian.reorth='partial' is invalid: must be one of none, selective, full"),
     (["optim=sgd", "optim.momentum=1.0"], r"optim.momentum=1.0 is invalid: must be in \[0, 1\)"),
     (["-m", "lr=0.1,0.2,-3"], r"optim.lr=-3 is invalid"),  # the last job of a sweep, caught before the first
 ]

@@ -105,11 +105,15 @@ def test_slq_and_hutchinson_within_four_standard_errors():
     }
     top = lanczos(matvec, p, 5, tol=1e-10)
     for seed in range(4):
-        for reorth, deflate in [(True, None), (False, None), (False, (top.values, top.vectors))]:
-            quad = slq(matvec, p, probes=20, steps=40, seed=seed, reorthogonalize=reorth, deflate=deflate)
+        top_pairs = (top.values, top.vectors)
+        # full reorthogonalisation, none, and (with deflation) none and selective
+        cases = [(True, None, False), (False, None, False), (False, top_pairs, False), (False, top_pairs, True)]
+        for reorth, deflate, reproject in cases:
+            quad = slq(matvec, p, probes=20, steps=40, seed=seed, reorthogonalize=reorth, deflate=deflate,
+                       reproject=reproject)  # fmt: skip
             for name, f in fs.items():
                 est, se = quad.trace_of(f)
-                assert abs(est - exact[name]) <= 4 * se, (name, seed, reorth, deflate is None, est, se, exact[name])
+                assert abs(est - exact[name]) <= 4 * se, (name, seed, reorth, reproject, est, se, exact[name])
         for deflate in (None, (top.values, top.vectors)):
             est, se = hutchinson(matvec, p, probes=30, seed=seed, deflate=deflate)
             assert abs(est - exact["trace"]) <= 4 * se
@@ -172,6 +176,8 @@ def test_runs_with_each_method(tmp_path, method, device):
     assert last.converged
     if method in ("lanczos", "slq"):
         assert last.trace_se > 0
+    # which reorthogonalisation ran is recorded for slq (the default: none), and left empty otherwise
+    assert (run.hessian.reorth == "none").all() if method == "slq" else run.hessian.reorth.isna().all()
     if method == "slq":
         assert last.sane_se > 0 and np.isfinite(last.sane)
         ev, _ = run.spectrum(20)
