@@ -46,6 +46,13 @@ def _check_number(
         _fail(key, value, f"must be {kind} {bound}")
 
 
+def _check_fraction(cfg: DictConfig, key: str) -> None:
+    """A decay or momentum coefficient: a number in [0, 1)."""
+    _check_number(cfg, key, minimum=0)
+    if OmegaConf.select(cfg, key) >= 1:
+        _fail(key, OmegaConf.select(cfg, key), "must be in [0, 1)")
+
+
 def _check_choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
     value = OmegaConf.select(cfg, key)
     if value not in choices:
@@ -110,15 +117,11 @@ def validate(cfg: DictConfig) -> DictConfig:
         _fail("optim.batch_size", cfg.optim.batch_size, "must be null for optim=gd (full batch); for mini-batches "
               "use optim=sgd")  # fmt: skip
     if cfg.optim.name == "adam":
-        for key in ("optim.beta1", "optim.beta2"):
-            _check_number(cfg, key, minimum=0)
-            if OmegaConf.select(cfg, key) >= 1:
-                _fail(key, OmegaConf.select(cfg, key), "must be in [0, 1)")
+        _check_fraction(cfg, "optim.beta1")
+        _check_fraction(cfg, "optim.beta2")
         _check_number(cfg, "optim.eps", minimum=0, strict=True)
     else:
-        _check_number(cfg, "optim.momentum", minimum=0)
-        if cfg.optim.momentum >= 1:
-            _fail("optim.momentum", cfg.optim.momentum, "must be in [0, 1)")
+        _check_fraction(cfg, "optim.momentum")
         if not isinstance(cfg.optim.get("nesterov", False), bool):
             _fail("optim.nesterov", cfg.optim.nesterov, "must be true or false")
         if cfg.optim.get("nesterov", False) and cfg.optim.momentum == 0:
@@ -198,7 +201,7 @@ def check_against_data(cfg: DictConfig, n_train: int, model) -> None:
     blocks = [sum(p.numel() for p in m.parameters()) for m in model.modules() if isinstance(m, nn.Linear)]
     from .methods import resolve_method
 
-    method = resolve_method(cfg.hessian, model, n_params) if cfg.hessian.method == "auto" else cfg.hessian.method
+    method = resolve_method(cfg.hessian, model, n_params)  # auto's choice; any other method as given
     size = 8 if cfg.hessian.dtype == "float64" else 4
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     # every layer block, and eigh's copy and workspace for the largest
