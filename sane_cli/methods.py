@@ -151,7 +151,8 @@ def _iterative(method: str, model, loss_fn, x, y, hcfg, dtype, k_vec: int):
     deflate = (top.values, top.vectors) if hcfg.deflate and len(top.values) < p else None
     if method == "lanczos":
         trace, trace_se = hutchinson(matvec, p, probes=probes, seed=seed, deflate=deflate, dtype=dtype, device=device)
-        row.update(trace=trace, trace_se=trace_se, n_negative=nan, n_eff=nan, n_eff_se=nan, sane=nan, sane_se=nan)
+        row.update(trace=trace, trace_se=trace_se, n_negative=nan, n_eff=nan, n_eff_se=nan, n_eff_bound=nan, sane=nan,
+                   sane_se=nan, sane_bound=nan)  # fmt: skip
         return top.values, top.vectors[:, :k_vec], row, {}
     quad = slq(matvec, p, probes=probes, steps=int(hcfg.steps), seed=seed, reorthogonalize=hcfg.reorth == "full",
                reproject=hcfg.reorth == "selective",
@@ -166,14 +167,28 @@ def _iterative(method: str, model, loss_fn, x, y, hcfg, dtype, k_vec: int):
         quad.trace_of(lambda t: magnitudes(t, mode) / (magnitudes(t, mode) + scale)) if scale > 0 else (0.0, 0.0)
     )
     n_neg, _ = quad.trace_of(lambda t: (t < 0).astype(float))
-    row.update(trace=trace, trace_se=trace_se, n_negative=n_neg, n_eff=n_eff, n_eff_se=n_eff_se, sane=sane,
-               sane_se=sane_se, reorth=hcfg.reorth)  # fmt: skip
+    n_eff_bound = _bias_bound(quad, n_eff, float(hcfg.alpha), hcfg)
+    sane_bound = _bias_bound(quad, sane, scale, hcfg) if scale > 0 else 0.0
+    row.update(trace=trace, trace_se=trace_se, n_negative=n_neg, n_eff=n_eff, n_eff_se=n_eff_se,
+               n_eff_bound=n_eff_bound, sane=sane, sane_se=sane_se, sane_bound=sane_bound,
+               reorth=hcfg.reorth)  # fmt: skip
     return top.values, top.vectors[:, :k_vec], row, {"slq_nodes": quad.nodes, "slq_weights": quad.weights}
+
+
+def _bias_bound(quad, estimate: float, a: float, hcfg) -> float:
+    """A bound on the quadrature error (the bias) of SLQ's estimate of sum_i |lambda_i| / (|lambda_i| + a): its
+    distance to the far end of :meth:`Quadrature.bracket_of`. The bracket holds for eig_mode abs with the
+    Lanczos vectors kept orthogonal (reorth full); NaN otherwise."""
+    if hcfg.eig_mode != "abs" or hcfg.reorth != "full":
+        return float("nan")
+    lower, upper = quad.bracket_of(lambda t: t / (t + a))
+    return max(upper - estimate, estimate - lower, 0.0)
 
 
 def _exact_row(values: np.ndarray, threshold: float, hcfg) -> dict:
     row = spectrum_summary(values, threshold=threshold, alpha=hcfg.alpha, rho=hcfg.rho, k=hcfg.k, mode=hcfg.eig_mode)
-    return {**row, "trace_se": 0.0, "n_eff_se": 0.0, "sane_se": 0.0, "converged": True}
+    zero = {"trace_se": 0.0, "n_eff_se": 0.0, "n_eff_bound": 0.0, "sane_se": 0.0, "sane_bound": 0.0}
+    return {**row, **zero, "converged": True}
 
 
 def _block_diag_spectrum(model, loss_fn, x, y, dtype, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,8 +14,9 @@ A run folder holds::
                               for other methods), n_params, subset (examples the Hessian was taken on: the whole
                               training set unless hessian.subset is set), lambda_max, lambda_max_train
                               (the top eigenvalue of the whole training loss; = lambda_max without a
-                              subset), lambda_min, trace, trace_se, n_negative, n_eff, n_eff_se, sane,
-                              sane_se (standard errors of estimates, 0 for exact values), log_evidence
+                              subset), lambda_min, trace, trace_se, n_negative, n_eff, n_eff_se,
+                              n_eff_bound, sane, sane_se, sane_bound (standard errors of estimates and
+                              bounds on SLQ's quadrature error; 0 for exact values), log_evidence
                               (Laplace, exact method only; sane_cli.measures), alpha, rho, k,
                               eig_mode, preconditioned_sharpness (lambda_max(P^-1 H) of the training
                               loss under Adam's preconditioner P; empty for other optimisers and
@@ -58,8 +59,9 @@ from .errors import UsageError
 METRICS_COLUMNS = ["step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
 HESSIAN_COLUMNS = [
     "step", "lr", "method", "dtype", "reorth", "n_params", "subset", "lambda_max", "lambda_max_train", "lambda_min",
-    "trace", "trace_se", "n_negative", "n_eff", "n_eff_se", "sane", "sane_se", "log_evidence", "alpha", "rho", "k",
-    "eig_mode", "preconditioned_sharpness", "stability_threshold", "sharpness_ratio", "converged", "seconds", "kind",
+    "trace", "trace_se", "n_negative", "n_eff", "n_eff_se", "n_eff_bound", "sane", "sane_se", "sane_bound",
+    "log_evidence", "alpha", "rho", "k", "eig_mode", "preconditioned_sharpness", "stability_threshold",
+    "sharpness_ratio", "converged", "seconds", "kind",
 ]  # fmt: skip
 LOSS_COLUMNS = ["step", "loss"]
 CHECKPOINT_KINDS = ("scheduled", "pre_spike", "post_spike")
@@ -306,6 +308,9 @@ def _upgrade_hessian_table(df: pd.DataFrame, summary: dict[str, Any]) -> pd.Data
         df.insert(df.columns.get_loc("stability_threshold"), "preconditioned_sharpness", np.nan)
     if "reorth" not in df.columns and "dtype" in df.columns:  # before 0.5 (slq's was the config's)
         df.insert(df.columns.get_loc("dtype") + 1, "reorth", None)
+    if "n_eff_bound" not in df.columns and "sane_se" in df.columns:  # before 0.6
+        df.insert(df.columns.get_loc("n_eff_se") + 1, "n_eff_bound", np.nan)
+        df.insert(df.columns.get_loc("sane_se") + 1, "sane_bound", np.nan)
     if set(df.columns) == set(HESSIAN_COLUMNS):
         df = df[HESSIAN_COLUMNS]
     return df

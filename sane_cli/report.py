@@ -124,9 +124,9 @@ def summary_table(runs: list[Run]) -> pd.DataFrame:
             row[key] = np.nan if value is None else value  # null: not reached, or not finite (a diverged run)
         h = run.hessian[run.hessian.kind != "pre_spike"] if len(run.hessian) else run.hessian
         last = h.sort_values("step").iloc[-1] if len(h) else None
-        for key in ("lambda_max", "lambda_max_train", "lambda_min", "trace", "trace_se", "n_eff", "n_eff_se", "sane",
-                    "sane_se", "log_evidence", "preconditioned_sharpness", "stability_threshold",
-                    "sharpness_ratio"):  # fmt: skip
+        for key in ("lambda_max", "lambda_max_train", "lambda_min", "trace", "trace_se", "n_eff", "n_eff_se",
+                    "n_eff_bound", "sane", "sane_se", "sane_bound", "log_evidence", "preconditioned_sharpness",
+                    "stability_threshold", "sharpness_ratio"):  # fmt: skip
             row[key] = float(last[key]) if last is not None else np.nan
         row["sharpness_ratio_late"] = late_sharpness_ratio(run.hessian)
         row["curvature_step"] = int(last.step) if last is not None else np.nan

@@ -268,7 +268,7 @@ def test_older_run_folders_and_subset_runs(sweep, tmp_path):
     checkpoint kinds) are read in today's columns; a run whose Hessian was taken on a subset is marked."""
     root = tmp_path / "runs"
     source = next(p for p in find_runs(sweep) if p.name.startswith("0_"))
-    older = ["log_evidence", "preconditioned_sharpness"]  # (added in 0.4 and 0.5)
+    older = ["log_evidence", "preconditioned_sharpness", "reorth", "n_eff_bound", "sane_bound"]  # (0.4, 0.5, 0.6)
     for name, drop in (("v0.2", ["lambda_max_train", *older]), ("v0.1", ["lambda_max_train", "kind", *older])):
         shutil.copytree(source, root / name)
         h = (
