@@ -15,10 +15,10 @@ Models: MLPs on MNIST-1D (Hessian subset of 256 examples, float64 everywhere): d
   trace            100 Rademacher probes: ours (sane_cli.iterative.hutchinson, batched) against PyHessian's
                    `trace`, with the standard error each reaches
 
-and, at 7,978 parameters (depth 8 width 32), SANE and N_eff from SLQ (80 steps; 16 plain probes, and 8 and 16
-probes deflated by the top 10 eigenpairs as sane-run does) against exact, timed with the top-10 Lanczos.
+and, at 7,978 parameters (depth 8 width 32), SANE and N_eff from SLQ against exact: as `sane-run hessian=slq`
+runs it (the config's defaults, 8 and 16 probes) and as it ran before 0.6.
 
-Run:  pip install -e ".[bench]" && python benchmarks/iterative.py
+Run:  pip install -e ".[bench]" && python benchmarks/iterative.py      (--slq: the SLQ part only)
 """
 
 from __future__ import annotations
@@ -126,28 +126,60 @@ def main() -> None:
             f"({samples.mean():.4g} +- {samples.std(ddof=1) / np.sqrt(len(samples)):.2g}): {t_tr / t_ours:.1f}x\n"
         )
 
+    slq_against_exact(x0, y0, loss_fn)
+
+
+def slq_against_exact(x0, y0, loss_fn) -> None:
+    """SANE and N_eff from SLQ as `sane-run hessian=slq` runs it (the config's defaults, through
+    sane_cli.methods.measure), against exact, at 7,978 parameters; also with 16 probes, and as sane-run ran
+    it before 0.6 (no reorthogonalisation, 80 steps, the Gauss rule)."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from sane_cli.methods import measure
+
+    with initialize_config_module(version_base="1.3", config_module="sane_cli.conf"):
+        defaults = OmegaConf.merge(compose("config", overrides=["hessian=slq"]).hessian, {"dtype": "float64"})
     model, x, y = setup(8, 32, x0, y0)
     h, t_build = best_time(lambda: mlp_hessian(model, loss_fn, x, y))
     ev, t_eig = best_time(lambda: spectrum(h).eigenvalues)  # noqa: F821 (h is bound above)
-    exact_sane, exact_neff = sane(ev), n_eff(ev)
+    exact = {"sane": sane(ev), "n_eff": n_eff(ev)}
     del h
-    matvec, p = hvp_operator(model, loss_fn, x, y)
-    print(f"== SLQ at {p} parameters (80 steps) against exact ({t_build + t_eig:.1f} s)")
-    for probes, deflate in [(16, False), (8, True), (16, True)]:
+    t_exact = t_build + t_eig
+    p = sum(q.numel() for q in model.parameters())
+    print(f"== SLQ at {p} parameters against exact ({t_exact:.1f} s), float64")
+
+    def show(name, seconds, values):
+        line = [f"{name}:"]
+        for key, (est, se, bound) in values.items():
+            line.append(
+                f"{key} {est:.2f} +- {se:.2f} (bias bound {bound:.2f}) vs exact {exact[key]:.2f}: "
+                f"{(est - exact[key]) / se:+.1f} SE, {est / exact[key] - 1:+.1%};"
+            )
+        print(" ".join(line), f"{seconds:.1f} s, {t_exact / seconds:.1f}x faster than exact")
+
+    for probes in (int(defaults.probes), 16):
+        hcfg = OmegaConf.merge(defaults, {"probes": probes})
         start = time.perf_counter()
-        top = lanczos(matvec, p, 10, tol=1e-6, seed=0)
-        quad = slq(matvec, p, probes=probes, steps=80, seed=0, deflate=(top.values, top.vectors) if deflate else None)
-        scale = 0.5 * top.magnitudes[0]
-        s_est, s_se = quad.trace_of(lambda t, c=scale: np.abs(t) / (np.abs(t) + c))
-        n_est, n_se = quad.trace_of(lambda t: np.abs(t) / (np.abs(t) + 0.5))
-        t_slq = time.perf_counter() - start
-        print(
-            f"{probes} probes{', deflated' if deflate else ''}: SANE {s_est:.2f} +- {s_se:.2f} vs exact "
-            f"{exact_sane:.2f} (rel. error {abs(s_est / exact_sane - 1):.1%}); N_eff {n_est:.2f} +- {n_se:.2f} vs "
-            f"{exact_neff:.2f} ({abs(n_est / exact_neff - 1):.1%}); {t_slq:.1f} s, "
-            f"{(t_build + t_eig) / t_slq:.1f}x faster than exact"
-        )
+        row = measure(model, loss_fn, x, y, hcfg, threshold=1.0).row
+        name = f"defaults ({hcfg.reorth} reorthogonalisation, {hcfg.steps} steps, {probes} deflated probes)"
+        show(name, time.perf_counter() - start, {k: (row[k], row[f"{k}_se"], row[f"{k}_bound"]) for k in exact})
+    start = time.perf_counter()
+    matvec, _ = hvp_operator(model, loss_fn, x, y)
+    top = lanczos(matvec, p, 10, tol=1e-6, seed=0)
+    quad = slq(matvec, p, probes=8, steps=80, seed=0, reorthogonalize=False, deflate=(top.values, top.vectors))
+    values = {}
+    for key, a in (("sane", 0.5 * top.magnitudes[0]), ("n_eff", 0.5)):
+        f = lambda t, a=a: np.abs(t) / (np.abs(t) + a)  # noqa: E731
+        per_probe = quad.scales * np.sum(quad.weights * f(quad.nodes), axis=1)  # the Gauss rule
+        values[key] = (np.sum(f(top.values)) + per_probe.mean(), per_probe.std(ddof=1) / np.sqrt(8), np.nan)
+    show("before 0.6 (none, 80 steps, Gauss rule, 8 deflated probes)", time.perf_counter() - start, values)
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:] == ["--slq"]:
+        slq_against_exact(*mnist1d_subset(256), torch.nn.CrossEntropyLoss())
+    else:
+        main()

@@ -168,7 +168,7 @@ class Quadrature:
     deflated: np.ndarray  # eigenvalues counted exactly (empty without deflation)
     alphas: np.ndarray  # (probes, steps) the Jacobi matrices' diagonals
     betas: np.ndarray  # (probes, steps - 1) and off-diagonals
-    exhausted: bool = False  # the Krylov spaces were exhausted: the Gauss rule is exact
+    exhausted: bool = False  # every probe's Krylov space was exhausted: the Gauss rule is exact
 
     def _exact(self, f: Callable[[np.ndarray], np.ndarray]) -> float:
         return float(np.sum(f(self.deflated))) if len(self.deflated) else 0.0
@@ -198,14 +198,16 @@ class Quadrature:
         node at 0 underestimates (Golub & Meurant, "Matrices, moments and quadrature", 1994). Bounds in exact
         arithmetic; with the Lanczos vectors kept orthogonal (full reorthogonalisation) they hold to rounding.
         The distance from an estimate to the far end bounds the estimate's quadrature error (its bias)."""
-        if not self._averaged():
-            est = self._exact(g) + float(np.mean(self.scales * np.sum(self.weights * g(np.abs(self.nodes)), axis=1)))
+        exact = self._exact(lambda t: g(np.abs(t)))
+        if self.exhausted:  # the Gauss rule is exact
+            est = exact + float(np.mean(self.scales * np.sum(self.weights * g(np.abs(self.nodes)), axis=1)))
             return est, est
+        if self.alphas.shape[1] < 3:  # too few moments for a rule on H^2's measure
+            return float("nan"), float("nan")
         lower, upper = np.zeros(len(self.scales)), np.zeros(len(self.scales))
         for i, (a, b) in enumerate(zip(self.alphas, self.betas, strict=True)):
             (gx, gw), (rx, rw) = _squared_rules(a, b)
             upper[i], lower[i] = np.sum(gw * g(np.sqrt(gx.clip(0.0)))), np.sum(rw * g(np.sqrt(rx)))
-        exact = self._exact(lambda t: g(np.abs(t)))
         return exact + float(np.mean(self.scales * lower)), exact + float(np.mean(self.scales * upper))
 
 
@@ -265,7 +267,7 @@ def slq(
     basis[0] = v
     alphas = torch.zeros(probes, steps, dtype=dtype)
     betas = torch.zeros(probes, steps, dtype=dtype)
-    m = steps
+    m, exhausted = steps, steps == p
     for i in range(steps):
         q = basis[i] if reorthogonalize else basis[i % 2]
         w = matvec(q)
@@ -284,15 +286,15 @@ def slq(
         norms = w.norm(dim=1)
         betas[:, i] = norms.cpu()
         if i + 1 < steps:
-            if bool((norms < 1e-10).any()):  # an invariant subspace: the quadrature is exact already
-                m = i + 1
+            if bool((norms < 1e-10).any()):  # an invariant subspace: that probe's quadrature is exact already
+                m, exhausted = i + 1, bool((norms < 1e-10).all())
                 break
             basis[i + 1 if reorthogonalize else (i + 1) % 2] = w / norms[:, None]
     alphas, betas = alphas[:, :m].double().numpy(), betas[:, : m - 1].double().numpy()
     nodes, weights = np.zeros((probes, m)), np.zeros((probes, m))
     for b in range(probes):
         nodes[b], weights[b] = _gauss(alphas[b], betas[b])
-    return Quadrature(nodes, weights, scales, values, alphas, betas, exhausted=m < steps or m == p)
+    return Quadrature(nodes, weights, scales, values, alphas, betas, exhausted=exhausted)
 
 
 def hutchinson(

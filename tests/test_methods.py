@@ -183,6 +183,27 @@ def test_slq_bracket_holds_and_bounds_the_estimate():
         assert widths[-1] < widths[3] < widths[0]
 
 
+def test_slq_bias_bounds_at_the_edges():
+    """Empty (NaN) where no bound holds (fewer than 3 Lanczos steps, no full reorthogonalisation,
+    eig_mode=clip); 0 where the quadrature is exact (steps >= P, or every eigenpair deflated); else a
+    bound that covers the error against the dense eigenvalues beyond the sampling error."""
+    model, loss_fn, x, y, ref = problem(depth=3, width=6)
+    ev = np.abs(np.linalg.eigvalsh(ref.numpy()))
+    exact = np.sum(ev / (ev + 0.5))
+    base = OmegaConf.merge(make_config().hessian, {"method": "slq", "probes": 8})
+    cases = [({"steps": 2}, "nan"), ({"reorth": "none"}, "nan"), ({"eig_mode": "clip"}, "nan"), ({"steps": 500}, 0.0),
+             ({"topk": 500}, 0.0), ({"steps": 4}, "finite"), ({"steps": 12, "deflate": False}, "finite")]  # fmt: skip
+    for change, expected in cases:
+        row = measure(model, loss_fn, x, y, OmegaConf.merge(base, change), threshold=1.0).row
+        bounds = np.array([row["n_eff_bound"], row["sane_bound"]])
+        if expected == "nan":
+            assert np.isnan(bounds).all(), change
+        elif expected == 0.0:
+            assert (bounds == 0).all(), change
+        else:
+            assert (bounds > 0).all() and abs(row["n_eff"] - exact) <= row["n_eff_bound"] + 3 * row["n_eff_se"], change
+
+
 def test_default_slq_is_unbiased_on_a_net_of_thousands_of_parameters():
     """hessian=slq with its defaults on an MLP of 3,850 parameters, at initialisation and after 300 steps of
     GD at lr 0.5: N_eff and SANE within 3 standard errors of the dense eigenvalues for every seed (in float32,
