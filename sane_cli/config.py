@@ -193,7 +193,8 @@ def validate(cfg: DictConfig) -> DictConfig:
 
 def check_against_data(cfg: DictConfig, n_train: int, model) -> None:
     """Checks that need the dataset and model sizes: the Hessian subset and SANE's k must fit, and the
-    dense Hessian (exact, block_band) or its layer blocks (block_diag) must fit in memory. ``model`` may live
+    dense Hessian (exact, block_band), its layer blocks (block_diag) or SLQ's kept Lanczos vectors (full
+    reorthogonalisation) must fit in memory. ``model`` may live
     on the meta device (sizes only)."""
     from torch import nn
 
@@ -215,6 +216,12 @@ def check_against_data(cfg: DictConfig, n_train: int, model) -> None:
         need = block_need
         what = f"the layer blocks (largest {max(blocks, default=0)} parameters)"
         fix = "use hessian=auto or hessian=slq"
+    elif method == "slq" and cfg.hessian.reorth == "full":  # every probe's Lanczos vectors are kept
+        dtype = cfg.hessian.auto_slq_dtype if cfg.hessian.method == "auto" else cfg.hessian.dtype
+        steps = min(int(cfg.hessian.steps), n_params)
+        need = (8 if dtype == "float64" else 4) * steps * int(cfg.hessian.probes) * n_params
+        what = f"SLQ's Lanczos vectors ({steps} steps x {cfg.hessian.probes} probes x {n_params} parameters)"
+        fix = "lower hessian.steps or hessian.probes, or use hessian.reorth=none (no bias bounds then)"
     if need > have:
         raise UsageError(
             f"hessian.method={method} needs about {need / 2**30:,.0f} GiB for {what} (this machine has "

@@ -280,7 +280,7 @@ def resume_point(run_dir: str | Path, cfg: DictConfig | None = None) -> ResumePo
     Raises:
         UsageError: naming the folder and why it cannot be resumed.
     """
-    from .records import ENDED, STATUSES, is_locked
+    from .records import ENDED, HESSIAN_COLUMNS, STATUSES, is_locked
 
     run_dir = Path(run_dir)
     if is_locked(run_dir):
@@ -297,6 +297,17 @@ def resume_point(run_dir: str | Path, cfg: DictConfig | None = None) -> ResumePo
         raise UsageError(f"{run_dir} is a {status} run; nothing to resume")
     if not stored.get("save_checkpoint", True):
         raise UsageError(f"{run_dir} was run with save_checkpoint=false: it has no checkpoint.pt to resume from")
+    try:
+        with open(run_dir / "hessian.csv") as f:
+            header = f.readline().strip()
+    except OSError:
+        header = ""
+    if header and header.split(",") != HESSIAN_COLUMNS:  # appended rows would not match its columns
+        version = summary.get("environment", {}).get("sane_run", "an earlier version")
+        raise UsageError(
+            f"{run_dir} was written by sane-run {version}, whose hessian.csv has other columns; resume it with "
+            "that version, or run it again in a new folder"
+        )
     try:
         checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     except FileNotFoundError:  # stopped before step 0 was saved: nothing was computed, it starts over

@@ -182,6 +182,15 @@ def test_what_cannot_be_resumed_is_refused_in_one_line(tmp_path):
         train(cfg, folder, progress=False, resume=True)
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
     (folder / "loss.csv").write_bytes(loss)
+    # a run written by a version with other hessian.csv columns: appending would misalign them
+    hessian = (folder / "hessian.csv").read_bytes()
+    header, rest = hessian.split(b"\n", 1)
+    (folder / "hessian.csv").write_bytes(
+        header.replace(b",n_eff_bound", b"").replace(b",sane_bound", b"") + b"\n" + rest
+    )
+    with pytest.raises(UsageError, match=r"written by sane-run [\d.]+, whose hessian.csv has other columns"):
+        resume_point(folder, cfg)
+    (folder / "hessian.csv").write_bytes(hessian)
 
     done = tmp_path / "done"
     train(make_config(), done, progress=False)

@@ -43,7 +43,8 @@ def main(out: str, pairs: list[str]) -> None:
             d = full[(full.net == net) & (full.quantity == q) & (full.step == step)].sort_values("steps")
             ax.plot(d.steps, d.gauss, "o" + style, color="C3", label=f"Gauss rule, step {step}")
             ax.plot(d.steps, d.averaged, "s" + style, color="C0", label=f"averaged Gauss, step {step}")
-            ax.plot(d.steps, d.bound_se, ":", color="C0", alpha=0.6, label=f"bias bound, step {step}")
+            bound_style = ":" if step == 0 else "-."
+            ax.plot(d.steps, d.bound_se, bound_style, color="C0", alpha=0.6, label=f"bias bound, step {step}")
         ax.axhspan(-1, 1, color="0.9", zorder=0)
         ax.axhline(0, color="k", lw=0.6)
         ax.set_title(f"{net}: {q.replace('_', ' ')}")
