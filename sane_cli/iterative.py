@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -104,11 +105,7 @@ def _ritz(alphas: list[float], betas: list[float]) -> tuple[np.ndarray, np.ndarr
 
 def _gauss(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Gauss rule of a Jacobi matrix (diagonal ``alphas``, off-diagonal ``betas``): nodes, weights."""
-    from scipy.linalg import eigh_tridiagonal
-
-    if len(alphas) == 1:
-        return np.asarray(alphas, dtype=float), np.ones(1)
-    theta, s = eigh_tridiagonal(alphas, betas)
+    theta, s = _ritz(alphas, betas)
     return theta, s[0, :] ** 2
 
 
@@ -173,19 +170,27 @@ class Quadrature:
     def _exact(self, f: Callable[[np.ndarray], np.ndarray]) -> float:
         return float(np.sum(f(self.deflated))) if len(self.deflated) else 0.0
 
-    def _averaged(self) -> bool:
-        return not self.exhausted and self.alphas.shape[1] >= 3
+    @cached_property
+    def _averaged_rules(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per probe, the averaged Gauss rule's nodes and weights, (probes, 2m - 1) each."""
+        rules = [_averaged_gauss(a, b) for a, b in zip(self.alphas, self.betas, strict=True)]
+        return np.array([x for x, _ in rules]), np.array([w for _, w in rules])
 
-    def trace_of(self, f: Callable[[np.ndarray], np.ndarray]) -> tuple[float, float]:
+    @cached_property
+    def _squared(self) -> list[tuple[tuple, tuple]]:
+        """Per probe, the Gauss and Gauss-Radau rules for H^2's measure (:func:`_squared_rules`)."""
+        return [_squared_rules(a, b) for a, b in zip(self.alphas, self.betas, strict=True)]
+
+    def trace_of(self, f: Callable[[np.ndarray], np.ndarray], rule: str = "averaged") -> tuple[float, float]:
         """(estimate, standard error) of tr f(H): the deflated eigenvalues' sum of f, plus the mean over
         probes v of |v|^2 times the quadrature of v^T f(H) v / |v|^2. The quadrature is the averaged Gauss
-        rule (:func:`_averaged_gauss`; the Gauss rule itself once the Krylov spaces are exhausted, where it
-        is exact)."""
-        if self._averaged():
-            rules = [_averaged_gauss(a, b) for a, b in zip(self.alphas, self.betas, strict=True)]
-            quad = np.array([np.sum(w * f(x)) for x, w in rules])
+        rule (:func:`_averaged_gauss`), or with ``rule="gauss"`` (and always once every Krylov space is
+        exhausted, where it is exact, or below 3 steps) the Gauss rule."""
+        if rule == "averaged" and not self.exhausted and self.alphas.shape[1] >= 3:
+            nodes, weights = self._averaged_rules
         else:
-            quad = np.sum(self.weights * f(self.nodes), axis=1)
+            nodes, weights = self.nodes, self.weights
+        quad = np.sum(weights * f(nodes), axis=1)
         per_probe = self.scales * quad
         se = per_probe.std(ddof=1) / np.sqrt(len(per_probe)) if len(per_probe) > 1 else float("nan")
         return self._exact(f) + float(per_probe.mean()), float(se)
@@ -200,13 +205,12 @@ class Quadrature:
         The distance from an estimate to the far end bounds the estimate's quadrature error (its bias)."""
         exact = self._exact(lambda t: g(np.abs(t)))
         if self.exhausted:  # the Gauss rule is exact
-            est = exact + float(np.mean(self.scales * np.sum(self.weights * g(np.abs(self.nodes)), axis=1)))
+            est = self.trace_of(lambda t: g(np.abs(t)), rule="gauss")[0]
             return est, est
         if self.alphas.shape[1] < 3:  # too few moments for a rule on H^2's measure
             return float("nan"), float("nan")
         lower, upper = np.zeros(len(self.scales)), np.zeros(len(self.scales))
-        for i, (a, b) in enumerate(zip(self.alphas, self.betas, strict=True)):
-            (gx, gw), (rx, rw) = _squared_rules(a, b)
+        for i, ((gx, gw), (rx, rw)) in enumerate(self._squared):
             upper[i], lower[i] = np.sum(gw * g(np.sqrt(gx.clip(0.0)))), np.sum(rw * g(np.sqrt(rx)))
         return exact + float(np.mean(self.scales * lower)), exact + float(np.mean(self.scales * upper))
 
