@@ -17,6 +17,8 @@ import pandas as pd  # noqa: E402
 def table(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     rows = []
     for net, d in frames.items():
+        if "probes" not in d:  # written before the probes and deflation were varied: 8, deflated
+            d = d.assign(probes=8, deflate=True)
         d = d.assign(
             averaged=(d.estimate - d.probe_truth) / d.se,
             gauss=(d.gauss - d.probe_truth) / d.se,
@@ -24,7 +26,7 @@ def table(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
             sampling=(d.probe_truth - d.exact) / d.se,
             rel=(d.estimate - d.probe_truth) / d.exact,
         )
-        g = d.groupby(["step", "quantity", "reorth", "steps"])
+        g = d.groupby(["step", "quantity", "reorth", "steps", "probes", "deflate"])
         means = g[["gauss", "averaged", "bound_se", "rel", "sampling", "seconds"]].mean().reset_index()
         means["worst_averaged"] = g["averaged"].apply(lambda s: s.abs().max()).values
         rows.append(means.assign(net=net))
@@ -35,7 +37,7 @@ def main(out: str, pairs: list[str]) -> None:
     frames = {name: pd.read_csv(path) for name, path in (p.split("=", 1) for p in pairs)}
     t = table(frames)
     print(t.round(2).to_string(index=False))
-    full = t[t.reorth == "full"]
+    full = t[(t.reorth == "full") & (t.probes == 8) & t.deflate]
     panels = [(net, q) for net in frames for q in ("n_eff", "sane")]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), sharey=True, squeeze=False)
     for ax, (net, q) in zip(axes[0], panels, strict=True):
