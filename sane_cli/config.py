@@ -200,7 +200,7 @@ def check_against_data(cfg: DictConfig, n_train: int, model) -> None:
 
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     blocks = [sum(p.numel() for p in m.parameters()) for m in model.modules() if isinstance(m, nn.Linear)]
-    from .methods import resolve_method
+    from .methods import precision, resolve_method
 
     method = resolve_method(cfg.hessian, model, n_params)  # auto's choice; any other method as given
     size = 8 if cfg.hessian.dtype == "float64" else 4
@@ -217,9 +217,8 @@ def check_against_data(cfg: DictConfig, n_train: int, model) -> None:
         what = f"the layer blocks (largest {max(blocks, default=0)} parameters)"
         fix = "use hessian=auto or hessian=slq"
     elif method == "slq" and cfg.hessian.reorth == "full":  # every probe's Lanczos vectors are kept
-        dtype = cfg.hessian.auto_slq_dtype if cfg.hessian.method == "auto" else cfg.hessian.dtype
         steps = min(int(cfg.hessian.steps), n_params)
-        need = (8 if dtype == "float64" else 4) * steps * int(cfg.hessian.probes) * n_params
+        need = (8 if precision(cfg.hessian, method) == "float64" else 4) * steps * int(cfg.hessian.probes) * n_params
         what = f"SLQ's Lanczos vectors ({steps} steps x {cfg.hessian.probes} probes x {n_params} parameters)"
         fix = "lower hessian.steps or hessian.probes, or use hessian.reorth=none (no bias bounds then)"
     if need > have:

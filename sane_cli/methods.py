@@ -40,7 +40,7 @@ def resolve_method(hcfg, model: nn.Module, n_params: int) -> str:
     ``hessian.auto_slq_dtype``, see :func:`measure`). An MLP's exact Hessian has a layer-structured build (about
     P^3 for the eigenvalues): exact up to ``hessian.exact_max_params`` parameters. Other models (the CNN) build
     it from P Hessian-vector products: exact only while P is at most the products SLQ would spend,
-    ``hessian.probes`` x ``hessian.steps`` (640 by default), and ``exact_max_params``. Other methods are
+    ``hessian.probes`` x ``hessian.steps`` (2,400 by default), and ``exact_max_params``. Other methods are
     returned as given; the layer-ordered ones need an MLP."""
     method = hcfg.method
     if method == "auto":
@@ -51,6 +51,12 @@ def resolve_method(hcfg, model: nn.Module, n_params: int) -> str:
     if method in ("block_diag", "block_band") and not isinstance(model, MLP):
         raise ValueError(f"hessian.method={method} needs an MLP (its layer blocks)")
     return method
+
+
+def precision(hcfg, method: str) -> str:
+    """The dtype name ``method`` (as resolved) runs in: ``hcfg.dtype``, but ``hcfg.auto_slq_dtype`` for
+    ``auto``'s SLQ branch."""
+    return hcfg.auto_slq_dtype if hcfg.method == "auto" and method == "slq" else hcfg.dtype
 
 
 def measure(
@@ -65,9 +71,7 @@ def measure(
     start = time.perf_counter()
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     method = resolve_method(hcfg, model, n_params)
-    dtype_name = hcfg.dtype
-    if hcfg.method == "auto" and method == "slq":
-        dtype_name = hcfg.auto_slq_dtype
+    dtype_name = precision(hcfg, method)
     dtype, k_vec = DTYPES[dtype_name], int(hcfg.topk_vectors)
     arrays: dict = {}
     if method in ("exact", "block_band"):
