@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from common import best_time, mnist1d_subset
 
-from sane_cli.curvature import flatten_parameters, generic_hessian, hessian, loss_function, spectrum
+from sane_cli.curvature import flatten_parameters, generic_hessian, hessian, spectrum
+from sane_cli.losses import loss_function
 from sane_cli.models import MLP
 
 

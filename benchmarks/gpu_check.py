@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from common import mnist1d_subset
 
-from sane_cli.curvature import loss_function
+from sane_cli.losses import loss_function
 from sane_cli.methods import measure
 from sane_cli.models import MLP
 
@@ -44,10 +44,10 @@ def checkpoint(depth: int, width: int, device: str, hcfg, x, y):
     model = MLP(x.shape[1], 10, depth, width).to(device)
     xd, yd = x.to(device), y.to(device)
     if device == "cuda":
-        measure(model, loss_function("cross_entropy", 10), xd, yd, hcfg, 10.0)  # warm-up
+        measure(model, loss_function("cross_entropy", 10), xd, yd, hcfg)  # warm-up
         torch.cuda.synchronize()
     start = time.perf_counter()
-    result = measure(model, loss_function("cross_entropy", 10), xd, yd, hcfg, 10.0)
+    result = measure(model, loss_function("cross_entropy", 10), xd, yd, hcfg)
     if device == "cuda":
         torch.cuda.synchronize()
     return result, time.perf_counter() - start

@@ -1,9 +1,8 @@
 """Loss basins of large-learning-rate training: spikes in the training loss, the basins between them, and
-how the Hessian changes across each spike (../shared/SCIENCE.md, "Loss basins").
+how the Hessian changes across each spike.
 
-    spike       a step whose training loss exceeds (1 + threshold) x the lowest loss of the current basin,
-                after the loss has fallen within that basin (a rise straight from the basin's start is
-                part of the previous spike, not a new one)
+    spike       found by sane_cli.schedule.SpikeDetector: a step whose training loss exceeds (1 + threshold) x
+                the lowest loss of the current basin, after the loss has fallen within that basin
     basin       the steps from one spike (or step 0) up to the next spike
     flattening  lambda_max (and SANE's scale rho * |lambda|_(k)) after a spike against before it
     shift       similarity of the top-k eigenvector subspaces before and after,
@@ -13,69 +12,24 @@ how the Hessian changes across each spike (../shared/SCIENCE.md, "Loss basins").
                 (null_pairs of them; NaN when the run has none, e.g. hessian.every larger than that
                 gap): how far the subspace turns, and lambda_max moves, in that time anyway
 
-The same :class:`SpikeDetector` runs inside ``sane-run`` (to take curvature checkpoints just before and
-just after each spike, ``hessian.on_spike``) and in ``sane-report`` over the logged per-step loss, so both
-find the same spikes.
+The detector is the one ``sane-run`` runs during training (to take curvature checkpoints just before and just
+after each spike, ``hessian.on_spike``), so the report finds the spikes that training measured.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pandas as pd
 
 from .errors import UsageError
 from .measures import kth_largest, spectrum_distance
+from .schedule import detect_spikes
 
 BASIN_COLUMNS = [
     "basin", "start", "end", "min_loss", "spike_step", "peak_loss", "before_step", "after_step",
     "lambda_max_before", "lambda_max_after", "flattening", "sane_scale_before", "sane_scale_after",
     "sane_before", "sane_after", "similarity", "spectrum_distance", "null_similarity", "null_flattening", "null_pairs",
 ]  # fmt: skip
-
-
-class SpikeDetector:
-    """Online spike detection: feed the training loss of each step in order; ``update`` says whether
-    that step starts a spike.
-
-    >>> d = SpikeDetector(threshold=0.5)
-    >>> [d.update(x) for x in [2.0, 1.0, 0.8, 1.5, 3.0, 1.0, 0.5, 0.4, 0.9]]
-    [False, False, False, True, False, False, False, False, True]
-    """
-
-    def __init__(self, threshold: float = 0.5):
-        if threshold <= 0:
-            raise ValueError(f"spike threshold {threshold} must be > 0")
-        self.threshold = threshold
-        self.start: float | None = None  # loss at the start of the current basin
-        self.low = math.inf  # lowest loss of the current basin
-        self.rising = False  # inside a spike: the loss has not started to fall again
-        self.last = math.inf
-
-    def update(self, loss: float) -> bool:
-        if not math.isfinite(loss):
-            return False
-        if self.rising:
-            if loss < self.last:  # past the peak: a new basin starts here
-                self.rising, self.start, self.low = False, self.last, loss
-            self.last = loss
-            return False
-        if self.start is None:
-            self.start = loss
-        spike = self.low < self.start and loss > (1.0 + self.threshold) * self.low
-        if spike:
-            self.rising = True
-        else:
-            self.low = min(self.low, loss)
-        self.last = loss
-        return spike
-
-
-def detect_spikes(steps: np.ndarray, losses: np.ndarray, threshold: float = 0.5) -> list[int]:
-    """The steps at which spikes start, from a training-loss curve in step order."""
-    detector = SpikeDetector(threshold)
-    return [int(s) for s, x in zip(steps, losses, strict=True) if detector.update(float(x))]
 
 
 def basin_bounds(spikes: list[int], first: int, last: int) -> list[tuple[int, int]]:

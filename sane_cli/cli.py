@@ -40,7 +40,8 @@ def _hydra_app():
 
     @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
     def app(cfg: DictConfig) -> None:
-        from .training import Interrupted, train
+        from .signals import Interrupted
+        from .training import train
 
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -78,27 +79,20 @@ def _existing_run(cfg, run_dir: Path, overrides: list[str]):
     """What to do in ``run_dir``: False, start a new run; None, nothing (it holds a run that has ended);
     otherwise the config to resume the run there with: its own, with ``threads`` and ``device`` from this
     command line (``resume=<folder>``), or the composed one (a sweep started again, checked to be the same)."""
-    import json
-
     from omegaconf import OmegaConf, open_dict
 
-    from .records import ENDED
-    from .training import MAY_DIFFER
+    from .records import ENDED, MAY_DIFFER, is_run_dir, read_summary, status_of
 
-    if cfg.get("resume") is None and not (run_dir / "summary.json").exists():
+    if cfg.get("resume") is None and not is_run_dir(run_dir):
         return False
-    summary_path = run_dir / "summary.json"
     if cfg.get("resume") is None:  # a sweep started again into the same hydra.sweep.dir
-        try:
-            status = json.loads(summary_path.read_text()).get("status")
-        except (OSError, ValueError, AttributeError):
-            status = None
+        status = status_of(run_dir)
         if status in ENDED:
             print(f"sane-run: {run_dir} already holds a {status} run; skipped", flush=True)  # its run.log untouched
             return None
         return cfg  # train(resume=True) checks that the run there has this job's config
     # resume=<folder>: checked before Hydra started (precheck), so its summary.json is readable
-    stored = OmegaConf.create(json.loads(summary_path.read_text())["config"])
+    stored = OmegaConf.create(read_summary(run_dir)["config"])
     given = {o.split("=", 1)[0] for o in overrides}
     with open_dict(stored):
         for key in MAY_DIFFER:
@@ -264,7 +258,7 @@ def _check_writable(words: list[str], multirun: bool) -> None:
 def _check_resume(words: list[str], multirun: bool) -> None:
     """``resume=<folder>``: a single stopped run, continued with its own config (``threads`` and ``device``
     may be given; a sweep is continued by starting it again with the same ``hydra.sweep.dir``)."""
-    from .training import MAY_DIFFER, resume_point
+    from .records import MAY_DIFFER, resume_point
 
     if multirun:
         raise UsageError("resume= continues one run; to continue a sweep, run it again with the same hydra.sweep.dir")

@@ -30,30 +30,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vjp, vmap
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from .losses import LossFn
+from .models import is_layered
+
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 
 # torch's forward-mode AD loads its decompositions through torch.jit.script on first use, which warns
 # about torch.jit's deprecation on every run; the warning is torch's own business, not the user's.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
-
-
-def loss_function(name: str, n_classes: int) -> LossFn:
-    """Mean loss over a batch of logits (n, C) and integer labels (n,).
-
-    ``cross_entropy``: softmax cross-entropy. ``mse``: 0.5 * ||logits - onehot(y)||^2 summed over classes,
-    averaged over the batch (its Hessian in the logits is the identity per sample).
-    """
-    if name == "cross_entropy":
-        return nn.functional.cross_entropy
-    if name == "mse":
-
-        def mse(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            target = nn.functional.one_hot(y, n_classes).to(logits.dtype)
-            return 0.5 * (logits - target).pow(2).sum(dim=1).mean()
-
-        return mse
-    raise ValueError(f"unknown loss {name!r}")
 
 
 def flatten_parameters(model: nn.Module) -> torch.Tensor:
@@ -75,9 +59,7 @@ def hessian(
     The model is evaluated in eval mode on a copy cast to ``dtype``; the model itself is untouched.
     The data are processed in chunks of at most ``max_rows`` examples.
     """
-    from .models import MLP
-
-    if isinstance(model, MLP):
+    if is_layered(model):
         return mlp_hessian(model, loss_fn, x, y, dtype=dtype, max_rows=max_rows)
     return generic_hessian(model, loss_fn, x, y, dtype=dtype, max_rows=max_rows)
 

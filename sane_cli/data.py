@@ -4,6 +4,10 @@ downloaded).
 
 Inputs are float32 of shape (n, features...) and standardised with the training set's mean and
 standard deviation; labels are int64 class indices.
+
+Adding a dataset: its loader (config -> :class:`Data`), its sizes (known without loading it, for the checks
+before a sweep) and the checks of its own keys here, an entry in :data:`DATASETS`, its
+``conf/dataset/<name>.yaml`` (every key commented), and its tests.
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ import hashlib
 import os
 import pickle
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import DATASETS, UsageError
+from . import checks
+from .errors import UsageError
 
 
 @dataclass
@@ -49,45 +55,52 @@ class Data:
         return self.x_train[idx], self.y_train[idx]
 
 
-_OFFICIAL = {"mnist": ((1, 28, 28), 60000), "fashion_mnist": ((1, 28, 28), 60000), "cifar10": ((3, 32, 32), 50000)}
 DIGITS = (1797, (1, 8, 8))  # scikit-learn's bundled handwritten digits: examples, image shape
+
+
+def load_data(cfg) -> Data:
+    """The dataset described by ``cfg`` (the `dataset` config group), subset as configured."""
+    data = DATASETS[cfg.name].load(cfg)
+    if cfg.get("per_class") is not None:
+        keep = _first_per_class(data.y_train, int(cfg.per_class), data.n_classes)
+        data.x_train, data.y_train = data.x_train[keep], data.y_train[keep]
+    return data
 
 
 def dataset_sizes(cfg) -> tuple[tuple[int, ...], int, int]:
     """(one example's shape, classes, training examples at most) of the dataset ``cfg`` describes, without
     loading it: enough to check a config against its data before any run starts (the image sets may hold
     fewer examples than their official size; the exact count is checked again once loaded)."""
-    if cfg.name == "mnist1d":
-        shape, n_classes, n_train = (40,), 10, int(cfg.n_train)
-    elif cfg.name == "synthetic":
-        shape, n_classes, n_train = (int(cfg.n_features),), int(cfg.n_classes), int(cfg.n_train)
-    elif cfg.name == "digits":
-        shape, n_classes, n_train = DIGITS[1], 10, int(cfg.n_train)
-    else:
-        shape, official = _OFFICIAL[cfg.name]
-        n_classes, n_train = 10, official if cfg.get("n_train") is None else min(int(cfg.n_train), official)
+    shape, n_classes, n_train = DATASETS[cfg.name].sizes(cfg)
     if cfg.get("per_class") is not None:
         n_train = min(n_train, int(cfg.per_class) * n_classes)
     return shape, n_classes, n_train
 
 
-def load_data(cfg) -> Data:
-    """The dataset described by ``cfg`` (the `dataset` config group), subset as configured."""
-    name = cfg.name
-    if name == "mnist1d":
-        data = _mnist1d(cfg)
-    elif name == "synthetic":
-        data = _synthetic(cfg)
-    elif name == "digits":
-        data = _digits(cfg)
-    elif name in ("mnist", "fashion_mnist", "cifar10"):
-        data = _torchvision(cfg)
-    else:
-        raise UsageError(f"dataset={name!r} is unknown; choose one of {', '.join(DATASETS)}")
-    if cfg.get("per_class") is not None:
-        keep = _first_per_class(data.y_train, int(cfg.per_class), data.n_classes)
-        data.x_train, data.y_train = data.x_train[keep], data.y_train[keep]
-    return data
+def check_config(cfg) -> None:
+    """The ``dataset`` group's keys of a run config: the name and sizes, then the option's own keys."""
+    checks.choice(cfg, "dataset.name", DATASETS)
+    local = DATASETS[cfg.dataset.name].folder is not None  # the image sets: null keeps every example
+    checks.number(cfg, "dataset.n_train", minimum=1, integer=True, optional=local)
+    checks.number(cfg, "dataset.n_test", minimum=1, integer=True, optional=local)
+    checks.number(cfg, "dataset.per_class", minimum=1, integer=True, optional=True)
+    DATASETS[cfg.dataset.name].check(cfg)
+
+
+def _check_synthetic(cfg) -> None:
+    checks.number(cfg, "dataset.n_features", minimum=1, integer=True)
+    checks.number(cfg, "dataset.n_classes", minimum=2, integer=True)
+    checks.number(cfg, "dataset.noise", minimum=0)
+
+
+def _check_digits(cfg) -> None:
+    if cfg.dataset.n_train + cfg.dataset.n_test > DIGITS[0]:
+        checks.fail("dataset.n_train", cfg.dataset.n_train, f"plus dataset.n_test ({cfg.dataset.n_test}) must be at "
+                    f"most {DIGITS[0]}, the images of dataset=digits")  # fmt: skip
+
+
+def _no_checks(cfg) -> None:
+    """A dataset without keys of its own."""
 
 
 def _digits(cfg) -> Data:
@@ -95,12 +108,7 @@ def _digits(cfg) -> Data:
     (1, 8, 8) images, shuffled by ``data_seed`` and split into the first n_train and the next n_test."""
     from sklearn.datasets import load_digits
 
-    n_train, n_test = int(cfg.n_train), int(cfg.n_test)
-    if n_train + n_test > DIGITS[0]:
-        raise UsageError(
-            f"dataset=digits holds {DIGITS[0]} images: dataset.n_train + dataset.n_test = {n_train + n_test} "
-            "is too many"
-        )
+    n_train, n_test = int(cfg.n_train), int(cfg.n_test)  # their sum is checked (_check_digits)
     x, y = load_digits(return_X_y=True)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(int(cfg.data_seed)))
     x = torch.as_tensor(x, dtype=torch.float32)[order].reshape(-1, *DIGITS[1]) / 16.0
@@ -192,15 +200,13 @@ _MNIST_FILES = [
 _CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
 
 
-_FOLDERS = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py"}
-
-
 def _local_files(cfg) -> tuple[Path, Path, list[str]]:
     """(root, folder holding the files, file names) of a dataset read from a local folder."""
+    folder = DATASETS[cfg.name].folder
     if cfg.get("root") is None:
-        raise UsageError(f"dataset.root is null; set it to the folder that holds {_FOLDERS[cfg.name]}")
+        raise UsageError(f"dataset.root is null; set it to the folder that holds {folder}")
     root = Path(str(cfg.root)).expanduser().resolve()
-    return root, root / _FOLDERS[cfg.name], _CIFAR_FILES if cfg.name == "cifar10" else _MNIST_FILES
+    return root, root / folder, _CIFAR_FILES if cfg.name == "cifar10" else _MNIST_FILES
 
 
 def check_files(cfg) -> None:
@@ -209,7 +215,7 @@ def check_files(cfg) -> None:
     Raises:
         UsageError: naming the missing files, the folder looked in and the fix.
     """
-    if cfg.name not in _FOLDERS:
+    if DATASETS[cfg.name].folder is None:
         return
     root, folder, files = _local_files(cfg)
     missing = [f for f in files if not (folder / f).is_file()]
@@ -217,7 +223,7 @@ def check_files(cfg) -> None:
         hint = " (found .gz files: gunzip them)" if any((folder / f"{m}.gz").is_file() for m in missing) else ""
         raise UsageError(
             f"dataset={cfg.name}: missing {', '.join(missing)} in {folder}{hint}; "
-            f"put the files there or set dataset.root to the folder that holds {_FOLDERS[cfg.name]}"
+            f"put the files there or set dataset.root to the folder that holds {DATASETS[cfg.name].folder}"
         )
 
 
@@ -306,3 +312,34 @@ def _local_cifar10() -> type:
         meta = {**CIFAR10.meta, "md5": None}
 
     return LocalCIFAR10
+
+
+def _image_sizes(shape: tuple[int, ...], official: int):
+    """The sizes of an image set of ``official`` training images of ``shape``, n_train null keeping all."""
+
+    def sizes(cfg) -> tuple[tuple[int, ...], int, int]:
+        return shape, 10, official if cfg.get("n_train") is None else min(int(cfg.n_train), official)
+
+    return sizes
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset option: its loader, its sizes without loading it, the checks of its own keys, and for a set
+    read from a local folder the folder below ``dataset.root`` that holds its files."""
+
+    load: Callable[..., Data]  # (dataset config) -> Data
+    sizes: Callable[..., tuple[tuple[int, ...], int, int]]  # (dataset config) -> (shape, classes, n_train max)
+    check: Callable[..., None] = _no_checks  # (whole run config) -> None
+    folder: str | None = None
+
+
+DATASETS = checks.Registry("dataset.name", {
+    "mnist1d": DatasetSpec(_mnist1d, lambda cfg: ((40,), 10, int(cfg.n_train))),
+    "synthetic": DatasetSpec(_synthetic, lambda cfg: ((int(cfg.n_features),), int(cfg.n_classes), int(cfg.n_train)),
+                             _check_synthetic),
+    "digits": DatasetSpec(_digits, lambda cfg: (DIGITS[1], 10, int(cfg.n_train)), _check_digits),
+    "mnist": DatasetSpec(_torchvision, _image_sizes((1, 28, 28), 60000), folder="MNIST/raw"),
+    "fashion_mnist": DatasetSpec(_torchvision, _image_sizes((1, 28, 28), 60000), folder="FashionMNIST/raw"),
+    "cifar10": DatasetSpec(_torchvision, _image_sizes((3, 32, 32), 50000), folder="cifar-10-batches-py"),
+})  # fmt: skip

@@ -1,7 +1,7 @@
 """Spectral measures of a Hessian: N_eff, SANE and the per-checkpoint summary.
 
 All functions take the eigenvalues as a 1-D array (any order) and return plain floats.
-Definitions follow ../shared/SCIENCE.md and the authors' public implementation:
+Definitions follow the authors' public implementation:
 
     N_eff(alpha)  = sum_i |l_i| / (|l_i| + alpha)
     SANE(rho, k)  = sum_i |l_i| / (|l_i| + rho * |l|_(k))
@@ -91,25 +91,21 @@ def laplace_log_evidence(
 
 
 def spectrum_summary(
-    eigenvalues: np.ndarray, *, threshold: float, alpha: float, rho: float, k: int, mode: str = "abs"
+    eigenvalues: np.ndarray, *, alpha: float, rho: float, k: int, mode: str = "abs"
 ) -> dict[str, float | int]:
-    """Everything hessian.csv records about one spectrum.
+    """What hessian.csv records of a whole spectrum: lambda_max, lambda_min, trace, n_negative, n_eff, sane.
 
-    Returns lambda_max, lambda_min, trace, n_negative, n_eff, sane, and the optimiser's stability threshold
-    (:func:`sane_cli.optim.stability_threshold`, 2/lr for plain GD) with the ratio lambda_max / threshold
-    (above 1: the optimiser is unstable along the top direction).
+    >>> spectrum_summary(np.array([2.0, 0.0, -1.0]), alpha=1.0, rho=0.5, k=1)["n_negative"]
+    1
     """
     lam = np.asarray(eigenvalues, dtype=np.float64)
-    lam_max = float(lam.max())
     return {
-        "lambda_max": lam_max,
+        "lambda_max": float(lam.max()),
         "lambda_min": float(lam.min()),
         "trace": float(lam.sum()),
         "n_negative": int(np.count_nonzero(lam < 0)),
         "n_eff": n_eff(lam, alpha, mode),
         "sane": sane(lam, rho, k, mode),
-        "stability_threshold": threshold,
-        "sharpness_ratio": lam_max / threshold,
     }
 
 

@@ -1,27 +1,38 @@
 """One curvature checkpoint by the configured method: exact, the layer-ordered approximations
 (block_diag, block_band), or the iterative ones (lanczos, slq), and ``auto``'s choice among them.
 
-Every method returns the same record (:class:`CurvatureResult`): what hessian.csv needs, with standard
-errors for estimates (0 for exact computations) and whether an iterative solver converged.
+Every method returns the same record (:class:`CurvatureResult`): what hessian.csv needs of the spectrum,
+with standard errors for estimates (0 for exact computations) and whether an iterative solver converged. The
+optimiser's side of a checkpoint (its stability threshold and the sharpness ratio) is added by
+:func:`sane_cli.records.checkpoint_row`.
+
+Adding a method: a function ``(model, loss_fn, x, y, hcfg, dtype) -> (eigenvalues, top eigenvectors, row,
+arrays)`` here, an entry in :data:`METHODS` (with the memory it needs, checked before a run starts), its
+``conf/hessian/<name>.yaml`` and its tests against the dense reference Hessian.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from .curvature import LossFn, hessian, layer_count, mlp_hessian, mlp_hessian_blocks, spectrum
+from . import checks
+from .curvature import hessian, layer_count, mlp_hessian, mlp_hessian_blocks, spectrum
+from .errors import UsageError
 from .iterative import hutchinson, hvp_operator, lanczos, slq
-from .measures import laplace_log_evidence, magnitudes, spectrum_summary
-from .models import MLP
+from .losses import LossFn
+from .measures import MODES, laplace_log_evidence, magnitudes, spectrum_summary
+from .models import is_layered
 
-METHODS = ("exact", "block_diag", "block_band", "lanczos", "slq", "auto")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+REORTHS = ("none", "selective", "full")  # SLQ's reorthogonalisation (sane_cli.iterative.slq)
 
 
 @dataclass
@@ -37,19 +48,19 @@ class CurvatureResult:
 
 def resolve_method(hcfg, model: nn.Module, n_params: int) -> str:
     """``auto``: exact while its cost stays within seconds, else SLQ (its Hessian-vector products in
-    ``hessian.auto_slq_dtype``, see :func:`measure`). An MLP's exact Hessian has a layer-structured build (about
-    P^3 for the eigenvalues): exact up to ``hessian.exact_max_params`` parameters. Other models (the CNN) build
-    it from P Hessian-vector products: exact only while P is at most the products SLQ would spend,
-    ``hessian.probes`` x ``hessian.steps`` (2,400 by default), and ``exact_max_params``. Other methods are
-    returned as given; the layer-ordered ones need an MLP."""
+    ``hessian.auto_slq_dtype``, see :func:`measure`). A layered model's exact Hessian (the MLP's) has a
+    layer-structured build (about P^3 for the eigenvalues): exact up to ``hessian.exact_max_params`` parameters.
+    Other models (the CNN) build it from P Hessian-vector products: exact only while P is at most the products
+    SLQ would spend, ``hessian.probes`` x ``hessian.steps`` (2,400 by default), and ``exact_max_params``. Other
+    methods are returned as given; the layer-ordered ones need a layered model."""
     method = hcfg.method
     if method == "auto":
         limit = int(hcfg.exact_max_params)
-        if not isinstance(model, MLP):
+        if not is_layered(model):
             limit = min(limit, int(hcfg.probes) * int(hcfg.steps))
         return "exact" if n_params <= limit else "slq"
-    if method in ("block_diag", "block_band") and not isinstance(model, MLP):
-        raise ValueError(f"hessian.method={method} needs an MLP (its layer blocks)")
+    if METHODS[method].layered and not is_layered(model):
+        raise ValueError(f"hessian.method={method} needs a layered model (its layer blocks)")
     return method
 
 
@@ -59,11 +70,8 @@ def precision(hcfg, method: str) -> str:
     return hcfg.auto_slq_dtype if hcfg.method == "auto" and method == "slq" else hcfg.dtype
 
 
-def measure(
-    model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, hcfg, threshold: float
-) -> CurvatureResult:
-    """The curvature of the mean loss over (x, y) at the model's current parameters, by ``hcfg.method``;
-    ``threshold`` is the optimiser's stability threshold that lambda_max is compared with.
+def measure(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, hcfg) -> CurvatureResult:
+    """The curvature of the mean loss over (x, y) at the model's current parameters, by ``hcfg.method``.
 
     Every method runs in ``hcfg.dtype`` except ``auto``'s SLQ branch, which runs in ``hcfg.auto_slq_dtype``
     (float32 by default: twice as fast, and float32's rounding, about 1e-7 relative, is far below SLQ's
@@ -72,27 +80,30 @@ def measure(
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     method = resolve_method(hcfg, model, n_params)
     dtype_name = precision(hcfg, method)
-    dtype, k_vec = DTYPES[dtype_name], int(hcfg.topk_vectors)
-    arrays: dict = {}
-    if method in ("exact", "block_band"):
-        if method == "exact":
-            h = hessian(model, loss_fn, x, y, dtype=dtype)
-        else:
-            h = mlp_hessian(model, loss_fn, x, y, dtype=dtype, band=int(hcfg.band))
-        spec = spectrum(h, k_vec)
-        values, vectors = spec.eigenvalues, spec.eigenvectors
-        row = _exact_row(values, threshold, hcfg)
-        if method == "exact":  # the whole spectrum of the true Hessian: the Laplace evidence
-            row["log_evidence"] = _log_evidence(model, loss_fn, x, y, values, float(hcfg.prior_precision))
-    elif method == "block_diag":
-        values, vectors = _block_diag_spectrum(model, loss_fn, x, y, dtype, k_vec)
-        row = _exact_row(values, threshold, hcfg)
-    else:
-        values, vectors, row, arrays = _iterative(method, model, loss_fn, x, y, hcfg, dtype, k_vec)
-        row.update(stability_threshold=threshold, sharpness_ratio=row["lambda_max"] / threshold)
+    values, vectors, row, arrays = METHODS[method].run(model, loss_fn, x, y, hcfg, DTYPES[dtype_name])
     row.setdefault("log_evidence", float("nan"))  # exact spectra only
     row.setdefault("reorth", "")  # slq's reorthogonalisation; nothing to say for other methods
     return CurvatureResult(method, dtype_name, values, vectors, row, time.perf_counter() - start, arrays)
+
+
+def _exact(model, loss_fn, x, y, hcfg, dtype):
+    """Every eigenvalue of the true Hessian, and with them the Laplace evidence."""
+    spec = spectrum(hessian(model, loss_fn, x, y, dtype=dtype), int(hcfg.topk_vectors))
+    row = _exact_row(spec.eigenvalues, hcfg)
+    row["log_evidence"] = _log_evidence(model, loss_fn, x, y, spec.eigenvalues, float(hcfg.prior_precision))
+    return spec.eigenvalues, spec.eigenvectors, row, {}
+
+
+def _block_band(model, loss_fn, x, y, hcfg, dtype):
+    """Every eigenvalue of the Hessian with the blocks between layers more than ``hcfg.band`` apart dropped."""
+    spec = spectrum(mlp_hessian(model, loss_fn, x, y, dtype=dtype, band=int(hcfg.band)), int(hcfg.topk_vectors))
+    return spec.eigenvalues, spec.eigenvectors, _exact_row(spec.eigenvalues, hcfg), {}
+
+
+def _block_diag(model, loss_fn, x, y, hcfg, dtype):
+    """The eigenvalues of each layer's diagonal block."""
+    values, vectors = _block_diag_spectrum(model, loss_fn, x, y, dtype, int(hcfg.topk_vectors))
+    return values, vectors, _exact_row(values, hcfg), {}
 
 
 @torch.no_grad()
@@ -142,25 +153,43 @@ def preconditioned_sharpness(
     return float(top.values[0])
 
 
-def _iterative(method: str, model, loss_fn, x, y, hcfg, dtype, k_vec: int):
-    """lanczos or slq on Hessian-vector products: (top Ritz values, top vectors, hessian.csv row, arrays)."""
+def _top(model, loss_fn, x, y, hcfg, dtype):
+    """(operator, P, the top eigenpairs by Lanczos, the row's extremes) shared by lanczos and slq."""
     matvec, p = hvp_operator(model, loss_fn, x, y, dtype=dtype)
     device = next(model.parameters()).device
-    seed, probes = int(hcfg.seed), int(hcfg.probes)
-    top = lanczos(matvec, p, max(k_vec, int(hcfg.k), int(hcfg.topk)), tol=float(hcfg.tol),
-                  max_iter=int(hcfg.max_iter), seed=seed, dtype=dtype, device=device)  # fmt: skip
+    wanted = max(int(hcfg.topk_vectors), int(hcfg.k), int(hcfg.topk))
+    top = lanczos(matvec, p, wanted, tol=float(hcfg.tol), max_iter=int(hcfg.max_iter), seed=int(hcfg.seed),
+                  dtype=dtype, device=device)  # fmt: skip
     row = {"lambda_max": float(top.values[0]), "lambda_min": top.lambda_min, "converged": top.converged}
+    return matvec, p, top, row
+
+
+def _deflation(top, p: int, hcfg):
+    """The top eigenpairs that enter the traces exactly and are projected out of the probes (when P leaves
+    room)."""
+    return (top.values, top.vectors) if hcfg.deflate and len(top.values) < p else None
+
+
+def _lanczos(model, loss_fn, x, y, hcfg, dtype):
+    """The top eigenpairs by Lanczos and a Hutchinson trace; no N_eff or SANE."""
+    matvec, p, top, row = _top(model, loss_fn, x, y, hcfg, dtype)
+    device = next(model.parameters()).device
+    trace, trace_se = hutchinson(matvec, p, probes=int(hcfg.probes), seed=int(hcfg.seed),
+                                 deflate=_deflation(top, p, hcfg), dtype=dtype, device=device)  # fmt: skip
     nan = float("nan")
-    # the top eigenpairs enter the traces exactly and are projected out of the probes (when P leaves room)
-    deflate = (top.values, top.vectors) if hcfg.deflate and len(top.values) < p else None
-    if method == "lanczos":
-        trace, trace_se = hutchinson(matvec, p, probes=probes, seed=seed, deflate=deflate, dtype=dtype, device=device)
-        row.update(trace=trace, trace_se=trace_se, n_negative=nan, n_eff=nan, n_eff_se=nan, n_eff_bound=nan, sane=nan,
-                   sane_se=nan, sane_bound=nan)  # fmt: skip
-        return top.values, top.vectors[:, :k_vec], row, {}
-    quad = slq(matvec, p, probes=probes, steps=int(hcfg.steps), seed=seed, reorthogonalize=hcfg.reorth == "full",
-               reproject=hcfg.reorth == "selective",
-               deflate=deflate, dtype=dtype, device=device)  # fmt: skip
+    row.update(trace=trace, trace_se=trace_se, n_negative=nan, n_eff=nan, n_eff_se=nan, n_eff_bound=nan, sane=nan,
+               sane_se=nan, sane_bound=nan)  # fmt: skip
+    return top.values, top.vectors[:, : int(hcfg.topk_vectors)], row, {}
+
+
+def _slq(model, loss_fn, x, y, hcfg, dtype):
+    """Stochastic Lanczos quadrature: trace, N_eff, SANE and the negative count as tr f(H), with standard
+    errors and bounds on the quadrature's bias; SANE's scale from the top eigenpairs."""
+    matvec, p, top, row = _top(model, loss_fn, x, y, hcfg, dtype)
+    device = next(model.parameters()).device
+    quad = slq(matvec, p, probes=int(hcfg.probes), steps=int(hcfg.steps), seed=int(hcfg.seed),
+               reorthogonalize=hcfg.reorth == "full", reproject=hcfg.reorth == "selective",
+               deflate=_deflation(top, p, hcfg), dtype=dtype, device=device)  # fmt: skip
     mode = hcfg.eig_mode
     # SANE's scale: the k-th largest |eigenvalue| (abs) or the k-th largest eigenvalue clipped at 0 (clip)
     largest = top.magnitudes if hcfg.eig_mode == "abs" else np.clip(top.values, 0.0, None)
@@ -176,7 +205,8 @@ def _iterative(method: str, model, loss_fn, x, y, hcfg, dtype, k_vec: int):
     row.update(trace=trace, trace_se=trace_se, n_negative=n_neg, n_eff=n_eff, n_eff_se=n_eff_se,
                n_eff_bound=n_eff_bound, sane=sane, sane_se=sane_se, sane_bound=sane_bound,
                reorth=hcfg.reorth)  # fmt: skip
-    return top.values, top.vectors[:, :k_vec], row, {"slq_nodes": quad.nodes, "slq_weights": quad.weights}
+    arrays = {"slq_nodes": quad.nodes, "slq_weights": quad.weights}
+    return top.values, top.vectors[:, : int(hcfg.topk_vectors)], row, arrays
 
 
 def _bias_bound(quad, estimate: float, a: float, hcfg) -> float:
@@ -189,8 +219,8 @@ def _bias_bound(quad, estimate: float, a: float, hcfg) -> float:
     return max(upper - estimate, estimate - lower, 0.0)
 
 
-def _exact_row(values: np.ndarray, threshold: float, hcfg) -> dict:
-    row = spectrum_summary(values, threshold=threshold, alpha=hcfg.alpha, rho=hcfg.rho, k=hcfg.k, mode=hcfg.eig_mode)
+def _exact_row(values: np.ndarray, hcfg) -> dict:
+    row = spectrum_summary(values, alpha=hcfg.alpha, rho=hcfg.rho, k=hcfg.k, mode=hcfg.eig_mode)
     zero = {"trace_se": 0.0, "n_eff_se": 0.0, "n_eff_bound": 0.0, "sane_se": 0.0, "sane_bound": 0.0}
     return {**row, **zero, "converged": True}
 
@@ -213,3 +243,112 @@ def _block_diag_spectrum(model, loss_fn, x, y, dtype, k: int) -> tuple[np.ndarra
     for c, (_, j, _, vec) in enumerate(candidates[: vectors.shape[1]]):
         vectors[starts[j] : starts[j + 1], c] = vec
     return np.sort(np.concatenate(values))[::-1], vectors
+
+
+def _layer_blocks(model: nn.Module) -> list[int]:
+    """Parameters of each nn.Linear layer: the blocks of the layer-ordered Hessian."""
+    return [sum(p.numel() for p in m.parameters()) for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def _block_bytes(model: nn.Module, size: int) -> int:
+    """Every layer block, and eigh's copy and workspace for the largest."""
+    blocks = _layer_blocks(model)
+    return size * (sum(b**2 for b in blocks) + 2 * max(blocks, default=0) ** 2)
+
+
+def _dense_memory(hcfg, model, n_params: int, have: int) -> tuple[int, str, str]:
+    size = DTYPES[hcfg.dtype].itemsize
+    block_diag = " or hessian=block_diag" if is_layered(model) and _block_bytes(model, size) <= have else ""
+    need = 3 * size * n_params**2  # the matrix, eigh's copy and workspace
+    return need, f"the dense Hessian of {n_params} parameters", f"use hessian=auto, hessian=slq{block_diag}"
+
+
+def _block_memory(hcfg, model, n_params: int, have: int) -> tuple[int, str, str]:
+    largest = max(_layer_blocks(model), default=0)
+    return _block_bytes(model, DTYPES[hcfg.dtype].itemsize), f"the layer blocks (largest {largest} parameters)", \
+        "use hessian=auto or hessian=slq"  # fmt: skip
+
+
+def _slq_memory(hcfg, model, n_params: int, have: int) -> tuple[int, str, str]:
+    if hcfg.reorth != "full":  # only full reorthogonalisation keeps every probe's Lanczos vectors
+        return 0, "", ""
+    steps = min(int(hcfg.steps), n_params)
+    size = DTYPES[precision(hcfg, "slq")].itemsize
+    return size * steps * int(hcfg.probes) * n_params, \
+        f"SLQ's Lanczos vectors ({steps} steps x {hcfg.probes} probes x {n_params} parameters)", \
+        "lower hessian.steps or hessian.probes, or use hessian.reorth=none (no bias bounds then)"  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A curvature method: what it computes, the memory it needs (checked before a run starts), and whether it
+    needs a layered model's blocks."""
+
+    run: Callable[..., tuple]  # (model, loss_fn, x, y, hcfg, dtype) -> (eigenvalues, vectors, row, arrays)
+    memory: Callable[..., tuple[int, str, str]] | None = None  # (hcfg, model, P, bytes here) -> (bytes, what, fix)
+    layered: bool = False
+
+
+METHODS = checks.Registry("hessian.method", {
+    "exact": MethodSpec(_exact, _dense_memory),
+    "block_diag": MethodSpec(_block_diag, _block_memory, layered=True),
+    "block_band": MethodSpec(_block_band, _dense_memory, layered=True),
+    "lanczos": MethodSpec(_lanczos),
+    "slq": MethodSpec(_slq, _slq_memory),
+})  # fmt: skip
+CHOICES = ("auto", *METHODS)  # hessian.method: a method, or auto's choice between exact and slq
+
+
+def check_memory(hcfg, model: nn.Module) -> None:
+    """The method (auto resolved) fits in this machine's memory: the dense Hessian (exact, block_band), its layer
+    blocks (block_diag) or SLQ's kept Lanczos vectors. ``model`` may live on the meta device (sizes only).
+
+    Raises:
+        UsageError: naming the method, the memory it needs, what for, and the fix.
+    """
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    method = resolve_method(hcfg, model, n_params)
+    memory = METHODS[method].memory
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if memory is None:
+        return
+    need, what, fix = memory(hcfg, model, n_params, have)
+    if need > have:
+        raise UsageError(
+            f"hessian.method={method} needs about {need / 2**30:,.0f} GiB for {what} (this machine has "
+            f"{have / 2**30:.0f} GiB); {fix}"
+        )
+
+
+def check_config(cfg) -> None:
+    """The ``hessian`` group's keys of a run config (and that a layer-ordered method has a layered model).
+    ``hessian.reorth`` true / false (configs before 0.5) are rewritten as full / none."""
+    from omegaconf import OmegaConf, open_dict
+
+    from .models import MODELS
+
+    checks.choice(cfg, "hessian.method", CHOICES)
+    method = cfg.hessian.method
+    if method != "auto" and METHODS[method].layered and not MODELS[cfg.model.name].cls.layered:
+        checks.fail("hessian.method", method, "needs a model of layer blocks "
+                    f"({', '.join(n for n, m in MODELS.items() if m.cls.layered)}); model={cfg.model.name} takes "
+                    f"{', '.join(n for n in CHOICES if n == 'auto' or not METHODS[n].layered)}")  # fmt: skip
+    for key in ("every", "k", "topk", "max_iter", "spike_after", "exact_max_params"):
+        checks.number(cfg, f"hessian.{key}", minimum=1, integer=True)
+    for key in ("topk_vectors", "band", "seed", "spike_max"):
+        checks.number(cfg, f"hessian.{key}", minimum=0, integer=True)
+    checks.number(cfg, "hessian.subset", minimum=1, integer=True, optional=True)  # null: the whole training set
+    for key in ("alpha", "rho", "tol", "spike_threshold", "prior_precision"):
+        checks.number(cfg, f"hessian.{key}", minimum=0, strict=True)
+    checks.number(cfg, "hessian.probes", minimum=2, integer=True)
+    checks.number(cfg, "hessian.steps", minimum=1, integer=True)
+    checks.choice(cfg, "hessian.dtype", DTYPES)
+    checks.choice(cfg, "hessian.auto_slq_dtype", DTYPES)
+    checks.choice(cfg, "hessian.eig_mode", MODES)
+    reorth = OmegaConf.select(cfg, "hessian.reorth")
+    if isinstance(reorth, bool):  # true / false (before 0.5): full / none
+        with open_dict(cfg):
+            cfg.hessian.reorth = "full" if reorth else "none"
+    checks.choice(cfg, "hessian.reorth", REORTHS)
+    checks.flag(cfg, "hessian.deflate")
+    checks.flag(cfg, "hessian.on_spike")

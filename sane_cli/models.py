@@ -1,16 +1,25 @@
 """Models, chosen by ``model.name``: a fully connected net (``mlp``) and a small convolutional net (``cnn``).
 
 Each is built from its config group (conf/model/<name>.yaml) and the data's input shape (without the batch
-axis: (features,) for MNIST-1D, (channels, height, width) for image sets) by :func:`build_model`; a new model
-is a class, an entry in MODELS and a config file.
+axis: (features,) for MNIST-1D, (channels, height, width) for image sets) by :func:`build_model`.
+
+Adding a model: its class here (with a class attribute ``layered``: True when its parameters are a stack of
+``nn.Linear`` layers in input-to-output order, which the layer-structured Hessian build and the block methods
+need), a builder and a ``check`` of its config keys, an entry in :data:`MODELS`, its
+``conf/model/<name>.yaml`` (every key commented), and its tests. Nothing else changes: the config checks, the
+curvature methods and the report ask the registry.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from . import checks
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -28,6 +37,8 @@ class MLP(nn.Sequential):
     Parameters are ordered layer by layer from input to output (weight, then bias), the "natural
     ordering" that the Hessian blocks follow. Input of shape (batch, in_dim), output (batch, out_dim).
     """
+
+    layered = True  # a stack of nn.Linear layers: the layer-structured Hessian and the block methods apply
 
     def __init__(self, in_dim: int, out_dim: int, depth: int, width: int, activation: str = "relu", bias: bool = True):
         dims = [in_dim] + [width] * (depth - 1) + [out_dim]
@@ -52,6 +63,8 @@ class CNN(nn.Sequential):
     >>> net(torch.zeros(5, 40)).shape, sum(p.numel() for p in net.parameters())
     (torch.Size([5, 10]), 478)
     """
+
+    layered = False  # convolutions: the Hessian is built from Hessian-vector products
 
     def __init__(
         self,
@@ -99,15 +112,52 @@ def _cnn(cfg, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
                pooling=str(cfg.pooling), activation=str(cfg.activation), bias=bool(cfg.bias))  # fmt: skip
 
 
-MODELS = {"mlp": _mlp, "cnn": _cnn}  # model.name -> builder(model config, input shape, classes)
-LAYERED = ("mlp",)  # models with the layer blocks that block_diag and block_band need
+def _check_mlp(cfg) -> None:
+    checks.number(cfg, "model.width", minimum=1, integer=True)
+
+
+def _check_cnn(cfg) -> None:
+    checks.number(cfg, "model.channels", minimum=1, integer=True)
+    checks.number(cfg, "model.kernel", minimum=1, integer=True)
+    if cfg.model.kernel % 2 == 0:
+        checks.fail("model.kernel", cfg.model.kernel, "must be odd (the padding keeps the size only for odd widths)")
+    checks.choice(cfg, "model.pooling", POOLINGS)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model option: its class, how it is built and checked, and the keys that describe it in a log line."""
+
+    cls: type[nn.Module]
+    build: Callable[..., nn.Module]  # (model config, input shape, classes) -> module
+    check: Callable[..., None]  # (whole run config) -> None; raises UsageError on a bad key of its own
+    keys: tuple[str, ...]  # the config keys that describe it (describe())
+
+
+MODELS = checks.Registry("model.name", {
+    "mlp": ModelSpec(MLP, _mlp, _check_mlp, ("depth", "width")),
+    "cnn": ModelSpec(CNN, _cnn, _check_cnn, ("depth", "channels", "kernel", "pooling")),
+})  # fmt: skip
+
+
+def is_layered(model: nn.Module) -> bool:
+    """Whether ``model`` is a stack of ``nn.Linear`` layers in order (its class says so: ``layered``)."""
+    return bool(getattr(type(model), "layered", False))
+
+
+def check_config(cfg) -> None:
+    """The ``model`` group's keys of a run config: the name, depth and activation, then the option's own."""
+    checks.choice(cfg, "model.name", MODELS)
+    checks.number(cfg, "model.depth", minimum=1, integer=True)
+    MODELS[cfg.model.name].check(cfg)
+    checks.choice(cfg, "model.activation", ACTIVATIONS)
 
 
 def build_model(model_cfg, input_shape: tuple[int, ...] | int, out_dim: int) -> nn.Module:
     """The model named by ``model_cfg.name`` for inputs of ``input_shape`` (an int: a flat vector), default
     PyTorch initialisation."""
     shape = (input_shape,) if isinstance(input_shape, int) else tuple(int(s) for s in input_shape)
-    return MODELS[str(model_cfg.name)](model_cfg, shape, out_dim)
+    return MODELS[str(model_cfg.name)].build(model_cfg, shape, out_dim)
 
 
 def describe(model_cfg) -> str:
@@ -116,7 +166,7 @@ def describe(model_cfg) -> str:
     >>> describe({"name": "cnn", "depth": 2, "channels": 8, "kernel": 3, "pooling": "max"})
     'cnn depth 2 channels 8 kernel 3 pooling max'
     """
-    keys = {"mlp": ("depth", "width"), "cnn": ("depth", "channels", "kernel", "pooling")}.get(model_cfg["name"], ())
+    keys = MODELS[model_cfg["name"]].keys
     return " ".join([str(model_cfg["name"]), *(f"{k} {model_cfg[k]}" for k in keys)])
 
 

@@ -103,22 +103,7 @@ def comparison(
                     if np.isfinite(t).any():
                         thresholds.append((f"C{i}", sub[x].to_numpy(), t))
             if thresholds:
-                # c / lr is a straight line on log axes, so joining the thresholds at the measured lr is exact
-                coloured = len({tuple(np.round(np.nan_to_num(t, nan=-1.0), 9)) for _, _, t in thresholds}) > 1
-                for colour, xs, t in thresholds:
-                    colour = colour if coloured else "k"
-                    if x == "lr":
-                        ax.plot(xs, t, color=colour, ls="--", lw=1)
-                    else:
-                        ax.axhline(float(np.nanmean(t)), color=colour, ls="--", lw=1)
-                label = "stability threshold" + (" (line colour)" if coloured else "")
-                ax.plot([], [], "k--", lw=1, label=label)
-                shown = np.concatenate([groups[f"{panel}_mean"].to_numpy(float), *[t for *_, t in thresholds]])
-                if x == "lr":  # (ticks at 1, 2, 5 x 10^n where the axis spans less than two decades)
-                    v = shown[np.isfinite(shown) & (shown > 0)]
-                    _log_y(ax, dense=len(v) > 0 and v.max() / v.min() < 100)
-                else:
-                    _log_if_wide(ax, shown)
+                _thresholds(ax, thresholds, groups[f"{panel}_mean"].to_numpy(float), x)
             if x == "depth":
                 ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             if x == "lr":
@@ -127,24 +112,52 @@ def comparison(
             ax.set_ylabel(_label(panel))
         for ax in axes.flat[n:]:
             ax.set_visible(False)
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        for ax in axes.flat[1:n]:
-            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-                if lab not in labels:
-                    handles.append(h)
-                    labels.append(lab)
-        if diverged is not None and len(diverged):
-            handles.append(plt.Line2D([], [], marker="x", ls="", color="0.3", ms=6, mew=1.5))
-            labels.append("diverged")
-        top = 1.0
-        if labels:
-            # as many columns as the figure's width holds at the longest label (about 0.065 in a character)
-            fit = int(2.4 * cols // (0.065 * max(len(lab) for lab in labels) + 0.45))
-            ncol = max(1, min(len(labels), 5, fit))
-            fig.legend(handles, labels, loc="upper center", ncol=ncol, bbox_to_anchor=(0.5, 1.0), frameon=False)
-            top = 1.0 - 0.07 * -(-len(labels) // ncol) / rows  # room for the legend's rows
+        top = _shared_legend(fig, axes, n, diverged is not None and len(diverged) > 0)
         fig.tight_layout(rect=(0, 0, 1, top))
         return fig
+
+
+def _thresholds(ax, thresholds: list[tuple[str, np.ndarray, np.ndarray]], means: np.ndarray, x: str) -> None:
+    """The stability thresholds (colour, x values, threshold at each) of a sharpness panel: a dashed line each,
+    in its line's colour where they differ; the y axis logarithmic where the values span decades."""
+    # c / lr is a straight line on log axes, so joining the thresholds at the measured lr is exact
+    coloured = len({tuple(np.round(np.nan_to_num(t, nan=-1.0), 9)) for _, _, t in thresholds}) > 1
+    for colour, xs, t in thresholds:
+        colour = colour if coloured else "k"
+        if x == "lr":
+            ax.plot(xs, t, color=colour, ls="--", lw=1)
+        else:
+            ax.axhline(float(np.nanmean(t)), color=colour, ls="--", lw=1)
+    label = "stability threshold" + (" (line colour)" if coloured else "")
+    ax.plot([], [], "k--", lw=1, label=label)
+    shown = np.concatenate([means, *[t for *_, t in thresholds]])
+    if x == "lr":  # (ticks at 1, 2, 5 x 10^n where the axis spans less than two decades)
+        v = shown[np.isfinite(shown) & (shown > 0)]
+        _log_y(ax, dense=len(v) > 0 and v.max() / v.min() < 100)
+    else:
+        _log_if_wide(ax, shown)
+
+
+def _shared_legend(fig, axes, n: int, diverged: bool) -> float:
+    """One legend above the panels for every line of the first ``n`` axes (and the diverged crosses); returns
+    the top of the area left for the panels."""
+    rows, cols = axes.shape
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    for ax in axes.flat[1:n]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if diverged:
+        handles.append(plt.Line2D([], [], marker="x", ls="", color="0.3", ms=6, mew=1.5))
+        labels.append("diverged")
+    if not labels:
+        return 1.0
+    # as many columns as the figure's width holds at the longest label (about 0.065 in a character)
+    fit = int(2.4 * cols // (0.065 * max(len(lab) for lab in labels) + 0.45))
+    ncol = max(1, min(len(labels), 5, fit))
+    fig.legend(handles, labels, loc="upper center", ncol=ncol, bbox_to_anchor=(0.5, 1.0), frameon=False)
+    return 1.0 - 0.07 * -(-len(labels) // ncol) / rows  # room for the legend's rows
 
 
 def correlations(

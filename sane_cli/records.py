@@ -63,6 +63,15 @@ HESSIAN_COLUMNS = [
     "log_evidence", "alpha", "rho", "k", "eig_mode", "preconditioned_sharpness", "stability_threshold",
     "sharpness_ratio", "converged", "seconds", "kind",
 ]  # fmt: skip
+# the settings a checkpoint was measured with (hessian.alpha, .rho, .k, .eig_mode), echoed in each row
+SETTING_COLUMNS = ["alpha", "rho", "k", "eig_mode"]
+# what a checkpoint measured: the columns from lambda_max up to converged, its settings aside
+VALUE_COLUMNS = [
+    c for c in HESSIAN_COLUMNS[HESSIAN_COLUMNS.index("lambda_max") : HESSIAN_COLUMNS.index("converged")]
+    if c not in SETTING_COLUMNS
+]  # fmt: skip
+# a run's final curvature in summary.json (final_<column>): the values without their standard errors and bounds
+FINAL_COLUMNS = [c for c in VALUE_COLUMNS if not c.endswith(("_se", "_bound"))]
 LOSS_COLUMNS = ["step", "loss"]
 CHECKPOINT_KINDS = ("scheduled", "pre_spike", "post_spike")
 STATUSES = ("running", "completed", "converged", "diverged", "failed", "interrupted")
@@ -173,6 +182,122 @@ class RunWriter:
         os.close(self._lock)  # releases the lock
 
 
+MAY_DIFFER = ("threads", "device", "resume")  # keys a resumed run may change: where it runs, not what it computes
+
+
+@dataclass
+class ResumePoint:
+    """A stopped run that can be continued: its summary as read, and the step its checkpoint holds."""
+
+    summary: dict[str, Any]
+    step: int | None  # None: no checkpoint.pt (stopped before step 0 was saved), so the run starts over
+    checkpoint: dict[str, Any] | None = None  # checkpoint.pt as read (tensors on the CPU)
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    """summary.json of a run folder, as a dict.
+
+    Raises:
+        UsageError: the file is missing, unreadable or not a run's summary.
+    """
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+        if not isinstance(summary, dict) or not isinstance(summary.get("config"), dict):
+            raise ValueError("no config")
+        summary["status"]  # noqa: B018 - a summary has a status
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{run_dir} holds no readable run (summary.json: {e})") from None
+    return summary
+
+
+def status_of(run_dir: str | Path) -> str | None:
+    """The status summary.json records in ``run_dir``; None where there is no readable one."""
+    try:
+        return read_summary(run_dir)["status"]
+    except UsageError:
+        return None
+
+
+def resume_point(run_dir: str | Path, config: dict[str, Any] | None = None) -> ResumePoint:
+    """Check that ``run_dir`` holds a run that can be resumed and return where it resumes.
+
+    A run stopped by a signal, killed (status still ``running``, no process holding its folder) or failed
+    resumes from its checkpoint.pt; a completed or diverged run has nothing left to do. With ``config`` (a
+    validated run config as a plain dict), the config must be the run's own, ``MAY_DIFFER`` aside.
+
+    Raises:
+        UsageError: naming the folder and why it cannot be resumed.
+    """
+    run_dir = Path(run_dir)
+    if is_locked(run_dir):
+        raise UsageError(
+            f"{run_dir} is still being written by a running sane-run; stop it first (it saves where it got to)"
+        )
+    try:
+        summary = read_summary(run_dir)
+    except UsageError as e:
+        raise UsageError(f"{e}; nothing to resume") from None
+    status, stored = summary["status"], summary["config"]
+    if status not in STATUSES or status in ENDED:  # running (killed), interrupted and failed runs resume
+        raise UsageError(f"{run_dir} is a {status} run; nothing to resume")
+    if not stored.get("save_checkpoint", True):
+        raise UsageError(f"{run_dir} was run with save_checkpoint=false: it has no checkpoint.pt to resume from")
+    header = _header(run_dir / "hessian.csv")
+    if header and header != HESSIAN_COLUMNS:  # appended rows would not match its columns
+        version = summary.get("environment", {}).get("sane_run", "an earlier version")
+        raise UsageError(
+            f"{run_dir} was written by sane-run {version}, whose hessian.csv has other columns; resume it with "
+            "that version, or run it again in a new folder"
+        )
+    checkpoint = read_checkpoint(run_dir)
+    step = None
+    if checkpoint is not None:
+        try:
+            step = int(checkpoint["resume"]["step"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"{run_dir}/checkpoint.pt holds no valid resume state ({type(e).__name__})") from None
+    if config is not None:
+        changed = sorted(k for k in set(config) | set(stored) if k not in MAY_DIFFER and config.get(k) != stored.get(k))
+        if changed:
+            key = changed[0]
+            raise UsageError(
+                f"{run_dir} holds a run with another config ({key}: {stored.get(key)!r} there, {config.get(key)!r} "
+                "now); resume it with its own config, or give the new run another folder"
+            )
+    return ResumePoint(summary, step, checkpoint)
+
+
+def _header(path: Path) -> list[str]:
+    """The column names of a CSV file; [] where it is missing or empty."""
+    try:
+        with open(path) as f:
+            line = f.readline().strip()
+    except OSError:
+        return []
+    return line.split(",") if line else []
+
+
+def read_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
+    """checkpoint.pt of a run folder, tensors on the CPU (torch.load with weights_only: plain values and tensors,
+    nothing that runs code); None when the run stopped before its first one was saved.
+
+    Raises:
+        UsageError: the file is unreadable or holds no resume state.
+    """
+    import torch
+
+    path = Path(run_dir) / "checkpoint.pt"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:  # stopped before step 0 was saved: nothing was computed, it starts over
+        return None
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
+        raise UsageError(f"{path} is unreadable ({type(e).__name__}); the run cannot be resumed") from None
+    if not isinstance(checkpoint, dict) or "resume" not in checkpoint:
+        raise UsageError(f"{path} holds no resume state (written by a sane-run before 0.4)")
+    return checkpoint
+
+
 def _lock(folder: Path) -> int:
     """An exclusive lock on ``folder`` (flock on the folder itself, released when the process ends however it
     ends, SIGKILL included), held through the returned descriptor."""
@@ -261,6 +386,41 @@ def json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def checkpoint_row(
+    *,
+    step: int,
+    kind: str,
+    lr: float,
+    result,
+    hcfg,
+    n_params: int,
+    subset: int,
+    threshold: float,
+    lambda_max_train: float | None = None,
+    preconditioned_sharpness: float | None = None,
+    seconds: float,
+) -> dict[str, Any]:
+    """One hessian.csv row: the curvature ``result`` (a :class:`sane_cli.methods.CurvatureResult`) of ``subset``
+    examples at ``step``, the settings of ``hcfg`` it was measured with, and the optimiser's side of it.
+
+    The sharpness that the optimiser meets is ``preconditioned_sharpness`` where one is given (Adam's
+    lambda_max(P^-1 H); NaN before its first step), else ``lambda_max_train``, the top eigenvalue of the whole
+    training loss (given when the Hessian is of a subset; lambda_max otherwise). ``sharpness_ratio`` is it over
+    the optimiser's stability ``threshold``: above 1, the optimiser is unstable along the top direction.
+    """
+    lambda_max_train = result.row["lambda_max"] if lambda_max_train is None else lambda_max_train
+    sharpness = lambda_max_train if preconditioned_sharpness is None else preconditioned_sharpness
+    row = {
+        "step": step, "lr": lr, "method": result.method, "dtype": result.dtype, "n_params": n_params,
+        "subset": subset, **{c: hcfg[c] for c in SETTING_COLUMNS}, **result.row,
+        "lambda_max_train": lambda_max_train,
+        "preconditioned_sharpness": float("nan") if preconditioned_sharpness is None else preconditioned_sharpness,
+        "stability_threshold": threshold, "sharpness_ratio": sharpness / threshold, "seconds": round(seconds, 4),
+        "kind": kind,
+    }  # fmt: skip
+    return {c: row[c] for c in HESSIAN_COLUMNS}
 
 
 TEXT_COLUMNS = {"method", "dtype", "reorth", "eig_mode", "converged", "kind"}

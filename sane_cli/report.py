@@ -29,39 +29,38 @@ import argparse
 import html
 import logging
 import os
-import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from .basins import BASIN_COLUMNS
 from .errors import UsageError
-from .records import FINISHED, STATUSES, Run, find_runs, is_locked, load_run
+from .records import FINISHED, STATUSES, Run, find_runs, load_run
+from .tables import (
+    BOOTSTRAP,
+    FEW_RUNS,
+    MEASURES,
+    SHARPNESS_RUNS,
+    collect,
+    combinations,
+    correlations,
+    group_table,
+    run_status,
+    status_counts,
+    summary_table,
+    unique_slugs,
+    varying_keys,
+)
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEYS = {
-    "dataset": ("dataset", "name"), "model": ("model", "name"), "depth": ("model", "depth"),
-    "width": ("model", "width"),
-    "activation": ("model", "activation"), "optim": ("optim", "name"), "lr": ("optim", "lr"),
-    "batch_size": ("optim", "batch_size"), "momentum": ("optim", "momentum"),
-    "weight_decay": ("optim", "weight_decay"), "loss": ("loss",), "steps": ("steps",),
-    "hessian": ("hessian", "method"), "seed": ("seed",),
-}  # fmt: skip
-# keys that do not change what a run computes (where it ran, how it was started) or repeat another
-IGNORED_KEYS = {"lr", "depth", "width", "device", "threads", "resume", "dataset.root", "dataset.cache_dir",
-                "save_checkpoint", "optim.default_lr"}  # fmt: skip
-MEASURES = ("sane", "n_eff", "log_evidence", "lambda_max", "trace")
-TARGETS = ("test_loss", "test_acc", "gen_gap")
 FORMATS = ("png", "pdf")
-QUANTITIES = (*MEASURES, "test_loss", "test_acc", "train_loss", "train_acc", "gen_gap", "stability_threshold",
-              "preconditioned_sharpness", "sharpness_ratio_late")  # fmt: skip
 
 
 @dataclass
@@ -74,250 +73,82 @@ class Options:
     status: tuple[str, ...] | None = None  # only runs of these statuses (run_status); None: every run
 
 
-def _get(d: dict, path: tuple[str, ...]):
-    for key in path:
-        if not isinstance(d, dict) or key not in d:
-            return None
-        d = d[key]
-    return d
+@dataclass
+class Tables:
+    """What the report-level figures are drawn from: the runs, their summary, groups and correlations."""
+
+    runs: list[Run]
+    table: pd.DataFrame  # summary_table, one row per run
+    keys: list[str]  # the config keys that vary
+    groups: pd.DataFrame
+    corr: pd.DataFrame
+    options: Options
 
 
-def collect(paths: list[Path]) -> tuple[list[Run], list[str]]:
-    """Every readable run below ``paths`` and a message for each unreadable one (also logged).
+def _comparison(t: Tables, x: str, panels: list[str]):
+    """Final values against ``x`` (lr or depth), a line per value of the other varying keys; None unless x
+    varies."""
+    from . import plots
 
-    Raises:
-        UsageError: a path that does not exist or holds no run folder, or no readable run at all.
-    """
-    runs, skipped, seen = [], [], set()
-    for root in paths:
-        if not root.exists():
-            raise UsageError(f"{root} does not exist; give a folder that holds sane-run outputs (e.g. outputs/)")
-        found = find_runs(root)
-        if not found:
-            raise UsageError(f"{root} holds no sane-run run folders (none has a summary.json); check the path")
-        for path in found:
-            if path.resolve() in seen:
-                continue
-            seen.add(path.resolve())
-            try:
-                runs.append(load_run(path))
-            except UsageError as e:
-                log.warning("skipping %s", e)
-                skipped.append(str(e))
-    if not runs:
-        raise UsageError(f"no readable run folders below {', '.join(map(str, paths))} (see the warnings above)")
-    return runs, skipped
+    if x not in t.keys or not len(t.groups):
+        return None
+    others = [k for k in t.keys if k not in (x, "seed")]
+    g, d = t.groups.copy(), t.table[t.table.status == "diverged"].copy()
+    line = None
+    if others:
+        line = others[0] if len(others) == 1 else "config"
+        if line == "config":  # one line per combination of the other keys
+            g[line], d[line] = combinations(g, others), combinations(d, others)
+    if g.get("preconditioned_sharpness_mean", pd.Series(dtype=float)).notna().any():
+        panels = [*panels, "preconditioned_sharpness"]  # Adam's sharpness, against its threshold
+    return plots.comparison(g, x, line, [p for p in panels if f"{p}_mean" in g], d)
 
 
-def summary_table(runs: list[Run]) -> pd.DataFrame:
-    """One row per run: path, status, config keys, size, and the final metrics and curvature (with the
-    standard errors of estimates). gen_gap = test loss - train loss; acc_gap = train acc - test acc."""
-    rows = []
-    for run in runs:
-        s = run.summary
-        row = {"run": str(run.path), "status": run_status(run)}
-        row.update({k: _get(run.config, p) for k, p in CONFIG_KEYS.items()})
-        row.update({k: v for k, v in flat_config(run.config).items() if k not in row})
-        row.update(n_params=s.get("n_params"), steps_done=s.get("steps_done"), wall_seconds=s.get("wall_seconds"))
-        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
-            value = s.get(f"final_{key}")
-            row[key] = np.nan if value is None else value  # null: not reached, or not finite (a diverged run)
-        h = run.hessian[run.hessian.kind != "pre_spike"] if len(run.hessian) else run.hessian
-        last = h.sort_values("step").iloc[-1] if len(h) else None
-        for key in ("lambda_max", "lambda_max_train", "lambda_min", "trace", "trace_se", "n_eff", "n_eff_se",
-                    "n_eff_bound", "sane", "sane_se", "sane_bound", "log_evidence", "preconditioned_sharpness",
-                    "stability_threshold", "sharpness_ratio"):  # fmt: skip
-            row[key] = float(last[key]) if last is not None else np.nan
-        row["sharpness_ratio_late"] = late_sharpness_ratio(run.hessian)
-        row["curvature_step"] = int(last.step) if last is not None else np.nan
-        row["method"] = last.method if last is not None else None
-        # the Hessian's examples: the whole training set, or (marked) a subset of it
-        n_train = s.get("n_train")
-        row["hessian_examples"] = int(last.subset) if last is not None else np.nan
-        row["hessian_on"] = (
-            None
-            if last is None
-            else "training set"
-            if last.subset == n_train
-            else f"subset {int(last.subset)}/{n_train}"
-        )
-        row["gen_gap"] = row["test_loss"] - row["train_loss"]
-        row["acc_gap"] = row["train_acc"] - row["test_acc"]
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    table["label"] = run_labels(table)
-    dotted = [c for c in table.columns if "." in c]  # the rest of the config, last
-    return table[["label", *[c for c in table.columns if c != "label" and c not in dotted], *dotted]]
+def _correlations(t: Tables):
+    """Each measure against test loss and accuracy, a point per finished run; None below 3 such runs."""
+    from . import plots
+
+    finished = t.table[t.table.status.isin(FINISHED)]
+    measures = [m for m in t.options.measures if pd.to_numeric(finished[m], errors="coerce").notna().sum() >= 3]
+    if len(finished) < 3 or not measures:
+        return None
+    colour = "model" if "model" in t.keys else None
+    return plots.correlations(finished, t.corr, measures, ("test_loss", "test_acc"), colour)
 
 
-def run_status(run: Run) -> str:
-    """The run's status, but ``stopped`` for one that says ``running`` while no process holds its folder:
-    it was killed (SIGKILL, a lost node) and can be continued with ``sane-run resume=<folder>``."""
-    if run.status == "running" and not is_locked(run.path):
-        return "stopped"
-    return run.status
+def _sharpness(t: Tables):
+    """Every run's sharpness ratio over training; None beyond SHARPNESS_RUNS runs (no longer readable)."""
+    from . import plots
+
+    measured = [(lab, r.hessian) for r, lab in zip(t.runs, t.table.label, strict=True) if len(r.hessian)]
+    return plots.sharpness(measured) if 0 < len(measured) <= SHARPNESS_RUNS else None
 
 
-def flat_config(config: dict) -> dict:
-    """Every config value under its dotted key (``hessian.probes``), but those in CONFIG_KEYS under their
-    short name (``lr``), and without keys that do not change results (device, data folders) or duplicate
-    another (the ``lr``, ``depth``, ``width`` shortcuts). A null value is the string ``null``, a value of its own
-    (``hessian.subset`` null, the whole training set, against 256), where a key a run lacks stays missing."""
-    flat = pd.json_normalize(config, sep=".").iloc[0].to_dict() if config else {}
-    dotted = {".".join(p): k for k, p in CONFIG_KEYS.items()}
-    out = {}
-    for key, value in flat.items():
-        if key in IGNORED_KEYS or key.startswith(("hydra.", "experiment")):
-            continue
-        out[dotted.get(key, key)] = "null" if value is None else value
-    return out
+@dataclass(frozen=True)
+class ReportFigure:
+    """A figure of the whole report: its file in figures/, its heading and caption in report.html, and how it
+    is drawn (None: not drawn for these runs)."""
+
+    name: str
+    title: str
+    caption: str
+    draw: Callable[[Tables], object]
 
 
-def varying_keys(table: pd.DataFrame) -> list[str]:
-    """The config keys that take more than one value across the runs: those of CONFIG_KEYS first (lr,
-    depth, width, dataset, optimiser, seed, ...), then any other (dotted, e.g. ``hessian.probes``)."""
-    config_columns = list(CONFIG_KEYS) + sorted(c for c in table.columns if "." in c)
-    return [k for k in config_columns if k in table and table[k].astype(str).nunique() > 1]
-
-
-def run_labels(table: pd.DataFrame) -> list[str]:
-    """A short unique name per run from its varying config keys, e.g. ``lr=0.5 depth=8``; runs that share
-    every key are numbered; a lone run is named by its folder."""
-    keys = varying_keys(table)
-    if not keys:
-        base = [Path(p).name for p in table.run]
-    else:
-        # (a key the run's config lacks, optim.momentum of an Adam run, is left out of its label)
-        base = [" ".join(f"{k}={_fmt(row[k])}" for k in keys if not _missing(row[k])) for _, row in table.iterrows()]
-    labels, count = [], {}
-    for b in base:
-        count[b] = count.get(b, 0) + 1
-        labels.append(b if base.count(b) == 1 else f"{b} #{count[b]}")
-    return labels
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
-
-
-def _fmt(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def slug(label: str) -> str:
-    """A file-name-safe form of a run label."""
-    return re.sub(r"[^A-Za-z0-9=.,_#-]+", "_", label).strip("_") or "run"
-
-
-def unique_slugs(labels) -> list[str]:
-    """A folder name per label, distinct even where two labels differ only in characters a file name cannot
-    hold (``a/b`` and ``a_b``): later ones get ``~2``, ``~3``, ... (case-insensitive, for such file systems).
-
-    >>> unique_slugs(["lr=0.1", "dataset.root=a/b", "dataset.root=a_b"])
-    ['lr=0.1', 'dataset.root=a_b', 'dataset.root=a_b~2']
-    """
-    seen, out = set(), []
-    for label in labels:
-        base = name = slug(label)
-        n = 1
-        while name.lower() in seen:
-            n += 1
-            name = f"{base}~{n}"
-        seen.add(name.lower())
-        out.append(name)
-    return out
-
-
-def late_sharpness_ratio(hessian: pd.DataFrame) -> float:
-    """The median sharpness ratio (sharpness / stability threshold) over the scheduled checkpoints of the last
-    third of a run's steps (from 2/3 of its last checkpoint's step on): where it sits once progressive
-    sharpening is over. NaN without such checkpoints."""
-    h = hessian[hessian.kind == "scheduled"] if len(hessian) else hessian
-    if not len(h):
-        return np.nan
-    late = pd.to_numeric(h[h.step >= 2 / 3 * h.step.max()].sharpness_ratio, errors="coerce").dropna()
-    return float(late.median()) if len(late) else np.nan
-
-
-def group_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Finished runs (completed, or converged: stopped by their criterion) grouped by every varying key but
-    the seed: n_runs, and mean and std (over seeds) of each final quantity; n_diverged counts the group's
-    diverged runs."""
-    keys = [k for k in varying_keys(table) if k != "seed"]
-    done = table[table.status.isin(FINISHED)]
-    if not keys:
-        groups = {"all runs": (done, table)}
-    else:
-        groups = {
-            name: (sub, table[(table[keys].astype(str) == pd.Series(sub.iloc[0][keys]).astype(str)).all(axis=1)])
-            for name, sub in done.groupby(keys, dropna=False, sort=True)
-        }
-    rows = []
-    for name, (sub, everything) in groups.items():
-        row = dict(zip(keys, name if isinstance(name, tuple) else (name,), strict=False)) if keys else {}
-        row.update(n_runs=len(sub), n_diverged=int((everything.status == "diverged").sum()))
-        for q in QUANTITIES:
-            values = pd.to_numeric(sub[q], errors="coerce")
-            row[f"{q}_mean"] = values.mean()
-            row[f"{q}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-SHARPNESS_RUNS = 20  # the most runs drawn in figures/sharpness (the sharpness ratio over training)
-BOOTSTRAP = 2000  # resamples of the runs behind each correlation's confidence interval
-FEW_RUNS = 8  # a correlation over fewer runs is marked (few_runs) and read with care
-
-
-def correlations(table: pd.DataFrame, measures=MEASURES, targets=TARGETS, *, seed: int = 0) -> pd.DataFrame:
-    """Rank correlations across finished runs between each measure and each target (test loss, test
-    accuracy, generalisation gap): Kendall tau-b and Spearman rho with their p-values and 95 % confidence
-    intervals (percentile bootstrap over runs: ``BOOTSTRAP`` resamples of the runs with replacement, seeded by
-    ``seed``), over the runs where both are finite (n_runs; NaN with fewer than 3); ``few_runs`` marks those
-    over fewer than ``FEW_RUNS``."""
-    from scipy.stats import kendalltau, spearmanr
-
-    done = table[table.status.isin(FINISHED)]
-    rows = []
-    for m in measures:
-        for t in targets:
-            x, y = pd.to_numeric(done[m], errors="coerce"), pd.to_numeric(done[t], errors="coerce")
-            ok = np.isfinite(x) & np.isfinite(y)
-            row = {"measure": m, "target": t, "n_runs": int(ok.sum()), "few_runs": bool(ok.sum() < FEW_RUNS)}
-            nan = dict.fromkeys(("kendall_tau", "kendall_lo", "kendall_hi", "kendall_p", "spearman_rho",
-                                 "spearman_lo", "spearman_hi", "spearman_p"), np.nan)  # fmt: skip
-            row.update(nan)
-            if ok.sum() >= 3 and x[ok].nunique() > 1 and y[ok].nunique() > 1:
-                xs, ys = x[ok].to_numpy(float), y[ok].to_numpy(float)
-                tau, tau_p = kendalltau(xs, ys)
-                rho, rho_p = spearmanr(xs, ys)
-                idx = np.random.default_rng(seed).integers(0, len(xs), size=(BOOTSTRAP, len(xs)))
-                taus, rhos = bootstrap_rank_correlations(xs[idx], ys[idx])
-                (tau_lo, tau_hi), (rho_lo, rho_hi) = (np.nanpercentile(v, [2.5, 97.5]) for v in (taus, rhos))
-                row.update(kendall_tau=tau, kendall_lo=tau_lo, kendall_hi=tau_hi, kendall_p=tau_p, spearman_rho=rho,
-                           spearman_lo=rho_lo, spearman_hi=rho_hi, spearman_p=rho_p)  # fmt: skip
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def bootstrap_rank_correlations(x: np.ndarray, y: np.ndarray, chunk: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """Kendall tau-b and Spearman rho of each row of x and y (resamples, n), vectorised: tau-b as
-    sum s_x s_y / sqrt(sum s_x^2 sum s_y^2) over the pairs' signs s = sign(v_i - v_j) (ties count 0 in the
-    numerator and drop out of the denominator, which is tau-b), rho as the Pearson correlation of average
-    ranks. NaN for a row in which x or y is constant."""
-    from scipy.stats import rankdata
-
-    taus = np.empty(len(x))
-    for a in range(0, len(x), chunk):  # (chunk, n, n) signs at a time
-        sx = np.sign(x[a : a + chunk, :, None] - x[a : a + chunk, None, :])
-        sy = np.sign(y[a : a + chunk, :, None] - y[a : a + chunk, None, :])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            taus[a : a + chunk] = (sx * sy).sum((1, 2)) / np.sqrt((sx * sx).sum((1, 2)) * (sy * sy).sum((1, 2)))
-    rx, ry = rankdata(x, axis=1), rankdata(y, axis=1)
-    rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rhos = (rx * ry).sum(1) / np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
-    return taus, rhos
+_BY_SEED = "Final values; mean and standard deviation over seeds; crosses on the x axis mark diverged runs."
+FIGURES = [  # in the order of report.html; a new figure is one entry
+    ReportFigure("lr_comparison", "Learning-rate comparison", _BY_SEED,
+                 lambda t: _comparison(t, "lr", [*t.options.measures, "test_acc", "gen_gap"])),
+    ReportFigure("depth_comparison", "Depth comparison", _BY_SEED,
+                 lambda t: _comparison(t, "depth", [*t.options.measures, "test_acc"])),
+    ReportFigure("correlations", "Measures against test loss and accuracy",
+                 "Final values of each finished run; the titles give Spearman's rho with its 95 % bootstrap "
+                 "interval (the table below).", _correlations),
+    ReportFigure("sharpness", "Sharpness over training",
+                 "Each run's sharpness over its stability threshold at every scheduled checkpoint (lambda_max of "
+                 "the training loss; for Adam, of P^-1 H); 1 is the edge of stability. sharpness_ratio_late in "
+                 "summary.csv is its median over the last third of the run.", _sharpness),
+]  # fmt: skip
 
 
 def _per_run(args: tuple[str, str, str, tuple[str, ...]]) -> tuple[str, pd.DataFrame, list[int], list[str], str]:
@@ -373,8 +204,6 @@ def _save(fig, stem: Path, formats: tuple[str, ...]) -> list[str]:
 def report(paths: list[Path], out: Path | None = None, options: Options | None = None) -> Path:
     """Write the report of every run below ``paths`` into ``out`` (default ``<paths[0]>/report``) and
     return the path of report.html."""
-    from . import plots
-
     options = options or Options()
     start = time.perf_counter()
     runs, skipped = collect(paths)
@@ -386,30 +215,13 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
         log.info("%d of %d runs have status %s", len(kept), len(runs), " or ".join(options.status))
         runs = kept
     out = Path(out) if out is not None else paths[0] / "report"
-    for folder in sorted({*(r.path for r in runs), *(f for root in paths for f in find_runs(root))}):  # damaged too
-        if out.resolve().is_relative_to(folder.resolve()):
-            raise UsageError(f"the output folder {out} lies inside the run folder {folder}; choose another (-o)")
-        if folder.resolve().is_relative_to(out.resolve()):
-            raise UsageError(
-                f"the output folder {out} holds run folders ({folder}); the report's files would mix with them: "
-                f"write it to {out / 'report'} or another folder (-o)"
-            )
+    _check_out(out, runs, paths)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     table = summary_table(runs)
     keys = varying_keys(table)
-    log.info("%d runs (%s); varying: %s", len(runs), _status_counts(table), ", ".join(keys) or "nothing")
+    log.info("%d runs (%s); varying: %s", len(runs), status_counts(table), ", ".join(keys) or "nothing")
 
-    jobs = [
-        (str(r.path), lab, str(out / "runs" / folder), options.formats)
-        for r, lab, folder in zip(runs, table.label, unique_slugs(table.label), strict=True)
-    ]
-    n_workers = min(options.jobs or os.cpu_count() or 1, len(jobs))
-    bar = dict(total=len(jobs), desc="per-run figures", unit="run", disable=None)  # a bar on a terminal only
-    if n_workers > 1:
-        with ProcessPoolExecutor(n_workers, mp_context=get_context("fork")) as pool:
-            per_run = list(tqdm(pool.map(_per_run, jobs), **bar))
-    else:
-        per_run = [_per_run(j) for j in tqdm(jobs, **bar)]
+    per_run = _all_per_run(runs, table, out, options)
     for *_, warning in per_run:
         if warning:
             log.warning("%s", warning)
@@ -420,57 +232,50 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
     basins.to_csv(out / "basins.csv", index=False)
     table["spikes"] = [len(s) for _, _, s, *_ in per_run]
     table.to_csv(out / "summary.csv", index=False)
-
     groups = group_table(table)
     groups.to_csv(out / "groups.csv", index=False)
     corr = correlations(table, options.measures)
     corr.to_csv(out / "correlations.csv", index=False)
 
-    comparisons = {}
-    diverged = table[table.status == "diverged"]
-    for x, panels in (
-        ("lr", [*options.measures, "test_acc", "gen_gap"]),
-        ("depth", [*options.measures, "test_acc"]),
-    ):
-        if x in keys and len(groups):
-            others = [k for k in keys if k not in (x, "seed")]
-            g, d = groups.copy(), diverged.copy()
-            line = None
-            if others:
-                line = others[0] if len(others) == 1 else "config"
-                if line == "config":  # one line per combination of the other keys
-                    g[line], d[line] = _combinations(g, others), _combinations(d, others)
-            if g.get("preconditioned_sharpness_mean", pd.Series(dtype=float)).notna().any():
-                panels = [*panels, "preconditioned_sharpness"]  # Adam's sharpness, against its threshold
-            fig = plots.comparison(g, x, line, [p for p in panels if f"{p}_mean" in g], d)
-            comparisons[x] = _save(fig, out / "figures" / f"{x}_comparison", options.formats)
-    finished = table[table.status.isin(FINISHED)]
-    measures = [m for m in options.measures if pd.to_numeric(finished[m], errors="coerce").notna().sum() >= 3]
-    if len(finished) >= 3 and measures:  # each measure against test loss and accuracy, run by run
-        colour = "model" if "model" in keys else None
-        fig = plots.correlations(finished, corr, measures, ("test_loss", "test_acc"), colour)
-        comparisons["correlations"] = _save(fig, out / "figures" / "correlations", options.formats)
-    measured = [(lab, r.hessian) for r, lab in zip(runs, table.label, strict=True) if len(r.hessian)]
-    if 0 < len(measured) <= SHARPNESS_RUNS:  # (more lines than that are no longer readable in one figure)
-        fig = plots.sharpness(measured)
-        comparisons["sharpness"] = _save(fig, out / "figures" / "sharpness", options.formats)
-
+    context = Tables(runs, table, keys, groups, corr, options)
+    drawn = {}  # figure -> its files
+    for figure in FIGURES:
+        fig = figure.draw(context)
+        if fig is not None:
+            drawn[figure] = _save(fig, out / "figures" / figure.name, options.formats)
     page = out / "report.html"
-    page.write_text(_html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run, out))
+    page.write_text(_html(paths, runs, table, keys, skipped, groups, corr, drawn, per_run, out))
     log.info("wrote %s in %.1f s", page, time.perf_counter() - start)
     return page
 
 
-def _combinations(df: pd.DataFrame, keys: list[str]) -> list[str]:
-    """Each row's values of ``keys`` as ``key=value ...`` (a list, so that a frame without rows works too)."""
-    return [" ".join(f"{k}={_fmt(v)}" for k, v in zip(keys, r, strict=True)) for r in df[keys].itertuples(index=False)]
+def _check_out(out: Path, runs: list[Run], paths: list[Path]) -> None:
+    """The output folder lies inside no run folder and holds none (damaged ones included)."""
+    for folder in sorted({*(r.path for r in runs), *(f for root in paths for f in find_runs(root))}):
+        if out.resolve().is_relative_to(folder.resolve()):
+            raise UsageError(f"the output folder {out} lies inside the run folder {folder}; choose another (-o)")
+        if folder.resolve().is_relative_to(out.resolve()):
+            raise UsageError(
+                f"the output folder {out} holds run folders ({folder}); the report's files would mix with them: "
+                f"write it to {out / 'report'} or another folder (-o)"
+            )
 
 
-def _status_counts(table: pd.DataFrame) -> str:
-    return ", ".join(f"{n} {s}" for s, n in table.status.value_counts().items())
+def _all_per_run(runs: list[Run], table: pd.DataFrame, out: Path, options: Options) -> list[tuple]:
+    """:func:`_per_run` for every run, in ``options.jobs`` worker processes (default one per CPU)."""
+    jobs = [
+        (str(r.path), lab, str(out / "runs" / folder), options.formats)
+        for r, lab, folder in zip(runs, table.label, unique_slugs(table.label), strict=True)
+    ]
+    n_workers = min(options.jobs or os.cpu_count() or 1, len(jobs))
+    bar = dict(total=len(jobs), desc="per-run figures", unit="run", disable=None)  # a bar on a terminal only
+    if n_workers > 1:
+        with ProcessPoolExecutor(n_workers, mp_context=get_context("fork")) as pool:
+            return list(tqdm(pool.map(_per_run, jobs), **bar))
+    return [_per_run(j) for j in tqdm(jobs, **bar)]
 
 
-def _html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run, out: Path) -> str:
+def _html(paths, runs, table, keys, skipped, groups, corr, drawn, per_run, out: Path) -> str:
     """report.html: plain HTML with relative links to the figures, readable offline."""
     from omegaconf import OmegaConf
 
@@ -498,7 +303,7 @@ def _html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run,
         "pre{background:#f6f6f6;padding:0.5em;font-size:11px}",
         "</style></head><body>",
         "<h1>sane-report</h1>",
-        f"<p>{len(runs)} runs below {html.escape(', '.join(map(str, paths)))} ({_status_counts(table)}); "
+        f"<p>{len(runs)} runs below {html.escape(', '.join(map(str, paths)))} ({status_counts(table)}); "
         f"config keys that vary: {html.escape(', '.join(keys) or 'none')}. "
         f"Written {time.strftime('%Y-%m-%d %H:%M')}.</p>",
     ]
@@ -514,23 +319,8 @@ def _html(paths, runs, table, keys, skipped, groups, corr, comparisons, per_run,
             "loss being trained; lambda_max_train in summary.csv is the top eigenvalue of the training loss.</p>"
         )
     parts += ["<h2>Runs</h2>", tbl(table[[c for c in cols if c in table]])]
-    titles = {
-        "lr": "Learning-rate comparison",
-        "depth": "Depth comparison",
-        "sharpness": "Sharpness over training",
-        "correlations": "Measures against test loss and accuracy",
-    }
-    captions = {
-        "sharpness": "Each run's sharpness over its stability threshold at every scheduled checkpoint (lambda_max of "
-        "the training loss; for Adam, of P^-1 H); 1 is the edge of stability. sharpness_ratio_late in summary.csv is "
-        "its median over the last third of the run.",
-        "correlations": "Final values of each finished run; the titles give Spearman's rho with its 95 % bootstrap "
-        "interval (the table below).",
-    }
-    for x, files in comparisons.items():
-        caption = captions.get(x, "Final values; mean and standard deviation over seeds; crosses on the x axis mark "
-                               "diverged runs.")  # fmt: skip
-        parts += [f"<h2>{titles[x]}</h2>", f"<p>{caption}</p>", img(files, f"{x} comparison")]
+    for figure, files in drawn.items():
+        parts += [f"<h2>{figure.title}</h2>", f"<p>{figure.caption}</p>", img(files, figure.title)]
     parts += [
         "<h2>Correlations</h2><p>Across finished runs (completed or converged), final values; _lo and _hi bound "
         f"the 95 % confidence interval (percentile bootstrap over runs, {BOOTSTRAP} resamples); few_runs: fewer "

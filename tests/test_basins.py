@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 from helpers import make_config
 
-from sane_cli.basins import SpikeDetector, analyse, basin_bounds, detect_spikes, similarity_matrix, subspace_similarity
+from sane_cli.basins import analyse, basin_bounds, similarity_matrix, subspace_similarity
 from sane_cli.measures import spectrum_distance
 from sane_cli.records import HESSIAN_COLUMNS, RunWriter, load_run
+from sane_cli.schedule import SpikeDetector, detect_spikes
 from sane_cli.training import train
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from helpers import reference_hessian
 
-from sane_cli.curvature import generic_hessian, hessian, loss_function, mlp_hessian, spectrum
+from sane_cli.curvature import generic_hessian, hessian, mlp_hessian, spectrum
+from sane_cli.losses import loss_function
 from sane_cli.measures import n_eff, sane
 from sane_cli.models import MLP
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sane_cli.config import UsageError
 from sane_cli.data import load_data
+from sane_cli.errors import UsageError
 
 
 def cfg(**kw):

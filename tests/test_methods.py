@@ -10,8 +10,9 @@ import torch
 from helpers import make_config, reference_hessian
 from omegaconf import OmegaConf
 
-from sane_cli.curvature import loss_function, mlp_hessian, mlp_hessian_blocks
+from sane_cli.curvature import mlp_hessian, mlp_hessian_blocks
 from sane_cli.iterative import hutchinson, hvp_operator, lanczos, slq
+from sane_cli.losses import loss_function
 from sane_cli.methods import measure
 from sane_cli.models import MLP
 from sane_cli.records import load_run
@@ -49,7 +50,7 @@ def test_block_band_keeps_exactly_the_band(depth):
 def test_block_diag_eigenvalues_are_those_of_the_diagonal_blocks():
     model, loss_fn, x, y, ref = problem(depth=3)
     hcfg = OmegaConf.merge(make_config().hessian, {"method": "block_diag", "topk_vectors": 4})
-    result = measure(model, loss_fn, x, y, hcfg, threshold=20.0)
+    result = measure(model, loss_fn, x, y, hcfg)
     blocks = [np.linalg.eigvalsh(ref[s, s].numpy()) for s in layer_slices(model)]
     np.testing.assert_allclose(result.eigenvalues, np.sort(np.concatenate(blocks))[::-1], atol=1e-11)
     # each top vector is an eigenvector of the block-diagonal matrix
@@ -194,7 +195,7 @@ def test_slq_bias_bounds_at_the_edges():
     cases = [({"steps": 2}, "nan"), ({"reorth": "none"}, "nan"), ({"eig_mode": "clip"}, "nan"), ({"steps": 500}, 0.0),
              ({"topk": 500}, 0.0), ({"steps": 4}, "finite"), ({"steps": 12, "deflate": False}, "finite")]  # fmt: skip
     for change, expected in cases:
-        row = measure(model, loss_fn, x, y, OmegaConf.merge(base, change), threshold=1.0).row
+        row = measure(model, loss_fn, x, y, OmegaConf.merge(base, change)).row
         bounds = np.array([row["n_eff_bound"], row["sane_bound"]])
         if expected == "nan":
             assert np.isnan(bounds).all(), change
@@ -225,7 +226,7 @@ def test_default_slq_is_unbiased_on_a_net_of_thousands_of_parameters():
         exact = {"n_eff": np.sum(a / (a + 0.5)), "sane": np.sum(a / (a + 0.5 * a.max()))}
         for dtype, seed in (("float32", 0), ("float32", 1), ("float32", 2), ("float64", 3)):
             hcfg = OmegaConf.merge(make_config("hessian=slq").hessian, {"seed": seed, "dtype": dtype})
-            row = measure(model, loss_fn, x, y, hcfg, threshold=4.0).row
+            row = measure(model, loss_fn, x, y, hcfg).row
             for name, value in exact.items():
                 error, se, bound = abs(row[name] - value), row[f"{name}_se"], row[f"{name}_bound"]
                 assert error <= 3 * se and error <= bound + 3 * se, (trained, dtype, seed, name, row[name], value)
@@ -253,11 +254,11 @@ def test_auto_runs_slq_in_its_own_precision_above_the_threshold():
     model, loss_fn, x, y, ref = problem(depth=3, width=8)
     n_params = sum(p.numel() for p in model.parameters())
     hcfg = OmegaConf.merge(make_config().hessian, {"exact_max_params": n_params - 1, "steps": 20})
-    result = measure(model, loss_fn, x, y, hcfg, threshold=20.0)
+    result = measure(model, loss_fn, x, y, hcfg)
     assert (result.method, result.dtype) == ("slq", "float32")
     assert result.row["lambda_max"] == pytest.approx(np.linalg.eigvalsh(ref.numpy())[-1], rel=1e-5)
     hcfg.auto_slq_dtype = "float64"
-    assert measure(model, loss_fn, x, y, hcfg, threshold=20.0).dtype == "float64"
+    assert measure(model, loss_fn, x, y, hcfg).dtype == "float64"
 
 
 def test_auto_weighs_a_model_without_a_structured_hessian_by_its_hessian_vector_products():
@@ -309,7 +310,7 @@ def test_slq_clip_mode_against_exact():
     hcfg = OmegaConf.merge(
         make_config().hessian, {"method": "slq", "eig_mode": "clip", "k": 2, "probes": 30, "steps": 60}
     )
-    row = measure(model, loss_fn, x, y, hcfg, threshold=20.0).row
+    row = measure(model, loss_fn, x, y, hcfg).row
     pos = np.clip(ev, 0, None)
     scale = 0.5 * np.sort(pos)[-2]
     assert abs(row["sane"] - np.sum(pos / (pos + scale))) <= 4 * row["sane_se"]
@@ -344,13 +345,13 @@ def test_laplace_evidence_is_exact_for_bayesian_linear_regression():
         model[0].weight.copy_(torch.as_tensor(mode[:d].T))
         model[0].bias.copy_(torch.as_tensor(mode[d]))
     hcfg = OmegaConf.merge(make_config().hessian, {"method": "exact", "prior_precision": gamma})
-    row = measure(model, loss_function("mse", c), x, labels, hcfg, threshold=20.0).row
+    row = measure(model, loss_function("mse", c), x, labels, hcfg).row
     cov = np.eye(n) + xt @ xt.T / gamma
     exact = sum(multivariate_normal(np.zeros(n), cov).logpdf(targets[:, j]) for j in range(c))
     assert row["log_evidence"] - n * c / 2 * np.log(2 * np.pi) == pytest.approx(exact, rel=1e-10)
     # the iterative methods have no whole spectrum: no evidence
     slq_cfg = OmegaConf.merge(hcfg, {"method": "slq", "probes": 4, "steps": 5})
-    assert np.isnan(measure(model, loss_function("mse", c), x, labels, slq_cfg, threshold=20.0).row["log_evidence"])
+    assert np.isnan(measure(model, loss_function("mse", c), x, labels, slq_cfg).row["log_evidence"])
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])

@@ -13,10 +13,11 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from sane_cli.config import validate
-from sane_cli.curvature import hessian, loss_function
+from sane_cli.curvature import hessian
 from sane_cli.data import load_data
 from sane_cli.errors import UsageError
 from sane_cli.iterative import hvp_operator, lanczos
+from sane_cli.losses import loss_function
 from sane_cli.methods import measure
 from sane_cli.models import CNN, build_model
 from sane_cli.records import load_run
@@ -50,7 +51,7 @@ def test_cnn_measures_equal_those_of_its_dense_spectrum():
     loss_fn = loss_function("cross_entropy", 4)
     ev = np.linalg.eigvalsh(reference_hessian(copy.deepcopy(model), loss_fn, x, y).numpy())
     hcfg = OmegaConf.merge(make_config().hessian, {"method": "exact"})
-    row = measure(model, loss_fn, x, y, hcfg, threshold=20.0).row
+    row = measure(model, loss_fn, x, y, hcfg).row
     scale = 0.5 * np.sort(np.abs(ev))[::-1][0]
     assert row["n_eff"] == pytest.approx(np.sum(np.abs(ev) / (np.abs(ev) + hcfg.alpha)), rel=1e-9)
     assert row["sane"] == pytest.approx(np.sum(np.abs(ev) / (np.abs(ev) + scale)), rel=1e-9)
@@ -82,8 +83,8 @@ def test_digits_are_the_bundled_images_split_by_seed():
     np.testing.assert_allclose(data.x_test.reshape(397, 64).numpy(), (x[1400:] - mean) / std, atol=1e-5)
     assert np.array_equal(data.y_train.numpy(), y[:1400]) and np.array_equal(data.y_test.numpy(), y[1400:])
     assert not torch.equal(load_data(digits_config("dataset.data_seed=1")).y_train, data.y_train)
-    with pytest.raises(UsageError, match="dataset=digits holds 1797 images"):
-        load_data(digits_config("dataset.n_train=1500", "dataset.n_test=400"))
+    with pytest.raises(UsageError, match=r"dataset.n_train=1500 .* plus dataset.n_test \(400\) must be at most 1797"):
+        validate(config("dataset=digits", "dataset.n_train=1500", "dataset.n_test=400"))
 
 
 def test_a_cnn_trains_on_digits_and_is_measured(tmp_path):

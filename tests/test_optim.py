@@ -65,13 +65,13 @@ def test_preconditioner_is_the_one_torch_adam_divides_its_moving_average_by(weig
     theta = torch.nn.Parameter(torch.randn(5, generator=gen, dtype=torch.float64))
     cfg = OmegaConf.create(dict(name="adam", lr=0.05, beta1=0.8, beta2=0.95, eps=1e-3, weight_decay=weight_decay))
     opt = build_optimizer([theta], cfg)
-    assert preconditioner(opt) is None  # before the first step
+    assert preconditioner(opt, cfg) is None  # before the first step
     target = torch.randn(5, generator=gen, dtype=torch.float64)
     for step in range(1, 30):
         before = theta.detach().clone()
         opt.zero_grad()
         (((theta - target) ** 4).sum()).backward()
         opt.step()
-        (p,) = preconditioner(opt)
+        (p,) = preconditioner(opt, cfg)
         m = opt.state[theta]["exp_avg"]
         torch.testing.assert_close(before - theta.detach(), 0.05 * m / p, rtol=1e-12, atol=1e-15, msg=f"step {step}")

@@ -7,9 +7,9 @@ import json
 import pytest
 from helpers import make_config
 
-from sane_cli.config import UsageError
+from sane_cli.errors import UsageError
 from sane_cli.records import find_runs, load_run
-from sane_cli.report import collect, summary_table
+from sane_cli.tables import collect, summary_table
 from sane_cli.training import train
 
 

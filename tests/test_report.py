@@ -18,7 +18,8 @@ from helpers import make_config
 
 from sane_cli.errors import UsageError
 from sane_cli.records import HESSIAN_COLUMNS, RunWriter, find_runs, load_run
-from sane_cli.report import Options, correlations, main, report
+from sane_cli.report import Options, main, report
+from sane_cli.tables import correlations
 from sane_cli.training import train
 
 LRS, SEEDS = (0.05, 0.2, 0.5), (0, 1)
@@ -128,7 +129,7 @@ def test_bootstrap_intervals_of_the_correlations():
     holds the estimate, narrows with more runs, and is the same for the same seed."""
     from scipy.stats import kendalltau, spearmanr
 
-    from sane_cli.report import bootstrap_rank_correlations
+    from sane_cli.tables import bootstrap_rank_correlations
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=12)
@@ -335,7 +336,7 @@ def test_adam_runs_compare_their_preconditioned_sharpness_with_their_own_thresho
     import matplotlib.pyplot as plt
 
     from sane_cli import plots
-    from sane_cli.report import group_table, summary_table
+    from sane_cli.tables import group_table, summary_table
 
     for optim, lr in itertools.product(("gd", "adam"), (0.01, 0.1)):
         train(
@@ -361,14 +362,14 @@ def test_adam_runs_compare_their_preconditioned_sharpness_with_their_own_thresho
 
 
 def test_the_late_sharpness_ratio_is_the_median_over_the_last_third(tmp_path):
-    from sane_cli.report import late_sharpness_ratio
+    from sane_cli.tables import late_sharpness_ratio
 
     train(make_config("lr=0.5", "steps=30", "hessian.every=5"), tmp_path / "run", progress=False)
     h = load_run(tmp_path / "run").hessian
     scheduled = h[h.kind == "scheduled"].set_index("step").sharpness_ratio
     assert late_sharpness_ratio(h) == pytest.approx(np.median(scheduled.loc[[20, 25, 30]]), rel=1e-12)
     assert np.isnan(late_sharpness_ratio(h.iloc[:0]))
-    from sane_cli.report import group_table, summary_table
+    from sane_cli.tables import group_table, summary_table
 
     groups = group_table(summary_table([load_run(tmp_path / "run")]))
     assert groups.sharpness_ratio_late_mean.iloc[0] == late_sharpness_ratio(h)
@@ -379,3 +380,25 @@ def test_status_keeps_only_those_runs(sweep, tmp_path):
     main([str(sweep), "--status", "diverged", "-o", str(tmp_path / "rep"), "-j", "1"])
     table = pd.read_csv(tmp_path / "rep" / "summary.csv")
     assert sorted(table.run) == sorted(p for p, s in statuses.items() if s == "diverged") and len(table)
+
+
+def test_the_report_needs_no_torch(sweep, tmp_path):
+    """sane-report reads run folders and draws; it imports neither torch nor the training code, so that it
+    starts quickly and runs where torch is not installed (torch blocked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "class Block:\n"  # `import torch` (and any torch submodule) raises ImportError
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch': raise ImportError('torch is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from sane_cli.cli import report_main\n"
+        f"sys.argv = ['sane-report', {str(sweep)!r}, '-o', {str(tmp_path / 'rep')!r}, '-j', '1']\n"
+        "report_main()\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'torch' or m == 'sane_cli.training']\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "rep" / "report.html").is_file() and (tmp_path / "rep" / "summary.csv").is_file()

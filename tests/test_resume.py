@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import TINY, make_config
+from omegaconf import OmegaConf
 from test_cli import command, run
 
+from sane_cli.config import validate
 from sane_cli.errors import UsageError
-from sane_cli.records import RunWriter, load_run
-from sane_cli.training import resume_point, train
+from sane_cli.records import RunWriter, load_run, resume_point
+from sane_cli.training import train
 
 SPIKY = ["lr=3", "steps=300", "hessian.every=100", "dataset.n_train=1000", "device=cpu", "threads=1"]
 # Adam: its moving averages carry over, and the preconditioner kept beside the parameters before a spike
@@ -162,12 +164,17 @@ def test_a_signal_during_a_step_is_kept_until_the_step_is_done(tmp_path):
     assert checkpoint["resume"]["sizes"]["loss.csv"] == (folder / "loss.csv").stat().st_size
 
 
+def _as_stored(cfg) -> dict:
+    """A config as a run stores its own in summary.json: validated, resolved, plain."""
+    return OmegaConf.to_container(validate(cfg.copy()), resolve=True)
+
+
 def test_what_cannot_be_resumed_is_refused_in_one_line(tmp_path):
     folder = _stopped_run(tmp_path)
     cfg = make_config("steps=200", "hessian.every=50")
-    assert resume_point(folder, cfg).step == 120
+    assert resume_point(folder, _as_stored(cfg)).step == 120
     with pytest.raises(UsageError, match=r"holds a run with another config \(lr: 0.1 there, 0.3 now\)"):
-        resume_point(folder, make_config("steps=200", "hessian.every=50", "lr=0.3"))
+        resume_point(folder, _as_stored(make_config("steps=200", "hessian.every=50", "lr=0.3")))
     writer = RunWriter(tmp_path / "busy")  # a run still going holds its folder
     try:
         with pytest.raises(UsageError, match="still being written by a running sane-run"):
@@ -189,7 +196,7 @@ def test_what_cannot_be_resumed_is_refused_in_one_line(tmp_path):
         header.replace(b",n_eff_bound", b"").replace(b",sane_bound", b"") + b"\n" + rest
     )
     with pytest.raises(UsageError, match=r"written by sane-run [\d.]+, whose hessian.csv has other columns"):
-        resume_point(folder, cfg)
+        resume_point(folder, _as_stored(cfg))
     (folder / "hessian.csv").write_bytes(hessian)
 
     done = tmp_path / "done"

@@ -11,12 +11,13 @@ import pytest
 import torch
 from helpers import make_config, reference_hessian
 
-from sane_cli.config import UsageError
-from sane_cli.curvature import loss_function
 from sane_cli.data import load_data
+from sane_cli.errors import UsageError
+from sane_cli.losses import loss_function
 from sane_cli.models import build_model
 from sane_cli.records import HESSIAN_COLUMNS, METRICS_COLUMNS, load_run
-from sane_cli.training import checkpoint_steps, train
+from sane_cli.schedule import checkpoint_steps
+from sane_cli.training import train
 
 
 def test_checkpoint_steps():
@@ -229,7 +230,7 @@ def test_a_stop_criterion_ends_the_run_converged_with_a_checkpoint_there(tmp_pat
     assert run.status == "converged" and run.summary["steps_done"] == first == int(m.step.iloc[-1]) < 400
     assert int(run.hessian.step.iloc[-1]) == first and run.summary["final_curvature_step"] == first
     assert run.summary["final_train_loss"] == m.train_loss.iloc[-1]
-    from sane_cli.report import group_table, summary_table
+    from sane_cli.tables import group_table, summary_table
 
     assert group_table(summary_table([run])).n_runs.tolist() == [1]
 

@@ -28,8 +28,9 @@ import pandas as pd
 import torch
 from hydra import compose, initialize_config_module
 
-from sane_cli.curvature import loss_function, mlp_hessian, spectrum
+from sane_cli.curvature import mlp_hessian, spectrum
 from sane_cli.data import load_data
+from sane_cli.losses import loss_function
 from sane_cli.measures import n_eff, sane, spectrum_distance
 from sane_cli.methods import _block_diag_spectrum
 from sane_cli.models import build_model

@@ -16,8 +16,9 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from sane_cli.curvature import hessian, loss_function
+from sane_cli.curvature import hessian
 from sane_cli.data import load_data
+from sane_cli.losses import loss_function
 from sane_cli.methods import measure
 from sane_cli.models import build_model
 
@@ -51,7 +52,7 @@ for step in (0, 500):
     for seed in range(4):
         hcfg = OmegaConf.merge(cfg.hessian, {"seed": seed})
         t = time.perf_counter()
-        r = measure(model, loss_fn, data.x_train, data.y_train, hcfg, threshold=10.0)
+        r = measure(model, loss_fn, data.x_train, data.y_train, hcfg)
         row = {k: float(r.row[k]) for k in ("n_eff", "n_eff_se", "n_eff_bound", "sane", "sane_se", "sane_bound")}
         row.update(
             seconds=time.perf_counter() - t,

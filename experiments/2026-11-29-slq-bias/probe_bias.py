@@ -22,9 +22,10 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from sane_cli.curvature import hessian, loss_function
+from sane_cli.curvature import hessian
 from sane_cli.data import load_data
 from sane_cli.iterative import _probes, hvp_operator, lanczos, slq
+from sane_cli.losses import loss_function
 from sane_cli.models import build_model
 from sane_cli.records import load_run
 

@@ -1,0 +1,72 @@
+"""Stops by signal at points a run can be resumed from: SIGTERM (what schedulers and `timeout` send) and SIGINT
+(Ctrl-C) raise :class:`Interrupted` in the training loop, at once while nothing of the training state changes,
+and at the end of a step or a file write otherwise (:meth:`Signals.hold`)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop by signal (SIGTERM, what schedulers and `timeout` send; SIGINT, Ctrl-C), raised in the training
+    loop so that the run records where it stopped. ``signum`` is the signal, ``step`` the step it stopped at
+    (set by :func:`train`)."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.step = signum, None
+
+
+class Signals:
+    """Stops by SIGTERM and SIGINT at points from which the run can be resumed.
+
+    While the loop measures curvature, nothing of the training state changes, so a signal raises
+    :class:`Interrupted` at once and the run resumes at the top of that step. While an optimiser step changes
+    the state or a file is written (``hold``), a signal is kept and raised when that is done.
+    Installed in the main thread only (where Python delivers signals); a SIGINT that the shell told this
+    process to ignore stays ignored.
+    """
+
+    def __init__(self):
+        self.pending: int | None = None
+        self.received: int | None = None  # the last signal, also when torch re-raised it as another error
+        self.holding = 0  # depth of nested hold() blocks
+
+    def _handler(self, signum, _frame):
+        self.received = signum
+        if self.holding:
+            self.pending = signum
+        else:
+            raise Interrupted(signum)
+
+    def check(self) -> None:
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def hold(self):
+        """Signals wait while the block runs (a step, a file being written) and are raised when the outermost
+        such block ends."""
+        self.holding += 1
+        try:
+            yield
+        finally:
+            self.holding -= 1
+        if not self.holding:
+            self.check()
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    previous[sig] = signal.signal(sig, self._handler)
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
