@@ -184,6 +184,7 @@ def precheck(argv: list[str]) -> None:
     from .config import check_against_data, validate
     from .data import check_files, dataset_sizes
     from .models import build_model
+    from .records import is_run_dir
 
     words = [a for a in argv if not a.startswith("-")]
     multirun = any(a in ("-m", "--multirun") for a in argv)
@@ -193,7 +194,7 @@ def precheck(argv: list[str]) -> None:
     for word in words:  # a named run folder that holds a run is refused before Hydra writes .hydra/ into it
         if word.startswith("hydra.run.dir=") and not multirun:
             folder = Path(word.split("=", 1)[1]).expanduser()
-            if (folder / "summary.json").exists():
+            if is_run_dir(folder):
                 raise UsageError(
                     f"hydra.run.dir={folder} already holds a run (summary.json); choose another folder, or continue "
                     f"a stopped run with sane-run resume={folder}"

@@ -119,3 +119,82 @@ def test_each_list_of_choices_matches_its_config_files():
         for name in DATASETS:  # every dataset has its sizes (what the checks before a sweep need)
             shape, classes, n_train = dataset_sizes(compose("config", overrides=[f"dataset={name}"]).dataset)
             assert len(shape) in (1, 3) and classes >= 2 and n_train >= 1, name
+
+
+def test_every_registry_refuses_an_unknown_name_with_the_known_ones():
+    """No fall-through: an optimiser, method, model, dataset or loss that is not registered is a one-line error
+    naming the key and every known name, wherever the name is looked up (not SGD, SLQ or a KeyError)."""
+    from types import SimpleNamespace
+
+    from sane_cli.data import DATASETS, load_data
+    from sane_cli.losses import LOSSES, loss_function
+    from sane_cli.methods import METHODS
+    from sane_cli.models import MODELS, build_model
+    from sane_cli.optim import OPTIMISERS, build_optimizer, stability_threshold
+
+    for registry, key in ((OPTIMISERS, "optim.name"), (METHODS, "hessian.method"), (MODELS, "model.name"),
+                          (DATASETS, "dataset.name"), (LOSSES, "loss")):  # fmt: skip
+        with pytest.raises(UsageError, match=rf"^{key}='nope' is unknown; choose one of {', '.join(registry)}$"):
+            registry["nope"]
+    with pytest.raises(UsageError, match="optim.name='rmsprop' is unknown"):
+        build_optimizer([], SimpleNamespace(name="rmsprop"))
+    with pytest.raises(UsageError, match="optim.name='rmsprop' is unknown"):
+        stability_threshold(SimpleNamespace(name="rmsprop"))
+    with pytest.raises(UsageError, match="model.name='resnet' is unknown"):
+        build_model(SimpleNamespace(name="resnet"), (4,), 2)
+    with pytest.raises(UsageError, match="dataset.name='imagenet' is unknown"):
+        load_data(SimpleNamespace(name="imagenet"))
+    with pytest.raises(UsageError, match="loss='hinge' is unknown"):
+        loss_function("hinge", 3)
+
+
+def test_a_model_and_an_optimiser_are_added_by_their_registry_entry_and_config_alone(tmp_path, monkeypatch):
+    """The recipes in sane_cli.models and sane_cli.optim are true: a new model (a layered one, so the structured
+    exact Hessian and the block methods apply) and a new optimiser, each registered in its group with its config
+    (here through Hydra's ConfigStore instead of a yaml file), train and are measured with no other change."""
+    import torch
+    from hydra.core.config_store import ConfigStore
+    from torch import nn
+
+    from sane_cli import models, optim
+    from sane_cli.records import load_run
+    from sane_cli.training import train
+
+    class Wide(models.MLP):  # an MLP whose hidden width is given as a multiple of its input's
+        pass
+
+    def build(cfg, shape, out_dim):
+        return Wide(shape[0], out_dim, depth=int(cfg.depth), width=int(cfg.factor) * shape[0])
+
+    def check(cfg):
+        from sane_cli import checks
+
+        checks.number(cfg, "model.factor", minimum=1, integer=True)
+
+    def rms(params, cfg):
+        return torch.optim.RMSprop(params, lr=float(cfg.lr), alpha=float(cfg.alpha))
+
+    monkeypatch.setitem(models.MODELS, "wide", models.ModelSpec(Wide, build, check, ("depth", "factor")))
+    monkeypatch.setitem(
+        optim.OPTIMISERS, "rms", optim.OptimiserSpec(rms, lambda cfg: 2 / float(cfg.lr), lambda c: None)
+    )
+    store = ConfigStore.instance()
+    store.store(group="model", name="wide", node={"name": "wide", "depth": "${depth}", "factor": 2,
+                                                   "activation": "tanh", "bias": True})  # fmt: skip
+    store.store(group="optim", name="rms", node={"name": "rms", "default_lr": 0.01, "lr": "${lr}", "alpha": 0.9,
+                                                  "weight_decay": 0.0, "batch_size": None})  # fmt: skip
+    from helpers import TINY
+
+    def make_config(*overrides):  # the tiny run, without the MLP's width
+        with initialize_config_module(version_base="1.3", config_module="sane_cli.conf"):
+            return compose("config", overrides=[o for o in TINY if not o.startswith("model.width")] + list(overrides))
+
+    for method in ("exact", "block_band"):
+        cfg = make_config("model=wide", "optim=rms", "lr=0.01", f"hessian={method}")
+        train(cfg, tmp_path / method, progress=False)
+        run = load_run(tmp_path / method)
+        assert run.status == "completed" and run.hessian.n_params.iloc[0] == 6 * 12 + 12 + 12 * 3 + 3
+        assert (run.hessian.stability_threshold == 2 / 0.01).all() and (run.hessian.method == method).all()
+    with pytest.raises(UsageError, match="model.factor=0 is invalid"):
+        validate(make_config("model=wide", "optim=rms", "model.factor=0"))
+    assert isinstance(build(make_config("model=wide").model, (6,), 3)[0], nn.Linear)
