@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from common import best_time, mnist1d_subset
 
-from sane_cli.curvature import mlp_hessian, spectrum
+from sane_cli.curvature import layer_hessian, spectrum
 from sane_cli.iterative import hutchinson, hvp_operator, lanczos, slq
 from sane_cli.measures import n_eff, sane
 from sane_cli.models import MLP
@@ -141,7 +141,7 @@ def slq_against_exact(x0, y0, loss_fn) -> None:
     with initialize_config_module(version_base="1.3", config_module="sane_cli.conf"):
         defaults = OmegaConf.merge(compose("config", overrides=["hessian=slq"]).hessian, {"dtype": "float64"})
     model, x, y = setup(8, 32, x0, y0)
-    h, t_build = best_time(lambda: mlp_hessian(model, loss_fn, x, y))
+    h, t_build = best_time(lambda: layer_hessian(model, loss_fn, x, y))
     ev, t_eig = best_time(lambda: spectrum(h).eigenvalues)  # noqa: F821 (h is bound above)
     exact = {"sane": sane(ev), "n_eff": n_eff(ev)}
     del h

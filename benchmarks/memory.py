@@ -69,9 +69,9 @@ def _job(name: str, depth: int, width: int, n: int, queue) -> None:
         for _ in range(3):
             hessian_vector_product(h.gradsH, h.params, [torch.ones_like(q) for q in h.params])
     elif name == "ours exact":
-        from sane_cli.curvature import mlp_hessian, spectrum
+        from sane_cli.curvature import layer_hessian, spectrum
 
-        spectrum(mlp_hessian(model, loss_fn, x, y), 10)
+        spectrum(layer_hessian(model, loss_fn, x, y), 10)
     elif name == "ours slq":
         from sane_cli.iterative import hvp_operator, lanczos, slq
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import checks
-from .curvature import hessian, layer_count, mlp_hessian, mlp_hessian_blocks, spectrum
+from .curvature import hessian, layer_count, layer_hessian, layer_hessian_blocks, layer_sizes, spectrum
 from .errors import UsageError
 from .iterative import hutchinson, hvp_operator, lanczos, slq
 from .losses import LossFn
@@ -48,11 +48,11 @@ class CurvatureResult:
 
 def resolve_method(hcfg, model: nn.Module, n_params: int) -> str:
     """``auto``: exact while its cost stays within seconds, else SLQ (its Hessian-vector products in
-    ``hessian.auto_slq_dtype``, see :func:`measure`). A layered model's exact Hessian (the MLP's) has a
-    layer-structured build (about P^3 for the eigenvalues): exact up to ``hessian.exact_max_params`` parameters.
-    Other models (the CNN) build it from P Hessian-vector products: exact only while P is at most the products
-    SLQ would spend, ``hessian.probes`` x ``hessian.steps`` (2,400 by default), and ``exact_max_params``. Other
-    methods are returned as given; the layer-ordered ones need a layered model."""
+    ``hessian.auto_slq_dtype``, see :func:`measure`). A layered model's exact Hessian (the MLP's, the CNN's) has
+    a layer-structured build: exact up to ``hessian.exact_max_params`` parameters. A model without one builds
+    it from P Hessian-vector products: exact only while P is at most the products SLQ would spend,
+    ``hessian.probes`` x ``hessian.steps`` (2,400 by default), and ``exact_max_params``. Other methods are
+    returned as given; the layer-ordered ones need a layered model."""
     method = hcfg.method
     if method == "auto":
         limit = int(hcfg.exact_max_params)
@@ -96,7 +96,7 @@ def _exact(model, loss_fn, x, y, hcfg, dtype):
 
 def _block_band(model, loss_fn, x, y, hcfg, dtype):
     """Every eigenvalue of the Hessian with the blocks between layers more than ``hcfg.band`` apart dropped."""
-    spec = spectrum(mlp_hessian(model, loss_fn, x, y, dtype=dtype, band=int(hcfg.band)), int(hcfg.topk_vectors))
+    spec = spectrum(layer_hessian(model, loss_fn, x, y, dtype=dtype, band=int(hcfg.band)), int(hcfg.topk_vectors))
     return spec.eigenvalues, spec.eigenvectors, _exact_row(spec.eigenvalues, hcfg), {}
 
 
@@ -228,7 +228,7 @@ def _exact_row(values: np.ndarray, hcfg) -> dict:
 def _block_diag_spectrum(model, loss_fn, x, y, dtype, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues of the block-diagonal Hessian (the union of each layer block's), and the top-k
     eigenvectors, each supported on one layer's parameters."""
-    blocks = mlp_hessian_blocks(model, loss_fn, x, y, dtype=dtype, band=0)
+    blocks = layer_hessian_blocks(model, loss_fn, x, y, dtype=dtype, band=0)
     sizes = [blocks[j, j].shape[0] for j in range(layer_count(model))]
     values, candidates = [], []  # (eigenvalue, layer, column) of each block's own top k
     for j, size in enumerate(sizes):
@@ -245,14 +245,9 @@ def _block_diag_spectrum(model, loss_fn, x, y, dtype, k: int) -> tuple[np.ndarra
     return np.sort(np.concatenate(values))[::-1], vectors
 
 
-def _layer_blocks(model: nn.Module) -> list[int]:
-    """Parameters of each nn.Linear layer: the blocks of the layer-ordered Hessian."""
-    return [sum(p.numel() for p in m.parameters()) for m in model.modules() if isinstance(m, nn.Linear)]
-
-
 def _block_bytes(model: nn.Module, size: int) -> int:
     """Every layer block, and eigh's copy and workspace for the largest."""
-    blocks = _layer_blocks(model)
+    blocks = layer_sizes(model)
     return size * (sum(b**2 for b in blocks) + 2 * max(blocks, default=0) ** 2)
 
 
@@ -264,7 +259,7 @@ def _dense_memory(hcfg, model, n_params: int, have: int) -> tuple[int, str, str]
 
 
 def _block_memory(hcfg, model, n_params: int, have: int) -> tuple[int, str, str]:
-    largest = max(_layer_blocks(model), default=0)
+    largest = max(layer_sizes(model), default=0)
     return _block_bytes(model, DTYPES[hcfg.dtype].itemsize), f"the layer blocks (largest {largest} parameters)", \
         "use hessian=auto or hessian=slq"  # fmt: skip
 

@@ -4,10 +4,11 @@ Each is built from its config group (conf/model/<name>.yaml) and the data's inpu
 axis: (features,) for MNIST-1D, (channels, height, width) for image sets) by :func:`build_model`.
 
 Adding a model: its class here (with a class attribute ``layered``: True when its parameters are a stack of
-``nn.Linear`` layers in input-to-output order, which the layer-structured Hessian build and the block methods
-need), a builder and a ``check`` of its config keys, an entry in :data:`MODELS`, its
-``conf/model/<name>.yaml`` (every key commented), and its tests. Nothing else changes: the config checks, the
-curvature methods and the report ask the registry.
+layers in input-to-output order that sane_cli.curvature has a layer-structured Hessian build for, which the
+block methods need too; a model without one is measured through Hessian-vector products), a builder and a
+``check`` of its config keys, an entry in :data:`MODELS`, its ``conf/model/<name>.yaml`` (every key
+commented), and its tests. Nothing else changes: the config checks, the curvature methods and the report ask
+the registry.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class MLP(nn.Sequential):
     ordering" that the Hessian blocks follow. Input of shape (batch, in_dim), output (batch, out_dim).
     """
 
-    layered = True  # a stack of nn.Linear layers: the layer-structured Hessian and the block methods apply
+    layered = True  # linear layers in order: the layer-structured Hessian (sane_cli.curvature) and the block methods
 
     def __init__(self, in_dim: int, out_dim: int, depth: int, width: int, activation: str = "relu", bias: bool = True):
         dims = [in_dim] + [width] * (depth - 1) + [out_dim]
@@ -64,7 +65,7 @@ class CNN(nn.Sequential):
     (torch.Size([5, 10]), 478)
     """
 
-    layered = False  # convolutions: the Hessian is built from Hessian-vector products
+    layered = True  # convolutions, then a linear layer: sane_cli.conv_hessian builds its Hessian layer by layer
 
     def __init__(
         self,
@@ -141,7 +142,8 @@ MODELS = checks.Registry("model.name", {
 
 
 def is_layered(model: nn.Module) -> bool:
-    """Whether ``model`` is a stack of ``nn.Linear`` layers in order (its class says so: ``layered``)."""
+    """Whether ``model`` is a stack of layers with a layer-structured Hessian build (its class says so:
+    ``layered``)."""
     return bool(getattr(type(model), "layered", False))
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import reference_hessian
 
-from sane_cli.curvature import generic_hessian, hessian, mlp_hessian, spectrum
+from sane_cli.curvature import generic_hessian, hessian, layer_hessian, spectrum
 from sane_cli.losses import loss_function
 from sane_cli.measures import n_eff, sane
 from sane_cli.models import MLP
@@ -39,13 +39,69 @@ def test_hessian_matches_dense_reference(depth, width, activation, bias, loss, b
     model, xd, yd = model.to(device), x.to(device), y.to(device)
     # small blocks and data chunks exercise the chunked accumulation
     if builder == "mlp":  # tiny temporaries exercise the chunking over units
-        h = mlp_hessian(model, loss_fn, xd, yd, dtype=torch.float64, max_rows=10, max_elements=50)
+        h = layer_hessian(model, loss_fn, xd, yd, dtype=torch.float64, max_rows=10, max_elements=50)
     else:
         h = generic_hessian(model, loss_fn, xd, yd, dtype=torch.float64, block=7, max_rows=10)
     assert h.dtype == torch.float64 and h.shape == ref.shape and h.device.type == device
     h = h.cpu()
     torch.testing.assert_close(h, ref, rtol=1e-10, atol=1e-12)
     assert next(model.parameters()).dtype == torch.float32  # the model itself is untouched
+
+
+CNN_CASES = [
+    # input shape, depth, channels, kernel, pooling, activation, bias, loss
+    ((12,), 2, 3, 3, "max", "relu", True, "cross_entropy"),
+    ((13,), 3, 2, 3, "avg", "tanh", True, "mse"),  # odd lengths: the pooling drops the last position
+    ((2, 9), 1, 3, 5, "none", "gelu", False, "cross_entropy"),
+    ((1, 6, 5), 2, 3, 3, "max", "elu", True, "mse"),  # 2-D, odd width
+    ((3, 4, 4), 2, 2, 1, "avg", "softplus", True, "cross_entropy"),
+    ((1, 5, 7), 2, 2, 3, "none", "linear", False, "mse"),
+    ((10,), 3, 2, 5, "max", "relu", False, "mse"),
+]
+
+
+@pytest.mark.parametrize("shape,depth,channels,kernel,pooling,activation,bias,loss", CNN_CASES)
+def test_cnn_hessian_matches_dense_reference(shape, depth, channels, kernel, pooling, activation, bias, loss, device):
+    """The layer-structured CNN build (sane_cli.conv_hessian) against torch.func's dense Hessian, 1-D and 2-D
+    convolutions, every pooling, smooth and piecewise-linear activations, both losses, with and without bias;
+    tiny chunks of examples and directions exercise the accumulation."""
+    from sane_cli.models import CNN
+
+    torch.manual_seed(len(shape) * 10 + depth)
+    model = CNN(shape, 3, depth=depth, channels=channels, kernel=kernel, pooling=pooling, activation=activation,
+                bias=bias)  # fmt: skip
+    x, y = torch.randn(17, *shape), torch.randint(0, 3, (17,))
+    loss_fn = loss_function(loss, 3)
+    ref = reference_hessian(copy.deepcopy(model), loss_fn, x, y)
+    model, xd, yd = model.to(device), x.to(device), y.to(device)
+    h = layer_hessian(model, loss_fn, xd, yd, max_rows=6, max_elements=300).cpu()
+    torch.testing.assert_close(h, ref, rtol=1e-10, atol=1e-12)
+    assert next(model.parameters()).dtype == torch.float32  # the model itself is untouched
+
+
+def test_cnn_layer_blocks_are_the_dense_blocks_in_layer_order():
+    """block_band's bands of a CNN are those of the dense Hessian, its layers (the convolutions, then the linear
+    layer) in input-to-output order; the widest band is the exact Hessian."""
+    from sane_cli.curvature import layer_hessian_blocks, layer_sizes
+    from sane_cli.models import CNN
+
+    torch.manual_seed(3)
+    model = CNN((11,), 4, depth=2, channels=3, kernel=3, pooling="max", activation="tanh")
+    x, y = torch.randn(29, 11), torch.randint(0, 4, (29,))
+    loss_fn = loss_function("cross_entropy", 4)
+    ref = reference_hessian(copy.deepcopy(model), loss_fn, x, y)
+    sizes = layer_sizes(model)
+    assert sizes == [3 * 1 * 3 + 3, 3 * 3 * 3 + 3, 4 * 3 * 2 + 4]  # 11 -> pooled 5 -> pooled 2 positions
+    starts = np.cumsum([0, *sizes])
+    blocks = layer_hessian_blocks(model, loss_fn, x, y, band=1)
+    assert set(blocks) == {(0, 0), (1, 1), (2, 2), (1, 0), (2, 1)}
+    for (j, m), block in blocks.items():
+        torch.testing.assert_close(
+            block, ref[starts[j] : starts[j + 1], starts[m] : starts[m + 1]], rtol=1e-10, atol=1e-12
+        )
+    banded = layer_hessian(model, loss_fn, x, y, band=1)
+    assert torch.all(banded[starts[2] :, : starts[1]] == 0) and torch.all(banded[: starts[1], starts[2] :] == 0)
+    torch.testing.assert_close(layer_hessian(model, loss_fn, x, y, band=2), ref, rtol=1e-10, atol=1e-12)
 
 
 def test_linear_regression_closed_form():

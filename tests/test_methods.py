@@ -10,7 +10,7 @@ import torch
 from helpers import make_config, reference_hessian
 from omegaconf import OmegaConf
 
-from sane_cli.curvature import mlp_hessian, mlp_hessian_blocks
+from sane_cli.curvature import layer_hessian, layer_hessian_blocks
 from sane_cli.iterative import hutchinson, hvp_operator, lanczos, slq
 from sane_cli.losses import loss_function
 from sane_cli.methods import measure
@@ -37,10 +37,10 @@ def layer_slices(model):
 @pytest.mark.parametrize("depth", [2, 3, 5])
 def test_block_band_keeps_exactly_the_band(depth):
     model, loss_fn, x, y, ref = problem(depth=depth)
-    torch.testing.assert_close(mlp_hessian(model, loss_fn, x, y, band=depth - 1), ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(layer_hessian(model, loss_fn, x, y, band=depth - 1), ref, rtol=1e-10, atol=1e-12)
     layers = layer_slices(model)
     for band in range(depth - 1):
-        h = mlp_hessian(model, loss_fn, x, y, band=band)
+        h = layer_hessian(model, loss_fn, x, y, band=band)
         for i, si in enumerate(layers):
             for j, sj in enumerate(layers):
                 expected = ref[si, sj] if abs(i - j) <= band else torch.zeros_like(ref[si, sj])
@@ -57,7 +57,7 @@ def test_block_diag_eigenvalues_are_those_of_the_diagonal_blocks():
     blockdiag = torch.block_diag(*[ref[s, s] for s in layer_slices(model)]).numpy()
     v = result.eigenvectors
     np.testing.assert_allclose(blockdiag @ v, v * result.eigenvalues[: v.shape[1]], atol=1e-9)
-    assert set(mlp_hessian_blocks(model, loss_fn, x, y, band=0)) == {(0, 0), (1, 1), (2, 2)}
+    assert set(layer_hessian_blocks(model, loss_fn, x, y, band=0)) == {(0, 0), (1, 1), (2, 2)}
 
 
 def test_lanczos_top_k_to_1e6(device):
@@ -221,7 +221,7 @@ def test_default_slq_is_unbiased_on_a_net_of_thousands_of_parameters():
                 opt.zero_grad()
                 loss_fn(model(x), y).backward()
                 opt.step()
-        ev = np.linalg.eigvalsh(mlp_hessian(model, loss_fn, x, y).numpy())
+        ev = np.linalg.eigvalsh(layer_hessian(model, loss_fn, x, y).numpy())
         a = np.abs(ev)
         exact = {"n_eff": np.sum(a / (a + 0.5)), "sane": np.sum(a / (a + 0.5 * a.max()))}
         for dtype, seed in (("float32", 0), ("float32", 1), ("float32", 2), ("float64", 3)):
@@ -262,17 +262,22 @@ def test_auto_runs_slq_in_its_own_precision_above_the_threshold():
 
 
 def test_auto_weighs_a_model_without_a_structured_hessian_by_its_hessian_vector_products():
-    """An MLP is measured exact up to exact_max_params; a CNN (whose exact Hessian costs P products) only while
-    P is at most SLQ's probes x steps."""
+    """Auto decides by cost, not by model kind: a model with a layer-structured build (the MLP, the CNN) is
+    measured exact up to exact_max_params; one without (built from P Hessian-vector products) only while P is
+    at most SLQ's probes x steps."""
+    from torch import nn
+
     from sane_cli.methods import resolve_method
     from sane_cli.models import CNN
 
     hcfg = OmegaConf.merge(make_config().hessian, {"method": "auto", "probes": 8, "steps": 80})
     cnn, mlp = CNN((40,), 10, depth=3, channels=8), MLP(40, 10, depth=3, width=24)
-    assert resolve_method(hcfg, mlp, 1834) == "exact" and resolve_method(hcfg, mlp, 6001) == "slq"
-    assert resolve_method(hcfg, cnn, 640) == "exact" and resolve_method(hcfg, cnn, 641) == "slq"
+    other = nn.Sequential(nn.Linear(40, 10), nn.Tanh(), nn.Linear(10, 10))  # no structured build
+    for model in (mlp, cnn):
+        assert resolve_method(hcfg, model, 6000) == "exact" and resolve_method(hcfg, model, 6001) == "slq"
+    assert resolve_method(hcfg, other, 640) == "exact" and resolve_method(hcfg, other, 641) == "slq"
     hcfg.exact_max_params = 500
-    assert resolve_method(hcfg, cnn, 600) == "slq"
+    assert resolve_method(hcfg, other, 600) == "slq" and resolve_method(hcfg, cnn, 600) == "slq"
 
 
 @pytest.mark.parametrize("method", ["block_diag", "block_band", "lanczos", "slq", "auto"])

@@ -101,8 +101,6 @@ def test_a_cnn_trains_on_digits_and_is_measured(tmp_path):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["model=cnn", "hessian=block_diag"], "hessian.method='block_diag' is invalid: needs a model of layer blocks"),
-        (["model=cnn", "hessian=block_band"], "hessian.method='block_band' is invalid: needs a model of layer blocks"),
         (["model=cnn", "model.kernel=4"], "model.kernel=4 is invalid: must be odd"),
         (["model=cnn", "model.pooling=sum"], "model.pooling='sum' is invalid: must be one of max, avg, none"),
         (["model=cnn", "model.channels=0"], "model.channels=0 is invalid"),
@@ -112,3 +110,36 @@ def test_a_cnn_trains_on_digits_and_is_measured(tmp_path):
 def test_cnn_config_errors(overrides, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate(config(*overrides))
+
+
+def test_a_cnn_run_with_the_layer_ordered_methods(tmp_path):
+    """block_band with every band (a CNN of depth d has d + 1 layers) gives the exact run's spectrum;
+    block_diag the union of the dense Hessian's diagonal layer blocks."""
+    import copy
+
+    import numpy as np
+    from helpers import reference_hessian
+
+    from sane_cli.curvature import layer_sizes
+    from sane_cli.data import load_data
+    from sane_cli.losses import loss_function
+
+    base = ["model=cnn", "dataset=digits", "dataset.per_class=6", "dataset.n_test=30", "depth=2", "model.channels=2",
+            "steps=4", "hessian.every=4", "lr=0.05", "device=cpu", "hessian.topk_vectors=2"]  # fmt: skip
+    spectra = {}
+    for method in ("exact", "block_band", "block_diag"):
+        train(config(*base, f"hessian={method}", "hessian.band=2"), tmp_path / method, progress=False)
+        run = load_run(tmp_path / method)
+        assert (run.hessian.method == method).all()
+        spectra[method] = run.spectrum(4)[0]
+    np.testing.assert_allclose(spectra["block_band"], spectra["exact"], rtol=1e-9, atol=1e-12)
+    cfg = validate(config(*base))
+    data = load_data(cfg.dataset)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.input_shape, data.n_classes)
+    state = torch.load(tmp_path / "exact" / "checkpoint.pt", weights_only=True)["model"]
+    model.load_state_dict(state)
+    ref = reference_hessian(copy.deepcopy(model), loss_function("cross_entropy", 10), data.x_train, data.y_train)
+    starts = np.cumsum([0, *layer_sizes(model)])
+    blocks = [np.linalg.eigvalsh(ref[a:b, a:b].numpy()) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    np.testing.assert_allclose(spectra["block_diag"], np.sort(np.concatenate(blocks))[::-1], rtol=1e-8, atol=1e-11)

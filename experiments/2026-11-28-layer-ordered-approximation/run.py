@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from hydra import compose, initialize_config_module
 
-from sane_cli.curvature import mlp_hessian, spectrum
+from sane_cli.curvature import layer_hessian, spectrum
 from sane_cli.data import load_data
 from sane_cli.losses import loss_function
 from sane_cli.measures import n_eff, sane, spectrum_distance
@@ -45,10 +45,10 @@ def timed(fn):
 
 
 def compare(model, loss_fn, x, y) -> list[dict]:
-    exact, t_exact = timed(lambda: spectrum(mlp_hessian(model, loss_fn, x, y)).eigenvalues)
+    exact, t_exact = timed(lambda: spectrum(layer_hessian(model, loss_fn, x, y)).eigenvalues)
     approx = {
         "block_diag": timed(lambda: _block_diag_spectrum(model, loss_fn, x, y, torch.float64, 0)[0]),
-        "block_band1": timed(lambda: spectrum(mlp_hessian(model, loss_fn, x, y, band=1)).eigenvalues),
+        "block_band1": timed(lambda: spectrum(layer_hessian(model, loss_fn, x, y, band=1)).eigenvalues),
     }
     rows = []
     for name, (ev, seconds) in approx.items():

@@ -1,0 +1,308 @@
+"""The exact Hessian of a convolutional net (:class:`sane_cli.models.CNN`) from its layer structure.
+
+A convolution is a linear map of its unfolded input patches, the same weights at every position: with the
+layer's input unfolded to U (n, C_in K + 1, L) (every patch of K positions of the C_in channels as a column, a
+1 appended for the bias, L output positions) and its weights and bias as one matrix W~ (C_out, C_in K + 1),
+its pre-activations are z = W~ U (n, C_out, L). The final linear layer is the case L = 1. The gradient of
+layer j's weights is sum_i sum_a delta_j,i[:, a] (x) U_j,i[:, a] (delta_j = dLoss/dz_j), so the rows of H for a
+parameter (p, q) of layer m follow from the derivatives of (delta_j, U_j), j >= m, along the direction it
+moves z_m in, dz_m[p', b] = [p' = p] U_m[q, b] (the same weight at every position b):
+
+    H[j (r,s), m (p,q)] = sum_i sum_a (d delta_j,i[r, a] U_j,i[s, a] + delta_j,i[r, a] d U_j,i[s, a])
+
+Each direction is carried forward through the layers above m (convolutions as matrix products of unfolded
+tangents, the activation's first derivative, max pooling as the selection it makes at the point, average
+pooling as the linear map it is) to the logits, through the loss's Hessian in the logits, and back down to
+layer m (the transposed convolutions, the pooling's transpose, and the activation's second derivative times
+the back-propagated gradient where the tangent moves z). A block of directions is one batch, and each sum over
+examples and positions is one matrix product: the cost is about (P directions) x (a forward and backward pass
+above the layer) plus the products, all in matrix form.
+
+Parameters are in ``model.parameters()`` order: layer by layer, input to output, each layer's weight
+(row-major: output channel, input channel, kernel offsets) then its bias.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import grad
+
+from .losses import LossFn
+
+
+@dataclass
+class _Layer:
+    """One layer of the net as the build sees it: its weight matrix W~ (out, in' = C_in K [+ 1]), how its input
+    is unfolded, and what follows it (activation, pooling)."""
+
+    weight: torch.Tensor  # (out, C_in K): the weights without the bias column
+    bias: torch.Tensor | None  # (out,)
+    conv: nn.Module | None  # the nn.Conv1d / nn.Conv2d, None for the final linear layer
+    act: nn.Module | None  # the activation after it (None for the final layer)
+    pool: str | None  # "max", "avg" or None after the activation
+    dims: int  # spatial dimensions (1, 2; 0 for the linear layer)
+
+    @property
+    def out(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def width(self) -> int:
+        """in': the columns of W~, the bias's included."""
+        return self.weight.shape[1] + (self.bias is not None)
+
+
+def layers_of(net: nn.Sequential) -> list[_Layer]:
+    """The convolutional and linear layers of a :class:`sane_cli.models.CNN`, input to output, with the
+    activation and pooling after each."""
+    layers: list[_Layer] = []
+    for mod in net:
+        if isinstance(mod, nn.Conv1d | nn.Conv2d | nn.Linear):
+            conv = None if isinstance(mod, nn.Linear) else mod
+            w = mod.weight.detach().reshape(mod.weight.shape[0], -1)
+            b = None if mod.bias is None else mod.bias.detach()
+            layers.append(_Layer(w, b, conv, None, None, 0 if conv is None else mod.weight.dim() - 2))
+        elif isinstance(mod, nn.MaxPool1d | nn.MaxPool2d):
+            layers[-1].pool = "max"
+        elif isinstance(mod, nn.AvgPool1d | nn.AvgPool2d):
+            layers[-1].pool = "avg"
+        elif isinstance(mod, nn.Unflatten | nn.Flatten):
+            continue
+        elif layers:
+            layers[-1].act = mod
+    return layers
+
+
+def _unfold(layer: _Layer, a: torch.Tensor) -> torch.Tensor:
+    """The layer's input a (N, C, *S) as patch rows (N, L, C K), each patch channel-major then kernel offset, as
+    the weight (out, C, *K) is laid out; for the linear layer the flattened input (N, 1, D)."""
+    if layer.conv is None:
+        return a.reshape(a.shape[0], 1, -1)
+    k, pad = layer.conv.kernel_size, layer.conv.padding
+    if layer.dims == 2:
+        return nn.functional.unfold(a, k, padding=pad).transpose(1, 2).contiguous()
+    patches = nn.functional.pad(a, (pad[0], pad[0])).unfold(2, k[0], 1)  # (N, C, L, K)
+    return patches.transpose(1, 2).reshape(a.shape[0], patches.shape[2], -1)
+
+
+def _transpose(layer: _Layer, g: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The transpose of the layer's map from its input (N, *shape) to z: g (N, out, L) -> (N, *shape): W~^T g on
+    the patches, then each patch added back where it came from (col2im; one matrix product and a fold, where
+    torch's float64 transposed convolution loops over the batch)."""
+    if layer.conv is None:
+        return (g[..., 0] @ layer.weight).reshape(g.shape[0], *shape)
+    k, pad, spatial = layer.conv.kernel_size, layer.conv.padding, shape[1:]
+    cols = g.transpose(1, 2) @ layer.weight  # (N, L, C K): one matrix product
+    cols = cols.reshape(g.shape[0], *spatial, shape[0], *k)
+    cols = cols.permute(0, layer.dims + 1, *range(layer.dims + 2, 2 * layer.dims + 2), *range(1, layer.dims + 1))
+    out = cols.new_zeros(g.shape[0], shape[0], *[s + 2 * p for s, p in zip(spatial, pad, strict=True)])
+    for offset in itertools.product(*[range(w) for w in k]):  # each kernel offset's patches, shifted back
+        where = (..., *[slice(o, o + s) for o, s in zip(offset, spatial, strict=True)])
+        out[where] += cols[(slice(None), slice(None), *offset)]
+    return out[(..., *[slice(p, p + s) for p, s in zip(pad, spatial, strict=True)])]
+
+
+class _Forward:
+    """One chunk of examples through the net: each layer's unfolded input U (as rows: n, L, in'), pre-activations z
+    (n, out, L), the activation's first and second derivatives there, max pooling's selections, and the
+    shapes on the way; then the back-propagated deltas and the curvature terms of the activations."""
+
+    def __init__(self, layers: list[_Layer], x: torch.Tensor, in_shape: tuple[int, ...]):
+        self.layers = layers
+        self.inputs, self.zs, self.slopes, self.bends, self.picks = [], [], [], [], []
+        self.in_shapes, self.out_shapes = [], []  # (C, *S) of each layer's input and of its activation
+        self._errors = {}
+        a = x.reshape(len(x), *in_shape)
+        with torch.no_grad():
+            for layer in layers:
+                self.in_shapes.append(tuple(a.shape[1:]))
+                u = _unfold(layer, a)
+                if layer.bias is not None:
+                    u = torch.cat([u, torch.ones_like(u[..., :1])], dim=2)
+                self.inputs.append(u)  # (n, L, in')
+                full = torch.cat([layer.weight, layer.bias[:, None]], 1) if layer.bias is not None else layer.weight
+                z = (u @ full.T).transpose(1, 2)  # (n, out, L)
+                self.zs.append(z)
+                if layer.act is None:
+                    break
+                spatial = a.shape[2:]
+                self.out_shapes.append((layer.out, *spatial))
+                slope, bend = _derivatives(layer.act, z)
+                self.slopes.append(slope)
+                self.bends.append(bend)
+                a = layer.act(z).reshape(len(x), layer.out, *spatial)
+                a, pick = _pool(layer, a)
+                self.picks.append(pick)
+
+    def backward(self, loss_grad: Callable) -> None:
+        """deltas[j] = dLoss/dz_j (n, out_j, L_j), and curves[j] = sigma''(z_j) times the gradient reaching the
+        activation: the part of d delta_j that moves with dz_j itself."""
+        top = len(self.layers) - 1
+        self.deltas = [None] * len(self.layers)
+        self.curves = [None] * top
+        self.deltas[top] = loss_grad(self.zs[top][..., 0])[..., None]
+        for k in range(top - 1, -1, -1):
+            back = self.unpool(k, _transpose(self.layers[k + 1], self.deltas[k + 1], self.in_shapes[k + 1]))
+            self.deltas[k] = self.slopes[k] * back
+            self.curves[k] = self.bends[k] * back
+
+    def patches(self, j: int) -> torch.Tensor:
+        """Layer j's unfolded inputs as one (n L_j, in'_j) matrix."""
+        return self.inputs[j].reshape(-1, self.inputs[j].shape[2])
+
+    def errors(self, j: int) -> torch.Tensor:
+        """Layer j's deltas as one (out_j, n L_j) matrix (kept once made)."""
+        if j not in self._errors:
+            self._errors[j] = self.deltas[j].transpose(0, 1).reshape(self.deltas[j].shape[1], -1)
+        return self._errors[j]
+
+    def pool(self, k: int, t: torch.Tensor) -> torch.Tensor:
+        """Tangents t (T, n, out_k, L_k) of layer k's activation through its pooling: (T, n, *in_shape[k+1])."""
+        layer, (c, *spatial) = self.layers[k], self.out_shapes[k]
+        count, n = t.shape[0], t.shape[1]
+        if layer.pool == "max":  # the selection the pooling makes at this point
+            pick = self.picks[k].reshape(1, n, c, -1).expand(count, -1, -1, -1)
+            return t.gather(-1, pick).reshape(count, n, *self.in_shapes[k + 1])
+        if layer.pool == "avg":
+            avg = nn.functional.avg_pool2d if layer.dims == 2 else nn.functional.avg_pool1d
+            return avg(t.reshape(count * n, c, *spatial), 2).reshape(count, n, *self.in_shapes[k + 1])
+        return t.reshape(count, n, c, *spatial)
+
+    def unpool(self, k: int, g: torch.Tensor) -> torch.Tensor:
+        """The transpose of :meth:`pool`: gradients g (N, *in_shape[k+1]) -> (N, out_k, L_k), N any batch."""
+        layer, (c, *spatial) = self.layers[k], self.out_shapes[k]
+        lead = g.shape[0]
+        if layer.pool == "max":
+            n = self.picks[k].shape[0]
+            pick = self.picks[k].reshape(1, n, c, -1).expand(lead // n, -1, -1, -1).reshape(lead, c, -1)
+            out = torch.zeros(lead, c, math.prod(spatial), dtype=g.dtype, device=g.device)
+            return out.scatter_add_(-1, pick, g.reshape(lead, c, -1))
+        if layer.pool == "avg":
+            up = g
+            for d in range(layer.dims):
+                up = up.repeat_interleave(2, dim=2 + d)
+            up = up / 2**layer.dims
+            pads = [p for s, have in zip(reversed(spatial), reversed(up.shape[2:]), strict=True) for p in (0, s - have)]
+            return nn.functional.pad(up, pads).reshape(lead, c, -1)
+        return g.reshape(lead, c, -1)
+
+
+def _derivatives(act: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sigma'(z) and sigma''(z) of an elementwise activation, by forward-mode derivatives."""
+    ones = torch.ones_like(z)
+
+    def first(u):
+        return torch.func.jvp(act, (u,), (ones,))[1]
+
+    return torch.func.jvp(first, (z,), (ones,))
+
+
+def _pool(layer: _Layer, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The layer's pooling of its activation a (n, C, *S), and for max pooling the flat positions it picks."""
+    if layer.pool == "max":
+        pool = nn.functional.max_pool2d if layer.dims == 2 else nn.functional.max_pool1d
+        return pool(a, 2, return_indices=True)
+    if layer.pool == "avg":
+        pool = nn.functional.avg_pool2d if layer.dims == 2 else nn.functional.avg_pool1d
+        return pool(a, 2), None
+    return a, None
+
+
+def cnn_hessian_into(
+    target: Callable[[int, int], tuple[torch.Tensor, int, int]],
+    net: nn.Sequential,
+    in_shape: tuple[int, ...],
+    pairs: list[tuple[int, int]],
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    max_rows: int,
+    max_elements: int,
+) -> None:
+    """Add the blocks (j, m) in ``pairs`` (j >= m) of the Hessian of the mean loss over (x, y) of ``net`` (a
+    :class:`sane_cli.models.CNN` copy in the working dtype, eval mode) into ``target(j, m) = (tensor, row of
+    layer j's first parameter, column of layer m's first parameter)``, in parameters() order (module docstring).
+    ``in_shape`` is one example's shape after the net's Unflatten; ``max_elements`` bounds the tangents of a
+    batch of directions, and examples are taken ``max_rows`` at most at a time."""
+    layers = layers_of(net)
+    top = len(layers) - 1
+    by_m = {m: [j for j, mm in pairs if mm == m] for m in range(len(layers))}
+    n = len(y)
+    for start in range(0, n, max_rows):
+        xb, yb = x[start : start + max_rows], y[start : start + max_rows]
+        weight = len(yb) / n  # the chunk's share of the mean loss
+        fwd = _Forward(layers, xb, in_shape)
+        loss_grad = grad(lambda out, yb=yb, weight=weight: loss_fn(out, yb) * weight)
+        fwd.backward(loss_grad)
+
+        def loss_hvp(t: torch.Tensor, z=fwd.zs[top][..., 0], loss_grad=loss_grad) -> torch.Tensor:
+            """loss''(logits) t for tangents t (T, n, classes)."""
+            return torch.func.vmap(lambda v: torch.func.jvp(loss_grad, (z,), (v,))[1])(t)
+
+        # memory of one direction's tangents per example, from its layer up: dz, d delta and the unfolded dU
+        per = [2 * z.shape[1] * z.shape[2] + u.shape[1] * u.shape[2] for z, u in zip(fwd.zs, fwd.inputs, strict=True)]
+        for m, rows in by_m.items():
+            if not rows:
+                continue
+            size = layers[m].out * layers[m].width
+            count = max(1, min(size, max_elements // max(1, sum(per[m:]) * len(yb))))
+            for t0 in range(0, size, count):
+                t1 = min(size, t0 + count)
+                _directions(target, fwd, m, rows, t0, t1, loss_hvp)
+
+
+def _directions(target, fwd: _Forward, m: int, rows: list[int], t0: int, t1: int, loss_hvp) -> None:
+    """The columns t0:t1 of layer m's block column: carry each parameter's direction dz_m forward to the logits
+    and d delta back down to layer m, adding each block (j, m), j in ``rows``, on the way."""
+    layers, top = fwd.layers, len(fwd.layers) - 1
+    u_m = fwd.inputs[m]  # (n, L, in')
+    ids = torch.arange(t0, t1, device=u_m.device)
+    p, q = ids // layers[m].width, ids % layers[m].width  # the direction of W~_m[p, q]
+    count, n = t1 - t0, u_m.shape[0]
+    dz = {m: torch.zeros(count, n, layers[m].out, u_m.shape[1], dtype=u_m.dtype, device=u_m.device)}
+    dz[m][torch.arange(count), :, p, :] = u_m[:, :, q].permute(2, 0, 1)  # (count, n, L): the input column q
+    du = {}  # tangents of each layer's unfolded input, as rows (count, n, L, C K); the bias's 1 does not move
+    for k in range(m, top):
+        da = fwd.pool(k, fwd.slopes[k][None] * dz[k])
+        unfolded = _unfold(layers[k + 1], da.reshape(count * n, *da.shape[2:]))
+        du[k + 1] = unfolded.reshape(count, n, *unfolded.shape[1:])
+        dz[k + 1] = (du[k + 1] @ layers[k + 1].weight.T).transpose(2, 3)  # one matrix product
+    d_delta = loss_hvp(dz[top][..., 0])[..., None]  # (count, n, classes, 1)
+    for j in range(top, m - 1, -1):
+        if j < top:
+            back = _transpose(layers[j + 1], d_delta.reshape(count * n, *d_delta.shape[2:]), fwd.in_shapes[j + 1])
+            d_delta = fwd.slopes[j][None] * fwd.unpool(j, back).reshape(count, n, layers[j].out, -1)
+            d_delta = d_delta + fwd.curves[j][None] * dz[j]
+        if j not in rows:
+            continue
+        # sum over examples and positions: one matrix product each, (count out_j, n L) x (n L, in'_j)
+        piece = d_delta.transpose(1, 2).reshape(count * layers[j].out, -1) @ fwd.patches(j)
+        piece = piece.reshape(count, layers[j].out, -1)
+        if j > m:  # (out_j, n L) x (count, n L, C K)
+            w = du[j].shape[3]
+            piece[:, :, :w] += fwd.errors(j) @ du[j].reshape(count, -1, w)
+        _add(target, j, m, layers, piece.permute(1, 2, 0), ids)
+
+
+def _add(target, j: int, m: int, layers: list[_Layer], piece: torch.Tensor, ids: torch.Tensor) -> None:
+    """Add ``piece`` (out_j, in'_j, directions) into block (j, m) of ``target``: W~'s (row, column) to the
+    parameter order (the weight row-major, then the bias)."""
+    t, a, b = target(j, m)
+    rows = _order(layers[j], piece.device)
+    cols = _order(layers[m], piece.device).reshape(-1)[ids]
+    t.index_put_((a + rows.reshape(-1, 1), b + cols.reshape(1, -1)), piece.reshape(-1, len(ids)), accumulate=True)
+
+
+def _order(layer: _Layer, device) -> torch.Tensor:
+    """The parameter index of each entry of W~ (out, in'): weight entries row-major, then the bias."""
+    out, width = layer.out, layer.weight.shape[1]
+    order = torch.arange(out * width, device=device).reshape(out, width)
+    if layer.bias is not None:
+        order = torch.cat([order, out * width + torch.arange(out, device=device)[:, None]], dim=1)
+    return order
