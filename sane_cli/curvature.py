@@ -1,8 +1,8 @@
 """Curvature: the exact Hessian of the mean training loss and its spectrum.
 
-Two ways to build the exact Hessian, tested against each other and a dense torch.func reference:
+Three ways to build the exact Hessian, each tested against a dense torch.func reference:
 
-* ``mlp_hessian`` (used for :class:`sane_cli.models.MLP`) exploits the layer structure. The gradient of
+* ``layer_hessian`` for :class:`sane_cli.models.MLP` (``_mlp_hessian_into``) exploits the layer structure. The gradient of
   layer l's weights is a sum over examples of outer products, g_l = sum_i delta_l,i (x) a~_l-1,i (the
   back-propagated error times the layer's input, with a 1 appended for the bias). Layer m's weights
   enter the loss only through its pre-activations z_m, so the rows of H for layer m against every
@@ -12,11 +12,13 @@ Two ways to build the exact Hessian, tested against each other and a dense torch
       H[l (r,s), m (p,q)] = sum_i (d_p delta_l,i[r] a~_l-1,i[s] + delta_l,i[r] d_p a~_l-1,i[s]) a~_m-1,i[q]
 
   The sum over examples is one matrix product per block; the blocks below the diagonal follow by symmetry.
+* ``layer_hessian`` for :class:`sane_cli.models.CNN`: the same structure for convolutions, whose weights are
+  shared across positions (sane_cli.conv_hessian).
 * ``generic_hessian``, for any model: Hessian-vector products with the unit vectors by reverse-over-reverse
   differentiation, vmapped over a block of unit vectors.
 
-Parameters are ordered as ``model.parameters()`` yields them, which for :class:`sane_cli.models.MLP`
-is layer by layer, input to output (weight row-major, then bias).
+Parameters are ordered as ``model.parameters()`` yields them, which for the MLP and the CNN is layer by layer,
+input to output (weight row-major, then bias).
 """
 
 from __future__ import annotations
