@@ -2,9 +2,9 @@
 
 Three ways to build the exact Hessian, each tested against a dense torch.func reference:
 
-* ``layer_hessian`` for :class:`sane_cli.models.MLP` (``_mlp_hessian_into``) exploits the layer structure. The gradient of
-  layer l's weights is a sum over examples of outer products, g_l = sum_i delta_l,i (x) a~_l-1,i (the
-  back-propagated error times the layer's input, with a 1 appended for the bias). Layer m's weights
+* ``layer_hessian`` for :class:`sane_cli.models.MLP` (``_mlp_hessian_into``) exploits the layer structure.
+  The gradient of layer l's weights is a sum over examples of outer products, g_l = sum_i delta_l,i (x)
+  a~_l-1,i (the back-propagated error times the layer's input, with a 1 appended for the bias). Layer m's weights
   enter the loss only through its pre-activations z_m, so the rows of H for layer m against every
   layer l >= m follow from the derivatives of (delta_l, a~_l-1) along the w_m unit directions of z_m,
   forward-mode through the layers above m, one pass per *unit* rather than per parameter:
