@@ -152,6 +152,15 @@ class _Forward:
             self.deltas[k] = self.slopes[k] * back
             self.curves[k] = self.bends[k] * back
 
+    def rows(self, sl: slice) -> _Forward:
+        """The same pass for the examples ``sl`` of the chunk (views)."""
+        sub = object.__new__(_Forward)
+        sub.layers, sub.in_shapes, sub.out_shapes, sub._errors = self.layers, self.in_shapes, self.out_shapes, {}
+        sub.inputs, sub.zs = [u[sl] for u in self.inputs], [z[sl] for z in self.zs]
+        sub.slopes, sub.bends = [t[sl] for t in self.slopes], [t[sl] for t in self.bends]
+        sub.picks = [None if p is None else p[sl] for p in self.picks]
+        return sub
+
     def patches(self, j: int) -> torch.Tensor:
         """Layer j's unfolded inputs as one (n L_j, in'_j) matrix."""
         return self.inputs[j].reshape(-1, self.inputs[j].shape[2])
@@ -245,16 +254,54 @@ def cnn_hessian_into(
             """loss''(logits) t for tangents t (T, n, classes)."""
             return torch.func.vmap(lambda v: torch.func.jvp(loss_grad, (z,), (v,))[1])(t)
 
+        # piecewise-linear activations (relu, linear; max and average pooling are too) have no second derivative:
+        # then H = J^T H_loss J (the Gauss-Newton part, from the logits' Jacobians) + the terms delta_j x dU_j
+        # (j > m) alone, and a direction needs no backward pass
+        split = not any(bool(curve.any()) for curve in fwd.curves)
+        if split:
+            _gauss_newton_into(target, fwd, pairs, loss_hvp, max_elements)
         # memory of one direction's tangents per example, from its layer up: dz, d delta and the unfolded dU
         per = [2 * z.shape[1] * z.shape[2] + u.shape[1] * u.shape[2] for z, u in zip(fwd.zs, fwd.inputs, strict=True)]
         for m, rows in by_m.items():
+            rows = [j for j in rows if j > m] if split else rows
             if not rows:
                 continue
             size = layers[m].out * layers[m].width
             count = max(1, min(size, max_elements // max(1, sum(per[m:]) * len(yb))))
             for t0 in range(0, size, count):
                 t1 = min(size, t0 + count)
-                _directions(target, fwd, m, rows, t0, t1, loss_hvp)
+                _directions(target, fwd, m, rows, t0, t1, None if split else loss_hvp)
+
+
+def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int) -> None:
+    """Add sum_i J_j,i^T H_i J_m,i of every block (j, m) in ``pairs``: J_l,i (classes, P_l) the Jacobian of
+    example i's logits in layer l's weights, sum_a B_l,i[:, :, a] (x) U_l,i[a] with B_l = dlogits/dz_l (the
+    classes' unit vectors carried back through the net as one batch), and H_i the loss's Hessian in the logits
+    (with the chunk's weight). Examples in groups whose Jacobians stay within ``max_elements``."""
+    layers, top = fwd.layers, len(fwd.layers) - 1
+    n, classes = fwd.inputs[0].shape[0], layers[top].out
+    eye = torch.eye(classes, dtype=fwd.inputs[0].dtype, device=fwd.inputs[0].device)
+    hess = loss_hvp(eye[:, None, :].expand(classes, n, classes)).permute(1, 2, 0)  # (n, classes, classes)
+    total = sum(layer.out * layer.width for layer in layers)
+    group = max(1, min(n, max_elements // (classes * total)))
+    for i0 in range(0, n, group):
+        sub = fwd.rows(slice(i0, i0 + group))
+        rows = len(sub.inputs[0])
+        b = eye[:, None, :, None].expand(classes, rows, classes, 1)  # (classes, rows, out_top, 1)
+        jac = {}
+        for k in range(top, -1, -1):
+            if k < top:
+                back = _transpose(layers[k + 1], b.reshape(classes * rows, *b.shape[2:]), sub.in_shapes[k + 1])
+                b = sub.slopes[k][None] * sub.unpool(k, back).reshape(classes, rows, layers[k].out, -1)
+            # (rows, classes out_k, L) x (rows, L, in'_k): each example's Jacobian in W~_k, as (rows classes, P_k)
+            j_k = b.permute(1, 0, 2, 3).reshape(rows, classes * layers[k].out, -1) @ sub.inputs[k]
+            jac[k] = j_k.reshape(rows * classes, -1)
+        h = hess[i0 : i0 + rows]
+        columns = {m for _, m in pairs}  # H_i J_m,i of each block column
+        weighted = {m: (h @ jac[m].reshape(rows, classes, -1)).reshape(rows * classes, -1) for m in columns}
+        for j, m in pairs:
+            piece = (jac[j].T @ weighted[m]).reshape(layers[j].out, layers[j].width, -1)
+            _add(target, j, m, layers, piece, torch.arange(piece.shape[2], device=piece.device))
 
 
 def _directions(target, fwd: _Forward, m: int, rows: list[int], t0: int, t1: int, loss_hvp) -> None:
@@ -273,6 +320,12 @@ def _directions(target, fwd: _Forward, m: int, rows: list[int], t0: int, t1: int
         unfolded = _unfold(layers[k + 1], da.reshape(count * n, *da.shape[2:]))
         du[k + 1] = unfolded.reshape(count, n, *unfolded.shape[1:])
         dz[k + 1] = (du[k + 1] @ layers[k + 1].weight.T).transpose(2, 3)  # one matrix product
+    if loss_hvp is None:  # the Gauss-Newton split: only delta_j x dU_j for the rows j > m
+        for j in rows:
+            piece = torch.zeros(count, layers[j].out, layers[j].width, dtype=u_m.dtype, device=u_m.device)
+            piece[:, :, : du[j].shape[3]] = fwd.errors(j) @ du[j].reshape(count, -1, du[j].shape[3])
+            _add(target, j, m, layers, piece.permute(1, 2, 0), ids)
+        return
     d_delta = loss_hvp(dz[top][..., 0])[..., None]  # (count, n, classes, 1)
     for j in range(top, m - 1, -1):
         if j < top:
