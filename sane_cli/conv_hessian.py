@@ -260,10 +260,13 @@ def cnn_hessian_into(
         split = not any(bool(curve.any()) for curve in fwd.curves)
         if split:
             _gauss_newton_into(target, fwd, pairs, loss_hvp, max_elements)
+            for j, m in pairs:
+                if j == m + 1:
+                    _adjacent_into(target, fwd, m, max_elements)
         # memory of one direction's tangents per example, from its layer up: dz, d delta and the unfolded dU
         per = [2 * z.shape[1] * z.shape[2] + u.shape[1] * u.shape[2] for z, u in zip(fwd.zs, fwd.inputs, strict=True)]
         for m, rows in by_m.items():
-            rows = [j for j in rows if j > m] if split else rows
+            rows = [j for j in rows if j > m + 1] if split else rows
             if not rows:
                 continue
             size = layers[m].out * layers[m].width
@@ -302,6 +305,46 @@ def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int
         for j, m in pairs:
             piece = (jac[j].T @ weighted[m]).reshape(layers[j].out, layers[j].width, -1)
             _add(target, j, m, layers, piece, torch.arange(piece.shape[2], device=piece.device))
+
+
+def _adjacent_into(target, fwd: _Forward, m: int, max_elements: int) -> None:
+    """Add the terms sum_i sum_a delta_j,i[r, a] dU_j,i[s, a] of block (j = m + 1, m), all of layer m's
+    directions at once: along W~_m[p, q], layer j's input moves only in channel p, by
+    V[q, i, p, c] = pool_c(sigma'(z_m,i[p, :]) U_m,i[:, q]); a kernel offset k of layer j reads it shifted by k,
+    so each offset is one product over examples and positions, (out_j, n L_j) x (n L_j, out_m in'_m)."""
+    layers = fwd.layers
+    lower, upper = layers[m], layers[m + 1]
+    u_m, n = fwd.inputs[m], fwd.inputs[m].shape[0]
+    spatial = fwd.in_shapes[m + 1][1:]  # the pooled positions, layer j's input
+    width = upper.weight.shape[1]  # C_in K of layer j: its weight columns (the bias's input does not move)
+    group = max(1, min(lower.width, max_elements // max(1, 2 * n * lower.out * u_m.shape[1])))
+    for q0 in range(0, lower.width, group):
+        q1 = min(lower.width, q0 + group)
+        t = fwd.slopes[m][None] * u_m[:, :, q0:q1].permute(2, 0, 1)[:, :, None, :]  # (q, n, out_m, L_m)
+        v = fwd.pool(m, t)  # (q, n, out_m, *spatial)
+        piece = torch.zeros(upper.out, width, lower.out, q1 - q0, dtype=u_m.dtype, device=u_m.device)
+        if upper.conv is None:  # the linear layer reads the flattened channels: s = (p, c)
+            e = fwd.errors(m + 1) @ v.reshape(*v.shape[:3], -1).permute(1, 2, 3, 0).reshape(n, -1)  # (out_j, p c q)
+            e = e.reshape(upper.out, lower.out, -1, q1 - q0)
+            piece = piece.view(upper.out, lower.out, -1, lower.out, q1 - q0)
+            for p in range(lower.out):
+                piece[:, p, :, p, :] = e[:, p]
+        else:  # s = (p, kernel offset k): V shifted by k
+            pad = upper.conv.padding
+            padded = nn.functional.pad(v, [x for d in reversed(pad) for x in (d, d)])
+            offsets = list(itertools.product(*[range(w) for w in upper.conv.kernel_size]))
+            piece = piece.view(upper.out, lower.out, len(offsets), lower.out, q1 - q0)
+            for k, offset in enumerate(offsets):
+                shifted = padded[(..., *[slice(o, o + s) for o, s in zip(offset, spatial, strict=True)])]
+                rows = shifted.permute(1, *range(3, 3 + len(spatial)), 2, 0)  # (n, *positions, p, q)
+                e = (fwd.errors(m + 1) @ rows.reshape(-1, lower.out * (q1 - q0))).reshape(upper.out, lower.out, -1)
+                for p in range(lower.out):
+                    piece[:, p, k, p, :] = e[:, p]
+        piece = piece.reshape(upper.out, width, -1)
+        full = torch.zeros(upper.out, upper.width, piece.shape[2], dtype=u_m.dtype, device=u_m.device)
+        full[:, :width] = piece
+        channels, columns = torch.arange(lower.out, device=u_m.device), torch.arange(q0, q1, device=u_m.device)
+        _add(target, m + 1, m, layers, full, (channels[:, None] * lower.width + columns).reshape(-1))
 
 
 def _directions(target, fwd: _Forward, m: int, rows: list[int], t0: int, t1: int, loss_hvp) -> None:
