@@ -90,6 +90,34 @@ def laplace_log_evidence(
     return float(-n * mean_loss - 0.5 * g * sq_norm + 0.5 * ev.size * np.log(g) - 0.5 * np.sum(np.log(n * ev + g)))
 
 
+def evidence_precision(eigenvalues: np.ndarray, n: int, sq_norm: float, mode: str = "abs") -> float:
+    """The prior precision gamma at which MacKay's evidence is stationary: gamma = N(gamma) / |theta|^2 with
+    N(gamma) = sum_i n m_i / (n m_i + gamma), the effective number of parameters of the Hessian of the summed
+    loss (n times the mean loss whose eigenvalues m = |eigenvalues| (or clipped) are given) under the prior
+    N(0, I / gamma). N_eff of the mean-loss Hessian at alpha = gamma / n is that N. The fixed point is unique
+    (gamma - N(gamma) / |theta|^2 increases from -N(0) / |theta|^2); found by bisection in log gamma to 1e-12
+    relative. NaN without a positive |theta|^2 or a non-zero eigenvalue.
+
+    >>> g = evidence_precision(np.array([2.0, 1.0, 0.0]), n=10, sq_norm=4.0)
+    >>> round(g * 4.0 - sum(10 * m / (10 * m + g) for m in (2.0, 1.0)), 10)
+    0.0
+    """
+    m = n * magnitudes(eigenvalues, mode).ravel()
+    if not (np.isfinite(sq_norm) and sq_norm > 0) or not np.any(m > 0):
+        return float("nan")
+
+    def excess(g: float) -> float:
+        return g * sq_norm - float(np.sum(m / (m + g)))
+
+    lo, hi = 1e-300, max(1.0, float(np.count_nonzero(m)) / sq_norm)  # excess(lo) < 0 <= excess(hi)
+    for _ in range(400):
+        mid = float(np.sqrt(lo * hi))
+        lo, hi = (mid, hi) if excess(mid) < 0 else (lo, mid)
+        if hi / lo - 1 < 1e-12:
+            break
+    return float(np.sqrt(lo * hi))
+
+
 def spectrum_summary(
     eigenvalues: np.ndarray, *, alpha: float, rho: float, k: int, mode: str = "abs"
 ) -> dict[str, float | int]:

@@ -82,6 +82,8 @@ def measure(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
     dtype_name = precision(hcfg, method)
     values, vectors, row, arrays = METHODS[method].run(model, loss_fn, x, y, hcfg, DTYPES[dtype_name])
     row.setdefault("log_evidence", float("nan"))  # exact spectra only
+    # |theta|^2, with the spectrum the evidence framework's optimal prior precision (sane_cli.measures)
+    row["weight_norm_sq"] = float(sum(float((p.detach().double() ** 2).sum()) for p in model.parameters()))
     row.setdefault("reorth", "")  # slq's reorthogonalisation; nothing to say for other methods
     return CurvatureResult(method, dtype_name, values, vectors, row, time.perf_counter() - start, arrays)
 

@@ -17,7 +17,8 @@ A run folder holds::
                               subset), lambda_min, trace, trace_se, n_negative, n_eff, n_eff_se,
                               n_eff_bound, sane, sane_se, sane_bound (standard errors of estimates and
                               bounds on SLQ's quadrature error; 0 for exact values), log_evidence
-                              (Laplace, exact method only; sane_cli.measures), alpha, rho, k,
+                              (Laplace, exact method only; sane_cli.measures), weight_norm_sq (|theta|^2,
+                              the squared norm of the parameters measured), alpha, rho, k,
                               eig_mode, preconditioned_sharpness (lambda_max(P^-1 H) of the training
                               loss under Adam's preconditioner P; empty for other optimisers and
                               before Adam's first step), stability_threshold (of the optimiser: 2/lr
@@ -60,8 +61,8 @@ METRICS_COLUMNS = ["step", "epoch", "train_loss", "train_acc", "test_loss", "tes
 HESSIAN_COLUMNS = [
     "step", "lr", "method", "dtype", "reorth", "n_params", "subset", "lambda_max", "lambda_max_train", "lambda_min",
     "trace", "trace_se", "n_negative", "n_eff", "n_eff_se", "n_eff_bound", "sane", "sane_se", "sane_bound",
-    "log_evidence", "alpha", "rho", "k", "eig_mode", "preconditioned_sharpness", "stability_threshold",
-    "sharpness_ratio", "converged", "seconds", "kind",
+    "log_evidence", "weight_norm_sq", "alpha", "rho", "k", "eig_mode", "preconditioned_sharpness",
+    "stability_threshold", "sharpness_ratio", "converged", "seconds", "kind",
 ]  # fmt: skip
 # the settings a checkpoint was measured with (hessian.alpha, .rho, .k, .eig_mode), echoed in each row
 SETTING_COLUMNS = ["alpha", "rho", "k", "eig_mode"]
@@ -471,6 +472,8 @@ def _upgrade_hessian_table(df: pd.DataFrame, summary: dict[str, Any]) -> pd.Data
     if "n_eff_bound" not in df.columns and "sane_se" in df.columns:  # before 0.6
         df.insert(df.columns.get_loc("n_eff_se") + 1, "n_eff_bound", np.nan)
         df.insert(df.columns.get_loc("sane_se") + 1, "sane_bound", np.nan)
+    if "weight_norm_sq" not in df.columns and "log_evidence" in df.columns:  # before 0.7
+        df.insert(df.columns.get_loc("log_evidence") + 1, "weight_norm_sq", np.nan)
     if set(df.columns) == set(HESSIAN_COLUMNS):
         df = df[HESSIAN_COLUMNS]
     return df

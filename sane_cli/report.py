@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -52,6 +53,7 @@ from .tables import (
     correlations,
     group_table,
     run_status,
+    sensitivity_table,
     status_counts,
     summary_table,
     unique_slugs,
@@ -71,6 +73,10 @@ class Options:
     measures: tuple[str, ...] = MEASURES
     jobs: int | None = None  # processes for the per-run figures; None: one per CPU
     status: tuple[str, ...] | None = None  # only runs of these statuses (run_status); None: every run
+    # the settings N_eff and SANE are recomputed with from the saved spectra (sensitivity.csv)
+    sane_rho: tuple[float, ...] = (0.1, 0.5, 1.0)
+    sane_k: tuple[int, ...] = (1, 5)
+    neff_alpha: tuple[float, ...] = (0.05, 0.5, 5.0)
 
 
 @dataclass
@@ -236,6 +242,9 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
     groups.to_csv(out / "groups.csv", index=False)
     corr = correlations(table, options.measures)
     corr.to_csv(out / "correlations.csv", index=False)
+    sens, sens_corr = _sensitivity(runs, table, options, skipped)
+    sens.to_csv(out / "sensitivity.csv", index=False)
+    sens_corr.to_csv(out / "sensitivity_correlations.csv", index=False)
 
     context = Tables(runs, table, keys, groups, corr, options)
     drawn = {}  # figure -> its files
@@ -244,9 +253,21 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
         if fig is not None:
             drawn[figure] = _save(fig, out / "figures" / figure.name, options.formats)
     page = out / "report.html"
-    page.write_text(_html(paths, runs, table, keys, skipped, groups, corr, drawn, per_run, out))
+    page.write_text(_html(paths, runs, table, keys, skipped, groups, corr, drawn, per_run, out, sens_corr))
     log.info("wrote %s in %.1f s", page, time.perf_counter() - start)
     return page
+
+
+def _sensitivity(runs: list[Run], table: pd.DataFrame, options: Options, skipped: list[str]):
+    """N_eff and SANE of each run recomputed from its saved spectrum for every setting of ``options`` (and at
+    the evidence-optimal prior precision), and their correlations with test loss, accuracy and the
+    generalisation gap across finished runs, as for the logged measures."""
+    sens, measures, notes = sensitivity_table(runs, table.label, options.sane_rho, options.sane_k, options.neff_alpha)
+    for note in notes:
+        log.warning("sensitivity: %s", note)
+    skipped += [f"sensitivity: {note}" for note in notes]
+    merged = table.merge(sens[["label", *measures]], on="label", how="left")
+    return sens, correlations(merged, measures)
 
 
 def _check_out(out: Path, runs: list[Run], paths: list[Path]) -> None:
@@ -275,7 +296,7 @@ def _all_per_run(runs: list[Run], table: pd.DataFrame, out: Path, options: Optio
     return [_per_run(j) for j in tqdm(jobs, **bar)]
 
 
-def _html(paths, runs, table, keys, skipped, groups, corr, drawn, per_run, out: Path) -> str:
+def _html(paths, runs, table, keys, skipped, groups, corr, drawn, per_run, out: Path, sens_corr) -> str:
     """report.html: plain HTML with relative links to the figures, readable offline."""
     from omegaconf import OmegaConf
 
@@ -325,6 +346,10 @@ def _html(paths, runs, table, keys, skipped, groups, corr, drawn, per_run, out: 
         "<h2>Correlations</h2><p>Across finished runs (completed or converged), final values; _lo and _hi bound "
         f"the 95 % confidence interval (percentile bootstrap over runs, {BOOTSTRAP} resamples); few_runs: fewer "
         f"than {FEW_RUNS} runs behind it.</p>", tbl(corr),
+        "<h2>Sensitivity</h2><p>The same correlations for N_eff and SANE recomputed from each run's saved spectrum "
+        "(its last scheduled checkpoint) at other settings of alpha, rho and k, and N_eff at the evidence "
+        "framework's optimal prior precision (n_eff_evidence); the values per run are in sensitivity.csv.</p>",
+        tbl(sens_corr[["measure", "target", "n_runs", "spearman_rho", "spearman_lo", "spearman_hi", "kendall_tau"]]),
         "<h2>Groups</h2><p>Completed runs that differ only in their seed.</p>", tbl(groups),
         "<h2>Per run</h2>",
     ]  # fmt: skip
@@ -356,7 +381,15 @@ def main(argv: list[str]) -> Path:
     parser.add_argument(
         "--status", default=None, help="only runs of these statuses, comma separated (e.g. converged; default: all)"
     )
+    for flag, kind, default in (("--sane-rho", "numbers > 0", "0.1,0.5,1"), ("--sane-k", "integers >= 1", "1,5"),
+                                ("--neff-alpha", "numbers > 0", "0.05,0.5,5")):  # fmt: skip
+        parser.add_argument(flag, default=default, help=f"sensitivity: {kind}, comma separated (default {default})")
     args = parser.parse_args(argv)
+    settings = {
+        "sane_rho": _numbers("--sane-rho", args.sane_rho, float),
+        "sane_k": _numbers("--sane-k", args.sane_k, int),
+        "neff_alpha": _numbers("--neff-alpha", args.neff_alpha, float),
+    }
     status = None if args.status is None else tuple(x.strip() for x in args.status.split(",") if x.strip())
     allowed = (*STATUSES, "stopped")
     if status is not None and (not status or any(x not in allowed for x in status)):
@@ -370,6 +403,18 @@ def main(argv: list[str]) -> Path:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs={args.jobs} is invalid: must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    page = report(args.paths, args.out, Options(formats, measures, args.jobs, status))
+    page = report(args.paths, args.out, Options(formats, measures, args.jobs, status, **settings))
     print(f"wrote {page}")
     return page
+
+
+def _numbers(flag: str, text: str, kind: type) -> tuple:
+    """A comma-separated list of positive numbers (``kind`` int: at least 1), or a UsageError naming the flag."""
+    try:
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or any(not np.isfinite(v) or v <= 0 for v in values):
+        what = "integers >= 1" if kind is int else "numbers > 0"
+        raise UsageError(f"{flag}={text!r} is invalid: give {what}, comma separated")
+    return values

@@ -269,7 +269,7 @@ def test_older_run_folders_and_subset_runs(sweep, tmp_path):
     checkpoint kinds) are read in today's columns; a run whose Hessian was taken on a subset is marked."""
     root = tmp_path / "runs"
     source = next(p for p in find_runs(sweep) if p.name.startswith("0_"))
-    older = ["log_evidence", "preconditioned_sharpness", "reorth", "n_eff_bound", "sane_bound"]  # (0.4, 0.5, 0.6)
+    older = ["log_evidence", "preconditioned_sharpness", "reorth", "n_eff_bound", "sane_bound", "weight_norm_sq"]
     for name, drop in (("v0.2", ["lambda_max_train", *older]), ("v0.1", ["lambda_max_train", "kind", *older])):
         shutil.copytree(source, root / name)
         h = (
@@ -402,3 +402,52 @@ def test_the_report_needs_no_torch(sweep, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "rep" / "report.html").is_file() and (tmp_path / "rep" / "summary.csv").is_file()
+
+
+def test_sensitivity_recomputes_the_measures_from_the_saved_spectra(tmp_path):
+    """sane-report's sensitivity.csv: N_eff and SANE at other alpha, rho and k, and N_eff at the evidence
+    framework's optimal prior precision, from each run's saved spectrum, against the formulas on hand-made
+    spectra; a run without a full spectrum (slq) is left empty with a note; bad settings are one line."""
+    from sane_cli.tables import sensitivity_table
+
+    rng = np.random.default_rng(0)
+    spectra = {}
+    for i, method in enumerate(("exact", "exact", "exact", "slq")):
+        folder = tmp_path / "runs" / f"run{i}"
+        w = RunWriter(folder)
+        ev = np.sort(np.r_[rng.random(5) * (i + 1), -0.01 * rng.random(3), np.zeros(4)])[::-1]
+        spectra[f"run{i}"] = ev
+        for s in (0, 10):
+            w.log_metrics({"step": s, "epoch": s, "train_loss": 1.0 - 0.1 * i, "train_acc": 0.5, "test_loss": 1.0 + i,
+                           "test_acc": 0.5 - 0.1 * i, "lr": 0.1})  # fmt: skip
+            row = dict.fromkeys(HESSIAN_COLUMNS, 0.0)
+            row.update(step=s, method=method, kind="scheduled", subset=40, weight_norm_sq=3.0 + i, eig_mode="abs")
+            w.log_curvature(row, ev, np.eye(len(ev))[:, :2])
+        config = {"optim": {"name": "gd", "lr": 0.1}, "seed": i, "hessian": {"eig_mode": "abs"}}
+        finals = {f"final_{k}": 0.5 for k in ("train_loss", "test_loss", "train_acc", "test_acc")}
+        w.write_summary({"status": "completed", "config": config, "n_train": 40, **finals})
+        w.close()
+    runs = [load_run(p) for p in find_runs(tmp_path / "runs")]
+    sens, measures, notes = sensitivity_table(runs, [r.path.name for r in runs], (0.2, 1.0), (1, 2), (0.1,))
+    assert measures == ["n_eff[alpha=0.1]", "sane[rho=0.2,k=1]", "sane[rho=0.2,k=2]", "sane[rho=1,k=1]",
+                        "sane[rho=1,k=2]", "n_eff_evidence"]  # fmt: skip
+    for i in range(3):
+        ev, row = np.abs(spectra[f"run{i}"]), sens.iloc[i]
+        assert row["n_eff[alpha=0.1]"] == pytest.approx(np.sum(ev / (ev + 0.1)), rel=1e-12)
+        second = np.sort(ev)[::-1][1]
+        assert row["sane[rho=0.2,k=2]"] == pytest.approx(np.sum(ev / (ev + 0.2 * second)), rel=1e-12)
+        gamma = row["prior_precision_evidence"]  # MacKay: gamma |theta|^2 = sum n l / (n l + gamma), n = 40
+        assert gamma * (3.0 + i) == pytest.approx(np.sum(40 * ev / (40 * ev + gamma)), rel=1e-9)
+        assert row["n_eff_evidence"] == pytest.approx(np.sum(ev / (ev + gamma / 40)), rel=1e-9)
+    assert sens.iloc[3][measures].isna().all() and len(notes) == 1 and "slq" in notes[0]
+    report([tmp_path / "runs"], tmp_path / "rep", Options(sane_rho=(0.2,), sane_k=(1,), neff_alpha=(0.1, 1.0)))
+    corr = pd.read_csv(tmp_path / "rep" / "sensitivity_correlations.csv")
+    assert set(corr.measure) == {"n_eff[alpha=0.1]", "n_eff[alpha=1]", "sane[rho=0.2,k=1]", "n_eff_evidence"}
+    assert (tmp_path / "rep" / "sensitivity.csv").is_file() and "Sensitivity" in (
+        tmp_path / "rep" / "report.html"
+    ).read_text()
+    for argv, message in ((["--sane-k", "0"], "--sane-k='0' is invalid: give integers >= 1"),
+                          (["--neff-alpha=-1,2"], "--neff-alpha='-1,2' is invalid"),
+                          (["--sane-rho", "abc"], "--sane-rho='abc' is invalid")):  # fmt: skip
+        with pytest.raises(UsageError, match=message):
+            main([str(tmp_path / "runs"), "-o", str(tmp_path / "rep2"), *argv])
