@@ -45,6 +45,7 @@ from .errors import UsageError
 from .records import FINISHED, STATUSES, Run, find_runs, load_run
 from .tables import (
     BOOTSTRAP,
+    CHOOSABLE,
     FEW_RUNS,
     MEASURES,
     SHARPNESS_RUNS,
@@ -375,7 +376,9 @@ def main(argv: list[str]) -> Path:
     parser.add_argument("-o", "--out", type=Path, default=None, help="output folder (default: <first PATH>/report)")
     parser.add_argument("--format", default="png", help="figure formats, comma separated: png, pdf (default png)")
     parser.add_argument(
-        "--measures", default=",".join(MEASURES), help=f"curvature measures to compare (default {','.join(MEASURES)})"
+        "--measures",
+        default=",".join(MEASURES),
+        help=f"curvature measures to compare, among {','.join(CHOOSABLE)} (default {','.join(MEASURES)})",
     )
     parser.add_argument("-j", "--jobs", type=int, default=None, help="processes for per-run figures (default: CPUs)")
     parser.add_argument(
@@ -398,8 +401,8 @@ def main(argv: list[str]) -> Path:
     measures = tuple(m.strip() for m in args.measures.split(",") if m.strip())
     if not formats or any(f not in FORMATS for f in formats):
         raise UsageError(f"--format={args.format!r} is invalid: use png, pdf or png,pdf")
-    if not measures or any(m not in MEASURES for m in measures):
-        raise UsageError(f"--measures={args.measures!r} is invalid: choose among {', '.join(MEASURES)}")
+    if not measures or any(m not in CHOOSABLE for m in measures):
+        raise UsageError(f"--measures={args.measures!r} is invalid: choose among {', '.join(CHOOSABLE)}")
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs={args.jobs} is invalid: must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -29,10 +29,14 @@ CONFIG_KEYS = {
 # keys that do not change what a run computes (where it ran, how it was started) or repeat another
 IGNORED_KEYS = {"lr", "depth", "width", "device", "threads", "resume", "dataset.root", "dataset.cache_dir",
                 "save_checkpoint", "optim.default_lr"}  # fmt: skip
-MEASURES = ("sane", "n_eff", "log_evidence", "lambda_max", "trace")  # what --measures may choose
+MEASURES = ("sane", "n_eff", "log_evidence", "lambda_max", "trace")  # the measures compared by default
+# each averaged over the scheduled checkpoints of the last third of a run (late_means): at large learning rates
+# one end-point Hessian is a random phase of an oscillation
+LATE = tuple(f"{m}_late" for m in ("sane", "n_eff", "lambda_max", "trace"))
+CHOOSABLE = (*MEASURES, *LATE)  # what --measures may choose
 TARGETS = ("test_loss", "test_acc", "gen_gap")
 FORMATS = ("png", "pdf")
-QUANTITIES = (*MEASURES, "test_loss", "test_acc", "train_loss", "train_acc", "gen_gap", "stability_threshold",
+QUANTITIES = (*MEASURES, *LATE, "test_loss", "test_acc", "train_loss", "train_acc", "gen_gap", "stability_threshold",
               "preconditioned_sharpness", "sharpness_ratio_late")  # fmt: skip
 
 
@@ -89,6 +93,7 @@ def summary_table(runs: list[Run]) -> pd.DataFrame:
         for key in VALUE_COLUMNS:  # the last checkpoint's values, with their standard errors and bounds
             row[key] = float(last[key]) if last is not None else np.nan
         row["sharpness_ratio_late"] = late_sharpness_ratio(run.hessian)
+        row.update(late_means(run.hessian))
         row["curvature_step"] = int(last.step) if last is not None else np.nan
         row["method"] = last.method if last is not None else None
         # the Hessian's examples: the whole training set, or (marked) a subset of it
@@ -197,6 +202,20 @@ def late_sharpness_ratio(hessian: pd.DataFrame) -> float:
         return np.nan
     late = pd.to_numeric(h[h.step >= 2 / 3 * h.step.max()].sharpness_ratio, errors="coerce").dropna()
     return float(late.median()) if len(late) else np.nan
+
+
+def late_means(hessian: pd.DataFrame) -> dict[str, float]:
+    """``<m>_late`` and ``<m>_late_std``, the mean and standard deviation of SANE, N_eff, lambda_max and the trace
+    over the scheduled checkpoints of the last third of a run (those ``late_sharpness_ratio`` takes), and
+    ``late_checkpoints``, how many; NaN without such checkpoints (the std also with one)."""
+    h = hessian[hessian.kind == "scheduled"] if len(hessian) else hessian
+    late = h[h.step >= 2 / 3 * h.step.max()] if len(h) else h
+    out: dict[str, float] = {"late_checkpoints": len(late)}
+    for name in LATE:
+        values = pd.to_numeric(late[name[: -len("_late")]], errors="coerce") if len(late) else pd.Series(dtype=float)
+        out[name] = float(values.mean()) if len(values) else np.nan
+        out[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+    return out
 
 
 def group_table(table: pd.DataFrame) -> pd.DataFrame:

@@ -451,3 +451,34 @@ def test_sensitivity_recomputes_the_measures_from_the_saved_spectra(tmp_path):
                           (["--sane-rho", "abc"], "--sane-rho='abc' is invalid")):  # fmt: skip
         with pytest.raises(UsageError, match=message):
             main([str(tmp_path / "runs"), "-o", str(tmp_path / "rep2"), *argv])
+
+
+def test_curvature_averaged_over_the_end_of_training(tmp_path):
+    """summary.csv's <m>_late and <m>_late_std: the mean and spread over the scheduled checkpoints of the last
+    third of a run (pre/post-spike checkpoints and earlier ones left out), and --measures may choose them."""
+    from sane_cli.tables import late_means
+
+    h = pd.DataFrame({
+        "step": [0, 30, 60, 64, 65, 70, 80, 90],
+        "kind": ["scheduled", "scheduled", "scheduled", "pre_spike", "post_spike", "scheduled", "scheduled",
+                 "scheduled"],
+        "sane": [1.0, 2.0, 3.0, 99.0, 99.0, 4.0, 6.0, 8.0],
+    })  # fmt: skip
+    for m in ("n_eff", "lambda_max", "trace"):
+        h[m] = 2 * h.sane
+    late = late_means(h)  # steps >= 60: 60, 70, 80, 90 (scheduled)
+    assert late["late_checkpoints"] == 4
+    assert late["sane_late"] == pytest.approx(np.mean([3, 4, 6, 8])) and late["trace_late"] == pytest.approx(10.5)
+    assert late["sane_late_std"] == pytest.approx(np.std([3, 4, 6, 8], ddof=1))
+    one = late_means(h[h.step == 0])
+    assert one["sane_late"] == 1.0 and np.isnan(one["sane_late_std"])
+    for lr, seed in itertools.product((0.05, 0.5), (0, 1, 2)):
+        train(make_config(f"lr={lr}", f"seed={seed}", "steps=30"), tmp_path / "runs" / f"{lr}_{seed}", progress=False)
+    main([str(tmp_path / "runs"), "-o", str(tmp_path / "rep"), "--measures", "sane_late,lambda_max_late", "-j", "1"])
+    table = pd.read_csv(tmp_path / "rep" / "summary.csv")
+    run = load_run(table.run.iloc[0])
+    scheduled = run.hessian[(run.hessian.kind == "scheduled") & (run.hessian.step >= 20)]
+    assert table.sane_late.iloc[0] == pytest.approx(scheduled.sane.mean(), rel=1e-12)
+    assert set(pd.read_csv(tmp_path / "rep" / "correlations.csv").measure) == {"sane_late", "lambda_max_late"}
+    with pytest.raises(UsageError, match="--measures='sane_early' is invalid: choose among .*sane_late"):
+        main([str(tmp_path / "runs"), "-o", str(tmp_path / "rep2"), "--measures", "sane_early"])
