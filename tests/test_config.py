@@ -81,6 +81,8 @@ BAD = [
     (["hessian.subset=0"], r"hessian.subset=0 is invalid: must be an integer >= 1"),
     (["hessian.subset=5000"], r"hessian.subset=5000 is invalid: must be at most the training set size \(4000\)"),
     (["hessian.every=0"], r"hessian.every=0 is invalid: must be an integer >= 1"),
+    (["hessian.prior_precision=-1"], r"hessian.prior_precision=-1 is invalid: must be a number > 0"),
+    (["hessian=foo"], r"hessian='foo' is unknown; choose one of auto, block_band, block_diag, exact, lanczos, slq"),
     (["loss=hinge"], r"loss='hinge' is invalid: must be one of cross_entropy, mse"),
     (["device=tpu"], r"device='tpu' is invalid"),
     (["hessian.dtype=float16"], r"hessian.dtype='float16' is invalid"),
