@@ -11,6 +11,12 @@ how the Hessian changes across each spike.
                 as many steps apart as the pair across the spike, but with no spike between them
                 (null_pairs of them; NaN when the run has none, e.g. hessian.every larger than that
                 gap): how far the subspace turns, and lambda_max moves, in that time anyway
+    matched     the same null restricted by a rule fixed in advance: the pair's earlier checkpoint lies at step
+                TRANSIENT (20) or later (lambda_max rises several-fold from initialisation in every run) and its
+                sharpness ratio is within a factor MATCH (1.15) of the checkpoint before the spike (checkpoints
+                before spikes sit at sharpness peaks; unmatched, falling back from a peak looks like
+                flattening); matched_similarity, matched_flattening and matched_distance (the spectrum
+                distance) are their means, over matched_pairs pairs
 
 The detector is the one ``sane-run`` runs during training (to take curvature checkpoints just before and just
 after each spike, ``hessian.on_spike``), so the report finds the spikes that training measured.
@@ -29,7 +35,10 @@ BASIN_COLUMNS = [
     "basin", "start", "end", "min_loss", "spike_step", "peak_loss", "before_step", "after_step",
     "lambda_max_before", "lambda_max_after", "flattening", "sane_scale_before", "sane_scale_after",
     "sane_before", "sane_after", "similarity", "spectrum_distance", "null_similarity", "null_flattening", "null_pairs",
+    "sharpness_ratio_before", "matched_similarity", "matched_flattening", "matched_distance", "matched_pairs",
 ]  # fmt: skip
+TRANSIENT = 20  # steps after initialisation left out of the matched null: lambda_max rises several-fold there
+MATCH = 1.15  # a matched null pair's earlier checkpoint has a sharpness ratio within this factor of the spike's
 
 
 def basin_bounds(spikes: list[int], first: int, last: int) -> list[tuple[int, int]]:
@@ -79,6 +88,11 @@ def analyse(run, threshold: float | None = None) -> pd.DataFrame:
             if np.isfinite(row["similarity"]):
                 gap = int(row["after_step"] - row["before_step"])
                 row["null_similarity"], row["null_flattening"], row["null_pairs"] = null(gap)
+                ratio = null.ratio.get(int(row["before_step"]), np.nan)
+                row["sharpness_ratio_before"] = ratio
+                matched = null.matched(gap, ratio)
+                row.update(zip(("matched_similarity", "matched_flattening", "matched_distance", "matched_pairs"),
+                               matched, strict=True))  # fmt: skip
         rows.append(row)
     return pd.DataFrame(rows, columns=BASIN_COLUMNS)
 
@@ -126,6 +140,8 @@ class _NullSimilarity:
         self.steps = set(run.spectrum_steps())
         h = run.hessian.drop_duplicates("step") if len(run.hessian) else run.hessian
         self.lambda_max = dict(zip(h.step, h.lambda_max, strict=True)) if len(h) else {}
+        self.ratio = dict(zip(h.step, h.sharpness_ratio, strict=True)) if len(h) else {}
+        self.densities = {}
 
     def _vectors(self, step: int) -> np.ndarray | None:
         """The checkpoint's top eigenvectors; None for a damaged spectra file (its pairs are left out)."""
@@ -136,15 +152,40 @@ class _NullSimilarity:
                 self.vectors[step] = None
         return self.vectors[step]
 
+    def _pairs(self, gap: int) -> list[tuple[int, int]]:
+        """Checkpoint pairs ``gap`` steps apart with no spike between and readable spectra."""
+        return [(a, a + gap) for a in sorted(self.steps) if a + gap in self.steps
+                and not ((self.spikes > a) & (self.spikes <= a + gap)).any()
+                and self._vectors(a) is not None and self._vectors(a + gap) is not None]  # fmt: skip
+
     def __call__(self, gap: int) -> tuple[float, float, int]:
-        pairs = [(a, a + gap) for a in sorted(self.steps) if a + gap in self.steps
-                 and not ((self.spikes > a) & (self.spikes <= a + gap)).any()
-                 and self._vectors(a) is not None and self._vectors(a + gap) is not None]  # fmt: skip
+        pairs = self._pairs(gap)
         if not pairs:
             return float("nan"), float("nan"), 0
         sims = [subspace_similarity(self._vectors(a), self._vectors(b)) for a, b in pairs]
         ratios = [self.lambda_max[b] / self.lambda_max[a] for a, b in pairs if self.lambda_max.get(a)]
         return float(np.mean(sims)), float(np.mean(ratios)) if ratios else float("nan"), len(pairs)
+
+    def matched(self, gap: int, ratio: float) -> tuple[float, float, float, int]:
+        """(mean similarity, mean lambda_max ratio, mean spectrum distance, pairs) of the null pairs ``gap``
+        apart whose earlier checkpoint is at step TRANSIENT or later with a sharpness ratio within a factor MATCH
+        of ``ratio`` (the checkpoint before the spike)."""
+        if not np.isfinite(ratio) or ratio <= 0:
+            return float("nan"), float("nan"), float("nan"), 0
+        pairs = [(a, b) for a, b in self._pairs(gap) if a >= TRANSIENT and self.lambda_max.get(a)
+                 and np.isfinite(self.ratio.get(a, np.nan)) and self.ratio[a] > 0
+                 and abs(np.log(self.ratio[a] / ratio)) <= np.log(MATCH)]  # fmt: skip
+        if not pairs:
+            return float("nan"), float("nan"), float("nan"), 0
+        sims = [subspace_similarity(self._vectors(a), self._vectors(b)) for a, b in pairs]
+        flat = [self.lambda_max[b] / self.lambda_max[a] for a, b in pairs]
+        dist = [spectrum_distance(*self._density(a), *self._density(b)) for a, b in pairs]
+        return float(np.mean(sims)), float(np.mean(flat)), float(np.nanmean(dist)), len(pairs)
+
+    def _density(self, step: int):
+        if step not in self.densities:
+            self.densities[step] = self.run.density(step)
+        return self.densities[step]
 
 
 def similarity_matrix(run) -> tuple[list[int], np.ndarray]:

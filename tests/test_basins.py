@@ -73,10 +73,11 @@ def test_spectrum_distance_closed_forms():
     assert spectrum_distance(np.array([1.0, 3.0]), np.array([0.5, 0.5]), np.array([2.0]), None) == pytest.approx(0.5)
 
 
-def hand_made_run(tmp_path, spike: int = 50, extra=()):
+def hand_made_run(tmp_path, spike: int = 50, extra=(), threshold: float | None = None):
     """A run folder written with RunWriter: a loss curve with one spike at ``spike`` and two curvature
     checkpoints around it whose top eigenvectors span known subspaces (and the ``extra`` checkpoints: step,
-    top-2 eigenvectors, top eigenvalue)."""
+    top-2 eigenvectors, top eigenvalue); with ``threshold``, each checkpoint's sharpness ratio is lambda_max over
+    it."""
     w = RunWriter(tmp_path / "run")
     loss = curve_with_spikes([spike], n=100)
     for step, x in enumerate(loss):
@@ -96,6 +97,8 @@ def hand_made_run(tmp_path, spike: int = 50, extra=()):
     for step, kind, ev, vec in checkpoints:
         row = dict.fromkeys(HESSIAN_COLUMNS, 0.0)
         row.update(step=step, kind=kind, lambda_max=ev[0], sane=float(step), method="exact", lr=0.1, k=1, rho=0.5)
+        if threshold is not None:
+            row.update(stability_threshold=threshold, sharpness_ratio=ev[0] / threshold)
         w.log_curvature(row, np.array(ev), vec)
     w.write_summary({"status": "completed", "config": {"hessian": {"spike_threshold": 0.5, "rho": 0.5, "k": 1}}})
     w.close()
@@ -169,3 +172,27 @@ def test_after_a_spike_is_its_post_spike_checkpoint_even_with_a_scheduled_one_be
     e = np.eye(6)
     spike = analyse(hand_made_run(tmp_path, extra=[(52, e[:, [4, 5]], 8.0)])).iloc[0]
     assert (spike.before_step, spike.after_step, spike.similarity) == (49, 55, pytest.approx(0.5))
+
+
+def test_the_matched_null_leaves_out_the_transient_and_pairs_of_another_sharpness(tmp_path):
+    """The pair across the spike (49 -> 55) starts at sharpness ratio 16 / 10 = 1.6. Of the pairs 6 steps apart
+    without a spike, (10, 16) lies in the initial transient, (60, 66) starts at ratio 1.0 (more than a factor
+    1.15 away); (70, 76) at 1.7 and (80, 86) at 1.5 are matched: similarity 1 and 0.5, lambda_max 17 -> 9 and
+    15 -> 15, and their spectrum distances."""
+    from sane_cli.basins import MATCH, TRANSIENT
+
+    assert TRANSIENT == 20 and MATCH == 1.15
+    e = np.eye(6)
+    extra = [(10, e[:, [0, 1]], 8.0), (16, e[:, [0, 1]], 12.0), (60, e[:, [0, 2]], 10.0), (66, e[:, [0, 3]], 5.0)]
+    extra += [(70, e[:, [0, 1]], 17.0), (76, e[:, [0, 1]], 9.0), (80, e[:, [0, 1]], 15.0), (86, e[:, [0, 3]], 15.0)]
+    spike = analyse(hand_made_run(tmp_path, extra=extra, threshold=10.0)).iloc[0]
+    assert spike.sharpness_ratio_before == pytest.approx(1.6) and spike.null_pairs == 4
+    assert spike.matched_pairs == 2 and spike.matched_similarity == pytest.approx(0.75)
+    assert spike.matched_flattening == pytest.approx((9 / 17 + 15 / 15) / 2)
+    rest = [4.0, 1.0, 0.5, 0.1, 0.0]
+    distances = [
+        spectrum_distance(np.array([a, *rest]), None, np.array([b, *rest]), None) for a, b in ((17, 9), (15, 15))
+    ]
+    assert spike.matched_distance == pytest.approx(np.mean(distances))
+    bare = analyse(hand_made_run(tmp_path / "bare", threshold=10.0)).iloc[0]  # no pair as far apart: empty
+    assert bare.matched_pairs == 0 and np.isnan(bare.matched_flattening)
