@@ -18,6 +18,13 @@ the back-propagated gradient where the tangent moves z). A block of directions i
 examples and positions is one matrix product: the cost is about (P directions) x (a forward and backward pass
 above the layer) plus the products, all in matrix form.
 
+For piecewise-linear activations (relu, linear; max and average pooling are piecewise linear too) the
+activations' second derivatives vanish, and H = sum_i J_i^T H_i J_i (the Gauss-Newton part: J_i the Jacobian of
+example i's logits in the weights, H_i the loss's Hessian in the logits) + the terms delta_j x dU_j between
+different layers. The first is one product over examples x classes (:func:`_gauss_newton_into`), those of
+adjacent layers are taken for all of a layer's directions at once (:func:`_adjacent_into`), and only the layers
+two or more apart need each direction carried forward, with no backward pass (:func:`_directions`).
+
 Parameters are in ``model.parameters()`` order: layer by layer, input to output, each layer's weight
 (row-major: output channel, input channel, kernel offsets) then its bias.
 """
