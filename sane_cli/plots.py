@@ -286,8 +286,9 @@ def dynamics(run, spikes: Sequence[int], title: str):
 
 def basins(run, table: pd.DataFrame, sim_steps: list[int], sim: np.ndarray, title: str):
     """Loss basins of one run: basins shaded on the loss curve, lambda_max before and after each spike
-    against 2/lr, the top-eigenvector similarity between all checkpoints, and the spectrum before and after
-    the first spike with a measured pair."""
+    against 2/lr, with where the matched null puts it after as many steps without a spike (basins.csv's
+    matched_flattening times the value before), the top-eigenvector similarity between all checkpoints, and the
+    spectrum before and after the first spike with a measured pair."""
     steps, losses = run.step_losses()
     with style():
         fig, axes = plt.subplots(2, 2, figsize=(6.5, 4.8))
@@ -304,12 +305,19 @@ def basins(run, table: pd.DataFrame, sim_steps: list[int], sim: np.ndarray, titl
         x = np.arange(len(spikes))
         ax.bar(x - 0.2, spikes.lambda_max_before, 0.4, label="before", color="C2")
         ax.bar(x + 0.2, spikes.lambda_max_after, 0.4, label="after", color="C4")
+        if "matched_flattening" in spikes and spikes.matched_flattening.notna().any():
+            # where lambda_max would be after as many steps without a spike (the matched null's mean ratio)
+            ax.plot(x + 0.2, spikes.lambda_max_before * spikes.matched_flattening, "k_", ms=14, mew=2,
+                    label="after, matched null")  # fmt: skip
         if not _preconditioned(run.hessian):  # (Adam's threshold bounds P^-1 H, not the lambda_max shown)
             ax.axhline(float(run.hessian.stability_threshold.iloc[0]), color="k", ls="--", lw=1,
                        label=threshold_label(run.hessian))  # fmt: skip
         ax.set_xticks(x, [f"{int(s)}" for s in spikes.spike_step], rotation=45 if len(x) > 6 else 0)
         ax.set(xlabel="spike at step", ylabel=r"$\lambda_\mathrm{max}$", title="flattening")
-        ax.legend()
+        shown = [v for v in (*spikes.lambda_max_before, *spikes.lambda_max_after) if np.isfinite(v)]
+        if shown:  # headroom above the bars for the legend
+            ax.set_ylim(top=1.8 * max(max(shown), ax.get_ylim()[1] / 1.8))
+        ax.legend(ncol=2, fontsize=6)
         ax = axes[1, 0]
         ax.grid(False)
         im = ax.imshow(sim, vmin=0, vmax=1, cmap="viridis", origin="lower")
