@@ -41,6 +41,7 @@ from torch import nn
 from torch.func import grad
 
 from .losses import LossFn
+from .models import activation_derivatives
 
 
 @dataclass
@@ -140,7 +141,7 @@ class _Forward:
                     break
                 spatial = a.shape[2:]
                 self.out_shapes.append((layer.out, *spatial))
-                slope, bend = _derivatives(layer.act, z)
+                slope, bend = activation_derivatives(layer.act, z)
                 self.slopes.append(slope)
                 self.bends.append(bend)
                 a = layer.act(z).reshape(len(x), layer.out, *spatial)
@@ -207,16 +208,6 @@ class _Forward:
             pads = [p for s, have in zip(reversed(spatial), reversed(up.shape[2:]), strict=True) for p in (0, s - have)]
             return nn.functional.pad(up, pads).reshape(lead, c, -1)
         return g.reshape(lead, c, -1)
-
-
-def _derivatives(act: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """sigma'(z) and sigma''(z) of an elementwise activation, by forward-mode derivatives."""
-    ones = torch.ones_like(z)
-
-    def first(u):
-        return torch.func.jvp(act, (u,), (ones,))[1]
-
-    return torch.func.jvp(first, (z,), (ones,))
 
 
 def _pool(layer: _Layer, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -33,7 +33,7 @@ from torch import nn
 from torch.func import functional_call, grad, vjp, vmap
 
 from .losses import LossFn
-from .models import is_layered
+from .models import activation_derivatives, is_layered
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -238,13 +238,9 @@ def _mlp_hessian_into(
                 if j < n_layers - 1:
                     inputs.append(acts[j](zs[-1]))
         inputs = [augment(a) for a in inputs]  # a~_l: (n_b, in_l + bias)
-        slope, bend = [], []  # sigma'(z_l), sigma''(z_l), elementwise, by forward-mode derivatives
-        for act, z in zip(acts, zs, strict=False):
-            ones = torch.ones_like(z)
-            first = lambda u, act=act, ones=ones: torch.func.jvp(act, (u,), (ones,))[1]  # noqa: E731
-            d1, d2 = torch.func.jvp(first, (z,), (ones,))
-            slope.append(d1)
-            bend.append(d2)
+        derivatives = [activation_derivatives(act, z) for act, z in zip(acts, zs, strict=False)]
+        slope = [d1 for d1, _ in derivatives]  # sigma'(z_l), elementwise
+        bend = [d2 for _, d2 in derivatives]  # sigma''(z_l)
         loss_grad = grad(lambda out, yb=yb, weight=weight: loss_fn(out, yb) * weight)
         deltas = [loss_grad(zs[-1])]  # delta_l = d loss / d z_l, (n_b, out_l), from the top down
         curve = []  # sigma''(z_l) (W_l+1^T delta_l+1): the part of d delta_l that moves with dz_l

@@ -32,6 +32,22 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+def activation_derivatives(act: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sigma'(z) and sigma''(z) of an elementwise activation module at z, by forward-mode derivatives (what the
+    layer-structured Hessian builds need of each activation).
+
+    >>> d1, d2 = activation_derivatives(nn.Tanh(), torch.tensor([0.0, 1.0], dtype=torch.float64))
+    >>> torch.allclose(d1, 1 - torch.tanh(torch.tensor([0.0, 1.0], dtype=torch.float64)) ** 2)
+    True
+    """
+    ones = torch.ones_like(z)
+
+    def first(u: torch.Tensor) -> torch.Tensor:
+        return torch.func.jvp(act, (u,), (ones,))[1]
+
+    return torch.func.jvp(first, (z,), (ones,))
+
+
 class MLP(nn.Sequential):
     """``depth`` linear layers with ``activation`` between them and none after the last.
 
