@@ -347,7 +347,8 @@ def _adjacent_into(target, fwd: _Forward, m: int, max_elements: int) -> None:
 
 def _directions(target, fwd: _Forward, m: int, rows: list[int], t0: int, t1: int, loss_hvp) -> None:
     """The columns t0:t1 of layer m's block column: carry each parameter's direction dz_m forward to the logits
-    and d delta back down to layer m, adding each block (j, m), j in ``rows``, on the way."""
+    and d delta back down to layer m, adding each block (j, m), j in ``rows``, on the way; without ``loss_hvp``
+    (the Gauss-Newton split) only forward to the highest of ``rows``, adding their delta_j x dU_j."""
     layers, top = fwd.layers, len(fwd.layers) - 1
     u_m = fwd.inputs[m]  # (n, L, in')
     ids = torch.arange(t0, t1, device=u_m.device)
@@ -356,7 +357,9 @@ def _directions(target, fwd: _Forward, m: int, rows: list[int], t0: int, t1: int
     dz = {m: torch.zeros(count, n, layers[m].out, u_m.shape[1], dtype=u_m.dtype, device=u_m.device)}
     dz[m][torch.arange(count), :, p, :] = u_m[:, :, q].permute(2, 0, 1)  # (count, n, L): the input column q
     du = {}  # tangents of each layer's unfolded input, as rows (count, n, L, C K); the bias's 1 does not move
-    for k in range(m, top):
+    # the Gauss-Newton split needs the tangents only up to the highest layer they add to; else up to the logits
+    last = top if loss_hvp is not None else max(rows)
+    for k in range(m, last):
         da = fwd.pool(k, fwd.slopes[k][None] * dz[k])
         unfolded = _unfold(layers[k + 1], da.reshape(count * n, *da.shape[2:]))
         du[k + 1] = unfolded.reshape(count, n, *unfolded.shape[1:])
