@@ -35,7 +35,6 @@ MEASURES = ("sane", "n_eff", "log_evidence", "lambda_max", "trace")  # the measu
 LATE = tuple(f"{m}_late" for m in ("sane", "n_eff", "lambda_max", "trace"))
 CHOOSABLE = (*MEASURES, *LATE)  # what --measures may choose
 TARGETS = ("test_loss", "test_acc", "gen_gap")
-FORMATS = ("png", "pdf")
 QUANTITIES = (*MEASURES, *LATE, "test_loss", "test_acc", "train_loss", "train_acc", "gen_gap", "stability_threshold",
               "preconditioned_sharpness", "sharpness_ratio_late")  # fmt: skip
 
@@ -193,23 +192,26 @@ def unique_slugs(labels) -> list[str]:
     return out
 
 
-def late_sharpness_ratio(hessian: pd.DataFrame) -> float:
-    """The median sharpness ratio (sharpness / stability threshold) over the scheduled checkpoints of the last
-    third of a run's steps (from 2/3 of its last checkpoint's step on): where it sits once progressive
-    sharpening is over. NaN without such checkpoints."""
+def late_checkpoints(hessian: pd.DataFrame) -> pd.DataFrame:
+    """The scheduled checkpoints of the last third of a run's steps (from 2/3 of its last scheduled checkpoint's
+    step on): where the run sits once progressive sharpening is over."""
     h = hessian[hessian.kind == "scheduled"] if len(hessian) else hessian
-    if not len(h):
-        return np.nan
-    late = pd.to_numeric(h[h.step >= 2 / 3 * h.step.max()].sharpness_ratio, errors="coerce").dropna()
-    return float(late.median()) if len(late) else np.nan
+    return h[h.step >= 2 / 3 * h.step.max()] if len(h) else h
+
+
+def late_sharpness_ratio(hessian: pd.DataFrame) -> float:
+    """The median sharpness ratio (sharpness / stability threshold) over :func:`late_checkpoints`; NaN without
+    such checkpoints."""
+    late = late_checkpoints(hessian)
+    ratios = pd.to_numeric(late.sharpness_ratio, errors="coerce").dropna() if len(late) else late
+    return float(ratios.median()) if len(ratios) else np.nan
 
 
 def late_means(hessian: pd.DataFrame) -> dict[str, float]:
     """``<m>_late`` and ``<m>_late_std``, the mean and standard deviation of SANE, N_eff, lambda_max and the trace
-    over the scheduled checkpoints of the last third of a run (those ``late_sharpness_ratio`` takes), and
-    ``late_checkpoints``, how many; NaN without such checkpoints (the std also with one)."""
-    h = hessian[hessian.kind == "scheduled"] if len(hessian) else hessian
-    late = h[h.step >= 2 / 3 * h.step.max()] if len(h) else h
+    over :func:`late_checkpoints`, and ``late_checkpoints``, how many; NaN without such checkpoints (the std also
+    with one)."""
+    late = late_checkpoints(hessian)
     out: dict[str, float] = {"late_checkpoints": len(late)}
     for name in LATE:
         values = pd.to_numeric(late[name[: -len("_late")]], errors="coerce") if len(late) else pd.Series(dtype=float)
