@@ -83,7 +83,7 @@ def measure(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
     values, vectors, row, arrays = METHODS[method].run(model, loss_fn, x, y, hcfg, DTYPES[dtype_name])
     row.setdefault("log_evidence", float("nan"))  # exact spectra only
     # |theta|^2, with the spectrum the evidence framework's optimal prior precision (sane_cli.measures)
-    row["weight_norm_sq"] = float(sum(float((p.detach().double() ** 2).sum()) for p in model.parameters()))
+    row["weight_norm_sq"] = weight_norm_sq(model)
     row.setdefault("reorth", "")  # slq's reorthogonalisation; nothing to say for other methods
     return CurvatureResult(method, dtype_name, values, vectors, row, time.perf_counter() - start, arrays)
 
@@ -114,8 +114,12 @@ def _log_evidence(model: nn.Module, loss_fn: LossFn, x, y, eigenvalues: np.ndarr
     net = copy.deepcopy(model).double()
     total = sum(float(loss_fn(net(x[i : i + 4096].double()), y[i : i + 4096])) * len(y[i : i + 4096])
                 for i in range(0, len(y), 4096))  # fmt: skip
-    sq_norm = float(sum((p.double() ** 2).sum() for p in model.parameters()))
-    return laplace_log_evidence(eigenvalues, len(y), total / len(y), sq_norm, prior_precision)
+    return laplace_log_evidence(eigenvalues, len(y), total / len(y), weight_norm_sq(model), prior_precision)
+
+
+def weight_norm_sq(model: nn.Module) -> float:
+    """|theta|^2, the squared norm of all the model's parameters, in float64."""
+    return float(sum(float((p.detach().double() ** 2).sum()) for p in model.parameters()))
 
 
 def top_eigenvalue(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, hcfg) -> float:
@@ -306,9 +310,9 @@ def check_memory(hcfg, model: nn.Module) -> None:
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     method = resolve_method(hcfg, model, n_params)
     memory = METHODS[method].memory
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if memory is None:
         return
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     need, what, fix = memory(hcfg, model, n_params, have)
     if need > have:
         raise UsageError(
