@@ -169,10 +169,13 @@ def correlations(
     corr: pd.DataFrame,
     measures: Sequence[str],
     targets: Sequence[str],
+    unit: pd.Series,
     colour_key: str | None = None,
 ):
-    """Each measure (a row) against each target (a column) over finished runs, one point per run (coloured by
-    ``colour_key`` where given), titled with the Spearman rho and its bootstrap 95 % interval from ``corr``."""
+    """Each measure (a row) against each target (a column) over finished runs, one point per unit (the mean over
+    its seeds, bars from its lowest to its highest seed; coloured by ``colour_key`` where given), titled with the
+    Spearman rho across units and its bootstrap 95 % interval from ``corr`` (scope ``all``)."""
+    corr = corr[corr.scope == "all"] if "scope" in corr else corr
     with style():
         fig, axes = plt.subplots(len(measures), len(targets), figsize=(2.3 * len(targets), 1.9 * len(measures)),
                                  squeeze=False)  # fmt: skip
@@ -181,8 +184,12 @@ def correlations(
             ax = axes[i, j]
             for c, kind in enumerate(kinds):
                 sub = table if kind is None else table[table[colour_key].astype(str) == kind]
+                values = sub[[m, t]].apply(pd.to_numeric, errors="coerce").groupby(unit[sub.index], sort=False)
+                mean, low, high = values.mean(), values.min(), values.max()
                 label = None if kind is None else f"{colour_key}={kind}"
-                ax.plot(sub[t], sub[m], "o", ms=3, color=f"C{c}", label=label)
+                ax.errorbar(mean[t], mean[m], xerr=[mean[t] - low[t], high[t] - mean[t]],
+                            yerr=[mean[m] - low[m], high[m] - mean[m]], fmt="o", ms=3, lw=0.6, color=f"C{c}",
+                            label=label)  # fmt: skip
             row = corr[(corr.measure == m) & (corr.target == t)]
             if len(row) and np.isfinite(row.spearman_rho.iloc[0]):
                 r = row.iloc[0]

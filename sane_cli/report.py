@@ -10,12 +10,14 @@ Runs are grouped by the config keys that vary between them (lr, depth, width, da
                          varying config keys, final metrics and curvature
     groups.csv           runs that differ only in their seed: mean and std of each final quantity
     correlations.csv     Kendall tau and Spearman rho between each measure and test loss, test accuracy
-                         and the generalisation gap across finished runs, with p-values, bootstrap 95 %
-                         confidence intervals (_lo, _hi) and the runs behind each (few_runs: under 8)
+                         and the generalisation gap across units (runs differing only in their seed are
+                         one unit, their seeds averaged), with p-values, hierarchical bootstrap 95 %
+                         intervals (_lo, _hi), the units and runs behind each (few_units: under 8); over
+                         all units (scope all) and within each model family (scope model=cnn, ...)
     basins.csv           loss basins of every run (sane_cli.basins.BASIN_COLUMNS, plus the run)
     figures/             lr_comparison and depth_comparison (when lr or depth vary); sharpness (the
                          sharpness ratio of every run over training, up to 20 runs); correlations (each
-                         measure against test loss and accuracy, run by run)
+                         measure against test loss and accuracy, unit by unit, with the seeds' range)
     runs/<label>/        dynamics, spectra and (with spikes) basins figures; basins.csv; similarity.csv
                          (the label as a file name, made unique)
 
@@ -46,7 +48,7 @@ from .records import FINISHED, STATUSES, Run, find_runs, load_run
 from .tables import (
     BOOTSTRAP,
     CHOOSABLE,
-    FEW_RUNS,
+    FEW_UNITS,
     MEASURES,
     SHARPNESS_RUNS,
     collect,
@@ -58,6 +60,7 @@ from .tables import (
     status_counts,
     summary_table,
     unique_slugs,
+    units,
     varying_keys,
 )
 
@@ -120,7 +123,7 @@ def _correlations(t: Tables):
     if len(finished) < 3 or not measures:
         return None
     colour = "model" if "model" in t.keys else None
-    return plots.correlations(finished, t.corr, measures, ("test_loss", "test_acc"), colour)
+    return plots.correlations(finished, t.corr, measures, ("test_loss", "test_acc"), units(t.table), colour)
 
 
 def _sharpness(t: Tables):
@@ -149,8 +152,8 @@ FIGURES = [  # in the order of report.html; a new figure is one entry
     ReportFigure("depth_comparison", "Depth comparison", _BY_SEED,
                  lambda t: _comparison(t, "depth", [*t.options.measures, "test_acc"])),
     ReportFigure("correlations", "Measures against test loss and accuracy",
-                 "Final values of each finished run; the titles give Spearman's rho with its 95 % bootstrap "
-                 "interval (the table below).", _correlations),
+                 "Final values, a point per unit (the mean over its seeds; bars span its seeds); the titles give "
+                 "Spearman's rho across units with its 95 % bootstrap interval (the table below).", _correlations),
     ReportFigure("sharpness", "Sharpness over training",
                  "Each run's sharpness over its stability threshold at every scheduled checkpoint (lambda_max of "
                  "the training loss; for Adam, of P^-1 H); 1 is the edge of stability. sharpness_ratio_late in "
@@ -344,13 +347,15 @@ def _html(paths, runs, table, keys, skipped, groups, corr, drawn, per_run, out: 
     for figure, files in drawn.items():
         parts += [f"<h2>{figure.title}</h2>", f"<p>{figure.caption}</p>", img(files, figure.title)]
     parts += [
-        "<h2>Correlations</h2><p>Across finished runs (completed or converged), final values; _lo and _hi bound "
-        f"the 95 % confidence interval (percentile bootstrap over runs, {BOOTSTRAP} resamples); few_runs: fewer "
-        f"than {FEW_RUNS} runs behind it.</p>", tbl(corr),
+        "<h2>Correlations</h2><p>Across units (finished runs that differ only in their seed are one unit, their "
+        "values averaged), over all units and within each model family (scope); _lo and _hi bound the 95 % "
+        f"interval (hierarchical percentile bootstrap: units, then seeds within a unit, {BOOTSTRAP} resamples); "
+        f"few_units: fewer than {FEW_UNITS} units behind it.</p>", tbl(corr),
         "<h2>Sensitivity</h2><p>The same correlations for N_eff and SANE recomputed from each run's saved spectrum "
         "(its last scheduled checkpoint) at other settings of alpha, rho and k, and N_eff at the evidence "
         "framework's optimal prior precision (n_eff_evidence); the values per run are in sensitivity.csv.</p>",
-        tbl(sens_corr[["measure", "target", "n_runs", "spearman_rho", "spearman_lo", "spearman_hi", "kendall_tau"]]),
+        tbl(sens_corr[["scope", "measure", "target", "n_units", "spearman_rho", "spearman_lo", "spearman_hi",
+                       "kendall_tau"]]),
         "<h2>Groups</h2><p>Completed runs that differ only in their seed.</p>", tbl(groups),
         "<h2>Per run</h2>",
     ]  # fmt: skip

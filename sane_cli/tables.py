@@ -246,39 +246,84 @@ def group_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 SHARPNESS_RUNS = 20  # the most runs drawn in figures/sharpness (the sharpness ratio over training)
-BOOTSTRAP = 2000  # resamples of the runs behind each correlation's confidence interval
-FEW_RUNS = 8  # a correlation over fewer runs is marked (few_runs) and read with care
+BOOTSTRAP = 2000  # resamples of the units behind each correlation's confidence interval
+FEW_UNITS = 8  # a correlation over fewer units is marked (few_units) and read with care
+FAMILY = "model"  # the key whose values are families: correlations are also given within each (CNNs, MLPs)
+
+
+def units(table: pd.DataFrame) -> pd.Series:
+    """Each run's unit of analysis: runs that differ only in their seed are one unit (a model, a learning rate),
+    named by the other varying keys, e.g. ``model=cnn depth=2``; where nothing but the seed varies, each run is its
+    own unit."""
+    keys = [k for k in varying_keys(table) if k != "seed"]
+    if not keys:
+        return pd.Series([f"run {i}" for i in range(len(table))], index=table.index, dtype=object)
+    return pd.Series(combinations(table, keys), index=table.index, dtype=object)
 
 
 def correlations(table: pd.DataFrame, measures=MEASURES, targets=TARGETS, *, seed: int = 0) -> pd.DataFrame:
-    """Rank correlations across finished runs between each measure and each target (test loss, test
-    accuracy, generalisation gap): Kendall tau-b and Spearman rho with their p-values and 95 % confidence
-    intervals (percentile bootstrap over runs: ``BOOTSTRAP`` resamples of the runs with replacement, seeded by
-    ``seed``), over the runs where both are finite (n_runs; NaN with fewer than 3); ``few_runs`` marks those
-    over fewer than ``FEW_RUNS``."""
+    """Rank correlations between each measure and each target (test loss, test accuracy, generalisation gap)
+    across units, not runs: seeds of one model are averaged (:func:`units`), so that a model run with more
+    seeds does not count more. Kendall tau-b and Spearman rho of the unit means, their p-values, and 95 %
+    intervals from a hierarchical percentile bootstrap (``BOOTSTRAP`` resamples, seeded by ``seed``: the units
+    with replacement, then each drawn unit's seeds with replacement, averaged). Over the finished runs where both
+    values are finite; NaN with fewer than 3 units. Given for every ``scope``: ``all`` the units, and where the
+    runs hold more than one family (``FAMILY``), each family alone (``model=cnn``, ``model=mlp``): a
+    correlation across families is mostly the gap between them. ``seeds_min``/``seeds_max`` count the runs per
+    unit; ``few_units`` marks correlations over fewer than ``FEW_UNITS`` units."""
     from scipy.stats import kendalltau, spearmanr
 
     done = table[table.status.isin(FINISHED)]
+    unit = units(table)
+    scopes = [("all", done)]
+    if FAMILY in done and done[FAMILY].astype(str).nunique() > 1:
+        scopes += [(f"{FAMILY}={f}", sub) for f, sub in done.groupby(done[FAMILY].astype(str), sort=True)]
+    stats = ("kendall_tau", "kendall_lo", "kendall_hi", "kendall_p", "spearman_rho", "spearman_lo", "spearman_hi",
+             "spearman_p")  # fmt: skip
     rows = []
-    for m in measures:
-        for t in targets:
-            x, y = pd.to_numeric(done[m], errors="coerce"), pd.to_numeric(done[t], errors="coerce")
+    for scope, sub in scopes:
+        for m, t in ((m, t) for m in measures for t in targets):
+            x, y = pd.to_numeric(sub[m], errors="coerce"), pd.to_numeric(sub[t], errors="coerce")
             ok = np.isfinite(x) & np.isfinite(y)
-            row = {"measure": m, "target": t, "n_runs": int(ok.sum()), "few_runs": bool(ok.sum() < FEW_RUNS)}
-            nan = dict.fromkeys(("kendall_tau", "kendall_lo", "kendall_hi", "kendall_p", "spearman_rho",
-                                 "spearman_lo", "spearman_hi", "spearman_p"), np.nan)  # fmt: skip
-            row.update(nan)
-            if ok.sum() >= 3 and x[ok].nunique() > 1 and y[ok].nunique() > 1:
-                xs, ys = x[ok].to_numpy(float), y[ok].to_numpy(float)
-                tau, tau_p = kendalltau(xs, ys)
-                rho, rho_p = spearmanr(xs, ys)
-                idx = np.random.default_rng(seed).integers(0, len(xs), size=(BOOTSTRAP, len(xs)))
-                taus, rhos = bootstrap_rank_correlations(xs[idx], ys[idx])
+            xs, ys, counts = _per_unit(x[ok], y[ok], unit[ok.index[ok]])
+            row = {"scope": scope, "measure": m, "target": t, "n_units": len(counts), "n_runs": int(counts.sum()),
+                   "seeds_min": int(counts.min()) if len(counts) else 0,
+                   "seeds_max": int(counts.max()) if len(counts) else 0,
+                   "few_units": bool(len(counts) < FEW_UNITS), **dict.fromkeys(stats, np.nan)}  # fmt: skip
+            xm, ym = np.nanmean(xs, axis=1) if len(xs) else xs, np.nanmean(ys, axis=1) if len(ys) else ys
+            if len(counts) >= 3 and len(np.unique(xm)) > 1 and len(np.unique(ym)) > 1:
+                tau, tau_p = kendalltau(xm, ym)
+                rho, rho_p = spearmanr(xm, ym)
+                taus, rhos = bootstrap_rank_correlations(*_hierarchical_resamples(xs, ys, counts, seed))
                 (tau_lo, tau_hi), (rho_lo, rho_hi) = (np.nanpercentile(v, [2.5, 97.5]) for v in (taus, rhos))
                 row.update(kendall_tau=tau, kendall_lo=tau_lo, kendall_hi=tau_hi, kendall_p=tau_p, spearman_rho=rho,
                            spearman_lo=rho_lo, spearman_hi=rho_hi, spearman_p=rho_p)  # fmt: skip
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _per_unit(x: pd.Series, y: pd.Series, unit: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x and y as (units, most seeds) arrays padded with NaN, in the order of the units' first runs, and the
+    number of runs of each unit."""
+    order = list(dict.fromkeys(unit))
+    counts = np.array([(unit == u).sum() for u in order], dtype=int)
+    xs, ys = (np.full((len(order), counts.max() if len(order) else 0), np.nan) for _ in range(2))
+    for i, u in enumerate(order):
+        xs[i, : counts[i]], ys[i, : counts[i]] = x[unit == u].to_numpy(float), y[unit == u].to_numpy(float)
+    return xs, ys, counts
+
+
+def _hierarchical_resamples(xs, ys, counts, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``BOOTSTRAP`` resamples of the unit means, (BOOTSTRAP, units) each: draw the units with replacement, then
+    each drawn unit's runs with replacement (as many as it has), and average them."""
+    rng = np.random.default_rng(seed)
+    n, most = xs.shape
+    drawn = rng.integers(0, n, size=(BOOTSTRAP, n))
+    c = counts[drawn][..., None]  # (B, n, 1) runs of each drawn unit
+    runs = (rng.random((BOOTSTRAP, n, most)) * c).astype(int)  # (B, n, most) a run of the unit, uniformly
+    used = np.arange(most) < c  # the first c draws of each unit
+    means = [np.where(used, v[drawn[..., None], runs], 0.0).sum(-1) / c[..., 0] for v in (xs, ys)]
+    return means[0], means[1]
 
 
 def bootstrap_rank_correlations(x: np.ndarray, y: np.ndarray, chunk: int = 100) -> tuple[np.ndarray, np.ndarray]:

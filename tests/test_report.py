@@ -111,9 +111,12 @@ def test_correlations_match_a_direct_computation(sweep, tmp_path):
     table = pd.read_csv(tmp_path / "rep" / "summary.csv")
     corr = pd.read_csv(tmp_path / "rep" / "correlations.csv")
     done = table[table.status == "completed"]
-    assert len(corr) == 5 * 3 and (corr.n_runs == len(done)).all()
+    assert len(corr) == 5 * 3 and (corr.n_runs == len(done)).all() and (corr.scope == "all").all()
+    means = done.groupby("lr").mean(numeric_only=True)  # the seeds of a learning rate are one unit
+    assert (corr.n_units == len(LRS)).all() and (corr.seeds_min == corr.seeds_max).all()
+    assert (corr.seeds_max == len(SEEDS)).all()
     for _, row in corr.iterrows():
-        x, y = done[row.measure].to_numpy(), done[row.target].to_numpy()
+        x, y = means[row.measure].to_numpy(), means[row.target].to_numpy()
         assert row.kendall_tau == pytest.approx(kendall_tau_b(x, y), abs=1e-12)
         assert row.spearman_rho == pytest.approx(spearman(x, y), abs=1e-12)
     # hand-made: a measure that orders the runs exactly as the target has tau = rho = 1
@@ -121,7 +124,7 @@ def test_correlations_match_a_direct_computation(sweep, tmp_path):
     row = correlations(toy, ["sane"], ["test_loss"]).iloc[0]
     assert (row.kendall_tau, row.spearman_rho) == (pytest.approx(1.0), pytest.approx(1.0))
     # every resample of a monotone relation is monotone: the interval is [1, 1]; 4 runs are few
-    assert (row.kendall_lo, row.kendall_hi, row.spearman_lo, row.spearman_hi) == (1, 1, 1, 1) and row.few_runs
+    assert (row.kendall_lo, row.kendall_hi, row.spearman_lo, row.spearman_hi) == (1, 1, 1, 1) and row.few_units
 
 
 def test_bootstrap_intervals_of_the_correlations():
@@ -144,12 +147,61 @@ def test_bootstrap_intervals_of_the_correlations():
         x = rng.normal(size=n)
         toy = pd.DataFrame({"status": "completed", "sane": x, "test_loss": x + rng.normal(size=n)})
         row = correlations(toy, ["sane"], ["test_loss"]).iloc[0]
-        assert row.n_runs == n and not row.few_runs
+        assert row.n_runs == row.n_units == n and not row.few_units
         assert row.kendall_lo < row.kendall_tau < row.kendall_hi
         assert row.spearman_lo < row.spearman_rho < row.spearman_hi
         widths.append(row.spearman_hi - row.spearman_lo)
         pd.testing.assert_series_equal(row, correlations(toy, ["sane"], ["test_loss"]).iloc[0])
     assert widths[1] < 0.6 * widths[0]
+
+
+def test_correlations_average_seeds_within_units_and_split_families():
+    """Runs that differ only in their seed are one unit: rho and tau are those of the unit means (a model run
+    with more seeds counts once), and each family (model=...) gets its own rows beside all units."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for model, widths in (("mlp", (8, 16, 32, 64)), ("cnn", (4, 8, 16))):
+        for w in widths:
+            for s in range(1 + w % 3):  # 1 to 3 seeds
+                rows.append(dict(status="converged", model=model, width=w, seed=s,
+                                 sane=w + rng.normal(), test_loss=(w if model == "mlp" else -w) + rng.normal()))  # fmt: skip
+    table = pd.DataFrame(rows)
+    corr = correlations(table, ["sane"], ["test_loss"])
+    assert list(corr.scope) == ["all", "model=cnn", "model=mlp"]
+    for scope, sub in (("all", table), ("model=cnn", table[table.model == "cnn"]), ("model=mlp", table[table.model == "mlp"])):
+        means = sub.groupby(["model", "width"]).mean(numeric_only=True)
+        row = corr[corr.scope == scope].iloc[0]
+        assert row.n_units == len(means) and row.n_runs == len(sub)
+        assert (row.seeds_min, row.seeds_max) == (sub.groupby(["model", "width"]).size().min(), sub.groupby(["model", "width"]).size().max())
+        assert row.spearman_rho == pytest.approx(spearman(means.sane, means.test_loss), abs=1e-12)
+        assert row.kendall_tau == pytest.approx(kendall_tau_b(means.sane.to_numpy(), means.test_loss.to_numpy()), abs=1e-12)
+    # within each family the measure orders the units as the target does (+1 for the MLPs, -1 for the CNNs)
+    assert corr.set_index("scope").spearman_rho["model=mlp"] == pytest.approx(1.0)
+    assert corr.set_index("scope").spearman_rho["model=cnn"] == pytest.approx(-1.0)
+
+
+def test_hierarchical_bootstrap_draws_units_then_their_own_seeds():
+    """Each resampled unit mean averages as many draws from that unit's own runs as it has runs: over many
+    resamples its mean is the unit's mean and its variance the runs' (population) variance over their number."""
+    from sane_cli.tables import BOOTSTRAP, _hierarchical_resamples
+
+    xs = np.array([[1.0, 2.0, 6.0], [10.0, np.nan, np.nan], [20.0, 30.0, np.nan]])
+    counts = np.array([3, 1, 2])
+    mx, my = _hierarchical_resamples(xs, -xs, counts, seed=0)
+    assert mx.shape == (BOOTSTRAP, 3) and np.array_equal(my, -mx)
+    draws = {u: [] for u in range(3)}
+    for seed in range(20):
+        idx_rng = np.random.default_rng(seed)
+        drawn = idx_rng.integers(0, 3, size=(BOOTSTRAP, 3))  # the units, drawn first from the same stream
+        m, _ = _hierarchical_resamples(xs, xs, counts, seed=seed)
+        for u in range(3):
+            draws[u].append(m[drawn == u])
+    for u, c in enumerate(counts):
+        v = np.concatenate(draws[u])
+        runs = xs[u, :c]
+        assert v.min() >= runs.min() and v.max() <= runs.max()
+        assert v.mean() == pytest.approx(runs.mean(), rel=0.02)
+        assert v.var() == pytest.approx(runs.var() / c, rel=0.08, abs=1e-12)
 
 
 def test_damaged_folders_are_skipped_with_a_warning(sweep, tmp_path, caplog):
