@@ -15,6 +15,8 @@ Runs are grouped by the config keys that vary between them (lr, depth, width, da
                          intervals (_lo, _hi), the units and runs behind each (few_units: under 8); over
                          all units (scope all) and within each model family (scope model=cnn, ...)
     basins.csv           loss basins of every run (sane_cli.basins.BASIN_COLUMNS, plus the run)
+    spikes.csv           what spikes do beyond their null, run by run (each run's median over its spikes;
+                         spikes_per_run.csv), as the mean over runs with a bootstrap interval over runs
     figures/             lr_comparison and depth_comparison (when lr or depth vary); sharpness (the
                          sharpness ratio of every run over training, up to 20 runs); correlations (each
                          measure against test loss and accuracy, unit by unit, with the seeds' range)
@@ -57,6 +59,7 @@ from .tables import (
     group_table,
     run_status,
     sensitivity_table,
+    spike_inference,
     status_counts,
     summary_table,
     unique_slugs,
@@ -240,6 +243,9 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
     basins = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["run", *BASIN_COLUMNS])
     basins = basins[["run", *[c for c in basins.columns if c != "run"]]]
     basins.to_csv(out / "basins.csv", index=False)
+    spikes_per_run, spikes = spike_inference(basins, table)
+    spikes_per_run.to_csv(out / "spikes_per_run.csv", index=False)
+    spikes.to_csv(out / "spikes.csv", index=False)
     table["spikes"] = [len(s) for _, _, s, *_ in per_run]
     table.to_csv(out / "summary.csv", index=False)
     groups = group_table(table)

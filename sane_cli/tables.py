@@ -405,3 +405,73 @@ def sensitivity_table(
         row["n_eff_evidence"] = n_eff(values, gamma / n, mode) if np.isfinite(gamma) else np.nan
         rows.append(row)
     return pd.DataFrame(rows), columns[:-1], notes
+
+
+# per spike, what it does beyond its matched null (and beyond the unmatched one): the formula of each, over
+# basins.csv's columns
+SPIKE_EFFECTS = {
+    "excess_flattening": "log(flattening) - log(matched_flattening)",  # < 0: flattens more than the null
+    "excess_turn": "matched_similarity - similarity",  # > 0: the top eigenvectors turn more than the null's
+    "excess_distance": "spectrum_distance - matched_distance",  # > 0: the spectrum moves more than the null's
+    "excess_flattening_unmatched": "log(flattening) - log(null_flattening)",
+    "excess_turn_unmatched": "null_similarity - similarity",
+}
+_TERM = re.compile(r"(log\()?([a-z_]+)\)?")
+
+
+def spike_effects(basins: pd.DataFrame) -> pd.DataFrame:
+    """One row per spike with a checkpoint pair across it (``basins.csv``'s rows with a similarity): run,
+    spike_step and each of ``SPIKE_EFFECTS`` (NaN where its null has no pairs, or the column is missing)."""
+    similarity = pd.to_numeric(basins["similarity"], errors="coerce") if "similarity" in basins else None
+    spikes = basins[similarity.notna()] if similarity is not None else basins.iloc[0:0]
+    out = pd.DataFrame({"run": spikes.get("run"), "spike_step": spikes.get("spike_step")}).reset_index(drop=True)
+
+    def term(text: str) -> np.ndarray:
+        log, name = _TERM.fullmatch(text.strip()).groups()
+        values = pd.to_numeric(spikes[name], errors="coerce") if name in spikes else pd.Series(np.nan, spikes.index)
+        values = values.to_numpy(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(values) if log else values
+
+    for name, formula in SPIKE_EFFECTS.items():
+        left, right = formula.split(" - ")
+        out[name] = term(left) - term(right)
+    return out
+
+
+def spike_inference(basins: pd.DataFrame, table: pd.DataFrame, *, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run-level inference on what spikes do beyond their null: the spikes of one run are not independent, so
+    each run counts once, by its median over its spikes of each of ``SPIKE_EFFECTS``; then per scope (``all``
+    runs, and each unit of :func:`units` where there are several) the mean over runs of those medians with a
+    95 % percentile bootstrap interval over runs (``BOOTSTRAP`` resamples, seeded by ``seed``), the number of
+    runs and spikes behind it and the share of runs whose median has the null's sign of the effect.
+
+    Returns (one row per run: run, unit, n_spikes and each effect's median; one row per scope and effect)."""
+    effects = spike_effects(basins)
+    unit_of = dict(zip(table.label, units(table), strict=True))
+    per_run = []
+    for label in table.label:
+        mine = effects[effects.run == label]
+        row = {"run": label, "unit": unit_of[label], "n_spikes": len(mine)}
+        for name in SPIKE_EFFECTS:
+            values = mine[name].dropna()
+            row[f"{name}_spikes"] = len(values)
+            row[name] = float(values.median()) if len(values) else np.nan
+        per_run.append(row)
+    per_run = pd.DataFrame(per_run)
+    scopes = [("all", per_run)]
+    if per_run.unit.nunique() > 1:
+        scopes += list(per_run.groupby("unit", sort=False))
+    rows = []
+    for scope, sub in scopes:
+        for name in SPIKE_EFFECTS:
+            values = sub[name].dropna().to_numpy(float)
+            row = {"scope": scope, "effect": name, "formula": SPIKE_EFFECTS[name], "n_runs": len(values),
+                   "n_spikes": int(sub.loc[sub[name].notna(), f"{name}_spikes"].sum()), "mean": np.nan,
+                   "lo": np.nan, "hi": np.nan, "share_positive": np.nan}  # fmt: skip
+            if len(values):
+                means = values[np.random.default_rng(seed).integers(0, len(values), (BOOTSTRAP, len(values)))].mean(1)
+                lo, hi = np.percentile(means, [2.5, 97.5])
+                row.update(mean=values.mean(), lo=lo, hi=hi, share_positive=float((values > 0).mean()))
+            rows.append(row)
+    return per_run, pd.DataFrame(rows)

@@ -47,7 +47,8 @@ def test_report_writes_every_file_and_changes_no_run(sweep, tmp_path):
     assert digest(sweep) == before
     out = tmp_path / "rep"
     assert page == out / "report.html"
-    for name in ("summary.csv", "groups.csv", "correlations.csv", "basins.csv", "figures/lr_comparison.png",
+    for name in ("summary.csv", "groups.csv", "correlations.csv", "basins.csv", "spikes.csv", "spikes_per_run.csv",
+                 "figures/lr_comparison.png",
                  "figures/lr_comparison.pdf"):  # fmt: skip
         assert (out / name).is_file(), name
     assert (out / "figures" / "lr_comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -163,18 +164,20 @@ def test_correlations_average_seeds_within_units_and_split_families():
     for model, widths in (("mlp", (8, 16, 32, 64)), ("cnn", (4, 8, 16))):
         for w in widths:
             for s in range(1 + w % 3):  # 1 to 3 seeds
-                rows.append(dict(status="converged", model=model, width=w, seed=s,
-                                 sane=w + rng.normal(), test_loss=(w if model == "mlp" else -w) + rng.normal()))  # fmt: skip
+                loss, sane = (w if model == "mlp" else -w) + rng.normal(), w + rng.normal()
+                rows.append(dict(status="converged", model=model, width=w, seed=s, sane=sane, test_loss=loss))
     table = pd.DataFrame(rows)
     corr = correlations(table, ["sane"], ["test_loss"])
     assert list(corr.scope) == ["all", "model=cnn", "model=mlp"]
-    for scope, sub in (("all", table), ("model=cnn", table[table.model == "cnn"]), ("model=mlp", table[table.model == "mlp"])):
-        means = sub.groupby(["model", "width"]).mean(numeric_only=True)
+    for scope in ("all", "model=cnn", "model=mlp"):
+        sub = table if scope == "all" else table[table.model == scope[len("model=") :]]
+        means, sizes = (sub.groupby(["model", "width"]).mean(numeric_only=True), sub.groupby(["model", "width"]).size())
         row = corr[corr.scope == scope].iloc[0]
         assert row.n_units == len(means) and row.n_runs == len(sub)
-        assert (row.seeds_min, row.seeds_max) == (sub.groupby(["model", "width"]).size().min(), sub.groupby(["model", "width"]).size().max())
-        assert row.spearman_rho == pytest.approx(spearman(means.sane, means.test_loss), abs=1e-12)
-        assert row.kendall_tau == pytest.approx(kendall_tau_b(means.sane.to_numpy(), means.test_loss.to_numpy()), abs=1e-12)
+        assert (row.seeds_min, row.seeds_max) == (sizes.min(), sizes.max())
+        x, y = means.sane.to_numpy(), means.test_loss.to_numpy()
+        assert row.spearman_rho == pytest.approx(spearman(x, y), abs=1e-12)
+        assert row.kendall_tau == pytest.approx(kendall_tau_b(x, y), abs=1e-12)
     # within each family the measure orders the units as the target does (+1 for the MLPs, -1 for the CNNs)
     assert corr.set_index("scope").spearman_rho["model=mlp"] == pytest.approx(1.0)
     assert corr.set_index("scope").spearman_rho["model=cnn"] == pytest.approx(-1.0)
@@ -534,3 +537,37 @@ def test_curvature_averaged_over_the_end_of_training(tmp_path):
     assert set(pd.read_csv(tmp_path / "rep" / "correlations.csv").measure) == {"sane_late", "lambda_max_late"}
     with pytest.raises(UsageError, match="--measures='sane_early' is invalid: choose among .*sane_late"):
         main([str(tmp_path / "runs"), "-o", str(tmp_path / "rep2"), "--measures", "sane_early"])
+
+
+def test_spike_inference_counts_each_run_once():
+    """Each run's value is its median over spikes of each effect (log flattening against the matched null's,
+    and so on), written out by hand here; the mean over runs carries a bootstrap interval over runs; the
+    spikes without a matched null and the basins without a spike drop out."""
+    from sane_cli.tables import SPIKE_EFFECTS, spike_inference
+
+    def spike(run, flat, matched_flat, sim, matched_sim, dist=0.3, matched_dist=0.1):
+        return dict(run=run, spike_step=1, flattening=flat, matched_flattening=matched_flat, similarity=sim,
+                    matched_similarity=matched_sim, spectrum_distance=dist, matched_distance=matched_dist,
+                    null_flattening=1.0, null_similarity=0.9)  # fmt: skip
+
+    basins = pd.DataFrame([
+        spike("a", 0.5, 1.0, 0.5, 0.9), spike("a", 0.8, 1.0, 0.7, 0.9), spike("a", 0.9, np.nan, 0.6, np.nan),
+        spike("b", 1.2, 1.0, 0.9, 0.8),
+        spike("c", 0.6, 0.9, 0.4, 0.95), spike("c", 0.7, 0.9, 0.5, 0.95), spike("c", 0.4, 0.9, 0.3, 0.95),
+        dict(run="c", similarity=np.nan),  # a basin that ends without a spike
+    ])  # fmt: skip
+    table = pd.DataFrame({"label": ["a", "b", "c"], "lr": [1.0, 1.0, 2.0], "seed": [0, 1, 0]})
+    per_run, summary = spike_inference(basins, table)
+    medians = {"a": np.median([np.log(0.5), np.log(0.8)]), "b": np.log(1.2), "c": np.log(0.6 / 0.9)}
+    assert per_run.set_index("run").excess_flattening.to_dict() == pytest.approx(medians)
+    assert per_run.set_index("run").excess_turn.to_dict() == pytest.approx({"a": 0.3, "b": -0.1, "c": 0.55})
+    assert list(per_run.n_spikes) == [3, 1, 3] and list(per_run.excess_flattening_spikes) == [2, 1, 3]
+    assert list(per_run.excess_flattening_unmatched_spikes) == [3, 1, 3]
+    assert list(per_run.unit) == ["lr=1", "lr=1", "lr=2"]
+    row = summary[(summary.scope == "all") & (summary.effect == "excess_flattening")].iloc[0]
+    assert row.n_runs == 3 and row.n_spikes == 6
+    assert row["mean"] == pytest.approx(np.mean(list(medians.values())))
+    assert row.lo <= row["mean"] <= row.hi and row.share_positive == pytest.approx(1 / 3)
+    assert set(summary.scope) == {"all", "lr=1", "lr=2"} and set(summary.effect) == set(SPIKE_EFFECTS)
+    one = summary[(summary.scope == "lr=2") & (summary.effect == "excess_turn")].iloc[0]
+    assert one.n_runs == 1 and (one["mean"], one.lo, one.hi) == (pytest.approx(0.55),) * 3
