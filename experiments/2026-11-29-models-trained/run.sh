@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Claim (a) on trained nets: 8 MLPs and 7 CNNs x 3 seeds, full-batch Adam (lr 0.003) on all 4,000 MNIST-1D
+# Claim (a) on trained nets: 9 MLPs and 7 CNNs x 3 seeds, full-batch Adam (lr 0.003) on all 4,000 MNIST-1D
 # training examples to training accuracy 0.99; exact Hessians at the stop; one report over the converged runs.
 # Usage: bash experiments/2026-11-29-models-trained/run.sh [OUT] [extra overrides...]   (OUT: outputs/models-trained)
 set -euo pipefail
 out=${1:-outputs/models-trained}
 shift || true
 sweep() { sane-run experiment=models_trained hydra/launcher=joblib hydra.launcher.n_jobs=2 "$@"; }
-sweep model=mlp depth=2 width=32,64 hydra.sweep.dir="$out/mlp-d2" "$@"
-sweep model=mlp depth=3 width=24,32,48 hydra.sweep.dir="$out/mlp-d3" "$@"
-sweep model=mlp depth=4 width=24,32 hydra.sweep.dir="$out/mlp-d4" "$@"
-sweep model=mlp depth=6 width=24 hydra.sweep.dir="$out/mlp-d6" "$@"
+sweep model=mlp depth=2 width=48,64,96 hydra.sweep.dir="$out/mlp-d2" "$@"
+sweep model=mlp depth=3 width=32,40,48 hydra.sweep.dir="$out/mlp-d3" "$@"
+sweep model=mlp depth=4 width=32,40 hydra.sweep.dir="$out/mlp-d4" "$@"
+sweep model=mlp depth=5 width=32 hydra.sweep.dir="$out/mlp-d5" "$@"
 sweep model=cnn depth=1,2,3 model.channels=8 hydra.sweep.dir="$out/cnn-c8" "$@"
 sweep model=cnn depth=2 model.channels=4,16 hydra.sweep.dir="$out/cnn-d2" "$@"
 sweep model=cnn depth=3 model.channels=4 hydra.sweep.dir="$out/cnn-d3c4" "$@"
