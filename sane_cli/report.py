@@ -14,6 +14,7 @@ Runs are grouped by the config keys that vary between them (lr, depth, width, da
                          one unit, their seeds averaged), with p-values, hierarchical bootstrap 95 %
                          intervals (_lo, _hi), the units and runs behind each (few_units: under 8); over
                          all units (scope all) and within each model family (scope model=cnn, ...)
+    checkpoints.csv      every curvature checkpoint of every run (its hessian.csv rows, plus the run)
     basins.csv           loss basins of every run (sane_cli.basins.BASIN_COLUMNS, plus the run)
     spikes.csv           what spikes do beyond their null, run by run (each run's median over its spikes;
                          spikes_per_run.csv), as the mean over runs with a bootstrap interval over runs
@@ -243,6 +244,9 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
     basins = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["run", *BASIN_COLUMNS])
     basins = basins[["run", *[c for c in basins.columns if c != "run"]]]
     basins.to_csv(out / "basins.csv", index=False)
+    checkpoints = [r.hessian.assign(run=lab) for r, lab in zip(runs, table.label, strict=True) if len(r.hessian)]
+    checkpoints = pd.concat(checkpoints, ignore_index=True) if checkpoints else pd.DataFrame(columns=["run", "step"])
+    checkpoints[["run", *[c for c in checkpoints.columns if c != "run"]]].to_csv(out / "checkpoints.csv", index=False)
     spikes_per_run, spikes = spike_inference(basins, table)
     spikes_per_run.to_csv(out / "spikes_per_run.csv", index=False)
     spikes.to_csv(out / "spikes.csv", index=False)

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -52,6 +53,14 @@ def test_report_writes_every_file_and_changes_no_run(sweep, tmp_path):
                  "figures/lr_comparison.pdf"):  # fmt: skip
         assert (out / name).is_file(), name
     assert (out / "figures" / "lr_comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    checkpoints = pd.read_csv(out / "checkpoints.csv")  # every run's hessian.csv, row for row
+    table = pd.read_csv(out / "summary.csv")
+    for label, path in zip(table.label, table.run, strict=True):
+        pd.testing.assert_frame_equal(
+            checkpoints[checkpoints.run == label].drop(columns="run").reset_index(drop=True).dropna(axis=1, how="all"),
+            pd.read_csv(Path(path) / "hessian.csv").dropna(axis=1, how="all"),
+            check_dtype=False,
+        )
     assert not (out / "figures" / "depth_comparison.png").exists()  # depth does not vary
     runs = sorted((out / "runs").iterdir())
     assert len(runs) == 7 and all((r / "dynamics.png").is_file() and (r / "basins.csv").is_file() for r in runs)
