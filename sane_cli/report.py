@@ -100,13 +100,14 @@ class Tables:
 
 
 def _comparison(t: Tables, x: str, panels: list[str]):
-    """Final values against ``x`` (lr or depth), a line per value of the other varying keys; None unless x
-    varies."""
+    """Final values against ``x`` (lr or depth), a line per value of the other varying keys, but those that x
+    determines (e.g. ``hessian.every`` set per learning rate: one value per x draws no line of its own); None
+    unless x varies."""
     from . import plots
 
     if x not in t.keys or not len(t.groups):
         return None
-    others = [k for k in t.keys if k not in (x, "seed")]
+    others = [k for k in t.keys if k not in (x, "seed") and not _determined_by(t.table, k, x)]
     g, d = t.groups.copy(), t.table[t.table.status == "diverged"].copy()
     line = None
     if others:
@@ -116,6 +117,11 @@ def _comparison(t: Tables, x: str, panels: list[str]):
     if g.get("preconditioned_sharpness_mean", pd.Series(dtype=float)).notna().any():
         panels = [*panels, "preconditioned_sharpness"]  # Adam's sharpness, against its threshold
     return plots.comparison(g, x, line, [p for p in panels if f"{p}_mean" in g], d)
+
+
+def _determined_by(table: pd.DataFrame, key: str, x: str) -> bool:
+    """Whether every value of ``x`` comes with a single value of ``key`` across the runs."""
+    return bool((table[[x, key]].astype(str).groupby(x)[key].nunique() <= 1).all())
 
 
 def _correlations(t: Tables):

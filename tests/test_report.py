@@ -580,3 +580,13 @@ def test_spike_inference_counts_each_run_once():
     assert set(summary.scope) == {"all", "lr=1", "lr=2"} and set(summary.effect) == set(SPIKE_EFFECTS)
     one = summary[(summary.scope == "lr=2") & (summary.effect == "excess_turn")].iloc[0]
     assert one.n_runs == 1 and (one["mean"], one.lo, one.hi) == (pytest.approx(0.55),) * 3
+
+
+def test_a_key_the_x_axis_determines_draws_no_line_of_its_own():
+    """hessian.every set per learning rate varies, but with one value per lr it adds no line to the lr
+    comparison; depth, with several values per lr, does."""
+    from sane_cli.report import _determined_by
+
+    t = pd.DataFrame({"lr": [0.1, 0.1, 0.5, 0.5], "hessian.every": [500, 500, 100, 100], "depth": [2, 3, 2, 3]})
+    assert _determined_by(t, "hessian.every", "lr") and not _determined_by(t, "depth", "lr")
+    assert _determined_by(t, "lr", "hessian.every") and not _determined_by(t, "lr", "depth")
