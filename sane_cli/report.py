@@ -368,7 +368,8 @@ def _html(paths, runs, table, keys, skipped, groups, corr, drawn, per_run, out: 
         f"interval (hierarchical percentile bootstrap: units, then seeds within a unit, {BOOTSTRAP} resamples); "
         f"few_units: fewer than {FEW_UNITS} units behind it.</p>", tbl(corr),
         "<h2>Sensitivity</h2><p>The same correlations for N_eff and SANE recomputed from each run's saved spectrum "
-        "(its last scheduled checkpoint) at other settings of alpha, rho and k, and N_eff at the evidence "
+        "(its last scheduled checkpoint; _late: the mean over the last third of its checkpoints) at other settings "
+        "of alpha, rho and k, and N_eff at the evidence "
         "framework's optimal prior precision (n_eff_evidence); the values per run are in sensitivity.csv.</p>",
         tbl(sens_corr[["scope", "measure", "target", "n_units", "spearman_rho", "spearman_lo", "spearman_hi",
                        "kendall_tau"]]),

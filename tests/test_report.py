@@ -481,32 +481,43 @@ def test_sensitivity_recomputes_the_measures_from_the_saved_spectra(tmp_path):
         w = RunWriter(folder)
         ev = np.sort(np.r_[rng.random(5) * (i + 1), -0.01 * rng.random(3), np.zeros(4)])[::-1]
         spectra[f"run{i}"] = ev
-        for s in (0, 10):
+        for s in (0, 10, 20, 30):  # the spectrum grows: ev x 1, 2, 3, 4; the last third is steps 20 and 30
             w.log_metrics({"step": s, "epoch": s, "train_loss": 1.0 - 0.1 * i, "train_acc": 0.5, "test_loss": 1.0 + i,
                            "test_acc": 0.5 - 0.1 * i, "lr": 0.1})  # fmt: skip
             row = dict.fromkeys(HESSIAN_COLUMNS, 0.0)
             row.update(step=s, method=method, kind="scheduled", subset=40, weight_norm_sq=3.0 + i, eig_mode="abs")
-            w.log_curvature(row, ev, np.eye(len(ev))[:, :2])
+            w.log_curvature(row, ev * (1 + s / 10), np.eye(len(ev))[:, :2])
         config = {"optim": {"name": "gd", "lr": 0.1}, "seed": i, "hessian": {"eig_mode": "abs"}}
         finals = {f"final_{k}": 0.5 for k in ("train_loss", "test_loss", "train_acc", "test_acc")}
         w.write_summary({"status": "completed", "config": config, "n_train": 40, **finals})
         w.close()
     runs = [load_run(p) for p in find_runs(tmp_path / "runs")]
     sens, measures, notes = sensitivity_table(runs, [r.path.name for r in runs], (0.2, 1.0), (1, 2), (0.1,))
-    assert measures == ["n_eff[alpha=0.1]", "sane[rho=0.2,k=1]", "sane[rho=0.2,k=2]", "sane[rho=1,k=1]",
-                        "sane[rho=1,k=2]", "n_eff_evidence"]  # fmt: skip
+    first = ["n_eff[alpha=0.1]", "sane[rho=0.2,k=1]", "sane[rho=0.2,k=2]", "sane[rho=1,k=1]", "sane[rho=1,k=2]",
+             "n_eff_evidence"]  # fmt: skip
+    assert measures == first + [f"{m}_late" for m in first]
     for i in range(3):
-        ev, row = np.abs(spectra[f"run{i}"]), sens.iloc[i]
-        assert row["n_eff[alpha=0.1]"] == pytest.approx(np.sum(ev / (ev + 0.1)), rel=1e-12)
-        second = np.sort(ev)[::-1][1]
-        assert row["sane[rho=0.2,k=2]"] == pytest.approx(np.sum(ev / (ev + 0.2 * second)), rel=1e-12)
-        gamma = row["prior_precision_evidence"]  # MacKay: gamma |theta|^2 = sum n l / (n l + gamma), n = 40
-        assert gamma * (3.0 + i) == pytest.approx(np.sum(40 * ev / (40 * ev + gamma)), rel=1e-9)
-        assert row["n_eff_evidence"] == pytest.approx(np.sum(ev / (ev + gamma / 40)), rel=1e-9)
+        row = sens.iloc[i]
+        for ev, suffix in ((4 * np.abs(spectra[f"run{i}"]), ""), (3 * np.abs(spectra[f"run{i}"]), "_late")):
+            if suffix:  # the late value is the mean over steps 20 and 30, here over x3 and x4 (which it checks)
+                ev3, ev4 = ev, 4 / 3 * ev
+                assert row["n_eff[alpha=0.1]_late"] == pytest.approx(
+                    (np.sum(ev3 / (ev3 + 0.1)) + np.sum(ev4 / (ev4 + 0.1))) / 2, rel=1e-12
+                )
+                continue
+            assert row["n_eff[alpha=0.1]"] == pytest.approx(np.sum(ev / (ev + 0.1)), rel=1e-12)
+            second = np.sort(ev)[::-1][1]
+            assert row["sane[rho=0.2,k=2]"] == pytest.approx(np.sum(ev / (ev + 0.2 * second)), rel=1e-12)
+            gamma = row["prior_precision_evidence"]  # MacKay: gamma |theta|^2 = sum n l / (n l + gamma), n = 40
+            assert gamma * (3.0 + i) == pytest.approx(np.sum(40 * ev / (40 * ev + gamma)), rel=1e-9)
+            assert row["n_eff_evidence"] == pytest.approx(np.sum(ev / (ev + gamma / 40)), rel=1e-9)
+        # SANE does not change when the spectrum is scaled: its late mean equals its last value
+        assert row["sane[rho=0.2,k=2]_late"] == pytest.approx(row["sane[rho=0.2,k=2]"], rel=1e-12)
     assert sens.iloc[3][measures].isna().all() and len(notes) == 1 and "slq" in notes[0]
     report([tmp_path / "runs"], tmp_path / "rep", Options(sane_rho=(0.2,), sane_k=(1,), neff_alpha=(0.1, 1.0)))
     corr = pd.read_csv(tmp_path / "rep" / "sensitivity_correlations.csv")
-    assert set(corr.measure) == {"n_eff[alpha=0.1]", "n_eff[alpha=1]", "sane[rho=0.2,k=1]", "n_eff_evidence"}
+    first = {"n_eff[alpha=0.1]", "n_eff[alpha=1]", "sane[rho=0.2,k=1]", "n_eff_evidence"}
+    assert set(corr.measure) == first | {f"{m}_late" for m in first}
     assert (tmp_path / "rep" / "sensitivity.csv").is_file() and "Sensitivity" in (
         tmp_path / "rep" / "report.html"
     ).read_text()
