@@ -16,8 +16,9 @@ for _, run in summary.iterrows():
     ratios = pd.to_numeric(checkpoints[checkpoints.run == run.label].sharpness_ratio, errors="coerce").dropna()
     first = ratios.iloc[0] if len(ratios) else np.nan  # Adam's: at step 100 (P is undefined at step 0)
     late = run.sharpness_ratio_late
+    edge = first < 0.5 and 0.85 <= late <= 1.2
     rows.append({"optimiser": run.optimiser, "lr": run.lr, "seed": run.seed, "first": first, "late": late,
-                 "peak": ratios.max(), "edge": first < 0.5 and 0.85 <= late <= 1.2, "overshoot": late > 1.5})  # fmt: skip
+                 "peak": ratios.max(), "edge": edge, "overshoot": late > 1.5})  # fmt: skip
 runs = pd.DataFrame(rows).sort_values(["optimiser", "lr", "seed"])
 print(runs.round(3).to_string(index=False))
 for optimiser, sub in runs.groupby("optimiser"):
