@@ -9,14 +9,14 @@ shift || true
 for lr_every in 0.25:700 0.35:500 0.5:330 0.7:270 1.0:230 1.4:200 2.0:180 2.8:180; do
   lr=${lr_every%:*} every=${lr_every#*:}
   sane-run experiment=lr_trained lr="$lr" hessian.every="$every" hydra/launcher=joblib hydra.launcher.n_jobs=2 \
-    hydra.sweep.dir="$out/lr=$lr" "$@"
+    hydra.sweep.dir="$out/lr-$lr" "$@"
 done
 sane-report "$out" -o "$out-report-all"
 # the rule: a learning rate counts if at least 3 of its 5 seeds reached the criterion
 counted=$(python -c '
 import json, sys
 from pathlib import Path
-for lr in sorted(Path(sys.argv[1]).glob("lr=*")):
+for lr in sorted(Path(sys.argv[1]).glob("lr-*")):
     done = [json.loads(p.read_text())["status"] == "converged" for p in lr.glob("*/summary.json")]
     if sum(done) >= 3:
         print(lr)
