@@ -253,7 +253,9 @@ class _Training:
                         bar.set_postfix(loss=f"{metrics['train_loss']:.4g}", test_acc=f"{metrics['test_acc']:.3f}")
                         if step < self.steps and _reached(cfg.get("stop"), metrics):
                             status = "converged"
-                            if step not in self.schedule.measured:  # the curvature where the run ends
+                            if step not in self.schedule.measured:  # the curvature where the run ends ...
+                                if cfg.save_checkpoint:  # ... and the state it was taken of, as at any checkpoint
+                                    self.save(top, sizes)
                                 self.last["curvature"] = self.measure(step, "scheduled")
                             log.info("step %d: the stop criterion %s is reached; the run ends here", step,
                                      OmegaConf.to_container(cfg.stop))  # fmt: skip

@@ -230,6 +230,20 @@ def test_a_stop_criterion_ends_the_run_converged_with_a_checkpoint_there(tmp_pat
     assert run.status == "converged" and run.summary["steps_done"] == first == int(m.step.iloc[-1]) < 400
     assert int(run.hessian.step.iloc[-1]) == first and run.summary["final_curvature_step"] == first
     assert run.summary["final_train_loss"] == m.train_loss.iloc[-1]
+    # checkpoint.pt holds the state the last curvature was taken of: measured again, the same N_eff
+    from sane_cli.data import load_data
+    from sane_cli.losses import loss_function
+    from sane_cli.methods import measure
+    from sane_cli.models import build_model
+    from sane_cli.records import read_checkpoint
+
+    checkpoint = read_checkpoint(tmp_path / "run")
+    assert checkpoint["step"] == first
+    data = load_data(cfg.dataset)
+    model = build_model(cfg.model, data.input_shape, data.n_classes)
+    model.load_state_dict(checkpoint["model"])
+    row = measure(model, loss_function(cfg.loss, data.n_classes), data.x_train, data.y_train, cfg.hessian).row
+    assert row["n_eff"] == pytest.approx(run.hessian.n_eff.iloc[-1], rel=1e-10)
     from sane_cli.tables import group_table, summary_table
 
     assert group_table(summary_table([run])).n_runs.tolist() == [1]

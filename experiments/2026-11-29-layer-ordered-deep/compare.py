@@ -12,7 +12,7 @@ curvature checkpoint of every run) this writes, beside itself or into --out:
                across models (the last checkpoint of each run; 95 % percentile bootstrap over models, 2,000
                resamples) and across the checkpoints of each run (the median and lowest over runs)
 
-Usage: python compare.py DEEP_REPORT [MODELS_REPORT] [--out FOLDER]
+Usage: python compare.py DEEP_REPORT [MODELS_CSV] [--out FOLDER]   (MODELS_CSV: approximate.py's models.csv)
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def ranks(pairs: pd.DataFrame, unit: list[str], scope: str) -> pd.DataFrame:
             x, y = last[f"{m}_exact"].to_numpy(), last[m].to_numpy()
             idx = rng.integers(0, len(x), (BOOTSTRAP, len(x)))
             boot = [spearmanr(x[i], y[i])[0] for i in idx]
-            within = [spearmanr(r[f"{m}_exact"], r[m])[0] for _, r in runs if len(r) > 2]
+            within = [spearmanr(r[f"{m}_exact"], r[m])[0] for _, r in runs if len(r) > 2] or [np.nan]
             rows.append({
                 "scope": scope, "method": method, "measure": m, "models": len(x),
                 "rho_across_models": spearmanr(x, y)[0], "lo": np.nanpercentile(boot, 2.5),
@@ -90,20 +90,20 @@ def main() -> None:
     warnings.simplefilter("ignore")  # constant resamples (rho undefined) are dropped by nanpercentile
     parser = argparse.ArgumentParser()
     parser.add_argument("deep", type=Path, help="sane-report folder of the depth sweep")
-    parser.add_argument("models", type=Path, nargs="?", help="sane-report folder of the study-(a) models")
+    parser.add_argument("models", type=Path, nargs="?", help="approximate.py's table of the study-(a) models")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     args = parser.parse_args()
     deep = paired(args.deep, ["depth"])
     tables_e, tables_r = [errors(deep, ["depth"])], [ranks(deep, ["depth"], "deep MLPs")]
     for depth, sub in deep.groupby("depth"):
         tables_r.append(ranks(sub, ["depth"], f"depth {depth}"))
-    if args.models:
+    if args.models:  # one checkpoint per run (its last), already paired with exact
+        models = pd.read_csv(args.models)
         keys = ["model", "depth", "width", "model.channels", "model.kernel"]
-        models = paired(args.models, keys)
-        keys = [k for k in keys if k in models]
         models[keys] = models[keys].astype(str)
         tables_e.append(errors(models, keys))
-        tables_r.append(ranks(models, keys, "study (a) models"))
+        tables_r.append(ranks(models[models.seed == 0], keys, "study (a) models, seed 0"))
+        tables_r.append(ranks(models, keys, "study (a) models, every seed"))
     pd.concat(tables_e, ignore_index=True).to_csv(args.out / "errors.csv", index=False)
     pd.concat(tables_r, ignore_index=True).to_csv(args.out / "ranks.csv", index=False)
     print(pd.concat(tables_r, ignore_index=True).round(3).to_string())
