@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Claim (a) on trained nets: 9 MLPs and 7 CNNs x 3 seeds, full-batch Adam (lr 0.003) on all 4,000 MNIST-1D
+# Claim (a) on trained nets: 9 MLPs and 13 CNNs x 3 seeds, full-batch Adam (lr 0.003) on all 4,000 MNIST-1D
 # training examples to training accuracy 0.99; exact Hessians at the stop; one report over the converged runs.
 # Usage: bash experiments/2026-11-29-models-trained/run.sh [OUT] [extra overrides...]   (OUT: outputs/models-trained)
 set -euo pipefail
@@ -14,6 +14,11 @@ sweep model=cnn depth=1,2,3 model.channels=8 hydra.sweep.dir="$out/cnn-c8" "$@"
 sweep model=cnn depth=2 model.channels=4,16 hydra.sweep.dir="$out/cnn-d2" "$@"
 sweep model=cnn depth=3 model.channels=4 hydra.sweep.dir="$out/cnn-d3c4" "$@"
 sweep model=cnn depth=2 model.channels=8 model.kernel=5 hydra.sweep.dir="$out/cnn-k5" "$@"
+# added after the first launch, when 3 of its 7 CNNs had missed the criterion (before any correlation was computed)
+sweep model=cnn depth=2 model.channels=12,24 hydra.sweep.dir="$out/cnn-d2b" "$@"
+sweep model=cnn depth=3 model.channels=12,16 hydra.sweep.dir="$out/cnn-d3b" "$@"
+sweep model=cnn depth=3 model.channels=8 model.kernel=5 hydra.sweep.dir="$out/cnn-d3k5" "$@"
+sweep model=cnn depth=2 model.channels=8 model.pooling=avg hydra.sweep.dir="$out/cnn-avg" "$@"
 # every run (summary.csv lists the ones that missed the criterion), then the comparison over the converged ones
 sane-report "$out" -o "$out-report-all"
 sane-report "$out" --status converged -o "$out-report"
