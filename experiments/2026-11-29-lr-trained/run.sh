@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Claim (b) on trained nets: the depth-3 width-32 MLP, full-batch GD at 8 learning rates x 5 seeds on all 4,000
-# MNIST-1D training examples to training accuracy 0.99; about 15 exact Hessians a run (hessian.every set per
+# Claim (b) on trained nets: the depth-3 width-32 MLP, full-batch GD at 7 learning rates x 5 seeds on all 4,000
+# MNIST-1D training examples to training accuracy 0.99; about 10 exact Hessians a run (hessian.every set per
 # learning rate from the steps a pilot run needed), averaged over the last third of each run by sane-report.
 # Usage: bash experiments/2026-11-29-lr-trained/run.sh [OUT] [extra overrides...]   (OUT: outputs/lr-trained)
 set -euo pipefail
 out=${1:-outputs/lr-trained}
 shift || true
-for lr_every in 0.25:700 0.35:500 0.5:330 0.7:270 1.0:230 1.4:200 2.0:180 2.8:180; do
+for lr_every in 0.25:1100 0.35:800 0.5:500 0.7:400 1.0:350 1.4:300 2.0:270; do
   lr=${lr_every%:*} every=${lr_every#*:}
   sane-run experiment=lr_trained lr="$lr" hessian.every="$every" hydra/launcher=joblib hydra.launcher.n_jobs=2 \
     hydra.sweep.dir="$out/lr-$lr" "$@"
