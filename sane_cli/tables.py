@@ -455,11 +455,12 @@ def spike_inference(basins: pd.DataFrame, table: pd.DataFrame, *, seed: int = 0)
     each run counts once, by its median over its spikes of each of ``SPIKE_EFFECTS``; then per scope (``all``
     runs, and each unit of :func:`units` where there are several) the mean over runs of those medians with a
     95 % percentile bootstrap interval over runs (``BOOTSTRAP`` resamples, seeded by ``seed``), the number of
-    runs and spikes behind it and the share of runs whose median has the null's sign of the effect.
+    runs and spikes behind it and the share of runs whose median is above 0. Finished runs only.
 
     Returns (one row per run: run, unit, n_spikes and each effect's median; one row per scope and effect)."""
     effects = spike_effects(basins)
     unit_of = dict(zip(table.label, units(table), strict=True))
+    table = table[table.status.isin(FINISHED)]  # a run still going (or stopped) has not all its spikes
     per_run = []
     for label in table.label:
         mine = effects[effects.run == label]

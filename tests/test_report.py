@@ -576,8 +576,10 @@ def test_spike_inference_counts_each_run_once():
         spike("c", 0.6, 0.9, 0.4, 0.95), spike("c", 0.7, 0.9, 0.5, 0.95), spike("c", 0.4, 0.9, 0.3, 0.95),
         dict(run="c", similarity=np.nan),  # a basin that ends without a spike
     ])  # fmt: skip
-    table = pd.DataFrame({"label": ["a", "b", "c"], "lr": [1.0, 1.0, 2.0], "seed": [0, 1, 0]})
-    per_run, summary = spike_inference(basins, table)
+    basins = pd.concat([basins, pd.DataFrame([spike("d", 0.1, 1.0, 0.1, 0.9)])], ignore_index=True)
+    table = pd.DataFrame({"label": ["a", "b", "c", "d"], "lr": [1.0, 1.0, 2.0, 2.0], "seed": [0, 1, 0, 1],
+                          "status": ["completed", "converged", "completed", "running"]})  # fmt: skip
+    per_run, summary = spike_inference(basins, table)  # d, still running, is left out
     medians = {"a": np.median([np.log(0.5), np.log(0.8)]), "b": np.log(1.2), "c": np.log(0.6 / 0.9)}
     assert per_run.set_index("run").excess_flattening.to_dict() == pytest.approx(medians)
     assert per_run.set_index("run").excess_turn.to_dict() == pytest.approx({"a": 0.3, "b": -0.1, "c": 0.55})
