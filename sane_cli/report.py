@@ -286,8 +286,9 @@ def _sensitivity(runs: list[Run], table: pd.DataFrame, options: Options, skipped
     for note in notes:
         log.warning("sensitivity: %s", note)
     skipped += [f"sensitivity: {note}" for note in notes]
-    merged = table.merge(sens[["label", *measures]], on="label", how="left")
-    return sens, correlations(merged, measures)
+    merged = table.merge(sens[["label", *measures]], on="label", how="left")  # in table's order
+    # the units are the summary's: the recomputed columns (with dots in their names) are no config keys
+    return sens, correlations(merged, measures, unit=units(table).set_axis(merged.index))
 
 
 def _check_out(out: Path, runs: list[Run], paths: list[Path]) -> None:

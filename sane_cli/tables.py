@@ -261,7 +261,9 @@ def units(table: pd.DataFrame) -> pd.Series:
     return pd.Series(combinations(table, keys), index=table.index, dtype=object)
 
 
-def correlations(table: pd.DataFrame, measures=MEASURES, targets=TARGETS, *, seed: int = 0) -> pd.DataFrame:
+def correlations(
+    table: pd.DataFrame, measures=MEASURES, targets=TARGETS, *, seed: int = 0, unit: pd.Series | None = None
+) -> pd.DataFrame:
     """Rank correlations between each measure and each target (test loss, test accuracy, generalisation gap)
     across units, not runs: seeds of one model are averaged (:func:`units`), so that a model run with more
     seeds does not count more. Kendall tau-b and Spearman rho of the unit means, their p-values, and 95 %
@@ -270,11 +272,12 @@ def correlations(table: pd.DataFrame, measures=MEASURES, targets=TARGETS, *, see
     values are finite; NaN with fewer than 3 units. Given for every ``scope``: ``all`` the units, and where the
     runs hold more than one family (``FAMILY``), each family alone (``model=cnn``, ``model=mlp``): a
     correlation across families is mostly the gap between them. ``seeds_min``/``seeds_max`` count the runs per
-    unit; ``few_units`` marks correlations over fewer than ``FEW_UNITS`` units."""
+    unit; ``few_units`` marks correlations over fewer than ``FEW_UNITS`` units. ``unit`` gives each row's unit
+    where ``table`` holds columns beside the summary's that :func:`units` would take for config keys."""
     from scipy.stats import kendalltau, spearmanr
 
     done = table[table.status.isin(FINISHED)]
-    unit = units(table)
+    unit = units(table) if unit is None else unit
     scopes = [("all", done)]
     if FAMILY in done and done[FAMILY].astype(str).nunique() > 1:
         scopes += [(f"{FAMILY}={f}", sub) for f, sub in done.groupby(done[FAMILY].astype(str), sort=True)]

@@ -122,6 +122,8 @@ def test_correlations_match_a_direct_computation(sweep, tmp_path):
     corr = pd.read_csv(tmp_path / "rep" / "correlations.csv")
     done = table[table.status == "completed"]
     assert len(corr) == 5 * 3 and (corr.n_runs == len(done)).all() and (corr.scope == "all").all()
+    sensitivity = pd.read_csv(tmp_path / "rep" / "sensitivity_correlations.csv")  # the same units there
+    assert (sensitivity.n_units == len(LRS)).all() and (sensitivity.n_runs == len(done)).all()
     means = done.groupby("lr").mean(numeric_only=True)  # the seeds of a learning rate are one unit
     assert (corr.n_units == len(LRS)).all() and (corr.seeds_min == corr.seeds_max).all()
     assert (corr.seeds_max == len(SEEDS)).all()
