@@ -473,7 +473,8 @@ def spike_inference(basins: pd.DataFrame, table: pd.DataFrame, *, seed: int = 0)
             row[f"{name}_spikes"] = len(values)
             row[name] = float(values.median()) if len(values) else np.nan
         per_run.append(row)
-    per_run = pd.DataFrame(per_run)
+    columns = ["run", "unit", "n_spikes", *(c for name in SPIKE_EFFECTS for c in (f"{name}_spikes", name))]
+    per_run = pd.DataFrame(per_run, columns=columns)  # columns also without a finished run
     scopes = [("all", per_run)]
     if per_run.unit.nunique() > 1:
         scopes += list(per_run.groupby("unit", sort=False))

@@ -593,6 +593,8 @@ def test_spike_inference_counts_each_run_once():
     assert row["mean"] == pytest.approx(np.mean(list(medians.values())))
     assert row.lo <= row["mean"] <= row.hi and row.share_positive == pytest.approx(1 / 3)
     assert set(summary.scope) == {"all", "lr=1", "lr=2"} and set(summary.effect) == set(SPIKE_EFFECTS)
+    nothing_finished, nothing = spike_inference(basins, table.assign(status="running"))
+    assert nothing_finished.empty and (nothing.n_runs == 0).all() and nothing["mean"].isna().all()
     one = summary[(summary.scope == "lr=2") & (summary.effect == "excess_turn")].iloc[0]
     assert one.n_runs == 1 and (one["mean"], one.lo, one.hi) == (pytest.approx(0.55),) * 3
 
