@@ -112,6 +112,10 @@ def comparison(
                 ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             if x == "lr":
                 ax.set_xscale("log")
+                values = np.unique(pd.to_numeric(groups[x], errors="coerce").dropna().to_numpy(float))
+                if 0 < len(values) <= 8:  # each learning rate labelled as given, and no minor labels to crowd them
+                    ax.set_xticks(values, [f"{v:g}" for v in values])
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel(_label(x))
             ax.set_ylabel(_label(panel))
         for ax in axes.flat[n:]:
