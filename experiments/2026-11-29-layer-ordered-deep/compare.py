@@ -100,7 +100,7 @@ def main() -> None:
     if args.models:  # one checkpoint per run (its last), already paired with exact
         models = pd.read_csv(args.models)
         keys = ["model", "depth", "width", "model.channels", "model.kernel"]
-        models[keys] = models[keys].astype(str)
+        models[keys] = models[keys].astype(str).fillna("-")  # (pandas keeps NaN through astype(str))
         tables_e.append(errors(models, keys))
         tables_r.append(ranks(models[models.seed == 0], keys, "study (a) models, seed 0"))
         tables_r.append(ranks(models, keys, "study (a) models, every seed"))
