@@ -224,7 +224,7 @@ def group_table(table: pd.DataFrame) -> pd.DataFrame:
     """Finished runs (completed, or converged: stopped by their criterion) grouped by every varying key but
     the seed: n_runs, and mean and std (over seeds) of each final quantity; n_diverged counts the group's
     diverged runs."""
-    keys = [k for k in varying_keys(table) if k != "seed"]
+    keys = unit_keys(table)
     done = table[table.status.isin(FINISHED)]
     if not keys:
         groups = {"all runs": (done, table)}
@@ -251,11 +251,16 @@ FEW_UNITS = 8  # a correlation over fewer units is marked (few_units) and read w
 FAMILY = "model"  # the key whose values are families: correlations are also given within each (CNNs, MLPs)
 
 
+def unit_keys(table: pd.DataFrame) -> list[str]:
+    """The varying config keys but the seed: what tells one unit (a model, a learning rate) from another."""
+    return [k for k in varying_keys(table) if k != "seed"]
+
+
 def units(table: pd.DataFrame) -> pd.Series:
     """Each run's unit of analysis: runs that differ only in their seed are one unit (a model, a learning rate),
     named by the other varying keys, e.g. ``model=cnn depth=2``; where nothing but the seed varies, each run is its
     own unit."""
-    keys = [k for k in varying_keys(table) if k != "seed"]
+    keys = unit_keys(table)
     if not keys:
         return pd.Series([f"run {i}" for i in range(len(table))], index=table.index, dtype=object)
     return pd.Series(combinations(table, keys), index=table.index, dtype=object)
