@@ -399,13 +399,14 @@ def sensitivity_table(
             continue
         mode = run.config.get("hessian", {}).get("eig_mode", "abs")
         try:
-            row.update(_recomputed(run, last, mode, alphas, rhos, ks))
-            late = [_recomputed(run, c, mode, alphas, rhos, ks) for _, c in late_checkpoints(h).iterrows()]
+            late = {int(c.step): _recomputed(run, c, mode, alphas, rhos, ks) for _, c in late_checkpoints(h).iterrows()}
+            # the last checkpoint is among the late ones: its spectrum is read once
+            row.update(late.get(int(last.step)) or _recomputed(run, last, mode, alphas, rhos, ks))
         except UsageError as e:
             notes.append(str(e))
             rows.append(row)
             continue
-        row.update({f"{c}_late": float(np.mean([v[c] for v in late])) for c in columns})
+        row.update({f"{c}_late": float(np.mean([v[c] for v in late.values()])) for c in columns})
         rows.append(row)
     measures = columns[:-1] + late_columns[:-1]
     return pd.DataFrame(rows), measures, notes
