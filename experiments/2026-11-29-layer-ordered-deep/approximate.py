@@ -2,12 +2,13 @@
 the Hessian taken exactly, block-diagonally and banded (band 1) by sane-run's own `measure`, in one process so
 that the seconds compare.
 
-The study-(a) runs were written before sane-run saved the state at a stop criterion, so each is trained again
-by `sane_cli.training.train` from its own config (with `hessian.method=block_diag`) into OUT_RUNS/<run>, whose
-checkpoint.pt then holds the final state; exact, block_diag and block_band are measured on that state here.
-float32 training on the CPU is not bitwise reproducible across processes, so the rerun may stop a few steps
-from the original (both are in models.csv: step, step_study_a; N_eff there and in study (a): n_eff_exact,
-n_eff_study_a); the comparison is between methods on one state.
+A run written by sane-run 0.8 or later saves the state at its stop criterion (its checkpoint.pt's step is its
+steps_done): that state is measured as it is. An older run's checkpoint.pt holds an earlier scheduled state, so
+it is trained again by `sane_cli.training.train` from its own config (with `hessian.method=block_diag`) into
+OUT_RUNS/<run>, whose checkpoint.pt then holds the final state. float32 training on the CPU is not bitwise
+reproducible across processes, so such a rerun may stop a few steps from the original (both are in
+models.csv: step, step_study_a; N_eff there and in study (a): n_eff_exact, n_eff_study_a). Exact, block_diag
+and block_band are measured on one state; the comparison is between methods.
 
 Usage: python approximate.py RUNS_FOLDER OUT_RUNS [--seeds 0] [--out FILE]   (default: models.csv beside this)
 """
@@ -31,7 +32,8 @@ from sane_cli.training import train
 
 MEASURES = ("n_eff", "sane", "lambda_max", "trace")
 KEYS = {"model": ("model", "name"), "depth": ("model", "depth"), "width": ("model", "width"),
-        "model.channels": ("model", "channels"), "model.kernel": ("model", "kernel")}  # fmt: skip
+        "model.channels": ("model", "channels"), "model.kernel": ("model", "kernel"),
+        "model.pooling": ("model", "pooling")}  # fmt: skip
 
 
 def measured(model, loss_fn, x, y, hessian, method: str) -> tuple[dict, float]:
@@ -54,22 +56,23 @@ def main() -> None:
         if status_of(folder) != "converged" or int(run.config["seed"]) not in args.seeds:
             continue
         cfg = OmegaConf.create(run.config)
-        again = args.out_runs / folder.name
-        if status_of(again) != "converged":
-            shutil.rmtree(again, ignore_errors=True)
-            # one thread, as each of the study's two parallel jobs had: the sums run in the same order
-            train(OmegaConf.merge(cfg, {"hessian": {"method": "block_diag"}, "threads": 1}), again, progress=False)
-        rerun = load_run(again)
-        if status_of(again) != "converged":
-            raise SystemExit(f"{again} did not reach the stop criterion")
-        checkpoint = read_checkpoint(again)
+        checkpoint = read_checkpoint(folder)
+        if int(checkpoint["step"]) != int(run.summary["steps_done"]):  # written before 0.8: train it again
+            again = args.out_runs / folder.name
+            if status_of(again) != "converged":
+                shutil.rmtree(again, ignore_errors=True)
+                # one thread, as each of the study's two parallel jobs had: the sums run in the same order
+                train(OmegaConf.merge(cfg, {"hessian": {"method": "block_diag"}, "threads": 1}), again, progress=False)
+            if status_of(again) != "converged":
+                raise SystemExit(f"{again} did not reach the stop criterion")
+            checkpoint = read_checkpoint(again)
         data = load_data(cfg.dataset)
         model = build_model(cfg.model, data.input_shape, data.n_classes)
         model.load_state_dict(checkpoint["model"])
         loss_fn = loss_function(cfg.loss, data.n_classes)
         exact, exact_seconds = measured(model, loss_fn, data.x_train, data.y_train, cfg.hessian, "exact")
         base = {k: OmegaConf.select(cfg, ".".join(path)) for k, path in KEYS.items()}
-        base.update(seed=int(cfg.seed), step=int(checkpoint["step"]), n_params=int(rerun.summary["n_params"]))
+        base.update(seed=int(cfg.seed), step=int(checkpoint["step"]), n_params=int(run.summary["n_params"]))
         base.update(step_study_a=run.summary["steps_done"], n_eff_study_a=float(run.hessian.n_eff.iloc[-1]))
         for method in ("block_diag", "block_band"):
             approx, seconds = measured(model, loss_fn, data.x_train, data.y_train, cfg.hessian, method)

@@ -12,7 +12,8 @@ curvature checkpoint of every run) this writes, beside itself or into --out:
                across models (the last checkpoint of each run; 95 % percentile bootstrap over models, 2,000
                resamples) and across the checkpoints of each run (the median and lowest over runs)
 
-Usage: python compare.py DEEP_REPORT [MODELS_CSV] [--out FOLDER]   (MODELS_CSV: approximate.py's models.csv)
+Usage: python compare.py DEEP_REPORT [MODELS_CSV] [--out FOLDER]   (MODELS_CSV: approximate.py's models.csv;
+       DEEP_REPORT `-` keeps the depth sweep's rows already in FOLDER's tables)
 """
 
 from __future__ import annotations
@@ -89,17 +90,25 @@ def ranks(pairs: pd.DataFrame, unit: list[str], scope: str) -> pd.DataFrame:
 def main() -> None:
     warnings.simplefilter("ignore")  # constant resamples (rho undefined) are dropped by nanpercentile
     parser = argparse.ArgumentParser()
-    parser.add_argument("deep", type=Path, help="sane-report folder of the depth sweep")
+    parser.add_argument("deep", help="sane-report folder of the depth sweep; `-`: keep the depth sweep's rows "
+                        "already in --out's tables (only the study-(a) models re-measured)")  # fmt: skip
     parser.add_argument("models", type=Path, nargs="?", help="approximate.py's table of the study-(a) models")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     args = parser.parse_args()
-    deep = paired(args.deep, ["depth"])
-    tables_e, tables_r = [errors(deep, ["depth"])], [ranks(deep, ["depth"], "deep MLPs")]
-    for depth, sub in deep.groupby("depth"):
-        tables_r.append(ranks(sub, ["depth"], f"depth {depth}"))
+    if args.deep == "-":
+        kept_e, kept_r = pd.read_csv(args.out / "errors.csv"), pd.read_csv(args.out / "ranks.csv")
+        tables_e = [kept_e[kept_e["model"].isna()].dropna(axis=1, how="all")]
+        tables_r = [kept_r[~kept_r["scope"].str.startswith("study (a)")]]
+    else:
+        deep = paired(Path(args.deep), ["depth"])
+        tables_e, tables_r = [errors(deep, ["depth"])], [ranks(deep, ["depth"], "deep MLPs")]
+        for depth, sub in deep.groupby("depth"):
+            tables_r.append(ranks(sub, ["depth"], f"depth {depth}"))
     if args.models:  # one checkpoint per run (its last), already paired with exact
         models = pd.read_csv(args.models)
-        keys = ["model", "depth", "width", "model.channels", "model.kernel"]
+        keys = [
+            k for k in ("model", "depth", "width", "model.channels", "model.kernel", "model.pooling") if k in models
+        ]
         models[keys] = models[keys].astype(str).fillna("-")  # (pandas keeps NaN through astype(str))
         tables_e.append(errors(models, keys))
         tables_r.append(ranks(models[models.seed == 0], keys, "study (a) models, seed 0"))
