@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import sys
 import tempfile
 from importlib import resources
@@ -62,9 +63,10 @@ def _hydra_app():
         except Interrupted as e:  # one line, and the shell's code for a death by that signal (submitit reads it)
             from hydra.types import RunMode
 
-            again = f"sane-run resume={run_dir}"
+            again = continue_command(run_dir)
             if hydra_cfg.mode == RunMode.MULTIRUN:
-                again = f"run the sweep again with hydra.sweep.dir={hydra_cfg.sweep.dir}"
+                sweep = shell_quote("hydra.sweep.dir=" + hydra_quote(str(hydra_cfg.sweep.dir)))
+                again = f"run the sweep again with {sweep}"
             print(f"sane-run: stopped by {e} at step {e.step}; {run_dir} keeps all it logged (continue: {again})",
                   file=sys.stderr)  # fmt: skip
             sys.exit(128 + int(e.signum))
@@ -81,7 +83,7 @@ def _existing_run(cfg, run_dir: Path, overrides: list[str]):
     command line (``resume=<folder>``), or the composed one (a sweep started again, checked to be the same)."""
     from omegaconf import OmegaConf, open_dict
 
-    from .records import ENDED, MAY_DIFFER, is_run_dir, read_summary, status_of
+    from .records import ENDED, MAY_DIFFER, is_run_dir, resume_point, status_of
 
     if cfg.get("resume") is None and not is_run_dir(run_dir):
         return False
@@ -91,8 +93,8 @@ def _existing_run(cfg, run_dir: Path, overrides: list[str]):
             print(f"sane-run: {run_dir} already holds a {status} run; skipped", flush=True)  # its run.log untouched
             return None
         return cfg  # train(resume=True) checks that the run there has this job's config
-    # resume=<folder>: checked before Hydra started (precheck), so its summary.json is readable
-    stored = OmegaConf.create(read_summary(run_dir)["config"])
+    # resume=<folder>: checked before Hydra started (precheck); the config its checkpoint.pt was trained with
+    stored = OmegaConf.create(resume_point(run_dir).summary["config"])
     given = {o.split("=", 1)[0] for o in overrides}
     with open_dict(stored):
         for key in MAY_DIFFER:
@@ -193,7 +195,7 @@ def precheck(argv: list[str]) -> None:
         return
     for word in words:  # a named run folder that holds a run is refused before Hydra writes .hydra/ into it
         if word.startswith("hydra.run.dir=") and not multirun:
-            folder = Path(word.split("=", 1)[1]).expanduser()
+            folder = Path(word_value(word)).expanduser()
             if is_run_dir(folder):
                 raise UsageError(
                     f"hydra.run.dir={folder} already holds a run (summary.json); choose another folder, or continue "
@@ -242,7 +244,7 @@ def _check_writable(words: list[str], multirun: bool) -> None:
     """The folder the run (or sweep) will be written to can be made: its nearest existing parent is a
     writable folder (not a file, not on a read-only file system)."""
     key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
-    given = next((w.split("=", 1)[1] for w in reversed(words) if w.startswith(key)), None)
+    given = next((word_value(w) for w in reversed(words) if w.startswith(key)), None)
     target = Path(given.split("${", 1)[0] if given else "outputs").expanduser()
     parent = target.absolute()
     while not parent.exists() and parent != parent.parent:
@@ -263,7 +265,7 @@ def _check_resume(words: list[str], multirun: bool) -> None:
 
     if multirun:
         raise UsageError("resume= continues one run; to continue a sweep, run it again with the same hydra.sweep.dir")
-    folder = Path(next(w for w in words if w.startswith("resume=")).split("=", 1)[1]).expanduser()
+    folder = Path(word_value(next(w for w in words if w.startswith("resume=")))).expanduser()
     others = [
         w for w in words if not w.startswith(("resume=", "hydra.verbose", "hydra/job_logging", "hydra/hydra_logging"))
     ]
@@ -278,13 +280,57 @@ def _check_resume(words: list[str], multirun: bool) -> None:
     resume_point(folder)
 
 
+def word_value(word: str) -> str:
+    """The value of a ``key=value`` word as a path: as typed, or unquoted where it is in Hydra's quotes
+    (``resume='/data/jürgen'``, as :func:`hydra_quote` writes it)."""
+    value = word.split("=", 1)[1]
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from hydra.errors import HydraException
+
+        try:
+            parsed = OverridesParser.create().parse_overrides([word])[0].value()
+        except HydraException:
+            return value
+        return parsed.replace("\\${", "${") if isinstance(parsed, str) else value
+    return value
+
+
+def hydra_quote(value: str) -> str:
+    """``value`` as Hydra's override grammar reads it back as ``value`` itself: as it is where it is a plain
+    path (ASCII letters, digits, ``_ / . -``), otherwise quoted, for any path the file system allows
+    (non-ASCII, spaces, ``=``, ``,``, quotes, ``${``), which the unquoted grammar refuses or reads as a sweep
+    or an interpolation."""
+    if re.fullmatch(r"[\w/.-]+", value, re.ASCII):
+        return value
+    value = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)  # backslashes before a quote, or at the end
+    return "'" + value.replace("'", "\\'").replace("${", "\\${") + "'"
+
+
+def continue_command(run_dir: Path) -> str:
+    """The shell command that resumes the run in ``run_dir``, quoted for Hydra and for the shell."""
+    return f"sane-run {shell_quote('resume=' + hydra_quote(str(run_dir)))}"
+
+
+def shell_quote(word: str) -> str:
+    """``word`` for a POSIX shell: as it is where nothing in it is special, in double quotes where nothing in
+    it is special there (a Hydra-quoted path: ``"resume='/data/jürgen'"``), else as :func:`shlex.quote` does."""
+    import shlex
+
+    if re.fullmatch(r"[\w@%+=:,./'-]+", word) and "'" not in word:
+        return word
+    if not re.search(r'[$`"\\!]', word):
+        return f'"{word}"'
+    return shlex.quote(word)
+
+
 def resume_argv(argv: list[str]) -> list[str]:
     """``resume=<folder>`` runs in that folder: Hydra is told so (``hydra.run.dir``) and the folder is made
     absolute, so that the run's config records where it came from."""
     out = []
     for a in argv:
         if a.startswith("resume="):
-            folder = Path(a.split("=", 1)[1]).expanduser().resolve()
+            folder = hydra_quote(str(Path(word_value(a)).expanduser().resolve()))
             out += [f"resume={folder}", f"hydra.run.dir={folder}"]
         else:
             out.append(a)

@@ -252,20 +252,65 @@ def resume_point(run_dir: str | Path, config: dict[str, Any] | None = None) -> R
         )
     checkpoint = read_checkpoint(run_dir)
     step = None
-    if checkpoint is not None:
+    if checkpoint is None:
+        logged = _logged(run_dir)
+        if logged:  # starting over would discard them
+            raise UsageError(
+                f"{run_dir} has no checkpoint.pt to resume from, but holds what the run logged ({logged}); resuming "
+                "would start it over and discard that: copy what you need, then run it again in a new folder"
+            )
+    else:
         try:
             step = int(checkpoint["resume"]["step"])
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(f"{run_dir}/checkpoint.pt holds no valid resume state ({type(e).__name__})") from None
+        trained = checkpoint_config(checkpoint)
+        if trained is not None:  # the config the saved state was trained with is the run's; summary.json must agree
+            key = _first_difference(_finite(trained), stored)  # (summary.json writes inf and nan as null)
+            if key is not None:
+                raise UsageError(
+                    f"{run_dir}/summary.json's config disagrees with the config its checkpoint.pt was trained with "
+                    f"({key}: {stored.get(key)!r} in summary.json, {trained.get(key)!r} in checkpoint.pt); put "
+                    "summary.json's value back (.hydra/config.yaml holds the run's start), or start a new run"
+                )
+            stored = summary["config"] = {**trained, **{k: stored[k] for k in MAY_DIFFER if k in stored}}
     if config is not None:
-        changed = sorted(k for k in set(config) | set(stored) if k not in MAY_DIFFER and config.get(k) != stored.get(k))
-        if changed:
-            key = changed[0]
+        key = _first_difference(config, stored)
+        if key is not None:
             raise UsageError(
                 f"{run_dir} holds a run with another config ({key}: {stored.get(key)!r} there, {config.get(key)!r} "
                 "now); resume it with its own config, or give the new run another folder"
             )
     return ResumePoint(summary, step, checkpoint)
+
+
+def checkpoint_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The run config a checkpoint.pt was trained with (saved since sane-run 0.9); None for an older one."""
+    text = checkpoint.get("resume", {}).get("config")
+    return None if text is None else json.loads(text)
+
+
+def _first_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """The first key (sorted) whose value differs between two run configs, ``MAY_DIFFER`` aside; None if none."""
+    changed = sorted(k for k in set(a) | set(b) if k not in MAY_DIFFER and a.get(k) != b.get(k))
+    return changed[0] if changed else None
+
+
+def _logged(run_dir: Path) -> str:
+    """What a run folder holds of a run's results: CSV rows below their header, spectra ("" if nothing)."""
+    found = []
+    for name in ("metrics.csv", "hessian.csv", "loss.csv"):
+        try:
+            with open(run_dir / name, "rb") as f:
+                rows = sum(1 for _ in f) - 1
+        except OSError:
+            continue
+        if rows > 0:
+            found.append(f"{rows} rows of {name}")
+    spectra = len(list((run_dir / "spectra").glob("step_*.npz")))
+    if spectra:
+        found.append(f"{spectra} spectra")
+    return ", ".join(found)
 
 
 def _header(path: Path) -> list[str]:
@@ -545,6 +590,31 @@ def find_runs(root: str | Path) -> list[Path]:
     return sorted(p.parent for p in root.rglob("summary.json") if ".hydra" not in p.parts)
 
 
+# the config keys sane-report sorts, groups and labels runs by, and what each must hold (null: absent)
+CONFIG_TYPES = {
+    "optim.lr": "a number", "model.depth": "an integer", "model.width": "an integer", "seed": "an integer",
+    "steps": "an integer", "optim.momentum": "a number", "optim.weight_decay": "a number",
+    "optim.batch_size": "an integer", "dataset.name": "a name", "model.name": "a name", "optim.name": "a name",
+    "model.activation": "a name", "loss": "a name", "hessian.method": "a name",
+}  # fmt: skip
+
+
+def _select(config: dict, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(config, dict):
+            return None
+        config = config.get(part)
+    return config
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if kind == "a name":
+        return isinstance(value, str)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return kind == "a number" or float(value).is_integer()
+
+
 def load_run(path: str | Path) -> Run:
     """Read a run folder.
 
@@ -569,6 +639,13 @@ def load_run(path: str | Path) -> Run:
             and (isinstance(value, bool) or not isinstance(value, int | float))
         ):
             raise UsageError(f"{path}: summary.json has a non-numeric {key} ({value!r}); the run folder is corrupt")
+    for key, kind in CONFIG_TYPES.items():
+        value = _select(summary["config"], key)
+        if value is not None and not _is_kind(value, kind):
+            raise UsageError(
+                f"{path}: summary.json's config has {key} = {value!r}, not {kind}; the run folder is corrupt (sane-run "
+                "writes no such value)"
+            )
     tables = {}
     for name, columns in (("metrics", METRICS_COLUMNS), ("hessian", HESSIAN_COLUMNS), ("loss", LOSS_COLUMNS)):
         if name == "loss" and not (path / "loss.csv").exists():

@@ -236,8 +236,13 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
         runs = kept
     out = Path(out) if out is not None else paths[0] / "report"
     _check_out(out, runs, paths)
+    _clear_earlier_report(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    table = summary_table(runs)
+    notes = []
+    table = summary_table(runs, notes)
+    for note in notes:
+        log.warning("%s", note)
+    skipped += notes
     keys = varying_keys(table)
     log.info("%d runs (%s); varying: %s", len(runs), status_counts(table), ", ".join(keys) or "nothing")
 
@@ -301,6 +306,40 @@ def _check_out(out: Path, runs: list[Run], paths: list[Path]) -> None:
                 f"the output folder {out} holds run folders ({folder}); the report's files would mix with them: "
                 f"write it to {out / 'report'} or another folder (-o)"
             )
+
+
+# what a report writes into its folder: an earlier report's files are replaced as a whole, never mixed
+REPORT_FILES = ("report.html", "figures", "runs", "summary.csv", "groups.csv", "correlations.csv", "basins.csv",
+                "checkpoints.csv", "spikes.csv", "spikes_per_run.csv", "sensitivity.csv",
+                "sensitivity_correlations.csv")  # fmt: skip
+
+
+def _clear_earlier_report(out: Path) -> None:
+    """``out`` ready for a report: new, empty, or holding an earlier report, whose files are removed (and
+    named in the log) so that none of them (a figure of a run no longer there) passes for this report's.
+
+    Raises:
+        UsageError: ``out`` is a file, or a folder holding files a report does not write.
+    """
+    import shutil
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"the output folder {out} is a file; choose a folder (-o), new or holding an earlier report")
+    if not out.exists():
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    foreign = [name for name in entries if name not in REPORT_FILES]
+    if foreign:
+        raise UsageError(
+            f"the output folder {out} holds files a report does not write ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty folder (-o), or one holding an earlier "
+            "report"
+        )
+    if entries:
+        log.info("replacing the earlier report in %s (%s)", out, ", ".join(entries))
+        for name in entries:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 def _all_per_run(runs: list[Run], table: pd.DataFrame, out: Path, options: Options) -> list[tuple]:

@@ -6,6 +6,8 @@ nor matplotlib.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 from pathlib import Path
@@ -14,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UsageError
-from .records import FINISHED, VALUE_COLUMNS, Run, find_runs, is_locked, load_run
+from .records import FINAL_COLUMNS, FINISHED, VALUE_COLUMNS, Run, find_runs, is_locked, load_run
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +76,14 @@ def collect(paths: list[Path]) -> tuple[list[Run], list[str]]:
     return runs, skipped
 
 
-def summary_table(runs: list[Run]) -> pd.DataFrame:
+def summary_table(runs: list[Run], notes: list[str] | None = None) -> pd.DataFrame:
     """One row per run: path, status, config keys, size, and the final metrics and curvature (with the
-    standard errors of estimates). gen_gap = test loss - train loss; acc_gap = train acc - test acc."""
+    standard errors of estimates). gen_gap = test loss - train loss; acc_gap = train acc - test acc.
+
+    Each run's tables are checked against its summary.json (:func:`record_disagreement`): where they disagree
+    the curvature columns are left empty rather than show a stale checkpoint as the final one. Non-finite
+    final values are left empty too. Each such case is appended to ``notes`` (and logged)."""
+    notes = [] if notes is None else notes
     rows = []
     for run in runs:
         s = run.summary
@@ -84,15 +91,24 @@ def summary_table(runs: list[Run]) -> pd.DataFrame:
         row.update({k: _get(run.config, p) for k, p in CONFIG_KEYS.items()})
         row.update({k: v for k, v in flat_config(run.config).items() if k not in row})
         row.update(n_params=s.get("n_params"), steps_done=s.get("steps_done"), wall_seconds=s.get("wall_seconds"))
+        infinite = []
         for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
-            value = s.get(f"final_{key}")
-            row[key] = np.nan if value is None else value  # null: not reached, or not finite (a diverged run)
+            value = s.get(f"final_{key}")  # null: not reached, or not finite (a diverged run)
+            row[key] = np.nan if value is None or not np.isfinite(value) else value
+            if value is not None and not np.isfinite(value):
+                infinite.append(f"{key} {value}")
+        if infinite:
+            notes.append(f"{run.path}: summary.json's final {', '.join(infinite)}: not finite, left empty")
         h = run.hessian[run.hessian.kind != "pre_spike"] if len(run.hessian) else run.hessian
         last = h.sort_values("step").iloc[-1] if len(h) else None
+        disagreement = record_disagreement(run)
+        if disagreement:
+            notes.append(f"{run.path}: {disagreement}; its final curvature is left empty")
+            last = None
         for key in VALUE_COLUMNS:  # the last checkpoint's values, with their standard errors and bounds
             row[key] = float(last[key]) if last is not None else np.nan
-        row["sharpness_ratio_late"] = late_sharpness_ratio(run.hessian)
-        row.update(late_means(run.hessian))
+        row["sharpness_ratio_late"] = late_sharpness_ratio(run.hessian) if last is not None else np.nan
+        row.update({k: v if last is not None else np.nan for k, v in late_means(run.hessian).items()})
         row["curvature_step"] = int(last.step) if last is not None else np.nan
         row["method"] = last.method if last is not None else None
         # the Hessian's examples: the whole training set, or (marked) a subset of it
@@ -114,6 +130,35 @@ def summary_table(runs: list[Run]) -> pd.DataFrame:
     return table[["label", *[c for c in table.columns if c != "label" and c not in dotted], *dotted]]
 
 
+def record_disagreement(run: Run) -> str:
+    """Where a run's tables disagree with what its summary.json recorded at the end ("" where they agree, or
+    where the summary recorded no end): metrics.csv's last step against ``final_step``; hessian.csv's last
+    checkpoint (pre-spike ones aside) against ``final_curvature_step`` and its values against the final ones.
+    A CSV that lost its last rows (cut at a row boundary) reads as a whole file; only this shows it."""
+    s = run.summary
+    if s.get("final_step") is not None and len(run.metrics) and int(run.metrics.step.iloc[-1]) != s["final_step"]:
+        return f"metrics.csv ends at step {int(run.metrics.step.iloc[-1])}, summary.json at step {s['final_step']}"
+    if s.get("final_curvature_step") is None:
+        return ""
+    h = run.hessian[run.hessian.kind != "pre_spike"] if len(run.hessian) else run.hessian
+    if not len(h):
+        return f"hessian.csv holds no checkpoint, summary.json one at step {s['final_curvature_step']}"
+    last = h.sort_values("step").iloc[-1]
+    if int(last.step) != s["final_curvature_step"]:
+        return (
+            f"hessian.csv's last checkpoint is at step {int(last.step)}, summary.json's at step "
+            f"{s['final_curvature_step']}"
+        )
+    for column in FINAL_COLUMNS:
+        recorded, logged = s.get(f"final_{column}"), float(last[column])
+        recorded = np.nan if recorded is None else float(recorded)  # summary.json writes non-finite as null
+        if np.isnan(logged) and not np.isnan(recorded):  # a column older versions did not write (read as empty)
+            continue
+        if not (np.isclose(recorded, logged, rtol=1e-9, atol=0) or (np.isnan(recorded) and not np.isfinite(logged))):
+            return f"hessian.csv's last {column} is {logged:.6g}, summary.json's final one {recorded:.6g}"
+    return ""
+
+
 def run_status(run: Run) -> str:
     """The run's status, but ``stopped`` for one that says ``running`` while no process holds its folder:
     it was killed (SIGKILL, a lost node) and can be continued with ``sane-run resume=<folder>``."""
@@ -133,6 +178,8 @@ def flat_config(config: dict) -> dict:
     for key, value in flat.items():
         if key in IGNORED_KEYS or key.startswith(("hydra.", "experiment")):
             continue
+        if isinstance(value, list | dict):  # a value a table can group by
+            value = json.dumps(value, default=str)
         out[dotted.get(key, key)] = "null" if value is None else value
     return out
 
@@ -168,9 +215,20 @@ def _fmt(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+SLUG_MAX = 120  # characters of a file name made from a label (file systems allow 255 bytes)
+
+
 def slug(label: str) -> str:
-    """A file-name-safe form of a run label."""
-    return re.sub(r"[^A-Za-z0-9=.,_#-]+", "_", label).strip("_") or "run"
+    """A file-name-safe form of a run label; a long one cut, with a hash of the whole label to keep it apart.
+
+    >>> slug("lr=0.5 depth=8")
+    'lr=0.5_depth=8'
+    """
+    name = re.sub(r"[^A-Za-z0-9=.,_#-]+", "_", label).strip("_") or "run"
+    if len(name) > SLUG_MAX:
+        digest = hashlib.sha1(label.encode()).hexdigest()[:10]
+        name = f"{name[: SLUG_MAX - 12].rstrip('_')}~{digest}"
+    return name
 
 
 def unique_slugs(labels) -> list[str]:

@@ -197,6 +197,7 @@ class _Training:
 
     def __init__(self, cfg, data: Data, model: torch.nn.Module, device, writer: RunWriter, signals: Signals):
         self.cfg, self.model, self.writer, self.signals = cfg, model, writer, signals
+        self.config = json.dumps(OmegaConf.to_container(cfg, resolve=True), default=json_default)
         self.loss_fn = loss_function(cfg.loss, data.n_classes)
         self.lr = float(cfg.optim.lr)
         self.opt = build_optimizer(model.parameters(), cfg.optim)
@@ -394,6 +395,7 @@ class _Training:
         resume = {
             "format": RESUME_FORMAT,
             "step": top["step"],
+            "config": self.config,  # what this state was trained with: a resumed run takes its config from here
             "sizes": sizes,  # bytes of each CSV at the top of that step: the part a resumed run keeps
             **top["schedule"],  # spikes, measured, post_spike_at, pre_spike_step, pre_spike_parameters, detector
             "last": json.dumps(top["last"], default=json_default),  # exact: floats are written with all their digits

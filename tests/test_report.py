@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -607,3 +608,83 @@ def test_a_key_the_x_axis_determines_draws_no_line_of_its_own():
     t = pd.DataFrame({"lr": [0.1, 0.1, 0.5, 0.5], "hessian.every": [500, 500, 100, 100], "depth": [2, 3, 2, 3]})
     assert _determined_by(t, "hessian.every", "lr") and not _determined_by(t, "depth", "lr")
     assert _determined_by(t, "lr", "hessian.every") and not _determined_by(t, "lr", "depth")
+
+
+def test_a_record_at_odds_with_itself_shows_no_stale_value(sweep, tmp_path, caplog):
+    """A finished run whose hessian.csv lost its last whole row reads as a whole file: only the summary's
+    record of the last checkpoint shows it. The report names the disagreement and leaves the run's final
+    curvature empty rather than showing an earlier checkpoint's as final. Non-finite finals are empty too,
+    values of the wrong type in a config cost that run only, and lists in a config group like any value."""
+    root = tmp_path / "runs"
+    good = find_runs(sweep)[0]
+    for name in ("cut", "infinite", "typed", "listed", "intact"):
+        shutil.copytree(good, root / name)
+
+    def edit(name, change):
+        path = root / name / "summary.json"
+        summary = json.loads(path.read_text())
+        change(summary)
+        path.write_text(json.dumps(summary))
+
+    lines = (root / "cut" / "hessian.csv").read_text().splitlines(keepends=True)
+    (root / "cut" / "hessian.csv").write_text("".join(lines[:-1]))
+    edit("infinite", lambda s: s.update(final_test_loss=float("inf"), final_train_loss=float("nan")))
+    edit("typed", lambda s: s["config"]["optim"].update(lr="fast"))
+    edit("listed", lambda s: s["config"]["hessian"].update(note=[1, [2, 3]]))
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no pandas or numpy warning leaks from non-finite values
+        report([root], tmp_path / "rep", Options(jobs=1))
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    table = pd.read_csv(tmp_path / "rep" / "summary.csv").set_index("run")
+    cut, intact = table.loc[str(root / "cut")], table.loc[str(root / "intact")]
+    last = load_run(root / "intact").hessian.iloc[-1]
+    assert any(
+        f"{root / 'cut'}: hessian.csv's last checkpoint is at step {int(last.step) - 10}, summary.json's at step "
+        f"{int(last.step)}; its final curvature is left empty" in w
+        for w in warned
+    ), warned
+    assert np.isnan(cut.sane) and np.isnan(cut.n_eff) and np.isnan(cut.sane_late)
+    assert cut.test_loss == intact.test_loss  # the summary's finals stand
+    assert intact.sane == pytest.approx(last.sane, rel=1e-12)
+    infinite = table.loc[str(root / "infinite")]
+    assert np.isnan(infinite.test_loss) and np.isnan(infinite.train_loss) and np.isnan(infinite.gen_gap)
+    assert any("final train_loss nan, test_loss inf: not finite, left empty" in w for w in warned), warned
+    assert str(root / "typed") not in table.index
+    assert any("summary.json's config has optim.lr = 'fast', not a number" in w for w in warned), warned
+    assert table.loc[str(root / "listed"), "hessian.note"] == "[1, [2, 3]]"
+    assert len(pd.read_csv(tmp_path / "rep" / "groups.csv")) >= 1
+
+
+def test_long_labels_make_short_distinct_file_names_and_the_output_folder_is_checked(sweep, tmp_path, caplog):
+    """Runs differing in many keys have labels longer than a file name may be: their folders are cut and
+    told apart by a hash, the whole label kept in the tables. `-o` a file is refused; an earlier report in
+    `-o` is replaced whole (its files named), a folder holding other files refused."""
+    good = find_runs(sweep)[0]
+    for i in range(2):
+        shutil.copytree(good, tmp_path / "runs" / str(i))
+        path = tmp_path / "runs" / str(i) / "summary.json"
+        summary = json.loads(path.read_text())
+        summary["config"]["hessian"].update({f"note_{k:02d}_a_rather_long_key_name": f"{i}{k}" for k in range(14)})
+        path.write_text(json.dumps(summary))
+    out = tmp_path / "rep"
+    report([tmp_path / "runs"], out, Options(jobs=1))
+    table = pd.read_csv(out / "summary.csv")
+    assert all(len(label.encode()) > 255 for label in table.label)
+    folders = sorted(p.name for p in (out / "runs").iterdir())
+    assert len(folders) == 2 and len(set(folders)) == 2 and all(len(f) <= 120 for f in folders)
+    assert all((out / "runs" / f / "dynamics.png").is_file() for f in folders)
+    assert all(label in (out / "report.html").read_text() for label in table.label)
+
+    stale = out / "runs" / "a-run-no-longer-there"
+    stale.mkdir()
+    with caplog.at_level(logging.INFO):
+        report([tmp_path / "runs"], out, Options(jobs=1))
+    assert not stale.exists()
+    assert any(f"replacing the earlier report in {out} (basins.csv" in r.getMessage() for r in caplog.records)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match=rf"the output folder {out} holds files a report does not write \(notes.txt\)"):
+        report([tmp_path / "runs"], out, Options(jobs=1))
+    assert (out / "notes.txt").read_text() == "mine" and (out / "report.html").is_file()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match="is a file; choose a folder"):
+        main([str(tmp_path / "runs"), "-o", str(tmp_path / "file")])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -19,6 +20,7 @@ from helpers import TINY, make_config
 from omegaconf import OmegaConf
 from test_cli import command, run
 
+from sane_cli.cli import continue_command, hydra_quote
 from sane_cli.config import validate
 from sane_cli.errors import UsageError
 from sane_cli.records import RunWriter, load_run, resume_point
@@ -46,8 +48,9 @@ def _start(cwd: Path, *args: str) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def _stop_after(proc: subprocess.Popen, folder: Path, rows: int, sig: int) -> None:
-    """Send ``sig`` once loss.csv holds ``rows`` rows (0: as soon as the run folder is claimed)."""
+def _stop_after(proc: subprocess.Popen, folder: Path, rows: int, sig: int) -> str:
+    """Send ``sig`` once loss.csv holds ``rows`` rows (0: as soon as the run folder is claimed); the run's
+    stderr."""
 
     def logged() -> int:
         path = folder / "loss.csv"
@@ -59,7 +62,7 @@ def _stop_after(proc: subprocess.Popen, folder: Path, rows: int, sig: int) -> No
             assert time.time() < deadline, "the run did not get there"
             time.sleep(0.02)
         proc.send_signal(sig)
-        proc.communicate(timeout=60)
+        return proc.communicate(timeout=60)[1]
     finally:
         proc.kill()
 
@@ -254,3 +257,68 @@ def test_a_signal_that_torch_turns_into_another_error_still_stops_the_run(tmp_pa
     train(cfg, tmp_path / "run", progress=False, resume=True)
     train(cfg, tmp_path / "whole", progress=False)
     assert _files(tmp_path / "run") == _files(tmp_path / "whole")
+
+
+def test_resume_never_discards_or_mislabels_what_a_run_logged(tmp_path):
+    """Without its checkpoint.pt a run that logged rows is refused, every file left as it was; a summary.json
+    whose config was edited after the run started disagrees with the checkpoint it was trained with: refused,
+    rather than rows of two learning rates in one file."""
+    folder = _stopped_run(tmp_path)
+    files = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    summary = json.loads((folder / "summary.json").read_text())
+    edited = {**summary, "config": {**summary["config"], "lr": 0.3, "optim": {**summary["config"]["optim"], "lr": 0.3}}}
+    (folder / "summary.json").write_text(json.dumps(edited))
+    out = run(tmp_path, f"resume={folder}")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == (
+        f"sane-run: error: {folder}/summary.json's config disagrees with the config its checkpoint.pt was trained "
+        "with (lr: 0.3 in summary.json, 0.1 in checkpoint.pt); put summary.json's value back (.hydra/config.yaml "
+        "holds the run's start), or start a new run\n"
+    )
+    (folder / "summary.json").write_bytes(files[folder / "summary.json"])
+
+    (folder / "checkpoint.pt").rename(tmp_path / "checkpoint.pt")
+    out = run(tmp_path, f"resume={folder}")
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
+    assert re.search(
+        r"has no checkpoint.pt to resume from, but holds what the run logged "
+        r"\(\d+ rows of metrics.csv, 3 rows of hessian.csv, \d+ rows of loss.csv, 3 spectra\)",
+        out.stderr,
+    ), out.stderr
+    assert "resuming would start it over and discard that" in out.stderr
+    with pytest.raises(UsageError, match="has no checkpoint.pt to resume from"):
+        train(make_config("steps=200", "hessian.every=50"), folder, progress=False, resume=True)
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == {
+        p: b for p, b in files.items() if p.name != "checkpoint.pt"
+    }
+
+    # the checkpoint back: the run resumes with the config the checkpoint holds, to the end
+    (tmp_path / "checkpoint.pt").rename(folder / "checkpoint.pt")
+    out = run(tmp_path, f"resume={folder}", "threads=1")
+    assert out.returncode == 0, out.stderr
+    done = load_run(folder)
+    assert done.status == "completed" and set(done.metrics.lr) == {0.1} and set(done.hessian.lr) == {0.1}
+
+
+@pytest.mark.parametrize(
+    "name", ["jürgen", "a b=c,d", "it's $HOME"], ids=["non-ascii", "space-eq-comma", "quote-dollar"]
+)
+def test_the_printed_continue_command_resumes_a_run_in_any_folder(tmp_path, name):
+    """A run stopped by SIGTERM prints how to continue it; that line, given to a shell as it is, resumes the
+    run, whatever characters its folder's path holds."""
+    cwd = tmp_path / name
+    cwd.mkdir()
+    folder = cwd / "run"
+    proc = _start(
+        cwd, *TINY, "steps=300", "hessian.every=100", "threads=1", f"hydra.run.dir={hydra_quote(str(folder))}"
+    )
+    stderr = _stop_after(proc, folder, 150, signal.SIGTERM)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert json.loads((folder / "summary.json").read_text())["status"] == "interrupted"
+    again = continue_command(folder)
+    assert f"keeps all it logged (continue: {again})" in stderr
+    out = subprocess.run(["bash", "-c", again.replace("sane-run", command("sane-run"), 1)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, (again, out.stderr)
+    assert load_run(folder).status == "completed" and load_run(folder).hessian.step.tolist() == [0, 100, 200, 300]
