@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import re
 import sys
@@ -21,6 +20,31 @@ from .errors import UsageError
 # torch, Hydra and the training code are imported where used, so that `sane-report` starts quickly
 CONFIG_MODULE = "sane_cli.conf"
 GROUPS = ("dataset", "model", "optim", "hessian", "experiment")
+
+
+NAME_MAX = 200  # bytes of a folder name made from overrides (file systems allow 255)
+
+
+def short_name(name: str) -> str:
+    """``name`` as a folder name a file system can hold: as it is up to NAME_MAX bytes, else cut there, with
+    a hash of the whole name to keep it apart (the ``sane_short`` resolver of the sweep's job folders).
+
+    >>> short_name("lr=0.1,seed=0")
+    'lr=0.1,seed=0'
+    """
+    data = name.encode()
+    if len(data) <= NAME_MAX:
+        return name
+    import hashlib
+
+    cut = data[: NAME_MAX - 12].decode(errors="ignore")
+    return f"{cut}~{hashlib.sha1(data).hexdigest()[:10]}"
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("sane_short", short_name, replace=True)
 
 
 def _usage_exit(prog: str, err: UsageError) -> None:
@@ -37,7 +61,10 @@ def _hydra_app():
     that a run's record of how it was started is never replaced."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import DictConfig
+
+    _register_resolvers()
 
     @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
     def app(cfg: DictConfig) -> None:
@@ -46,23 +73,18 @@ def _hydra_app():
 
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
-        log = logging.getLogger("sane_cli")
         try:
-            resume = _existing_run(cfg, run_dir, list(hydra_cfg.overrides.task))
+            resume = _existing_run(cfg, run_dir, list(hydra_cfg.overrides.task), hydra_cfg.mode == RunMode.MULTIRUN)
             if resume is None:
                 return
-            if resume is False:
-                _save_hydra_files(run_dir, cfg)
-            else:
+            if resume is not False:
                 cfg = resume
             _set_threads(cfg.get("threads"), hydra_cfg.launcher)
-            train(cfg, run_dir, resume=resume is not False)
-        except UsageError as e:
-            log.error("%s", e)
+            composed = cfg
+            train(cfg, run_dir, resume=resume is not False, on_claimed=lambda: _save_hydra_files(run_dir, composed))
+        except UsageError as e:  # to stderr only: the folder may be another run's, whose run.log is its own
             _usage_exit("sane-run", e)
         except Interrupted as e:  # one line, and the shell's code for a death by that signal (submitit reads it)
-            from hydra.types import RunMode
-
             again = continue_command(run_dir)
             if hydra_cfg.mode == RunMode.MULTIRUN:
                 sweep = shell_quote("hydra.sweep.dir=" + hydra_quote(str(hydra_cfg.sweep.dir)))
@@ -77,20 +99,40 @@ def _hydra_app():
     return app
 
 
-def _existing_run(cfg, run_dir: Path, overrides: list[str]):
+def _existing_run(cfg, run_dir: Path, overrides: list[str], multirun: bool):
     """What to do in ``run_dir``: False, start a new run; None, nothing (it holds a run that has ended);
     otherwise the config to resume the run there with: its own, with ``threads`` and ``device`` from this
     command line (``resume=<folder>``), or the composed one (a sweep started again, checked to be the same)."""
     from omegaconf import OmegaConf, open_dict
 
-    from .records import ENDED, MAY_DIFFER, is_run_dir, resume_point, status_of
+    from .config import validate
+    from .records import (
+        ENDED,
+        MAY_DIFFER,
+        config_value,
+        first_difference,
+        is_run_dir,
+        read_summary,
+        resume_point,
+        status_of,
+    )
 
     if cfg.get("resume") is None and not is_run_dir(run_dir):
         return False
+    if cfg.get("resume") is None and not multirun:  # claimed since precheck looked: by a run started with this one
+        raise UsageError(f"{run_dir} already holds a run (summary.json); choose another folder (hydra.run.dir)")
     if cfg.get("resume") is None:  # a sweep started again into the same hydra.sweep.dir
         status = status_of(run_dir)
-        if status in ENDED:
-            print(f"sane-run: {run_dir} already holds a {status} run; skipped", flush=True)  # its run.log untouched
+        if status in ENDED:  # its files untouched, its run.log too
+            stored = read_summary(run_dir)["config"]
+            now = OmegaConf.to_container(validate(cfg.copy()), resolve=True)
+            key = first_difference(now, stored)
+            if key is not None:
+                print(f"sane-run: {run_dir} holds a {status} run of another config ({key}: "
+                      f"{config_value(stored, key)!r} there, {config_value(now, key)!r} now); skipped, not run: give "
+                      "this sweep another hydra.sweep.dir", file=sys.stderr, flush=True)  # fmt: skip
+            else:
+                print(f"sane-run: {run_dir} already holds a {status} run; skipped", flush=True)
             return None
         return cfg  # train(resume=True) checks that the run there has this job's config
     # resume=<folder>: checked before Hydra started (precheck); the config its checkpoint.pt was trained with
@@ -199,7 +241,17 @@ def precheck(argv: list[str]) -> None:
             if is_run_dir(folder):
                 raise UsageError(
                     f"hydra.run.dir={folder} already holds a run (summary.json); choose another folder, or continue "
-                    f"a stopped run with sane-run resume={folder}"
+                    f"a stopped run with {continue_command(folder)}"
+                )
+        if word.startswith(("hydra.run.dir=", "hydra.sweep.dir=")):  # nor is a folder inside a run folder
+            folder = Path(word_value(word)).expanduser().absolute()
+            inside = next((p for p in folder.parents if is_run_dir(p)), None)
+            if multirun and word.startswith("hydra.sweep.dir=") and is_run_dir(folder):
+                inside = folder
+            if inside is not None:
+                raise UsageError(
+                    f"{word.split('=', 1)[0]}={folder} lies inside the run folder {inside}; its files are that "
+                    "run's record: choose a folder outside it"
                 )
     _check_writable(words, multirun)
     parser, overrides = OverridesParser.create(), []
@@ -265,6 +317,8 @@ def _check_resume(words: list[str], multirun: bool) -> None:
 
     if multirun:
         raise UsageError("resume= continues one run; to continue a sweep, run it again with the same hydra.sweep.dir")
+    if sum(w.startswith("resume=") for w in words) > 1:
+        raise UsageError("resume= is given more than once; continue one run at a time")
     folder = Path(word_value(next(w for w in words if w.startswith("resume=")))).expanduser()
     others = [
         w for w in words if not w.startswith(("resume=", "hydra.verbose", "hydra/job_logging", "hydra/hydra_logging"))
@@ -375,7 +429,27 @@ def run_main() -> None:
             _usage_exit("sane-run", e)
         if any(a.startswith("resume=") for a in argv):
             sys.argv[1:] = resume_argv(argv)
+        if any(a in ("-m", "--multirun") for a in argv):
+            _keep_earlier_multirun(argv)
     _hydra_app()()
+
+
+def _keep_earlier_multirun(argv: list[str]) -> None:
+    """A sweep started again into a ``hydra.sweep.dir`` that holds one: Hydra writes this start's
+    multirun.yaml over the earlier one, which the finished jobs there were run by; it is kept first as
+    multirun.<k>.yaml (k = 1 for the first start)."""
+    import shutil
+
+    given = next((word_value(w) for w in reversed(argv) if w.startswith("hydra.sweep.dir=")), None)
+    if given is None:
+        return
+    earlier = Path(given).expanduser() / "multirun.yaml"
+    if earlier.is_file():
+        k = 1
+        while earlier.with_name(f"multirun.{k}.yaml").exists():
+            k += 1
+        shutil.copy2(earlier, earlier.with_name(f"multirun.{k}.yaml"))
+        print(f"sane-run: {earlier.parent} holds a sweep; its multirun.yaml is kept as multirun.{k}.yaml", flush=True)
 
 
 def report_main() -> None:

@@ -266,19 +266,21 @@ def resume_point(run_dir: str | Path, config: dict[str, Any] | None = None) -> R
             raise UsageError(f"{run_dir}/checkpoint.pt holds no valid resume state ({type(e).__name__})") from None
         trained = checkpoint_config(checkpoint)
         if trained is not None:  # the config the saved state was trained with is the run's; summary.json must agree
-            key = _first_difference(_finite(trained), stored)  # (summary.json writes inf and nan as null)
+            key = first_difference(_finite(trained), stored)  # (summary.json writes inf and nan as null)
             if key is not None:
                 raise UsageError(
                     f"{run_dir}/summary.json's config disagrees with the config its checkpoint.pt was trained with "
-                    f"({key}: {stored.get(key)!r} in summary.json, {trained.get(key)!r} in checkpoint.pt); put "
-                    "summary.json's value back (.hydra/config.yaml holds the run's start), or start a new run"
+                    f"({key}: {config_value(stored, key)!r} in summary.json, {config_value(trained, key)!r} in "
+                    "checkpoint.pt); put summary.json's value back (.hydra/config.yaml holds the run's start), or "
+                    "start a new run"
                 )
             stored = summary["config"] = {**trained, **{k: stored[k] for k in MAY_DIFFER if k in stored}}
     if config is not None:
-        key = _first_difference(config, stored)
+        key = first_difference(config, stored)
         if key is not None:
             raise UsageError(
-                f"{run_dir} holds a run with another config ({key}: {stored.get(key)!r} there, {config.get(key)!r} "
+                f"{run_dir} holds a run with another config ({key}: {config_value(stored, key)!r} there, "
+                f"{config_value(config, key)!r} "
                 "now); resume it with its own config, or give the new run another folder"
             )
     return ResumePoint(summary, step, checkpoint)
@@ -290,10 +292,22 @@ def checkpoint_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
     return None if text is None else json.loads(text)
 
 
-def _first_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
-    """The first key (sorted) whose value differs between two run configs, ``MAY_DIFFER`` aside; None if none."""
+def first_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """The first key (dotted, sorted) whose value differs between two run configs, ``MAY_DIFFER`` aside; None
+    if none. ``config_value(a, key)`` and ``config_value(b, key)`` are the two values."""
     changed = sorted(k for k in set(a) | set(b) if k not in MAY_DIFFER and a.get(k) != b.get(k))
-    return changed[0] if changed else None
+    if not changed:
+        return None
+    key = changed[0]
+    if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+        inner = first_difference({k: v for k, v in a[key].items()}, {k: v for k, v in b[key].items()})
+        return f"{key}.{inner}" if inner is not None else key
+    return key
+
+
+def config_value(config: dict[str, Any], key: str) -> Any:
+    """The value at a dotted ``key`` of a plain config (None where it has none)."""
+    return _select(config, key)
 
 
 def _logged(run_dir: Path) -> str:

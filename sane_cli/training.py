@@ -16,6 +16,7 @@ import platform
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,12 @@ def evaluate(
 
 
 def train(
-    cfg: DictConfig, run_dir: str | Path, *, progress: bool | None = None, resume: bool = False
+    cfg: DictConfig,
+    run_dir: str | Path,
+    *,
+    progress: bool | None = None,
+    resume: bool = False,
+    on_claimed: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Train the model described by ``cfg``, logging metrics and curvature checkpoints into ``run_dir``.
 
@@ -120,6 +126,9 @@ def train(
         resume: continue the stopped run in ``run_dir`` from its checkpoint.pt
             (:func:`sane_cli.records.resume_point`); ``cfg`` must be the run's own, ``threads`` and ``device``
             aside.
+        on_claimed: called once a new run has claimed ``run_dir`` (its summary.json), before any work: what
+            else the folder records of how the run started (sane-run's .hydra/) is written only by the run
+            that owns it.
     """
     cfg = validate(cfg.copy())
     run_dir = Path(run_dir)
@@ -133,6 +142,12 @@ def train(
 
     started = time.time()
     writer, summary = _open_run(cfg, run_dir, point, data, device, n_params)
+    if point is None and on_claimed is not None:
+        try:
+            on_claimed()
+        except BaseException:
+            writer.close()
+            raise
     earlier_seconds = float(summary.get("wall_seconds") or 0.0)  # a resumed run's time before this start
     writer.write_summary(summary)
     log.info(

@@ -120,6 +120,72 @@ def test_a_named_folder_that_holds_a_run_is_refused_untouched(tmp_path):
         "continue a stopped run with sane-run resume=done"
     )
     assert {p: p.read_bytes() for p in sorted((tmp_path / "done").rglob("*")) if p.is_file()} == before
+    for args in (["hydra.run.dir=done/spectra"], ["-m", "lr=0.1,0.2", "hydra.sweep.dir=done"],
+                 ["-m", "lr=0.1,0.2", "hydra.sweep.dir=done/sweep"]):  # fmt: skip
+        out = run(tmp_path, *TINY, *args)
+        key = args[-1].split("=")[0]
+        assert out.returncode == 2 and out.stderr.strip().startswith(
+            f"sane-run: error: {key}={tmp_path / args[-1].split('=')[1]} lies inside the run folder {tmp_path / 'done'}"
+        ), out.stderr
+        assert {p: p.read_bytes() for p in sorted((tmp_path / "done").rglob("*")) if p.is_file()} == before
+
+
+def test_two_runs_started_into_one_folder_leave_the_winners_record(tmp_path):
+    """Started together into one hydra.run.dir: one claims the folder, the other is refused in one line, and
+    .hydra/ (written only by the run that claimed it) records the winner's config, never the loser's."""
+    for trial in range(3):
+        folder = tmp_path / f"one_{trial}"
+        procs = [
+            subprocess.Popen([command("sane-run"), *TINY, f"lr={lr}", f"hydra.run.dir={folder}"], cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for lr in (0.3, 0.1)
+        ]  # fmt: skip
+        errs = [p.communicate(timeout=300)[1] for p in procs]
+        codes = sorted(p.returncode for p in procs)
+        assert codes == [0, 2], errs
+        (loser,) = [e for p, e in zip(procs, errs, strict=True) if p.returncode == 2]
+        assert len(loser.strip().splitlines()) == 1 and "already holds a run" in loser, loser  # either check
+        lr = load_run(folder).config["optim"]["lr"]
+        hydra_config = (folder / ".hydra" / "config.yaml").read_text()
+        assert f"lr: {lr}\n" in hydra_config and f"lr: {0.4 - lr:.1f}\n" not in hydra_config
+        assert "error" not in (folder / "run.log").read_text().lower()
+
+
+def test_a_sweep_started_again_with_another_config_says_so_per_job(tmp_path):
+    """Finished jobs of a sweep started again are skipped; where they ran with another config (here a key that
+    is not in folder names) each says so in one line. The earlier multirun.yaml is kept, not overwritten."""
+    sweep = [
+        "-m",
+        *TINY,
+        "lr=0.1,0.2",
+        "hydra.sweep.dir=sw",
+        "hydra.sweep.subdir=job${hydra.job.num}",
+        "dataset.noise=0.1",
+    ]
+    assert run(tmp_path, *sweep).returncode == 0
+    first = (tmp_path / "sw" / "multirun.yaml").read_text()
+    jobs = find_runs(tmp_path / "sw")
+    before = {p: p.read_bytes() for p in sorted((tmp_path / "sw").rglob("*")) if p.is_file()}
+    out = run(tmp_path, *sweep[:-1], "dataset.noise=0.2")
+    assert out.returncode == 0, out.stderr
+    said = [ln for ln in out.stderr.splitlines() if "of another config" in ln]
+    assert len(said) == 2 and all(
+        "run of another config (dataset.noise: 0.1 there, 0.2 now); skipped, not run" in ln for ln in said
+    ), out.stderr
+    assert (tmp_path / "sw" / "multirun.1.yaml").read_text() == first
+    assert "dataset.noise=0.2" in (tmp_path / "sw" / "multirun.yaml").read_text()
+    for job in jobs:  # the jobs' files as they were
+        assert all(p.read_bytes() == b for p, b in before.items() if job in p.parents)
+
+
+def test_job_folders_of_a_sweep_over_long_keys_fit_a_file_name(tmp_path):
+    """A sweep whose override list passes 255 bytes: each job's folder is cut with a hash of the whole list."""
+    long = [f"+hessian.a_rather_long_note_key_{k}={'x' * 40}" for k in range(5)]
+    out = run(tmp_path, "-m", *TINY, "lr=0.1,0.2", "hydra.sweep.dir=sw", *long)
+    assert out.returncode == 0, out.stderr
+    jobs = find_runs(tmp_path / "sw")
+    assert len(jobs) == 2 and all(len(j.name.encode()) <= 255 for j in jobs) and jobs[0].name != jobs[1].name
+    assert sorted(load_run(j).config["optim"]["lr"] for j in jobs) == [0.1, 0.2]
 
 
 def test_joblib_sweep_of_four_jobs(tmp_path):
