@@ -74,6 +74,13 @@ def flag(cfg, key: str) -> None:
         fail(key, _value(cfg, key), "must be true or false")
 
 
+def path(cfg, key: str, *, optional: bool = False) -> None:
+    """``key`` is a path, written as text (null only if ``optional``)."""
+    value = _value(cfg, key)
+    if not (isinstance(value, str) and value) and not (optional and value is None):
+        fail(key, value, "must be a folder's path" + (" or null" if optional else ""))
+
+
 class Registry(dict, Generic[T]):
     """A config group's options: name -> what builds or describes it. Looking up a name it does not hold
     raises :class:`UsageError` naming the key and the known names, never a fall-through to a default.

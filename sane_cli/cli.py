@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -68,7 +69,7 @@ def _hydra_app():
 
     @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
     def app(cfg: DictConfig) -> None:
-        from .signals import Interrupted
+        from .records import is_run_dir, status_of
         from .training import train
 
         hydra_cfg = HydraConfig.get()
@@ -84,7 +85,14 @@ def _hydra_app():
             train(cfg, run_dir, resume=resume is not False, on_claimed=lambda: _save_hydra_files(run_dir, composed))
         except UsageError as e:  # to stderr only: the folder may be another run's, whose run.log is its own
             _usage_exit("sane-run", e)
-        except Interrupted as e:  # one line, and the shell's code for a death by that signal (submitit reads it)
+        except KeyboardInterrupt as e:
+            if getattr(e, "step", None) is None:  # before training started: Hydra's run.log (and folder) not left
+                if not is_run_dir(run_dir):  # ... where no run claimed the folder
+                    (run_dir / "run.log").unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        run_dir.rmdir()  # only if empty
+                raise
+            # one line, and the shell's code for a death by that signal (submitit reads it)
             again = continue_command(run_dir)
             if hydra_cfg.mode == RunMode.MULTIRUN:
                 sweep = shell_quote("hydra.sweep.dir=" + hydra_quote(str(hydra_cfg.sweep.dir)))
@@ -92,9 +100,11 @@ def _hydra_app():
             print(f"sane-run: stopped by {e} at step {e.step}; {run_dir} keeps all it logged (continue: {again})",
                   file=sys.stderr)  # fmt: skip
             sys.exit(128 + int(e.signum))
-        except KeyboardInterrupt:  # Ctrl-C before training started
-            print("sane-run: stopped by SIGINT before training started", file=sys.stderr)
-            sys.exit(128 + 2)
+        except Exception as e:  # one line; the traceback is in summary.json where the run got that far
+            recorded = is_run_dir(run_dir) and status_of(run_dir) == "failed"
+            where = f"{run_dir}/summary.json records it, with the traceback" if recorded else f"in {run_dir}"
+            print(f"sane-run: error: the run failed ({type(e).__name__}: {e}); {where}", file=sys.stderr)
+            sys.exit(1)
 
     return app
 
@@ -200,6 +210,15 @@ def _check_launcher(name: str) -> None:
     module, extra = LAUNCHERS[name]
     if importlib.util.find_spec(module) is None:
         raise UsageError(f"hydra/launcher={name} needs its Hydra plugin: pip install 'sane-run[{extra}]'")
+    if name in ("slurm", "submitit_slurm"):
+        import shutil
+
+        missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
+        if missing:
+            raise UsageError(
+                f"hydra/launcher={name} needs SLURM's commands ({', '.join(missing)} not found on PATH): start the "
+                "sweep on the cluster's login node, or use hydra/launcher=joblib on this machine"
+            )
 
 
 def group_options(group: str) -> list[str]:
@@ -227,6 +246,7 @@ def precheck(argv: list[str]) -> None:
 
     from .config import check_against_data, validate
     from .data import check_files, dataset_sizes
+    from .devices import resolve_device
     from .models import build_model
     from .records import is_run_dir
 
@@ -285,6 +305,7 @@ def precheck(argv: list[str]) -> None:
             except (HydraException, OmegaConfBaseException) as e:
                 raise UsageError(_compose_error(e, job)) from e
             cfg = validate(cfg)
+            resolve_device(cfg.device)  # device=cuda where there is none: before any job runs
             check_files(cfg.dataset)
             input_shape, n_classes, n_train = dataset_sizes(cfg.dataset)
             with torch.device("meta"):  # the sizes without allocating the model
@@ -418,9 +439,32 @@ def _compose_error(e: Exception, job: tuple[str, ...] = ()) -> str:
     return f"the config does not compose: {lines[0] if lines else type(e).__name__}"
 
 
+def _stop_at_start(signum, _frame):
+    from .signals import Interrupted
+
+    raise Interrupted(signum)
+
+
 def run_main() -> None:
-    """``sane-run [overrides]``, ``sane-run -m key=a,b ...``: see the README."""
-    argv = sys.argv[1:]
+    """``sane-run [overrides]``, ``sane-run -m key=a,b ...``: see the README.
+
+    SIGTERM and Ctrl-C at any moment end it with one line and the shell's status for that signal (128 + its
+    number): during start-up (nothing written, no folder left), or in training (the run records where it
+    stopped)."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # a SIGINT the shell told this process to ignore stays so
+            signal.signal(sig, _stop_at_start)
+    try:
+        _run(sys.argv[1:])
+    except KeyboardInterrupt as e:  # before a run folder was claimed
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"sane-run: stopped by {signal.Signals(signum).name} before training started", file=sys.stderr)
+        sys.exit(128 + int(signum))
+
+
+def _run(argv: list[str]) -> None:
     if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc")
                or a.startswith(("--info=", "--cfg=")) for a in argv):  # fmt: skip
         try:

@@ -51,6 +51,7 @@ def _check_run(cfg: DictConfig) -> None:
     checks.number(cfg, "seed", minimum=0, integer=True)
     checks.choice(cfg, "device", DEVICES)
     checks.number(cfg, "threads", minimum=1, integer=True, optional=True)
+    checks.flag(cfg, "save_checkpoint")
     checks.number(cfg, "max_loss", minimum=0, strict=True)
     checks.number(cfg, "stop.train_loss", minimum=0, optional=True)
     checks.number(cfg, "stop.train_acc", minimum=0, strict=True, optional=True)

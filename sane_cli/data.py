@@ -84,6 +84,14 @@ def check_config(cfg) -> None:
     checks.number(cfg, "dataset.n_train", minimum=1, integer=True, optional=local)
     checks.number(cfg, "dataset.n_test", minimum=1, integer=True, optional=local)
     checks.number(cfg, "dataset.per_class", minimum=1, integer=True, optional=True)
+    if "data_seed" in cfg.dataset:  # generated and shuffled sets
+        checks.number(cfg, "dataset.data_seed", minimum=0, integer=True)
+        if cfg.dataset.data_seed > 2**32 - 1:
+            checks.fail("dataset.data_seed", cfg.dataset.data_seed, "must be at most 2^32 - 1 (a generator's seed)")
+    if "root" in cfg.dataset:
+        checks.path(cfg, "dataset.root", optional=True)  # null: said where the files are looked for
+    if "cache_dir" in cfg.dataset:
+        checks.path(cfg, "dataset.cache_dir", optional=True)
     DATASETS[cfg.dataset.name].check(cfg)
 
 

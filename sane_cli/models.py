@@ -167,6 +167,8 @@ def check_config(cfg) -> None:
     """The ``model`` group's keys of a run config: the name, depth and activation, then the option's own."""
     checks.choice(cfg, "model.name", MODELS)
     checks.number(cfg, "model.depth", minimum=1, integer=True)
+    if "bias" in cfg.model:
+        checks.flag(cfg, "model.bias")
     MODELS[cfg.model.name].check(cfg)
     checks.choice(cfg, "model.activation", ACTIVATIONS)
 

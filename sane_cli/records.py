@@ -43,7 +43,9 @@ checkpoint recorded and appends from there. The folder is locked (flock) while a
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import fcntl
 import io
 import json
@@ -137,7 +139,9 @@ class RunWriter:
             finally:
                 tmp.unlink(missing_ok=True)
         self._lock = _lock(self.dir)
+        self._reserve = self.dir / RESERVE
         try:
+            _reserve_room(self._reserve)
             if resume_sizes is not None:
                 _cut_back(self.dir, resume_sizes)  # {}: back to nothing, the run starts over
             (self.dir / "spectra").mkdir(exist_ok=True)
@@ -173,14 +177,27 @@ class RunWriter:
         _atomic(self.dir / "checkpoint.pt", lambda f: torch.save(state, f))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        text = _summary_text(summary)
-        _atomic(self.dir / "summary.json", lambda f: f.write(text.encode()))
+        """summary.json, whole (a temporary renamed onto it). On a full disk the room kept at the start is given
+        up and the write tried again, so that the status of a run that failed for want of space is recorded."""
+        text = _summary_text(summary).encode()
+        try:
+            _atomic(self.dir / "summary.json", lambda f: f.write(text))
+        except OSError as e:
+            if e.errno != errno.ENOSPC or not self._reserve.exists():
+                raise
+            self._reserve.unlink()
+            _atomic(self.dir / "summary.json", lambda f: f.write(text))
 
     def close(self) -> None:
-        self.metrics.close()
-        self.hessian.close()
-        self.loss.close()
-        os.close(self._lock)  # releases the lock
+        """Close the logs (what a full disk kept from them is lost, the rows before it stay whole or cut at
+        the end, which a reader drops) and release the folder."""
+        try:
+            for log in (self.metrics, self.hessian, self.loss):
+                with contextlib.suppress(OSError):
+                    log.close()
+            self._reserve.unlink(missing_ok=True)
+        finally:
+            os.close(self._lock)  # releases the lock
 
 
 MAY_DIFFER = ("threads", "device", "resume")  # keys a resumed run may change: where it runs, not what it computes
@@ -409,6 +426,23 @@ def _cut_back(folder: Path, sizes: dict[str, int]) -> None:
             path.unlink()
     for tmp in [*folder.glob(".*.tmp"), *(folder / "spectra").glob(".*.tmp")]:
         tmp.unlink(missing_ok=True)
+
+
+RESERVE = ".summary.reserve"  # room on the disk kept while a run is written, for its last summary.json
+RESERVE_BYTES = 256 * 1024
+
+
+def _reserve_room(path: Path) -> None:
+    """A file of RESERVE_BYTES, its blocks allocated, that a full disk gives back for the last summary."""
+    with open(path, "wb") as f:
+        if hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
+                return
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise
+        f.write(b"\0" * RESERVE_BYTES)
 
 
 def _atomic(path: Path, write) -> None:

@@ -16,6 +16,7 @@ import platform
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -169,8 +170,7 @@ def train(
         summary.update(status="interrupted", error=f"{stop} at step {stop.step}", steps_done=stop.step)
         raise stop from None
     except Exception as e:
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
-        log.exception("run failed")
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         raise
     finally:
         summary["wall_seconds"] = round(earlier_seconds + time.time() - started, 3)
@@ -195,6 +195,7 @@ def _open_run(cfg, run_dir: Path, point, data: Data, device, n_params: int) -> t
     sizes = {} if point.checkpoint is None else point.checkpoint["resume"]["sizes"]  # {}: it starts over
     writer, summary = RunWriter(run_dir, resume_sizes=sizes), point.summary
     summary.update(status="running", error=None, config=config)
+    summary.pop("traceback", None)  # of an earlier failed attempt
     summary.setdefault("resumed", []).append(
         {"step": point.step or 0, "started": now, "command": sys.argv, "environment": environment(device)}
     )

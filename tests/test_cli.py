@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 from helpers import TINY
 
 from sane_cli.records import find_runs, load_run
@@ -66,6 +67,24 @@ def test_multirun_sweep(tmp_path):
         (["hessian=block_diag", "width=2000"], "sane-run: error: hessian.method=block_diag needs about 358,039 GiB"),
         (["hydra.run.dir=setup.cfg/run"], "sane-run: error: cannot write the run to setup.cfg/run: "),
         (["hessian=exact", "width=2000"], "sane-run: error: hessian.method=exact needs about 376,468 GiB"),
+        (["dataset.data_seed=abc"], "sane-run: error: dataset.data_seed='abc' is invalid: must be an integer >= 0"),
+        (["dataset.data_seed=2.5"], "sane-run: error: dataset.data_seed=2.5 is invalid: must be an integer >= 0"),
+        (["hessian.prior_precision=0"], "sane-run: error: hessian.prior_precision=0 is invalid: must be a number > 0"),
+        (["model=cnn", "model.bias=maybe"], "sane-run: error: model.bias='maybe' is invalid: must be true or false"),
+        pytest.param(
+            ["-m", "device=cpu,cuda", "steps=10"],
+            "sane-run: error: device='cuda' is invalid: no CUDA device is available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
+        pytest.param(
+            ["-m", "hydra/launcher=slurm", "lr=0.1,0.2"],
+            "sane-run: error: hydra/launcher=slurm needs SLURM's commands (sbatch, srun not found on PATH)",
+            marks=pytest.mark.skipif(
+                shutil.which("srun") is not None
+                or importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+                reason="SLURM is installed here, or the submitit plugin is not",
+            ),
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
@@ -256,3 +275,25 @@ def test_report_tables_the_runs(tmp_path):
     assert (tmp_path / "outputs" / "report" / "summary.csv").is_file()
     missing = run(tmp_path, "nowhere", name="sane-report")
     assert missing.returncode == 2 and missing.stderr.strip().startswith("sane-report: error: nowhere does not exist")
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 1.7, 2.4])
+def test_a_signal_during_start_up_ends_in_one_line_and_leaves_no_orphan_folder(tmp_path, delay):
+    """SIGTERM at any moment of start-up (imports, Hydra composing, the data loading): one line, exit 143,
+    and either no folder at all or a claimed run folder (summary.json) that can be resumed, never a folder
+    holding only Hydra's run.log."""
+    folder = tmp_path / "run"
+    proc = subprocess.Popen(
+        [command("sane-run"), *TINY, "steps=1000000", "hessian.every=1000000", f"hydra.run.dir={folder}"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(delay)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 128 + signal.SIGTERM and len(lines) == 1, err
+    assert lines[0].startswith("sane-run: stopped by SIGTERM "), err
+    assert not folder.exists() or (folder / "summary.json").is_file(), sorted(p.name for p in folder.iterdir())

@@ -6,6 +6,7 @@ from importlib import resources
 
 import pytest
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 from sane_cli.cli import GROUPS, group_options, precheck
 from sane_cli.config import validate
@@ -200,3 +201,43 @@ def test_a_model_and_an_optimiser_are_added_by_their_registry_entry_and_config_a
     with pytest.raises(UsageError, match="model.factor=0 is invalid"):
         validate(make_config("model=wide", "optim=rms", "model.factor=0"))
     assert isinstance(build(make_config("model=wide").model, (6,), 3)[0], nn.Linear)
+
+
+PATH_KEYS = {"dataset.root", "dataset.cache_dir"}  # any text is a path
+
+
+def test_every_key_of_every_option_refuses_a_value_of_the_wrong_kind():
+    """Each leaf key of the config, under every option of every group, set to text, -1 or nan (and an integer
+    key to 2.5): refused by `validate` with a UsageError, before any work. Paths accept any text, and only
+    text."""
+    accepted, checked = [], set()
+    with initialize_config_module(version_base="1.3", config_module="sane_cli.conf"):
+        for group in ("dataset", "model", "optim", "hessian"):
+            for option in group_options(group):
+                composed = compose("config", overrides=[f"{group}={option}"])
+                for key, default in _leaves(OmegaConf.to_container(composed, resolve=False)):
+                    scope = key.split(".")[0] if key.split(".")[0] in ("dataset", "model", "optim", "hessian") else ""
+                    seen = (key, option if scope == group else "")  # a key of the group per option, others once
+                    if key.startswith(("hydra.", "experiment")) or key == "resume" or seen in checked:
+                        continue
+                    checked.add(seen)
+                    bad = [-1, float("nan")] + ([] if key in PATH_KEYS else ["abc"])
+                    if isinstance(default, int) and not isinstance(default, bool):
+                        bad.append(2.5)
+                    for value in bad:
+                        cfg = composed.copy()
+                        OmegaConf.update(cfg, key, value)
+                        try:
+                            validate(cfg)
+                            accepted.append(f"{option}: {key}={value}")
+                        except UsageError:
+                            pass
+    assert accepted == []
+
+
+def _leaves(config: dict, prefix: str = ""):
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value

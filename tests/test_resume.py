@@ -322,3 +322,46 @@ def test_the_printed_continue_command_resumes_a_run_in_any_folder(tmp_path, name
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0, (again, out.stderr)
     assert load_run(folder).status == "completed" and load_run(folder).hessian.step.tolist() == [0, 100, 200, 300]
+
+
+def test_a_full_disk_mid_run_is_recorded_as_failed(tmp_path, monkeypatch):
+    """The disk fills after step 0 (simulated: every write fails with ENOSPC from the second checkpoint on,
+    summary.json's too while other files hold the space). The room kept at the start is given up for the
+    last summary: status `failed` with the error and its traceback, never `running`; once there is room
+    again the run resumes to the end."""
+    import errno
+
+    import sane_cli.records as records
+
+    full = {"on": False}
+    real_atomic, real_log = records._atomic, records.RunWriter.log_curvature
+
+    def log_curvature(self, row, *args, **kwargs):
+        if row["step"] > 0:
+            full["on"] = True
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_log(self, row, *args, **kwargs)
+
+    def atomic(path, write):
+        if full["on"] and (path.parent / records.RESERVE).exists():  # the disk is full while the room is held
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_atomic(path, write)
+
+    monkeypatch.setattr(records.RunWriter, "log_curvature", log_curvature)
+    monkeypatch.setattr(records, "_atomic", atomic)
+    folder = tmp_path / "run"
+    cfg = make_config("steps=40", "hessian.every=10")
+    with pytest.raises(OSError, match="No space left"):
+        train(cfg, folder, progress=False)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == "OSError: [Errno 28] No space left on device"
+    assert "Traceback" in summary["traceback"] and not (folder / records.RESERVE).exists()
+
+    monkeypatch.undo()  # room again
+    train(cfg, folder, progress=False, resume=True)
+    done = load_run(folder)
+    assert (
+        done.status == "completed"
+        and "traceback" not in done.summary
+        and done.hessian.step.tolist() == [0, 10, 20, 30, 40]
+    )
