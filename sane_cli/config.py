@@ -36,6 +36,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     methods.check_config(cfg)  # (the sizes that need the data: check_against_data)
 
     with open_dict(cfg):
+        if cfg.model.name == "mlp" and cfg.model.depth == 1:  # a linear model: no hidden layer, no width, so
+            cfg.model.width = None  # runs that differ only in it are one model, in their records and the report
         cfg.lr = cfg.optim.lr
         cfg.depth = cfg.model.depth
         cfg.width = cfg.model.get("width")  # null for models without one (cnn: model.channels)

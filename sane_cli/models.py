@@ -120,7 +120,8 @@ POOLINGS = ("max", "avg", "none")
 
 
 def _mlp(cfg, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
-    return MLP(math.prod(input_shape), out_dim, depth=int(cfg.depth), width=int(cfg.width),
+    width = 0 if cfg.width is None else int(cfg.width)  # null: depth 1, a linear model (no hidden layer)
+    return MLP(math.prod(input_shape), out_dim, depth=int(cfg.depth), width=width,
                activation=str(cfg.activation), bias=bool(cfg.bias))  # fmt: skip
 
 
@@ -130,7 +131,8 @@ def _cnn(cfg, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
 
 
 def _check_mlp(cfg) -> None:
-    checks.number(cfg, "model.width", minimum=1, integer=True)
+    """The width of the hidden layers (depth 1, a linear model, has none: ``validate`` records it as null)."""
+    checks.number(cfg, "model.width", minimum=1, integer=True, optional=cfg.model.depth == 1)
 
 
 def _check_cnn(cfg) -> None:

@@ -139,17 +139,20 @@ class RunWriter:
             finally:
                 tmp.unlink(missing_ok=True)
         self._lock = _lock(self.dir)
-        self._reserve = self.dir / RESERVE
+        self._reserve, reserved = self.dir / RESERVE, False
         try:
-            _reserve_room(self._reserve)
             if resume_sizes is not None:
                 _cut_back(self.dir, resume_sizes)  # {}: back to nothing, the run starts over
+            _reserve_room(self._reserve)
+            reserved = True
             (self.dir / "spectra").mkdir(exist_ok=True)
             append = bool(resume_sizes)
             self.metrics = _CsvLog(self.dir / "metrics.csv", METRICS_COLUMNS, append)
             self.hessian = _CsvLog(self.dir / "hessian.csv", HESSIAN_COLUMNS, append)
             self.loss = _CsvLog(self.dir / "loss.csv", LOSS_COLUMNS, append)
         except BaseException:
+            if reserved:
+                self._reserve.unlink(missing_ok=True)
             os.close(self._lock)
             raise
 

@@ -241,3 +241,12 @@ def _leaves(config: dict, prefix: str = ""):
             yield from _leaves(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
+
+
+def test_a_linear_model_has_no_width():
+    """depth=1 is a linear model: its width is recorded as null, so runs differing only in width are one."""
+    with initialize_config_module(version_base="1.3", config_module="sane_cli.conf"):
+        a, b = (validate(compose("config", overrides=["depth=1", f"width={w}"])) for w in (16, 32))
+        deep = validate(compose("config", overrides=["depth=2", "width=32"]))
+    assert OmegaConf.to_container(a) == OmegaConf.to_container(b) and a.model.width is None and a.width is None
+    assert deep.model.width == 32

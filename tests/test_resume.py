@@ -216,6 +216,7 @@ def test_what_cannot_be_resumed_is_refused_in_one_line(tmp_path):
             [f"resume={nowhere}"],
             f"resume={nowhere} is not a folder; give the folder of a stopped run (it holds summary.json)",
         ),
+        ([f"resume={folder}", f"resume={done}"], "resume= is given more than once; continue one run at a time"),
         (
             ["-m", f"resume={folder}"],
             "resume= continues one run; to continue a sweep, run it again with the same hydra.sweep.dir",
