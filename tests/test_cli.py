@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -275,6 +276,28 @@ def test_report_tables_the_runs(tmp_path):
     assert (tmp_path / "outputs" / "report" / "summary.csv").is_file()
     missing = run(tmp_path, "nowhere", name="sane-report")
     assert missing.returncode == 2 and missing.stderr.strip().startswith("sane-report: error: nowhere does not exist")
+
+    # through the command: damaged records cost their own values, never the report
+    first, second = find_runs(tmp_path / "outputs" / "sweeps")
+    lines = (first / "hessian.csv").read_text().splitlines(keepends=True)
+    (first / "hessian.csv").write_text("".join(lines[:-1]))  # the last whole row lost
+    summary = json.loads((second / "summary.json").read_text())
+    summary["config"]["optim"]["lr"] = "fast"
+    (second / "summary.json").write_text(json.dumps(summary))
+    out = run(tmp_path, "outputs", "-o", "rep", name="sane-report")
+    assert out.returncode == 0, out.stderr
+    assert "hessian.csv's last checkpoint is at step 10, summary.json's at step 20" in out.stderr
+    assert "summary.json's config has optim.lr = 'fast', not a number" in out.stderr
+    assert "Traceback" not in out.stderr
+    (tmp_path / "a_file").write_text("")
+    refused = run(tmp_path, "outputs", "-o", "a_file", name="sane-report")
+    assert refused.returncode == 2 and "is a file; choose a folder" in refused.stderr
+
+
+def test_a_linear_model_records_no_width(tmp_path):
+    out = run(tmp_path, "-m", *TINY, "depth=1", "width=4,8")
+    assert out.returncode == 0, out.stderr
+    assert [load_run(p).config["model"]["width"] for p in find_runs(tmp_path)] == [None, None]
 
 
 @pytest.mark.parametrize("delay", [0.3, 1.0, 1.7, 2.4])
