@@ -115,6 +115,8 @@ def comparison(
                 values = np.unique(pd.to_numeric(groups[x], errors="coerce").dropna().to_numpy(float))
                 if 0 < len(values) <= 8:  # each learning rate labelled as given, and no minor labels to crowd them
                     ax.set_xticks(values, [f"{v:g}" for v in values])
+                else:  # plain numbers (0.01, 1, 2), never 10^0 or 2x10^0
+                    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel(_label(x))
             ax.set_ylabel(_label(panel))

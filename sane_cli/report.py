@@ -370,18 +370,19 @@ def _html(paths, runs, table, keys, skipped, groups, corr, drawn, per_run, out: 
         text = df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0, classes="t")
         for status in ("diverged", "failed", "interrupted", "running", "stopped"):  # runs that did not complete
             text = text.replace(f"<td>{status}</td>", f'<td class="bad">{status}</td>')
-        return text
+        return f'<div class="wide">{text}</div>'  # a table wider than the page scrolls in its own box
 
     cols = ["label", "status", *keys, "n_params", "method", "steps_done", "train_loss", "test_loss", "test_acc",
             "gen_gap", "lambda_max", "stability_threshold", "sharpness_ratio", "hessian_on", "sane", "n_eff", "trace",
             "spikes"]  # fmt: skip
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>sane-report</title><style>",
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}",
+        "body{font-family:sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;color:#222;overflow-wrap:anywhere}",
         "img{max-width:100%} table.t{border-collapse:collapse;font-size:12px;margin:0.5em 0}",
+        "div.wide{max-width:100%;overflow-x:auto} table.t td,table.t th{overflow-wrap:normal;white-space:nowrap}",
         "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}",
         "td.bad{color:#b00;font-weight:bold} details{margin:0.4em 0}",
-        "pre{background:#f6f6f6;padding:0.5em;font-size:11px}",
+        "pre{background:#f6f6f6;padding:0.5em;font-size:11px;overflow-x:auto}",
         "</style></head><body>",
         "<h1>sane-report</h1>",
         f"<p>{len(runs)} runs below {html.escape(', '.join(map(str, paths)))} ({status_counts(table)}); "

@@ -5,11 +5,14 @@ that run folders are never changed."""
 from __future__ import annotations
 
 import hashlib
+import html
 import itertools
 import json
 import logging
 import os
+import re
 import shutil
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -688,3 +691,62 @@ def test_long_labels_make_short_distinct_file_names_and_the_output_folder_is_che
     (tmp_path / "file").write_text("")
     with pytest.raises(UsageError, match="is a file; choose a folder"):
         main([str(tmp_path / "runs"), "-o", str(tmp_path / "file")])
+
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+CHECKS = """<script>
+window.addEventListener("load", () => {
+  document.querySelectorAll("details").forEach((d) => { d.open = true; });  // every run's figures laid out
+  const width = document.documentElement.clientWidth, bad = [];
+  for (const img of document.images) {
+    if (!(img.complete && img.naturalWidth > 0)) bad.push("image not loaded: " + img.getAttribute("src"));
+  }
+  if (document.documentElement.scrollWidth > width) bad.push("page " + document.documentElement.scrollWidth);
+  for (const e of document.querySelectorAll("body *")) {
+    const box = e.parentElement.closest("div.wide, pre");  // a scroll box clips what it holds
+    const r = e.getBoundingClientRect();
+    if (!box && r.width && r.right > width + 1) bad.push(e.tagName + "." + e.className + " ends at " + r.right);
+  }
+  const out = document.createElement("pre");
+  out.id = "checks";
+  out.textContent = JSON.stringify({width: width, images: document.images.length, bad: bad});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no Chromium here (Debian: apt install chromium)")
+def test_the_report_as_a_browser_shows_it(sweep, tmp_path):
+    """report.html rendered by headless Chromium 1,400 px wide, every run's details open: every image loads
+    and no element reaches past the page's right edge (a wide table scrolls in its own box). The screenshot
+    is kept beside the test's output (report/screenshot.png)."""
+    out = tmp_path / "report"
+    report([sweep], out, Options(jobs=1))
+    page = (out / "report.html").read_text()
+    (out / "checked.html").write_text(page.replace("</body>", CHECKS + "</body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000", "--virtual-time-budget=10000"]
+    dom = subprocess.run([BROWSER, *flags, "--dump-dom", (out / "checked.html").as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout  # fmt: skip
+    found = re.search(r'<pre id="checks">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    checks = json.loads(html.unescape(found.group(1)))
+    assert checks["width"] >= 1300 and checks["images"] >= 8 and checks["bad"] == [], checks
+    subprocess.run([BROWSER, *flags, f"--screenshot={out / 'screenshot.png'}", (out / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    assert (out / "screenshot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_learning_rate_axes_carry_plain_numbers():
+    """More learning rates than are labelled one by one: the log axis still reads 1, 2, 3, never 10^0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sane_cli import plots
+
+    lrs = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]
+    groups = pd.DataFrame({"lr": lrs, "n_runs": 1, **{f"{m}_{s}": np.linspace(1, 2, len(lrs))
+                           for m in ("sane", "n_eff") for s in ("mean", "std")}})  # fmt: skip
+    fig = plots.comparison(groups, "lr", None, ["sane", "n_eff"])
+    fig.canvas.draw()
+    labels = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels() if t.get_text()]
+    assert labels and all(re.fullmatch(r"[0-9.]+", t) for t in labels), labels
