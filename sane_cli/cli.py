@@ -74,6 +74,7 @@ def _hydra_app():
 
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
+        _starting["dir"] = run_dir
         try:
             resume = _existing_run(cfg, run_dir, list(hydra_cfg.overrides.task), hydra_cfg.mode == RunMode.MULTIRUN)
             if resume is None:
@@ -439,10 +440,22 @@ def _compose_error(e: Exception, job: tuple[str, ...] = ()) -> str:
     return f"the config does not compose: {lines[0] if lines else type(e).__name__}"
 
 
-def _stop_at_start(signum, _frame):
-    from .signals import Interrupted
+_starting: dict[str, Path] = {}  # the folder Hydra made for the job being started (before it is claimed)
 
-    raise Interrupted(signum)
+
+def _stop_at_start(signum, _frame):
+    """SIGTERM or Ctrl-C before a run claimed its folder: nothing to save, so one line and out at once. Not by
+    raising (an exception raised while torch's C++ code imports aborts the process with a C++ traceback);
+    a folder Hydra made for the job (holding only its run.log) is removed."""
+    import signal
+
+    folder = _starting.get("dir")
+    if folder is not None and not (folder / "summary.json").exists():
+        with contextlib.suppress(OSError):
+            (folder / "run.log").unlink(missing_ok=True)
+            folder.rmdir()  # only if empty
+    os.write(2, f"sane-run: stopped by {signal.Signals(signum).name} before training started\n".encode())
+    os._exit(128 + int(signum))
 
 
 def run_main() -> None:

@@ -92,6 +92,12 @@ def check_config(cfg) -> None:
         checks.path(cfg, "dataset.root", optional=True)  # null: said where the files are looked for
     if "cache_dir" in cfg.dataset:
         checks.path(cfg, "dataset.cache_dir", optional=True)
+    if "download" in cfg.dataset:
+        checks.flag(cfg, "dataset.download")
+    if "mirror" in cfg.dataset:
+        mirror = cfg.dataset.mirror
+        if mirror is not None and not (isinstance(mirror, str) and mirror.startswith(("http://", "https://", "file:"))):
+            checks.fail("dataset.mirror", mirror, "must be a URL (http://, https://, file:) or null (torchvision's)")
     DATASETS[cfg.dataset.name].check(cfg)
 
 
@@ -208,24 +214,34 @@ _MNIST_FILES = [
 _CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
 
 
+def data_root(cfg) -> Path:
+    """``dataset.root``, or where null the cache folder of downloaded sets: ``$XDG_CACHE_HOME/sane-run/data``
+    (``~/.cache/sane-run/data``)."""
+    if cfg.get("root") is None:
+        return _cache_dir(cfg) / "data"
+    return Path(str(cfg.root)).expanduser().resolve()
+
+
 def _local_files(cfg) -> tuple[Path, Path, list[str]]:
     """(root, folder holding the files, file names) of a dataset read from a local folder."""
-    folder = DATASETS[cfg.name].folder
-    if cfg.get("root") is None:
-        raise UsageError(f"dataset.root is null; set it to the folder that holds {folder}")
-    root = Path(str(cfg.root)).expanduser().resolve()
-    return root, root / folder, _CIFAR_FILES if cfg.name == "cifar10" else _MNIST_FILES
+    root = data_root(cfg)
+    return root, root / DATASETS[cfg.name].folder, _CIFAR_FILES if cfg.name == "cifar10" else _MNIST_FILES
 
 
 def check_files(cfg) -> None:
-    """For the datasets read from a local folder, check that the expected files are there.
+    """For the datasets read from a local folder, check that the expected files are there, downloading
+    them first where ``dataset.download`` is set (:func:`sane_cli.downloads.fetch`).
 
     Raises:
-        UsageError: naming the missing files, the folder looked in and the fix.
+        UsageError: naming the missing files, the folder looked in and the fix (or why the download failed).
     """
     if DATASETS[cfg.name].folder is None:
         return
     root, folder, files = _local_files(cfg)
+    if cfg.get("download") and not all((folder / f).is_file() for f in files):
+        from .downloads import fetch
+
+        fetch(cfg.name, root, DATASETS[cfg.name].folder, files, cfg.get("mirror"))
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         hint = " (found .gz files: gunzip them)" if any((folder / f"{m}.gz").is_file() for m in missing) else ""

@@ -30,6 +30,7 @@ CONFIG_KEYS = {
 }  # fmt: skip
 # keys that do not change what a run computes (where it ran, how it was started) or repeat another
 IGNORED_KEYS = {"lr", "depth", "width", "device", "threads", "resume", "dataset.root", "dataset.cache_dir",
+                "dataset.download", "dataset.mirror",
                 "save_checkpoint", "optim.default_lr"}  # fmt: skip
 MEASURES = ("sane", "n_eff", "log_evidence", "lambda_max", "trace")  # the measures compared by default
 # each averaged over the scheduled checkpoints of the last third of a run (late_means): at large learning rates

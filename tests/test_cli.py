@@ -58,7 +58,14 @@ def test_multirun_sweep(tmp_path):
         (["lr=-1"], "sane-run: error: optim.lr=-1 is invalid: must be a number > 0"),
         (["dataset=imagenet"], "sane-run: error: dataset='imagenet' is unknown; choose one of"),
         (["-m", "depth=2,0"], "sane-run: error: model.depth=0 is invalid"),
-        (["dataset=mnist", "dataset.root=nowhere"], "sane-run: error: dataset=mnist: missing train-images-idx3-ubyte"),
+        (
+            ["dataset=mnist", "dataset.root=nowhere", "dataset.download=false"],
+            "sane-run: error: dataset=mnist: missing train-images-idx3-ubyte",
+        ),
+        (
+            ["dataset=mnist", "dataset.root=nowhere", "dataset.mirror=http://127.0.0.1:9/"],
+            "sane-run: error: dataset=mnist: could not download http://127.0.0.1:9/train-images-idx3-ubyte.gz into ",
+        ),
         (["foo=1"], "sane-run: error: foo is not a config key; check its spelling"),
         (["lr=[1,"], "sane-run: error: 'lr=[1,' is not a valid override"),
         # checks that need the data and model sizes, for the last job of a sweep, before the first runs
@@ -310,7 +317,7 @@ def _catches(pid: int, sig: int) -> bool:
     return bool(mask >> (sig - 1) & 1)
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.3, 0.8, 1.5])
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3, 0.8, 1.5])
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc to see the handler")
 def test_a_signal_during_start_up_ends_in_one_line_and_leaves_no_orphan_folder(tmp_path, delay):
     """SIGTERM at any moment of start-up once sane-run's code runs (imports, Hydra composing, the data

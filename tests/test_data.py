@@ -161,6 +161,182 @@ def test_gzipped_files_get_the_gunzip_hint(tmp_path):
         load_data(cfg(name="mnist", root=str(tmp_path), n_train=None, n_test=None, per_class=None))
 
 
-def test_a_null_data_root_is_a_clear_error():
-    with pytest.raises(UsageError, match=r"dataset.root is null; set it to the folder that holds MNIST/raw"):
-        load_data(cfg(name="mnist", root=None, n_train=None, n_test=None, per_class=None))
+def test_a_null_data_root_is_the_cache_folder(tmp_path, monkeypatch):
+    """dataset.root null: the cache, $XDG_CACHE_HOME/sane-run/data (where downloads go)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "sane-run" / "data" / "MNIST" / "raw"
+    with pytest.raises(UsageError, match=rf"missing .* in {folder}"):
+        load_data(cfg(name="mnist", root=None, download=False, n_train=None, n_test=None, per_class=None))
+
+
+# --- downloads on demand, from a local HTTP server serving files in the real formats ---------------------------
+
+
+class _Server:
+    """A local HTTP server (a thread) serving ``files`` (name -> bytes); ``mode``: ``ok``, ``truncated`` (declares
+    every file's length but sends half of it, then closes), ``silent`` (accepts, never answers). Counts the
+    requests it answered."""
+
+    def __init__(self, files: dict[str, bytes]):
+        import http.server
+        import threading
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the http.server name
+                name = self.path.rsplit("/", 1)[-1]
+                if server.mode == "silent":
+                    server.silent.wait(30)
+                    return
+                if name not in server.files:
+                    self.send_error(404)
+                    return
+                body = server.files[name]
+                server.requests.append(name)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if server.mode == "truncated" else body)
+
+            def log_message(self, *args):
+                pass
+
+        self.files, self.mode, self.requests = files, "ok", []
+        self.silent = threading.Event()
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.silent.set()
+        self.httpd.shutdown()
+
+
+def _idx_archives() -> dict[str, bytes]:
+    """MNIST's four files, small, in IDX format and gzipped as the mirrors serve them."""
+    import gzip
+    import io
+
+    rng = np.random.default_rng(3)
+    out = {}
+    for prefix, n in (("train", 30), ("t10k", 12)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        raw = {
+            f"{prefix}-images-idx3-ubyte": struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes(),
+            f"{prefix}-labels-idx1-ubyte": struct.pack(">II", 2049, n) + labels.tobytes(),
+        }
+        for name, data in raw.items():
+            buf = io.BytesIO()
+            with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as f:
+                f.write(data)
+            out[f"{name}.gz"] = buf.getvalue()
+    return out
+
+
+@pytest.fixture
+def mirror(monkeypatch):
+    """The local server, and sane-run's MNIST source pointed at it with the served files' MD5 sums."""
+    import hashlib
+
+    from sane_cli import downloads
+
+    files = _idx_archives()
+    server = _Server(files)
+    source = downloads.Source((server.url,), tuple((n, hashlib.md5(b).hexdigest()) for n, b in files.items()), "gz")
+    real = downloads.sources
+    monkeypatch.setattr(downloads, "sources", lambda: {**real(), "mnist": source})
+    yield server
+    server.close()
+
+
+def _mnist(root, mirror=None):
+    return cfg(name="mnist", root=str(root), download=True, mirror=mirror, n_train=20, n_test=None, per_class=None)
+
+
+def _leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in root.rglob("*") if p.name.startswith(".download-"))
+
+
+def test_a_missing_set_is_downloaded_checked_and_cached(tmp_path, mirror):
+    d = load_data(_mnist(tmp_path / "data"))
+    assert d.x_train.shape == (20, 1, 28, 28) and d.x_test.shape == (12, 1, 28, 28)
+    assert sorted(p.name for p in (tmp_path / "data" / "MNIST" / "raw").iterdir()) == [
+        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
+    ]  # fmt: skip
+    asked = len(mirror.requests)  # each file once (and torchvision's probe for a redirect)
+    assert set(mirror.requests) == set(_idx_archives()) and asked <= 8 and _leftovers(tmp_path / "data") == []
+    load_data(_mnist(tmp_path / "data"))  # the cached copy: no request
+    assert len(mirror.requests) == asked
+
+
+@pytest.mark.parametrize("fault", ["checksum", "truncated", "silent", "refused"])
+def test_a_failed_download_is_one_line_and_leaves_nothing_half_written(tmp_path, mirror, monkeypatch, fault):
+    """A wrong MD5 sum, a download cut short, a server that stops answering (after the timeout), a server
+    that is not there: one line naming the URL, the folder and how to place the files by hand; no file
+    where the loader looks, no temporary."""
+    from sane_cli import downloads
+
+    monkeypatch.setattr(downloads, "TIMEOUT", 1.0)
+    url = mirror.url
+    if fault == "checksum":
+        mirror.files["train-images-idx3-ubyte.gz"] = mirror.files["t10k-images-idx3-ubyte.gz"]
+    elif fault in ("truncated", "silent"):
+        mirror.mode = fault
+    else:
+        import socket
+
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    root = tmp_path / "data"
+    with pytest.raises(UsageError) as caught:
+        load_data(_mnist(root, mirror=url) if fault == "refused" else _mnist(root))
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith(f"dataset=mnist: could not download {url}train-images-idx3-ubyte.gz into {root} (")
+    assert "put the files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, " in message
+    assert f"into {root / 'MNIST' / 'raw'} by hand" in message
+    assert not root.exists()  # the folder it made for the download, removed with it
+
+
+def test_jobs_downloading_at_once_share_one_download(tmp_path, mirror):
+    """Four jobs start together on an empty folder: one downloads, the others wait for its lock and find
+    the files; every job loads the same data."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        sets = list(pool.map(lambda _: load_data(_mnist(tmp_path / "data")), range(4)))
+    assert set(mirror.requests) == set(_idx_archives()) and len(mirror.requests) <= 8  # one job's download
+    assert all(torch.equal(s.x_train, sets[0].x_train) for s in sets)
+
+
+def test_cifar10_is_unpacked_from_its_archive(tmp_path, monkeypatch):
+    """CIFAR-10 comes as one tar.gz holding cifar-10-batches-py/: unpacked, its files moved into place."""
+    import hashlib
+    import io
+    import tarfile
+
+    from sane_cli import downloads
+
+    buf, rng = io.BytesIO(), np.random.default_rng(2)
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch", "batches.meta"]:
+            data = pickle.dumps({"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8), "labels": [1, 2, 3],
+                                 "label_names": [f"c{k}" for k in range(10)]})  # fmt: skip
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    archive = buf.getvalue()
+    server = _Server({"cifar-10-python.tar.gz": archive})
+    source = downloads.Source((server.url,), (("cifar-10-python.tar.gz", hashlib.md5(archive).hexdigest()),), "tar")
+    real = downloads.sources
+    monkeypatch.setattr(downloads, "sources", lambda: {**real(), "cifar10": source})
+    try:
+        d = load_data(cfg(name="cifar10", root=str(tmp_path), download=True, mirror=None, n_train=None, n_test=None,
+                          per_class=None))  # fmt: skip
+    finally:
+        server.close()
+    assert d.x_train.shape == (15, 3, 32, 32) and d.x_test.shape == (3, 3, 32, 32)
+    assert _leftovers(tmp_path) == []
