@@ -39,7 +39,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         if cfg.model.name == "mlp" and cfg.model.depth == 1:  # a linear model: no hidden layer, no width, so
             cfg.model.width = None  # runs that differ only in it are one model, in their records and the report
         cfg.lr = cfg.optim.lr
-        cfg.depth = cfg.model.depth
+        cfg.depth = cfg.model.get("depth")  # null for a model of your own
         cfg.width = cfg.model.get("width")  # null for models without one (cnn: model.channels)
     return cfg
 

@@ -60,7 +60,10 @@ def resolve_method(hcfg, model: nn.Module, n_params: int) -> str:
             limit = min(limit, int(hcfg.probes) * int(hcfg.steps))
         return "exact" if n_params <= limit else "slq"
     if METHODS[method].layered and not is_layered(model):
-        raise ValueError(f"hessian.method={method} needs a layered model (its layer blocks)")
+        raise UsageError(
+            f"hessian.method={method} needs a model with a layer-structured build (model=mlp or cnn) for its layer "
+            f"blocks; {type(model).__name__} has none: use hessian=auto, exact or slq"
+        )
     return method
 
 
@@ -330,10 +333,11 @@ def check_config(cfg) -> None:
 
     checks.choice(cfg, "hessian.method", CHOICES)
     method = cfg.hessian.method
-    if method != "auto" and METHODS[method].layered and not MODELS[cfg.model.name].cls.layered:
-        checks.fail("hessian.method", method, "needs a model of layer blocks "
-                    f"({', '.join(n for n, m in MODELS.items() if m.cls.layered)}); model={cfg.model.name} takes "
-                    f"{', '.join(n for n in CHOICES if n == 'auto' or not METHODS[n].layered)}")  # fmt: skip
+    layered = [n for n, m in MODELS.items() if getattr(m.cls, "layered", False)]
+    if method != "auto" and METHODS[method].layered and cfg.model.name not in layered:
+        takes = ", ".join(n for n in CHOICES if n == "auto" or not METHODS[n].layered)
+        checks.fail("hessian.method", method, f"needs a model of layer blocks ({', '.join(layered)}); "
+                    f"model={cfg.model.name} takes {takes}")  # fmt: skip
     for key in ("every", "k", "topk", "max_iter", "spike_after", "exact_max_params"):
         checks.number(cfg, f"hessian.{key}", minimum=1, integer=True)
     for key in ("topk_vectors", "band", "seed", "spike_max"):

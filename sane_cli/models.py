@@ -18,9 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from . import checks
+from .errors import UsageError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -143,6 +145,72 @@ def _check_cnn(cfg) -> None:
     checks.choice(cfg, "model.pooling", POOLINGS)
 
 
+def _custom(cfg, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+    """``model.factory`` called with the data's sizes (where its signature takes them) and ``model.kwargs``.
+
+    Raises:
+        UsageError: the factory fails, returns no module, or one without trainable parameters.
+    """
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    factory = _factory(str(cfg.factory))
+    kwargs = OmegaConf.to_container(cfg.kwargs, resolve=True) if cfg.get("kwargs") is not None else {}
+    try:
+        params = inspect.signature(factory).parameters
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    except (TypeError, ValueError):  # a builtin without a signature
+        params, takes_all = {}, False
+    sizes = {k: v for k, v in (("input_shape", tuple(input_shape)), ("n_classes", out_dim)) if takes_all or k in params}
+    try:
+        module = factory(**sizes, **kwargs)
+    except Exception as e:  # noqa: BLE001 - any failure of the user's code, in one line
+        raise UsageError(
+            f"model.factory={cfg.factory} failed with model.kwargs={kwargs}: {type(e).__name__}: {e}".splitlines()[0]
+        ) from e
+    if not isinstance(module, nn.Module):
+        raise UsageError(f"model.factory={cfg.factory} returned {type(module).__name__}, not a torch.nn.Module")
+    if not any(p.requires_grad for p in module.parameters()):
+        raise UsageError(f"model.factory={cfg.factory} returned a module without trainable parameters")
+    return module
+
+
+def _factory(path: str) -> Callable[..., nn.Module]:
+    """The callable that ``package.module:attribute`` names.
+
+    Raises:
+        UsageError: the path is malformed, its module does not import, or it names nothing callable.
+    """
+    import importlib
+
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise UsageError(f"model.factory={path!r} is invalid: write it as package.module:callable")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001 - ImportError, or any error the module raises on import
+        raise UsageError(
+            f"model.factory={path}: cannot import {module_name} ({type(e).__name__}: {e}); is it installed, or on "
+            "PYTHONPATH?".splitlines()[0]
+        ) from e
+    target = module
+    for part in attribute.split("."):
+        target = getattr(target, part, None)
+    if not callable(target):
+        raise UsageError(f"model.factory={path}: {module_name} has no callable {attribute}")
+    return target
+
+
+def _check_custom(cfg) -> None:
+    """The factory names an importable callable, and kwargs is a mapping."""
+    if cfg.model.get("factory") is None or not isinstance(cfg.model.factory, str):
+        checks.fail("model.factory", cfg.model.get("factory"), "must be package.module:callable (model=custom)")
+    _factory(cfg.model.factory)
+    if cfg.model.get("kwargs") is not None and not OmegaConf.is_dict(cfg.model.kwargs):
+        checks.fail("model.kwargs", cfg.model.kwargs, "must be a mapping of keyword arguments, e.g. {width: 32}")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A model option: its class, how it is built and checked, and the keys that describe it in a log line."""
@@ -156,7 +224,9 @@ class ModelSpec:
 MODELS = checks.Registry("model.name", {
     "mlp": ModelSpec(MLP, _mlp, _check_mlp, ("depth", "width")),
     "cnn": ModelSpec(CNN, _cnn, _check_cnn, ("depth", "channels", "kernel", "pooling")),
+    "custom": ModelSpec(nn.Module, _custom, _check_custom, ("factory",)),
 })  # fmt: skip
+BUILT_IN = ("mlp", "cnn")  # the models with depth and activation keys
 
 
 def is_layered(model: nn.Module) -> bool:
@@ -168,11 +238,12 @@ def is_layered(model: nn.Module) -> bool:
 def check_config(cfg) -> None:
     """The ``model`` group's keys of a run config: the name, depth and activation, then the option's own."""
     checks.choice(cfg, "model.name", MODELS)
-    checks.number(cfg, "model.depth", minimum=1, integer=True)
+    if cfg.model.name in BUILT_IN:
+        checks.number(cfg, "model.depth", minimum=1, integer=True)
+        checks.choice(cfg, "model.activation", ACTIVATIONS)
     if "bias" in cfg.model:
         checks.flag(cfg, "model.bias")
     MODELS[cfg.model.name].check(cfg)
-    checks.choice(cfg, "model.activation", ACTIVATIONS)
 
 
 def build_model(model_cfg, input_shape: tuple[int, ...] | int, out_dim: int) -> nn.Module:

@@ -75,6 +75,24 @@ def test_multirun_sweep(tmp_path):
         (["hessian=block_diag", "width=2000"], "sane-run: error: hessian.method=block_diag needs about 358,039 GiB"),
         (["hydra.run.dir=setup.cfg/run"], "sane-run: error: cannot write the run to setup.cfg/run: "),
         (["hessian=exact", "width=2000"], "sane-run: error: hessian.method=exact needs about 376,468 GiB"),
+        (["model=custom"], "sane-run: error: model.factory=None is invalid: must be package.module:callable"),
+        (
+            ["model=custom", "model.factory=no_such_mod:f"],
+            "sane-run: error: model.factory=no_such_mod:f: cannot import",
+        ),
+        (
+            ["model=custom", "model.factory=torch.nn:Identity"],
+            "sane-run: error: model.factory=torch.nn:Identity returned a module without trainable parameters",
+        ),
+        (
+            ["model=custom", "model.factory=sane_cli.examples:residual_mlp", "model.kwargs={depth: 3}"],
+            "sane-run: error: model.factory=sane_cli.examples:residual_mlp failed with model.kwargs={'depth': 3}: "
+            "TypeError",
+        ),
+        (
+            ["model=custom", "model.factory=sane_cli.examples:residual_mlp", "hessian=block_diag"],
+            "sane-run: error: hessian.method='block_diag' is invalid: needs a model of layer blocks (mlp, cnn)",
+        ),
         (["dataset.data_seed=abc"], "sane-run: error: dataset.data_seed='abc' is invalid: must be an integer >= 0"),
         (["dataset.data_seed=2.5"], "sane-run: error: dataset.data_seed=2.5 is invalid: must be an integer >= 0"),
         (["hessian.prior_precision=0"], "sane-run: error: hessian.prior_precision=0 is invalid: must be a number > 0"),

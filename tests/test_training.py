@@ -253,3 +253,35 @@ def test_a_stop_criterion_not_reached_leaves_the_run_completed(tmp_path):
     train(make_config("stop.train_loss=1e-9"), tmp_path / "run", progress=False)
     run = load_run(tmp_path / "run")
     assert run.status == "completed" and run.summary["steps_done"] == 20
+
+
+def _custom_config(*overrides: str):
+    """TINY's data and schedule with a model of one's own (TINY's mlp keys left out)."""
+    from helpers import TINY
+    from hydra import compose, initialize_config_module
+
+    base = [o for o in TINY if not o.startswith(("model.", "depth="))]
+    with initialize_config_module(version_base="1.3", config_module="sane_cli.conf"):
+        return compose("config", overrides=[*base, "model=custom", "model.factory=sane_cli.examples:residual_mlp",
+                                            *overrides])  # fmt: skip
+
+
+def test_a_model_of_ones_own_is_trained_and_measured_like_the_built_in_ones(tmp_path):
+    """model=custom: the factory called with the data's sizes and model.kwargs; its Hessian (generic, exact)
+    against the dense float64 reference of the saved state; its import path and arguments recorded."""
+    cfg = _custom_config("model.kwargs={width: 4, blocks: 1}")
+    train(cfg, tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    assert run.status == "completed"
+    assert run.config["model"] == {"name": "custom", "factory": "sane_cli.examples:residual_mlp",
+                                   "kwargs": {"width": 4, "blocks": 1}}  # fmt: skip
+    model, data, step = checkpoint_model(cfg, tmp_path / "run")
+    n_params = (6 * 4 + 4) + 2 * (4 * 4 + 4) + (4 * 3 + 3)  # in, one residual block, read-out
+    assert step == 20 and sum(p.numel() for p in model.parameters()) == run.summary["n_params"] == n_params
+    loss = loss_function("cross_entropy", 3)
+    ref = np.linalg.eigvalsh(reference_hessian(copy.deepcopy(model), loss, data.x_train, data.y_train).numpy())[::-1]
+    ev, _ = run.spectrum(20)
+    np.testing.assert_allclose(ev, ref, rtol=1e-9, atol=1e-11)
+    last = run.hessian.iloc[-1]
+    assert last.method == "exact"
+    assert last.n_eff == pytest.approx(float(np.sum(np.abs(ref) / (np.abs(ref) + 0.5))), rel=1e-9)
