@@ -1,10 +1,13 @@
-"""The decision rule of this study (README.md) applied to the spikes.csv beside this file."""
+"""The decision rule of this study (README.md) applied to the spikes.csv beside this file (the default scale,
+2,400 steps), or to the one in the folder given (`python verdict.py steps-3000`: the first run)."""
 
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-spikes = pd.read_csv(Path(__file__).parent / "spikes.csv").set_index(["scope", "effect"])
+folder = Path(__file__).parent / (sys.argv[1] if len(sys.argv) > 1 else "")
+spikes = pd.read_csv(folder / "spikes.csv").set_index(["scope", "effect"])
 for (scope, effect), r in spikes.iterrows():
     print(f"{scope:5} {effect:28}: mean of run medians {r['mean']:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}] over "
           f"{r.n_runs} runs ({r.n_spikes} spikes); runs above 0: {r.share_positive:.0%}")  # fmt: skip
