@@ -12,6 +12,8 @@ from sane_cli.cli import GROUPS, group_options, precheck
 from sane_cli.config import validate
 from sane_cli.errors import UsageError
 
+REQUIRED = {"model=custom": ["model.factory=sane_cli.examples:residual_mlp"]}  # options with a key to give
+
 
 def test_every_config_file_composes():
     with initialize_config_module(version_base="1.3", config_module="sane_cli.conf"):
@@ -19,7 +21,7 @@ def test_every_config_file_composes():
             options = group_options(group)
             assert options, group
             for option in options:
-                cfg = compose("config", overrides=[f"{group}={option}"])
+                cfg = compose("config", overrides=[f"{group}={option}", *REQUIRED.get(f"{group}={option}", [])])
                 validate(cfg)
                 if group == "experiment":  # a global sweep: it sets Hydra's sweeper parameters
                     hydra_cfg = compose("config", overrides=[f"{group}={option}"], return_hydra_config=True).hydra
@@ -32,7 +34,7 @@ def test_config_files_are_installed_with_the_package():
     root = resources.files("sane_cli.conf")
     assert (root / "config.yaml").is_file()
     assert group_options("dataset") == ["cifar10", "digits", "fashion_mnist", "mnist", "mnist1d", "synthetic"]
-    assert group_options("model") == ["cnn", "mlp"] and group_options("hydra/launcher") == ["slurm"]
+    assert group_options("model") == ["cnn", "custom", "mlp"] and group_options("hydra/launcher") == ["slurm"]
 
 
 def test_shortcuts_reach_the_groups():
@@ -214,7 +216,7 @@ def test_every_key_of_every_option_refuses_a_value_of_the_wrong_kind():
     with initialize_config_module(version_base="1.3", config_module="sane_cli.conf"):
         for group in ("dataset", "model", "optim", "hessian"):
             for option in group_options(group):
-                composed = compose("config", overrides=[f"{group}={option}"])
+                composed = compose("config", overrides=[f"{group}={option}", *REQUIRED.get(f"{group}={option}", [])])
                 for key, default in _leaves(OmegaConf.to_container(composed, resolve=False)):
                     scope = key.split(".")[0] if key.split(".")[0] in ("dataset", "model", "optim", "hessian") else ""
                     seen = (key, option if scope == group else "")  # a key of the group per option, others once
