@@ -85,13 +85,11 @@ def _hydra_app():
             composed = cfg
             train(cfg, run_dir, resume=resume is not False, on_claimed=lambda: _save_hydra_files(run_dir, composed))
         except UsageError as e:  # to stderr only: the folder may be another run's, whose run.log is its own
+            _remove_unclaimed(run_dir)
             _usage_exit("sane-run", e)
         except KeyboardInterrupt as e:
-            if getattr(e, "step", None) is None:  # before training started: Hydra's run.log (and folder) not left
-                if not is_run_dir(run_dir):  # ... where no run claimed the folder
-                    (run_dir / "run.log").unlink(missing_ok=True)
-                    with contextlib.suppress(OSError):
-                        run_dir.rmdir()  # only if empty
+            if getattr(e, "step", None) is None:  # before training started
+                _remove_unclaimed(run_dir)
                 raise
             # one line, and the shell's code for a death by that signal (submitit reads it)
             again = continue_command(run_dir)
@@ -108,6 +106,15 @@ def _hydra_app():
             sys.exit(1)
 
     return app
+
+
+def _remove_unclaimed(run_dir: Path) -> None:
+    """The folder Hydra made for a job that never claimed it (no summary.json): its run.log, and the folder if
+    that leaves it empty. A folder that holds a run, another's or this one's, is left as it is."""
+    if not (run_dir / "summary.json").exists():
+        with contextlib.suppress(OSError):
+            (run_dir / "run.log").unlink(missing_ok=True)
+            run_dir.rmdir()  # only if empty
 
 
 def _existing_run(cfg, run_dir: Path, overrides: list[str], multirun: bool):
@@ -449,11 +456,8 @@ def _stop_at_start(signum, _frame):
     a folder Hydra made for the job (holding only its run.log) is removed."""
     import signal
 
-    folder = _starting.get("dir")
-    if folder is not None and not (folder / "summary.json").exists():
-        with contextlib.suppress(OSError):
-            (folder / "run.log").unlink(missing_ok=True)
-            folder.rmdir()  # only if empty
+    if _starting.get("dir") is not None:
+        _remove_unclaimed(_starting["dir"])
     os.write(2, f"sane-run: stopped by {signal.Signals(signum).name} before training started\n".encode())
     os._exit(128 + int(signum))
 
