@@ -320,14 +320,18 @@ def first_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
         return None
     key = changed[0]
     if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
-        inner = first_difference({k: v for k, v in a[key].items()}, {k: v for k, v in b[key].items()})
+        inner = first_difference(a[key], b[key])
         return f"{key}.{inner}" if inner is not None else key
     return key
 
 
 def config_value(config: dict[str, Any], key: str) -> Any:
     """The value at a dotted ``key`` of a plain config (None where it has none)."""
-    return _select(config, key)
+    for part in key.split("."):
+        if not isinstance(config, dict):
+            return None
+        config = config.get(part)
+    return config
 
 
 def _logged(run_dir: Path) -> str:
@@ -650,14 +654,6 @@ CONFIG_TYPES = {
 }  # fmt: skip
 
 
-def _select(config: dict, key: str) -> Any:
-    for part in key.split("."):
-        if not isinstance(config, dict):
-            return None
-        config = config.get(part)
-    return config
-
-
 def _is_kind(value: Any, kind: str) -> bool:
     if kind == "a name":
         return isinstance(value, str)
@@ -691,7 +687,7 @@ def load_run(path: str | Path) -> Run:
         ):
             raise UsageError(f"{path}: summary.json has a non-numeric {key} ({value!r}); the run folder is corrupt")
     for key, kind in CONFIG_TYPES.items():
-        value = _select(summary["config"], key)
+        value = config_value(summary["config"], key)
         if value is not None and not _is_kind(value, kind):
             raise UsageError(
                 f"{path}: summary.json's config has {key} = {value!r}, not {kind}; the run folder is corrupt (sane-run "

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UsageError
-from .records import FINAL_COLUMNS, FINISHED, VALUE_COLUMNS, Run, find_runs, is_locked, load_run
+from .records import FINAL_COLUMNS, FINISHED, VALUE_COLUMNS, Run, config_value, find_runs, is_locked, load_run
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,6 @@ CHOOSABLE = (*MEASURES, *LATE)  # what --measures may choose
 TARGETS = ("test_loss", "test_acc", "gen_gap")
 QUANTITIES = (*MEASURES, *LATE, "test_loss", "test_acc", "train_loss", "train_acc", "gen_gap", "stability_threshold",
               "preconditioned_sharpness", "sharpness_ratio_late")  # fmt: skip
-
-
-def _get(d: dict, path: tuple[str, ...]):
-    for key in path:
-        if not isinstance(d, dict) or key not in d:
-            return None
-        d = d[key]
-    return d
 
 
 def collect(paths: list[Path]) -> tuple[list[Run], list[str]]:
@@ -89,7 +81,7 @@ def summary_table(runs: list[Run], notes: list[str] | None = None) -> pd.DataFra
     for run in runs:
         s = run.summary
         row = {"run": str(run.path), "status": run_status(run)}
-        row.update({k: _get(run.config, p) for k, p in CONFIG_KEYS.items()})
+        row.update({k: config_value(run.config, ".".join(p)) for k, p in CONFIG_KEYS.items()})
         row.update({k: v for k, v in flat_config(run.config).items() if k not in row})
         row.update(n_params=s.get("n_params"), steps_done=s.get("steps_done"), wall_seconds=s.get("wall_seconds"))
         infinite = []
