@@ -20,7 +20,7 @@ from .errors import UsageError
 
 # torch, Hydra and the training code are imported where used, so that `sane-report` starts quickly
 CONFIG_MODULE = "sane_cli.conf"
-GROUPS = ("dataset", "model", "optim", "hessian", "experiment")
+GROUPS = ("dataset", "model", "optim", "hessian", "logger", "experiment")
 
 
 NAME_MAX = 200  # bytes of a folder name made from overrides (file systems allow 255)
@@ -155,7 +155,7 @@ def _existing_run(cfg, run_dir: Path, overrides: list[str], multirun: bool):
         return cfg  # train(resume=True) checks that the run there has this job's config
     # resume=<folder>: checked before Hydra started (precheck); the config its checkpoint.pt was trained with
     stored = OmegaConf.create(resume_point(run_dir).summary["config"])
-    given = {o.split("=", 1)[0] for o in overrides}
+    given = {o.split("=", 1)[0].lstrip("+~").split(".")[0] for o in overrides}  # the top-level keys set
     with open_dict(stored):
         for key in MAY_DIFFER:
             if key in given and key != "resume":
@@ -352,7 +352,7 @@ def _check_resume(words: list[str], multirun: bool) -> None:
     others = [
         w for w in words if not w.startswith(("resume=", "hydra.verbose", "hydra/job_logging", "hydra/hydra_logging"))
     ]
-    extra = [w for w in others if w.split("=", 1)[0] not in MAY_DIFFER]
+    extra = [w for w in others if w.split("=", 1)[0].lstrip("+~").split(".")[0] not in MAY_DIFFER]
     if extra:
         raise UsageError(
             f"{extra[0]!r} cannot be given with resume=: a resumed run keeps its own config (only "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import checks, data, methods, models, optim
+from . import checks, data, methods, models, optim, trackers
 from .devices import DEVICES
 from .errors import UsageError
 from .losses import LOSSES
@@ -34,6 +34,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     optim.check_config(cfg)
     _check_run(cfg)
     methods.check_config(cfg)  # (the sizes that need the data: check_against_data)
+    trackers.check_config(cfg)
 
     with open_dict(cfg):
         if cfg.model.name == "mlp" and cfg.model.depth == 1:  # a linear model: no hidden layer, no width, so

@@ -132,6 +132,20 @@ def layer_sizes(model: nn.Module) -> list[int]:
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)  # the modules whose parameters form the blocks of a layered model
 
 
+def parameter_groups(model: nn.Module) -> list[tuple[str, str, int]]:
+    """The layers of any model for per-layer curvature: (module name, module type, trainable parameters) of
+    each module that holds trainable parameters of its own, in ``model.parameters()`` order, so that the
+    groups split the parameter vector into consecutive ranges (the diagonal blocks of the Hessian). For the
+    MLP and the CNN these are their linear and convolutional layers, the blocks of the layer order."""
+    groups, seen = [], set()
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in own)
+        if own:
+            groups.append((name or "(model)", type(module).__name__, sum(p.numel() for p in own)))
+    return groups
+
+
 def _build(model: nn.Module):
     """The layer-structured build for the model's class."""
     from .models import CNN, MLP
@@ -307,14 +321,18 @@ def generic_hessian(
     parameters on 1,000 MNIST-1D examples, 2 cores).
     """
     matvec, n_params = hvp_operator(model, loss_fn, x, y, dtype=dtype, max_rows=max_rows)
-    device = next(model.parameters()).device
-    h = torch.zeros(n_params, n_params, dtype=dtype, device=device)
-    for j in range(0, n_params, block):
-        m = min(block, n_params - j)
-        unit = torch.zeros(m, n_params, dtype=dtype, device=device)
+    return dense_operator(matvec, n_params, dtype=dtype, device=next(model.parameters()).device, block=block)
+
+
+def dense_operator(matvec: MatVec, p: int, *, dtype: torch.dtype, device, block: int = 8) -> torch.Tensor:
+    """The (P, P) matrix of a symmetric operator, from its products with the unit vectors, ``block`` at a time,
+    symmetrised (it is symmetric up to rounding; eigensolvers then see an exactly symmetric matrix)."""
+    h = torch.zeros(p, p, dtype=dtype, device=device)
+    for j in range(0, p, block):
+        m = min(block, p - j)
+        unit = torch.zeros(m, p, dtype=dtype, device=device)
         unit[torch.arange(m), torch.arange(j, j + m)] = 1.0
         h[j : j + m] = matvec(unit)
-    # Symmetric up to rounding; symmetrise so that eigensolvers see an exactly symmetric matrix.
     return 0.5 * (h + h.T)
 
 

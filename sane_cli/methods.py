@@ -6,9 +6,15 @@ with standard errors for estimates (0 for exact computations) and whether an ite
 optimiser's side of a checkpoint (its stability threshold and the sharpness ratio) is added by
 :func:`sane_cli.records.checkpoint_row`.
 
-Adding a method: a function ``(model, loss_fn, x, y, hcfg, dtype) -> (eigenvalues, top eigenvectors, row,
-arrays)`` here, an entry in :data:`METHODS` (with the memory it needs, checked before a run starts), its
-``conf/hessian/<name>.yaml`` and its tests against the dense reference Hessian.
+With ``hessian.layers``, each checkpoint also measures every layer on its own: the diagonal block of the
+Hessian that belongs to the layer's parameters (:func:`sane_cli.curvature.parameter_groups`), with
+lambda_max, trace, N_eff and SANE of the block, SANE both at the block's own scale and at the whole net's
+(:func:`layer_rows`, written to layers.csv). The exact methods take the blocks from the matrix they built;
+the iterative ones run on each block's Hessian-vector products.
+
+Adding a method: a function ``(model, loss_fn, x, y, hcfg, dtype) -> Measured`` here, an entry in
+:data:`METHODS` (with the memory it needs, checked before a run starts), its ``conf/hessian/<name>.yaml`` and
+its tests against the dense reference Hessian.
 """
 
 from __future__ import annotations
@@ -18,21 +24,44 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import checks
-from .curvature import hessian, layer_count, layer_hessian, layer_hessian_blocks, layer_sizes, spectrum
+from .curvature import (
+    dense_operator,
+    hessian,
+    layer_count,
+    layer_hessian,
+    layer_hessian_blocks,
+    layer_sizes,
+    parameter_groups,
+    spectrum,
+)
 from .errors import UsageError
 from .iterative import hutchinson, hvp_operator, lanczos, slq
 from .losses import LossFn
-from .measures import MODES, laplace_log_evidence, magnitudes, spectrum_summary
+from .measures import MODES, kth_largest, laplace_log_evidence, magnitudes, n_eff, spectrum_summary
 from .models import is_layered
+from .records import LAYER_COLUMNS
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 REORTHS = ("none", "selective", "full")  # SLQ's reorthogonalisation (sane_cli.iterative.slq)
+EXACT_FAMILY = ("exact", "block_diag", "block_band")  # the methods whose blocks come with the matrix they build
+
+
+class Measured(NamedTuple):
+    """What a method returns of one checkpoint."""
+
+    eigenvalues: np.ndarray  # descending: every eigenvalue (exact, block_*) or the top Ritz values
+    eigenvectors: np.ndarray  # (P, topk_vectors) columns
+    row: dict  # hessian.csv's values (CurvatureResult.row)
+    arrays: dict  # extra arrays for the spectra file
+    scale: float  # SANE's scale of the net: rho x its k-th largest |eigenvalue| (or clipped)
+    blocks: list[np.ndarray] | None = None  # each layer's diagonal block's eigenvalues, where the method has them
 
 
 @dataclass
@@ -44,6 +73,7 @@ class CurvatureResult:
     row: dict  # lambda_max, lambda_min, trace, trace_se, n_negative, n_eff, n_eff_se, sane, sane_se, converged
     seconds: float
     arrays: dict = field(default_factory=dict)  # extra arrays for the spectra file (SLQ nodes and weights)
+    layers: list[dict] = field(default_factory=list)  # one row per layer (layer_rows); empty unless asked for
 
 
 def resolve_method(hcfg, model: nn.Module, n_params: int) -> str:
@@ -73,8 +103,18 @@ def precision(hcfg, method: str) -> str:
     return hcfg.auto_slq_dtype if hcfg.method == "auto" and method == "slq" else hcfg.dtype
 
 
+def layers_wanted(hcfg, method: str) -> bool:
+    """Whether a checkpoint by ``method`` (as resolved) measures every layer too: ``hessian.layers`` true, or
+    ``auto`` (the default) with a method whose layer blocks come with the matrix it builds (exact, block_diag,
+    block_band: a fraction of its cost), not with lanczos or slq (a Lanczos or SLQ per layer: about as many
+    times the cost as the net has layers). Configs written before the key existed measured no layers."""
+    choice = hcfg.get("layers", False)
+    return method in EXACT_FAMILY if choice == "auto" else bool(choice)
+
+
 def measure(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, hcfg) -> CurvatureResult:
-    """The curvature of the mean loss over (x, y) at the model's current parameters, by ``hcfg.method``.
+    """The curvature of the mean loss over (x, y) at the model's current parameters, by ``hcfg.method``, and
+    of each layer's diagonal block where :func:`layers_wanted`.
 
     Every method runs in ``hcfg.dtype`` except ``auto``'s SLQ branch, which runs in ``hcfg.auto_slq_dtype``
     (float32 by default: twice as fast, and float32's rounding, about 1e-7 relative, is far below SLQ's
@@ -83,32 +123,61 @@ def measure(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     method = resolve_method(hcfg, model, n_params)
     dtype_name = precision(hcfg, method)
-    values, vectors, row, arrays = METHODS[method].run(model, loss_fn, x, y, hcfg, DTYPES[dtype_name])
+    wanted = layers_wanted(hcfg, method)
+    out = METHODS[method].run(model, loss_fn, x, y, hcfg, DTYPES[dtype_name], wanted)
+    row, arrays = out.row, dict(out.arrays)
     row.setdefault("log_evidence", float("nan"))  # exact spectra only
     # |theta|^2, with the spectrum the evidence framework's optimal prior precision (sane_cli.measures)
     row["weight_norm_sq"] = weight_norm_sq(model)
     row.setdefault("reorth", "")  # slq's reorthogonalisation; nothing to say for other methods
-    return CurvatureResult(method, dtype_name, values, vectors, row, time.perf_counter() - start, arrays)
+    layers = []
+    if wanted:
+        layers, layer_values = layer_rows(model, loss_fn, x, y, hcfg, DTYPES[dtype_name], method, out.scale,
+                                          out.blocks)  # fmt: skip
+        if layer_values is not None:  # every block exact: its eigenvalues kept beside the net's
+            arrays["layer_eigenvalues"] = np.concatenate(layer_values)
+            arrays["layer_sizes"] = np.array([len(v) for v in layer_values])
+    return CurvatureResult(method, dtype_name, out.eigenvalues, out.eigenvectors, row, time.perf_counter() - start,
+                           arrays, layers)  # fmt: skip
 
 
-def _exact(model, loss_fn, x, y, hcfg, dtype):
+def _exact(model, loss_fn, x, y, hcfg, dtype, layers=False) -> Measured:
     """Every eigenvalue of the true Hessian, and with them the Laplace evidence."""
-    spec = spectrum(hessian(model, loss_fn, x, y, dtype=dtype), int(hcfg.topk_vectors))
+    h = hessian(model, loss_fn, x, y, dtype=dtype)
+    spec = spectrum(h, int(hcfg.topk_vectors))
     row = _exact_row(spec.eigenvalues, hcfg)
     row["log_evidence"] = _log_evidence(model, loss_fn, x, y, spec.eigenvalues, float(hcfg.prior_precision))
-    return spec.eigenvalues, spec.eigenvectors, row, {}
+    blocks = _diagonal_spectra(h, model) if layers else None
+    return Measured(spec.eigenvalues, spec.eigenvectors, row, {}, _scale(spec.eigenvalues, hcfg), blocks)
 
 
-def _block_band(model, loss_fn, x, y, hcfg, dtype):
+def _block_band(model, loss_fn, x, y, hcfg, dtype, layers=False) -> Measured:
     """Every eigenvalue of the Hessian with the blocks between layers more than ``hcfg.band`` apart dropped."""
-    spec = spectrum(layer_hessian(model, loss_fn, x, y, dtype=dtype, band=int(hcfg.band)), int(hcfg.topk_vectors))
-    return spec.eigenvalues, spec.eigenvectors, _exact_row(spec.eigenvalues, hcfg), {}
+    h = layer_hessian(model, loss_fn, x, y, dtype=dtype, band=int(hcfg.band))
+    spec = spectrum(h, int(hcfg.topk_vectors))
+    blocks = _diagonal_spectra(h, model) if layers else None  # the diagonal blocks are kept whole
+    return Measured(spec.eigenvalues, spec.eigenvectors, _exact_row(spec.eigenvalues, hcfg), {},
+                    _scale(spec.eigenvalues, hcfg), blocks)  # fmt: skip
 
 
-def _block_diag(model, loss_fn, x, y, hcfg, dtype):
+def _block_diag(model, loss_fn, x, y, hcfg, dtype, layers=False) -> Measured:
     """The eigenvalues of each layer's diagonal block."""
-    values, vectors = _block_diag_spectrum(model, loss_fn, x, y, dtype, int(hcfg.topk_vectors))
-    return values, vectors, _exact_row(values, hcfg), {}
+    values, vectors, blocks = _block_diag_spectrum(model, loss_fn, x, y, dtype, int(hcfg.topk_vectors))
+    return Measured(values, vectors, _exact_row(values, hcfg), {}, _scale(values, hcfg), blocks)
+
+
+def _scale(values: np.ndarray, hcfg) -> float:
+    """SANE's scale of a whole spectrum: rho x its k-th largest |eigenvalue| (or clipped)."""
+    return float(hcfg.rho) * kth_largest(values, int(hcfg.k), hcfg.eig_mode)
+
+
+def _diagonal_spectra(h: torch.Tensor, model: nn.Module) -> list[np.ndarray]:
+    """The eigenvalues (descending) of each layer's diagonal block of the matrix ``h``."""
+    starts = np.cumsum([0, *(size for *_, size in parameter_groups(model))])
+    return [
+        torch.linalg.eigvalsh(h[a:b, a:b]).flip(0).double().cpu().numpy()
+        for a, b in zip(starts[:-1], starts[1:], strict=True)
+    ]
 
 
 @torch.no_grad()
@@ -162,15 +231,13 @@ def preconditioned_sharpness(
     return float(top.values[0])
 
 
-def _top(model, loss_fn, x, y, hcfg, dtype):
-    """(operator, P, the top eigenpairs by Lanczos, the row's extremes) shared by lanczos and slq."""
-    matvec, p = hvp_operator(model, loss_fn, x, y, dtype=dtype)
-    device = next(model.parameters()).device
+def _top(matvec, p: int, hcfg, dtype, device):
+    """(the top eigenpairs of the operator by Lanczos, the row's extremes) shared by lanczos and slq."""
     wanted = max(int(hcfg.topk_vectors), int(hcfg.k), int(hcfg.topk))
     top = lanczos(matvec, p, wanted, tol=float(hcfg.tol), max_iter=int(hcfg.max_iter), seed=int(hcfg.seed),
                   dtype=dtype, device=device)  # fmt: skip
     row = {"lambda_max": float(top.values[0]), "lambda_min": top.lambda_min, "converged": top.converged}
-    return matvec, p, top, row
+    return top, row
 
 
 def _deflation(top, p: int, hcfg):
@@ -179,43 +246,132 @@ def _deflation(top, p: int, hcfg):
     return (top.values, top.vectors) if hcfg.deflate and len(top.values) < p else None
 
 
-def _lanczos(model, loss_fn, x, y, hcfg, dtype):
+def _lanczos(model, loss_fn, x, y, hcfg, dtype, layers=False) -> Measured:
     """The top eigenpairs by Lanczos and a Hutchinson trace; no N_eff or SANE."""
-    matvec, p, top, row = _top(model, loss_fn, x, y, hcfg, dtype)
-    device = next(model.parameters()).device
+    matvec, p = hvp_operator(model, loss_fn, x, y, dtype=dtype)
+    top, row = _lanczos_estimates(matvec, p, hcfg, dtype, next(model.parameters()).device)
+    return Measured(top.values, top.vectors[:, : int(hcfg.topk_vectors)], row, {}, _top_scale(top, hcfg))
+
+
+def _lanczos_estimates(matvec, p: int, hcfg, dtype, device):
+    """(the top eigenpairs, the row) of lanczos on an operator of size P."""
+    top, row = _top(matvec, p, hcfg, dtype, device)
     trace, trace_se = hutchinson(matvec, p, probes=int(hcfg.probes), seed=int(hcfg.seed),
                                  deflate=_deflation(top, p, hcfg), dtype=dtype, device=device)  # fmt: skip
     nan = float("nan")
     row.update(trace=trace, trace_se=trace_se, n_negative=nan, n_eff=nan, n_eff_se=nan, n_eff_bound=nan, sane=nan,
                sane_se=nan, sane_bound=nan)  # fmt: skip
-    return top.values, top.vectors[:, : int(hcfg.topk_vectors)], row, {}
+    return top, row
 
 
-def _slq(model, loss_fn, x, y, hcfg, dtype):
+def _top_scale(top, hcfg) -> float:
+    """SANE's scale from the top eigenpairs: rho x the k-th largest |eigenvalue| (abs) or the k-th largest
+    eigenvalue clipped at 0 (clip)."""
+    largest = top.magnitudes if hcfg.eig_mode == "abs" else np.clip(top.values, 0.0, None)
+    k = min(int(hcfg.k), len(largest))
+    return float(hcfg.rho) * float(largest[k - 1])
+
+
+def _slq(model, loss_fn, x, y, hcfg, dtype, layers=False) -> Measured:
     """Stochastic Lanczos quadrature: trace, N_eff, SANE and the negative count as tr f(H), with standard
     errors and bounds on the quadrature's bias; SANE's scale from the top eigenpairs."""
-    matvec, p, top, row = _top(model, loss_fn, x, y, hcfg, dtype)
-    device = next(model.parameters()).device
+    matvec, p = hvp_operator(model, loss_fn, x, y, dtype=dtype)
+    top, row, quad = _slq_estimates(matvec, p, hcfg, dtype, next(model.parameters()).device)
+    arrays = {"slq_nodes": quad.nodes, "slq_weights": quad.weights}
+    return Measured(top.values, top.vectors[:, : int(hcfg.topk_vectors)], row, arrays, _top_scale(top, hcfg))
+
+
+def _slq_estimates(matvec, p: int, hcfg, dtype, device):
+    """(the top eigenpairs, the row, the quadrature) of slq on an operator of size P."""
+    top, row = _top(matvec, p, hcfg, dtype, device)
     quad = slq(matvec, p, probes=int(hcfg.probes), steps=int(hcfg.steps), seed=int(hcfg.seed),
                reorthogonalize=hcfg.reorth == "full", reproject=hcfg.reorth == "selective",
                deflate=_deflation(top, p, hcfg), dtype=dtype, device=device)  # fmt: skip
-    mode = hcfg.eig_mode
-    # SANE's scale: the k-th largest |eigenvalue| (abs) or the k-th largest eigenvalue clipped at 0 (clip)
-    largest = top.magnitudes if hcfg.eig_mode == "abs" else np.clip(top.values, 0.0, None)
-    scale = float(hcfg.rho) * float(largest[int(hcfg.k) - 1])
+    mode, scale = hcfg.eig_mode, _top_scale(top, hcfg)
     trace, trace_se = quad.trace_of(lambda t: t)
-    n_eff, n_eff_se = quad.trace_of(lambda t: magnitudes(t, mode) / (magnitudes(t, mode) + float(hcfg.alpha)))
-    sane, sane_se = (
-        quad.trace_of(lambda t: magnitudes(t, mode) / (magnitudes(t, mode) + scale)) if scale > 0 else (0.0, 0.0)
-    )
+    n_eff, n_eff_se = quad.trace_of(lambda t: _ratio(t, float(hcfg.alpha), mode))
+    sane, sane_se = quad.trace_of(lambda t: _ratio(t, scale, mode)) if scale > 0 else (0.0, 0.0)
     n_neg, _ = quad.trace_of(lambda t: (t < 0).astype(float))
     n_eff_bound = _bias_bound(quad, n_eff, float(hcfg.alpha), hcfg)
     sane_bound = _bias_bound(quad, sane, scale, hcfg) if scale > 0 else 0.0
     row.update(trace=trace, trace_se=trace_se, n_negative=n_neg, n_eff=n_eff, n_eff_se=n_eff_se,
                n_eff_bound=n_eff_bound, sane=sane, sane_se=sane_se, sane_bound=sane_bound,
                reorth=hcfg.reorth)  # fmt: skip
-    arrays = {"slq_nodes": quad.nodes, "slq_weights": quad.weights}
-    return top.values, top.vectors[:, : int(hcfg.topk_vectors)], row, arrays
+    return top, row, quad
+
+
+def _ratio(t: np.ndarray, a: float, mode: str) -> np.ndarray:
+    """m / (m + a) elementwise, m = |t| (or clipped): the summand of N_eff and SANE."""
+    m = magnitudes(t, mode)
+    return m / (m + a)
+
+
+LAYER_VALUES = LAYER_COLUMNS[LAYER_COLUMNS.index("layer") :]  # a layer's row, without its checkpoint's step and kind
+
+
+def layer_rows(
+    model: nn.Module, loss_fn: LossFn, x, y, hcfg, dtype, method: str, net_scale: float, blocks=None
+) -> tuple[list[dict], list[np.ndarray] | None]:
+    """One row per layer (:func:`sane_cli.curvature.parameter_groups`, input to output) of the diagonal block
+    H_ll of the Hessian that belongs to its parameters: lambda_max, lambda_min, trace, n_negative, N_eff at
+    ``hessian.alpha``, SANE at the block's own scale (rho x the block's k-th largest |eigenvalue|, k at most
+    the block's size) and ``sane_net``, SANE at the whole net's scale ``net_scale`` (so that the layers' values
+    add up to no more than the net's block-diagonal SANE). And the blocks' eigenvalues where every block was
+    exact, else None.
+
+    The blocks' eigenvalues come from ``blocks`` where the method built them (exact, block_diag, block_band).
+    Otherwise each block is measured through the Hessian-vector products restricted to it: exactly, from one
+    product per parameter, while the block has no more parameters than the products an SLQ would spend
+    (``probes`` x ``steps``, and at most ``exact_max_params``); above that by ``method``, slq (estimates with
+    standard errors) or lanczos (lambda_max and a trace only).
+    """
+    groups = parameter_groups(model)
+    if blocks is not None:
+        return [_block_row(j, g, values, hcfg, net_scale) for j, (g, values) in enumerate(zip(groups, blocks,
+                strict=True))], blocks  # fmt: skip
+    matvec, p = hvp_operator(model, loss_fn, x, y, dtype=dtype)
+    device = next(model.parameters()).device
+    starts = np.cumsum([0, *(size for *_, size in groups)]).tolist()
+    rows, exact = [], []
+    for j, group in enumerate(groups):
+        a, b = starts[j], starts[j + 1]
+
+        def block(v: torch.Tensor, a=a, b=b) -> torch.Tensor:
+            full = torch.zeros(len(v), p, dtype=v.dtype, device=v.device)
+            full[:, a:b] = v
+            return matvec(full)[:, a:b]
+
+        if b - a <= min(int(hcfg.exact_max_params), int(hcfg.probes) * int(hcfg.steps)):
+            h = dense_operator(block, b - a, dtype=dtype, device=device)
+            values = torch.linalg.eigvalsh(h).flip(0).double().cpu().numpy()
+            rows.append(_block_row(j, group, values, hcfg, net_scale))
+            exact.append(values)
+            continue
+        if method == "lanczos":
+            _, row = _lanczos_estimates(block, b - a, hcfg, dtype, device)
+            row.update(sane_net=float("nan"), sane_net_se=float("nan"))
+        else:
+            _, row, quad = _slq_estimates(block, b - a, hcfg, dtype, device)
+            row["sane_net"], row["sane_net_se"] = (
+                quad.trace_of(lambda t: _ratio(t, net_scale, hcfg.eig_mode)) if net_scale > 0 else (0.0, 0.0)
+            )
+        rows.append(_layer_row(j, group, method, row))
+    return rows, exact if len(exact) == len(groups) else None
+
+
+def _block_row(j: int, group: tuple[str, str, int], values: np.ndarray, hcfg, net_scale: float) -> dict:
+    """A layer's row from every eigenvalue of its block."""
+    k = min(int(hcfg.k), len(values))
+    row = spectrum_summary(values, alpha=hcfg.alpha, rho=hcfg.rho, k=k, mode=hcfg.eig_mode)
+    row["sane_net"] = n_eff(values, alpha=net_scale, mode=hcfg.eig_mode) if net_scale > 0 else 0.0
+    row.update(trace_se=0.0, n_eff_se=0.0, sane_se=0.0, sane_net_se=0.0, converged=True)
+    return _layer_row(j, group, "exact", row)
+
+
+def _layer_row(j: int, group: tuple[str, str, int], method: str, row: dict) -> dict:
+    name, kind, size = group
+    row = {"layer": j + 1, "module": name, "module_type": kind, "params": size, "method": method, **row}
+    return {c: row[c] for c in LAYER_VALUES}
 
 
 def _bias_bound(quad, estimate: float, a: float, hcfg) -> float:
@@ -234,9 +390,9 @@ def _exact_row(values: np.ndarray, hcfg) -> dict:
     return {**row, **zero, "converged": True}
 
 
-def _block_diag_spectrum(model, loss_fn, x, y, dtype, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues of the block-diagonal Hessian (the union of each layer block's), and the top-k
-    eigenvectors, each supported on one layer's parameters."""
+def _block_diag_spectrum(model, loss_fn, x, y, dtype, k: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Eigenvalues of the block-diagonal Hessian (the union of each layer block's), the top-k eigenvectors,
+    each supported on one layer's parameters, and each block's eigenvalues (descending)."""
     blocks = layer_hessian_blocks(model, loss_fn, x, y, dtype=dtype, band=0)
     sizes = [blocks[j, j].shape[0] for j in range(layer_count(model))]
     values, candidates = [], []  # (eigenvalue, layer, column) of each block's own top k
@@ -251,7 +407,7 @@ def _block_diag_spectrum(model, loss_fn, x, y, dtype, k: int) -> tuple[np.ndarra
     vectors = np.zeros((starts[-1], min(k, len(candidates))))
     for c, (_, j, _, vec) in enumerate(candidates[: vectors.shape[1]]):
         vectors[starts[j] : starts[j + 1], c] = vec
-    return np.sort(np.concatenate(values))[::-1], vectors
+    return np.sort(np.concatenate(values))[::-1], vectors, values
 
 
 def _block_bytes(model: nn.Module, size: int) -> int:
@@ -288,7 +444,7 @@ class MethodSpec:
     """A curvature method: what it computes, the memory it needs (checked before a run starts), and whether it
     needs a layered model's blocks."""
 
-    run: Callable[..., tuple]  # (model, loss_fn, x, y, hcfg, dtype) -> (eigenvalues, vectors, row, arrays)
+    run: Callable[..., Measured]  # (model, loss_fn, x, y, hcfg, dtype, layers) -> Measured (layers: keep blocks)
     memory: Callable[..., tuple[int, str, str]] | None = None  # (hcfg, model, P, bytes here) -> (bytes, what, fix)
     layered: bool = False
 
@@ -357,3 +513,9 @@ def check_config(cfg) -> None:
     checks.choice(cfg, "hessian.reorth", REORTHS)
     checks.flag(cfg, "hessian.deflate")
     checks.flag(cfg, "hessian.on_spike")
+    if OmegaConf.select(cfg, "hessian.layers") is None and "layers" not in cfg.hessian:  # before 0.10: none measured
+        with open_dict(cfg):
+            cfg.hessian.layers = False
+    layers = cfg.hessian.layers
+    if not isinstance(layers, bool) and layers != "auto":
+        checks.fail("hessian.layers", layers, "must be auto, true or false")

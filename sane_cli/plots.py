@@ -228,6 +228,67 @@ def sharpness(runs: Sequence[tuple[str, pd.DataFrame]]):
         return fig
 
 
+LAYER_PANELS = ("lambda_max", "trace", "sane", "sane_net")
+LAYER_LABELS = {
+    "lambda_max": r"$\lambda_\mathrm{max}$ of the layer's block",
+    "trace": r"tr $H_{ll}$",
+    "sane": "SANE (the block's own scale)",
+    "sane_net": "SANE (the net's scale)",
+}
+
+
+def layers(run, title: str):
+    """Per-layer curvature of one run over training (layers.csv, scheduled checkpoints): lambda_max, trace and
+    SANE at the block's own and at the whole net's scale of each layer's diagonal Hessian block, a line per
+    layer (dark: the input's, light: the output's), estimates with 2 standard errors."""
+    t = run.layers[run.layers.kind == "scheduled"].sort_values(["layer", "step"])
+    n_layers = int(t.layer.max())
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(n_layers, 2)))
+    with style():
+        fig, axes = plt.subplots(2, 2, figsize=(6.5, 4.4), sharex=True)
+        for ax, key in zip(axes.flat, LAYER_PANELS, strict=True):
+            for layer, rows in t.groupby("layer"):
+                se = rows.get(f"{key}_se", pd.Series(0.0, index=rows.index)).fillna(0).to_numpy(float)
+                label = f"{layer}: {rows.module_type.iloc[0]} ({int(rows.params.iloc[0])})"
+                ax.errorbar(rows.step, rows[key], yerr=2 * se, fmt="o-", ms=2.5, lw=1, capsize=1.5,
+                            color=colours[int(layer) - 1], label=label)  # fmt: skip
+            if key in ("lambda_max", "trace"):
+                _log_if_wide(ax, np.abs(t[key].to_numpy(float)))
+            ax.set_ylabel(LAYER_LABELS[key])
+        for ax in axes[1]:
+            ax.set_xlabel("step")
+        ncol = 1 if n_layers <= 8 else 2
+        axes[0, 1].legend(title="layer: type (params)", fontsize=6, title_fontsize=6, ncol=ncol, loc="center left",
+                          bbox_to_anchor=(1.02, 0.5))  # fmt: skip
+        fig.suptitle(title, fontsize=9)
+        fig.subplots_adjust(left=0.09, right=0.78 if ncol == 1 else 0.68, bottom=0.1, top=0.91, wspace=0.3,
+                            hspace=0.1)  # fmt: skip
+        return fig
+
+
+def layer_profile(profiles: pd.DataFrame, line: str):
+    """Per-layer curvature at the end of training against the layer's place in the net, a line per value of
+    ``line`` (``profiles``: columns line, layer, and each of LAYER_PANELS with _mean and _std over seeds)."""
+    with style():
+        fig, axes = plt.subplots(2, 2, figsize=(6.5, 4.4), sharex=True)
+        groups = sorted(profiles[line].unique(), key=_order)
+        for ax, key in zip(axes.flat, LAYER_PANELS, strict=True):
+            for i, value in enumerate(groups):
+                rows = profiles[profiles[line] == value].sort_values("layer")
+                ax.errorbar(rows.layer, rows[f"{key}_mean"], yerr=rows[f"{key}_std"].fillna(0), fmt="o", ms=3,
+                            capsize=2, color=f"C{i % 10}", ls="-" if i < 10 else "--", label=str(value))  # fmt: skip
+            if key in ("lambda_max", "trace"):
+                _log_if_wide(ax, np.abs(profiles[f"{key}_mean"].to_numpy(float)))
+            ax.set_ylabel(LAYER_LABELS[key])
+        for ax in axes[1]:
+            ax.set_xlabel("layer (1: the input's)")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        axes[0, 1].legend(title=line, fontsize=6, title_fontsize=6, ncol=2 if len(groups) > 10 else 1,
+                          loc="center left", bbox_to_anchor=(1.02, 0.5))  # fmt: skip
+        fig.subplots_adjust(left=0.09, right=0.72, bottom=0.1, top=0.97, wspace=0.3, hspace=0.1)
+        return fig
+
+
 def threshold_label(h: pd.DataFrame) -> str:
     """The legend of a run's stability threshold: 2/eta when it is plain GD's, else its name (and the
     sharpness it bounds when that is a preconditioned one)."""

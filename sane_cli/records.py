@@ -27,9 +27,17 @@ A run folder holds::
                               preconditioned_sharpness, / stability_threshold), converged
                               (iterative methods), seconds, kind (scheduled, pre_spike: the state just
                               before a loss spike, post_spike)
+    layers.csv                one row per layer per curvature checkpoint (hessian.layers): step, kind, layer
+                              (1 = the input's), module (its name in the model), module_type, params, method
+                              (exact, or slq / lanczos for a block too large for its exact build), lambda_max,
+                              lambda_min, trace, trace_se, n_negative, n_eff, n_eff_se, sane (at the block's own
+                              scale), sane_se, sane_net (at the whole net's scale), sane_net_se, converged: of
+                              the diagonal block of the Hessian that belongs to the layer's parameters
+                              (sane_cli.methods.layer_rows)
     spectra/step_<step>.npz   eigenvalues, descending: all of them (exact, block_*) or the top Ritz values
                               (lanczos, slq); eigenvectors (P, topk_vectors), as columns; slq_nodes and
-                              slq_weights (probes, steps) for slq
+                              slq_weights (probes, steps) for slq; layer_eigenvalues (each layer block's,
+                              descending, one after the other) and layer_sizes, where every block was exact
     summary.json              status, final metrics, resolved config, versions, device, wall time
     checkpoint.pt             model and optimiser state at the latest curvature checkpoint (or the step a
                               signal stopped the run at), with all a resumed run needs: the step, the
@@ -76,6 +84,11 @@ VALUE_COLUMNS = [
 # a run's final curvature in summary.json (final_<column>): the values without their standard errors and bounds
 FINAL_COLUMNS = [c for c in VALUE_COLUMNS if not c.endswith(("_se", "_bound"))]
 LOSS_COLUMNS = ["step", "loss"]
+# layers.csv: a checkpoint's step and kind, then what sane_cli.methods.layer_rows measures of each layer
+LAYER_COLUMNS = [
+    "step", "kind", "layer", "module", "module_type", "params", "method", "lambda_max", "lambda_min", "trace",
+    "trace_se", "n_negative", "n_eff", "n_eff_se", "sane", "sane_se", "sane_net", "sane_net_se", "converged",
+]  # fmt: skip
 CHECKPOINT_KINDS = ("scheduled", "pre_spike", "post_spike")
 STATUSES = ("running", "completed", "converged", "diverged", "failed", "interrupted")
 FINISHED = ("completed", "converged")  # ran to its end: all its steps, or its stop criterion
@@ -138,6 +151,7 @@ class RunWriter:
                 ) from None
             finally:
                 tmp.unlink(missing_ok=True)
+        self.tracker = None  # a sane_cli.trackers.Tracking the rows are also handed to, once written here
         self._lock = _lock(self.dir)
         self._reserve, reserved = self.dir / RESERVE, False
         try:
@@ -150,6 +164,8 @@ class RunWriter:
             self.metrics = _CsvLog(self.dir / "metrics.csv", METRICS_COLUMNS, append)
             self.hessian = _CsvLog(self.dir / "hessian.csv", HESSIAN_COLUMNS, append)
             self.loss = _CsvLog(self.dir / "loss.csv", LOSS_COLUMNS, append)
+            # a checkpoint of a version before layers.csv holds no size for it: the file starts at the resume
+            self.layers = _CsvLog(self.dir / "layers.csv", LAYER_COLUMNS, append and "layers.csv" in resume_sizes)
         except BaseException:
             if reserved:
                 self._reserve.unlink(missing_ok=True)
@@ -158,21 +174,35 @@ class RunWriter:
 
     def sizes(self) -> dict[str, int]:
         """The bytes of each CSV, flushed: what a checkpoint taken now keeps of them."""
-        return {log.path.name: log.size() for log in (self.metrics, self.hessian, self.loss)}
+        return {log.path.name: log.size() for log in (self.metrics, self.hessian, self.loss, self.layers)}
 
     def log_metrics(self, row: dict[str, Any]) -> None:
         self.metrics.write(row)
         self.loss.flush()
+        if self.tracker is not None:
+            self.tracker.metrics(row)
 
     def log_step_loss(self, step: int, loss: float) -> None:
         self.loss.write({"step": step, "loss": loss}, flush=False)  # flushed with each metrics row
 
     def log_curvature(
-        self, row: dict[str, Any], eigenvalues: np.ndarray, eigenvectors: np.ndarray, **arrays: np.ndarray
+        self,
+        row: dict[str, Any],
+        eigenvalues: np.ndarray,
+        eigenvectors: np.ndarray,
+        layers: list[dict[str, Any]] = (),
+        **arrays: np.ndarray,
     ) -> None:
+        """A checkpoint: its spectrum file, its layers' rows, then its hessian.csv row (so that a row there
+        always has its spectrum and every layer row of its step)."""
         path = self.dir / "spectra" / f"step_{int(row['step'])}.npz"
         _atomic(path, lambda f: np.savez(f, eigenvalues=eigenvalues, eigenvectors=eigenvectors, **arrays))
-        self.hessian.write(row)  # after its spectrum: a row in hessian.csv always has its file
+        for layer in layers:
+            self.layers.write({"step": row["step"], "kind": row["kind"], **layer}, flush=False)
+        self.layers.flush()
+        self.hessian.write(row)
+        if self.tracker is not None:
+            self.tracker.curvature(row, layers)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         import torch
@@ -195,7 +225,7 @@ class RunWriter:
         """Close the logs (what a full disk kept from them is lost, the rows before it stay whole or cut at
         the end, which a reader drops) and release the folder."""
         try:
-            for log in (self.metrics, self.hessian, self.loss):
+            for log in (self.metrics, self.hessian, self.loss, self.layers):
                 with contextlib.suppress(OSError):
                     log.close()
             self._reserve.unlink(missing_ok=True)
@@ -203,7 +233,8 @@ class RunWriter:
             os.close(self._lock)  # releases the lock
 
 
-MAY_DIFFER = ("threads", "device", "resume")  # keys a resumed run may change: where it runs, not what it computes
+# keys a resumed run may change: where it runs and what else it reports to, not what it computes
+MAY_DIFFER = ("threads", "device", "resume", "logger")
 
 
 @dataclass
@@ -524,7 +555,7 @@ def checkpoint_row(
     return {c: row[c] for c in HESSIAN_COLUMNS}
 
 
-TEXT_COLUMNS = {"method", "dtype", "reorth", "eig_mode", "converged", "kind"}
+TEXT_COLUMNS = {"method", "dtype", "reorth", "eig_mode", "converged", "kind", "module", "module_type"}
 
 
 def _checked_rows(df: pd.DataFrame, raw: bytes, file: Path) -> pd.DataFrame:
@@ -588,6 +619,7 @@ class Run:
     metrics: pd.DataFrame
     hessian: pd.DataFrame
     losses: pd.DataFrame | None = None  # loss.csv (absent in runs made before it existed)
+    layers: pd.DataFrame | None = None  # layers.csv (absent in runs made before it existed)
 
     @property
     def status(self) -> str:
@@ -694,9 +726,10 @@ def load_run(path: str | Path) -> Run:
                 "writes no such value)"
             )
     tables = {}
-    for name, columns in (("metrics", METRICS_COLUMNS), ("hessian", HESSIAN_COLUMNS), ("loss", LOSS_COLUMNS)):
-        if name == "loss" and not (path / "loss.csv").exists():
-            tables[name] = None  # written since version 0.2; older runs detect spikes on metrics.csv
+    for name, columns in (("metrics", METRICS_COLUMNS), ("hessian", HESSIAN_COLUMNS), ("loss", LOSS_COLUMNS),
+                          ("layers", LAYER_COLUMNS)):  # fmt: skip
+        if name in ("loss", "layers") and not (path / f"{name}.csv").exists():
+            tables[name] = None  # written since version 0.2 (loss) and 0.10 (layers)
             continue
         try:
             raw = (path / f"{name}.csv").read_bytes()
@@ -708,4 +741,4 @@ def load_run(path: str | Path) -> Run:
         if list(df.columns) != columns:
             raise UsageError(f"{path}: {name}.csv has columns {list(df.columns)}, expected {columns}")
         tables[name] = _checked_rows(df, raw, path / f"{name}.csv")
-    return Run(path, summary, tables["metrics"], tables["hessian"], tables["loss"])
+    return Run(path, summary, tables["metrics"], tables["hessian"], tables["loss"], tables["layers"])

@@ -15,14 +15,18 @@ Runs are grouped by the config keys that vary between them (lr, depth, width, da
                          intervals (_lo, _hi), the units and runs behind each (few_units: under 8); over
                          all units (scope all) and within each model family (scope model=cnn, ...)
     checkpoints.csv      every curvature checkpoint of every run (its hessian.csv rows, plus the run)
+    layers.csv           every layer of every checkpoint of every run (its layers.csv rows, plus the run)
+    layer_profiles.csv   each layer's curvature at the end of training, unit by unit (the mean and std over
+                         seeds, sane_cli.tables.layer_profiles)
     basins.csv           loss basins of every run (sane_cli.basins.BASIN_COLUMNS, plus the run)
     spikes.csv           what spikes do beyond their null, run by run (each run's median over its spikes;
                          spikes_per_run.csv), as the mean over runs with a bootstrap interval over runs
     figures/             lr_comparison and depth_comparison (when lr or depth vary); sharpness (the
                          sharpness ratio of every run over training, up to 20 runs); correlations (each
-                         measure against test loss and accuracy, unit by unit, with the seeds' range)
-    runs/<label>/        dynamics, spectra and (with spikes) basins figures; basins.csv; similarity.csv
-                         (the label as a file name, made unique)
+                         measure against test loss and accuracy, unit by unit, with the seeds' range);
+                         layer_profile (each layer's final curvature, a line per unit, up to 20)
+    runs/<label>/        dynamics, spectra, layers (with layers.csv) and (with spikes) basins figures;
+                         basins.csv; similarity.csv (the label as a file name, made unique)
 
 Run folders are only read, and the output folder may hold none of them. Diverged runs are listed and
 marked in the figures, never dropped; unreadable run folders are skipped with a warning naming each.
@@ -58,6 +62,8 @@ from .tables import (
     combinations,
     correlations,
     group_table,
+    layer_profiles,
+    layer_table,
     run_status,
     sensitivity_table,
     spike_inference,
@@ -97,6 +103,7 @@ class Tables:
     groups: pd.DataFrame
     corr: pd.DataFrame
     options: Options
+    profiles: pd.DataFrame  # layer_profiles: each layer's final curvature, unit by unit
 
 
 def _comparison(t: Tables, x: str, panels: list[str]):
@@ -144,6 +151,15 @@ def _sharpness(t: Tables):
     return plots.sharpness(measured) if 0 < len(measured) <= SHARPNESS_RUNS else None
 
 
+def _layer_profile(t: Tables):
+    """Each layer's final curvature against its place in the net, a line per unit; None without layers.csv
+    or beyond SHARPNESS_RUNS units."""
+    from . import plots
+
+    lines = t.profiles.unit.nunique() if len(t.profiles) else 0
+    return plots.layer_profile(t.profiles, "unit") if 0 < lines <= SHARPNESS_RUNS else None
+
+
 @dataclass(frozen=True)
 class ReportFigure:
     """A figure of the whole report: its file in figures/, its heading and caption in report.html, and how it
@@ -168,6 +184,11 @@ FIGURES = [  # in the order of report.html; a new figure is one entry
                  "Each run's sharpness over its stability threshold at every scheduled checkpoint (lambda_max of "
                  "the training loss; for Adam, of P^-1 H); 1 is the edge of stability. sharpness_ratio_late in "
                  "summary.csv is its median over the last third of the run.", _sharpness),
+    ReportFigure("layer_profile", "Curvature by layer",
+                 "Each layer's diagonal block of the Hessian at the last scheduled checkpoint of each finished run, "
+                 "a line per unit (mean and standard deviation over its seeds): lambda_max, trace, and SANE at the "
+                 "block's own scale and at the whole net's (layer_profiles.csv; every checkpoint in layers.csv).",
+                 _layer_profile),
 ]  # fmt: skip
 
 
@@ -204,6 +225,8 @@ def _per_run(args: tuple[str, str, str, tuple[str, ...]]) -> tuple[str, pd.DataF
         figures["spectra"] = lambda: plots.spectra(run, label)
         if spikes:
             figures["basins"] = lambda: plots.basins(run, table, sim_steps, sim, label)
+    if run.layers is not None and (run.layers.kind == "scheduled").any():
+        figures["layers"] = lambda: plots.layers(run, label)
     files = []
     for name, draw in figures.items():
         files += attempt(f"{name} figure", lambda draw=draw, name=name: _save(draw(), out / name, formats), [])
@@ -258,6 +281,9 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
     checkpoints = [r.hessian.assign(run=lab) for r, lab in zip(runs, table.label, strict=True) if len(r.hessian)]
     checkpoints = pd.concat(checkpoints, ignore_index=True) if checkpoints else pd.DataFrame(columns=["run", "step"])
     checkpoints[["run", *[c for c in checkpoints.columns if c != "run"]]].to_csv(out / "checkpoints.csv", index=False)
+    layer_table(runs, table.label).to_csv(out / "layers.csv", index=False)
+    profiles = layer_profiles(runs, table)
+    profiles.to_csv(out / "layer_profiles.csv", index=False)
     spikes_per_run, spikes = spike_inference(basins, table)
     spikes_per_run.to_csv(out / "spikes_per_run.csv", index=False)
     spikes.to_csv(out / "spikes.csv", index=False)
@@ -271,7 +297,7 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
     sens.to_csv(out / "sensitivity.csv", index=False)
     sens_corr.to_csv(out / "sensitivity_correlations.csv", index=False)
 
-    context = Tables(runs, table, keys, groups, corr, options)
+    context = Tables(runs, table, keys, groups, corr, options, profiles)
     drawn = {}  # figure -> its files
     for figure in FIGURES:
         fig = figure.draw(context)
@@ -310,8 +336,8 @@ def _check_out(out: Path, runs: list[Run], paths: list[Path]) -> None:
 
 # what a report writes into its folder: an earlier report's files are replaced as a whole, never mixed
 REPORT_FILES = ("report.html", "figures", "runs", "summary.csv", "groups.csv", "correlations.csv", "basins.csv",
-                "checkpoints.csv", "spikes.csv", "spikes_per_run.csv", "sensitivity.csv",
-                "sensitivity_correlations.csv")  # fmt: skip
+                "checkpoints.csv", "layers.csv", "layer_profiles.csv", "spikes.csv", "spikes_per_run.csv",
+                "sensitivity.csv", "sensitivity_correlations.csv")  # fmt: skip
 
 
 def _clear_earlier_report(out: Path) -> None:

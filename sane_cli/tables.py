@@ -16,7 +16,17 @@ import numpy as np
 import pandas as pd
 
 from .errors import UsageError
-from .records import FINAL_COLUMNS, FINISHED, VALUE_COLUMNS, Run, config_value, find_runs, is_locked, load_run
+from .records import (
+    FINAL_COLUMNS,
+    FINISHED,
+    LAYER_COLUMNS,
+    VALUE_COLUMNS,
+    Run,
+    config_value,
+    find_runs,
+    is_locked,
+    load_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -412,6 +422,52 @@ def combinations(df: pd.DataFrame, keys: list[str]) -> list[str]:
 
 def status_counts(table: pd.DataFrame) -> str:
     return ", ".join(f"{n} {s}" for s, n in table.status.value_counts().items())
+
+
+LAYER_MEASURES = ("lambda_max", "trace", "n_eff", "sane", "sane_net")  # what layer_profiles averages over seeds
+
+
+def layer_table(runs: list[Run], labels) -> pd.DataFrame:
+    """Every layers.csv row of every run that has one, the run's label in front."""
+    tables = [r.layers.assign(run=lab) for r, lab in zip(runs, labels, strict=True) if r.layers is not None]
+    tables = [t for t in tables if len(t)]
+    if not tables:
+        return pd.DataFrame(columns=["run", *LAYER_COLUMNS])
+    out = pd.concat(tables, ignore_index=True)
+    return out[["run", *LAYER_COLUMNS]]
+
+
+def final_layers(run: Run) -> pd.DataFrame:
+    """The layers' rows of a run's last scheduled checkpoint that measured them (empty without any)."""
+    t = run.layers
+    if t is None or not len(t):
+        return pd.DataFrame(columns=LAYER_COLUMNS)
+    t = t[t.kind == "scheduled"]
+    return t[t.step == t.step.max()] if len(t) else t
+
+
+def layer_profiles(runs: list[Run], table: pd.DataFrame) -> pd.DataFrame:
+    """Per-layer curvature at the end of training, unit by unit (:func:`units`: runs differing only in their
+    seed): for each finished run with layers.csv, its :func:`final_layers`; then per unit and layer the runs
+    behind it, the layer's module type and size, and the mean and std over seeds of each of LAYER_MEASURES."""
+    unit = units(table)
+    finals = [final_layers(r).assign(unit=u) for r, u, status in zip(runs, unit, table.status, strict=True)
+              if status in FINISHED]  # fmt: skip
+    finals = [f for f in finals if len(f)]
+    columns = ["unit", "layer", "module_type", "params", "n_runs",
+               *[f"{m}_{s}" for m in LAYER_MEASURES for s in ("mean", "std")]]  # fmt: skip
+    if not finals:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for (u, layer), sub in pd.concat(finals, ignore_index=True).groupby(["unit", "layer"], sort=False):
+        row = {"unit": u, "layer": int(layer), "module_type": sub.module_type.iloc[0],
+               "params": int(sub.params.iloc[0]), "n_runs": len(sub)}  # fmt: skip
+        for m in LAYER_MEASURES:
+            values = pd.to_numeric(sub[m], errors="coerce")
+            row[f"{m}_mean"] = values.mean()
+            row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
 
 
 FULL_SPECTRUM = ("exact", "block_diag", "block_band")  # methods whose spectra files hold every eigenvalue

@@ -39,6 +39,7 @@ from .optim import build_optimizer, full_batch, is_preconditioned, preconditione
 from .records import FINAL_COLUMNS, RunWriter, checkpoint_row, json_default, resume_point
 from .schedule import Schedule
 from .signals import Interrupted, Signals
+from .trackers import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ def train(
         "" if point is None else f"; resumed at step {point.step or 0}",
     )  # fmt: skip
     training = None
+    writer.tracker = Tracking(cfg.logger, run_dir, None if point is None else point.step or 0)
     try:
         with Signals().installed() as signals:
             training = _Training(cfg, data, model, device, writer, signals)
@@ -176,6 +178,7 @@ def train(
         summary["wall_seconds"] = round(earlier_seconds + time.time() - started, 3)
         writer.write_summary(summary)
         writer.close()
+        writer.tracker.close()
     log.info("run %s after %.1fs: %s", summary["status"], summary["wall_seconds"], writer.dir)
     return summary
 
@@ -324,7 +327,7 @@ class _Training:
             seconds=time.perf_counter() - start,
         )  # fmt: skip
         with self.signals.hold():
-            self.writer.log_curvature(row, result.eigenvalues, result.eigenvectors, **result.arrays)
+            self.writer.log_curvature(row, result.eigenvalues, result.eigenvectors, result.layers, **result.arrays)
             self.schedule.measured.add(step)
         log.info(
             "step %d/%d %scurvature: lambda_max %.4g%s%s (threshold %.4g), N_eff %.4g, SANE %.4g, trace %.4g [%.1fs]",

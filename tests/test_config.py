@@ -205,7 +205,8 @@ def test_a_model_and_an_optimiser_are_added_by_their_registry_entry_and_config_a
     assert isinstance(build(make_config("model=wide").model, (6,), 3)[0], nn.Linear)
 
 
-PATH_KEYS = {"dataset.root", "dataset.cache_dir"}  # any text is a path
+PATH_KEYS = {"dataset.root", "dataset.cache_dir", "logger.dir"}  # any text is a path
+SCOPES = ("dataset", "model", "optim", "hessian", "logger")  # the groups whose keys the test sets
 
 
 def test_every_key_of_every_option_refuses_a_value_of_the_wrong_kind():
@@ -214,11 +215,11 @@ def test_every_key_of_every_option_refuses_a_value_of_the_wrong_kind():
     text."""
     accepted, checked = [], set()
     with initialize_config_module(version_base="1.3", config_module="sane_cli.conf"):
-        for group in ("dataset", "model", "optim", "hessian"):
+        for group in SCOPES:
             for option in group_options(group):
                 composed = compose("config", overrides=[f"{group}={option}", *REQUIRED.get(f"{group}={option}", [])])
                 for key, default in _leaves(OmegaConf.to_container(composed, resolve=False)):
-                    scope = key.split(".")[0] if key.split(".")[0] in ("dataset", "model", "optim", "hessian") else ""
+                    scope = key.split(".")[0] if key.split(".")[0] in SCOPES else ""
                     seen = (key, option if scope == group else "")  # a key of the group per option, others once
                     if key.startswith(("hydra.", "experiment")) or key == "resume" or seen in checked:
                         continue

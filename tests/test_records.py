@@ -138,7 +138,7 @@ def test_a_run_folder_is_claimed_whole_and_only_once(tmp_path):
         with pytest.raises(UsageError, match="already holds a run"):
             RunWriter(tmp_path / "run")
         assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [  # with the room kept for the last summary
-            ".summary.reserve", "hessian.csv", "loss.csv", "metrics.csv", "spectra", "summary.json"
+            ".summary.reserve", "hessian.csv", "layers.csv", "loss.csv", "metrics.csv", "spectra", "summary.json"
         ]  # fmt: skip
         assert (tmp_path / "run" / ".summary.reserve").stat().st_size == 256 * 1024
     finally:

@@ -68,8 +68,8 @@ def _stop_after(proc: subprocess.Popen, folder: Path, rows: int, sig: int) -> st
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    """The run's logs and spectra; hessian.csv without the `seconds` column (the only timing)."""
-    out = {name: (folder / name).read_bytes() for name in ("metrics.csv", "loss.csv")}
+    """The run's logs (layers.csv too) and spectra; hessian.csv without the `seconds` column (the only timing)."""
+    out = {name: (folder / name).read_bytes() for name in ("metrics.csv", "loss.csv", "layers.csv")}
     lines = (folder / "hessian.csv").read_text().splitlines()
     drop = lines[0].split(",").index("seconds")
     out["hessian.csv"] = "\n".join(",".join(f for i, f in enumerate(ln.split(",")) if i != drop) for ln in lines)
@@ -209,8 +209,8 @@ def test_what_cannot_be_resumed_is_refused_in_one_line(tmp_path):
         ([f"resume={done}"], f"{done} is a completed run; nothing to resume"),
         (
             [f"resume={folder}", "lr=0.3"],
-            "'lr=0.3' cannot be given with resume=: a resumed run keeps its own config (only threads, device may "
-            "change); start a new run to change it",
+            "'lr=0.3' cannot be given with resume=: a resumed run keeps its own config (only threads, device, logger "
+            "may change); start a new run to change it",
         ),
         (
             [f"resume={nowhere}"],
