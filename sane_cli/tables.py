@@ -38,10 +38,11 @@ CONFIG_KEYS = {
     "weight_decay": ("optim", "weight_decay"), "loss": ("loss",), "steps": ("steps",),
     "hessian": ("hessian", "method"), "seed": ("seed",),
 }  # fmt: skip
-# keys that do not change what a run computes (where it ran, how it was started) or repeat another
+# keys that do not change what a run computes (where it ran, how it was started, what else it recorded or
+# reported to) or repeat another
 IGNORED_KEYS = {"lr", "depth", "width", "device", "threads", "resume", "dataset.root", "dataset.cache_dir",
-                "dataset.download", "dataset.mirror",
-                "save_checkpoint", "optim.default_lr"}  # fmt: skip
+                "dataset.download", "dataset.mirror", "save_checkpoint", "optim.default_lr", "hessian.layers",
+                "logger.name", "logger.dir"}  # fmt: skip
 MEASURES = ("sane", "n_eff", "log_evidence", "lambda_max", "trace")  # the measures compared by default
 # each averaged over the scheduled checkpoints of the last third of a run (late_means): at large learning rates
 # one end-point Hessian is a random phase of an oscillation

@@ -2,7 +2,7 @@
 users already look (TensorBoard), as they are written. Off by default (``none``).
 
 The run folder stays the record: every row is written to its CSV first, then handed to the tracker, and a
-tracker that fails (its folder unwritable, its server gone) is dropped with one warning while the run goes on.
+tracker that fails (its folder unwritable, its disk full) is dropped with one warning while the run goes on.
 A resumed run tells the tracker the step it resumes from, so that the rows it logs again replace the ones
 logged after its checkpoint (TensorBoard's purge_step).
 

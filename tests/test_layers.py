@@ -19,6 +19,7 @@ from sane_cli.methods import check_config, layers_wanted, measure
 from sane_cli.models import CNN, MLP
 from sane_cli.records import LAYER_COLUMNS, load_run
 from sane_cli.report import report
+from sane_cli.tables import flat_config
 from sane_cli.training import train
 
 HESSIAN = OmegaConf.load("conf/hessian/exact.yaml")
@@ -237,3 +238,10 @@ def test_a_damaged_layers_file_costs_only_its_run(tmp_path, caplog):
     page = report([tmp_path / "runs"], tmp_path / "report")
     assert "layers.csv: the last row is cut off" in page.read_text()
     assert len(pd.read_csv(page.parent / "summary.csv")) == 1
+
+
+def test_what_else_a_run_recorded_does_not_make_it_another_model():
+    """hessian.layers and the logger change what is recorded, not what is computed: the report does not group
+    runs by them, so a sweep over them is one unit per model."""
+    config = {"hessian": {"layers": True, "alpha": 0.5}, "logger": {"name": "tensorboard", "dir": None}, "seed": 1}
+    assert flat_config(config) == {"hessian.alpha": 0.5, "seed": 1}
