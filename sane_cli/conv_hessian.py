@@ -21,9 +21,11 @@ above the layer) plus the products, all in matrix form.
 For piecewise-linear activations (relu, linear; max and average pooling are piecewise linear too) the
 activations' second derivatives vanish, and H = sum_i J_i^T H_i J_i (the Gauss-Newton part: J_i the Jacobian of
 example i's logits in the weights, H_i the loss's Hessian in the logits) + the terms delta_j x dU_j between
-different layers. The first is one product over examples x classes (:func:`_gauss_newton_into`), those of
+different layers. The first is one product over examples x classes (:func:`_gauss_newton_into`; for the final
+linear layer, whose Jacobian is I (x) a~_i, in that Kronecker form, without the factor of the classes), those of
 adjacent layers are taken for all of a layer's directions at once (:func:`_adjacent_into`), and only the layers
-two or more apart need each direction carried forward, with no backward pass (:func:`_directions`).
+two or more apart need each direction carried forward, with no backward pass (:func:`_directions`), its first
+step through the one channel the direction moves (:func:`_one_channel_step`).
 
 Parameters are in ``model.parameters()`` order: layer by layer, input to output, each layer's weight
 (row-major: output channel, input channel, kernel offsets) then its bias.
@@ -294,14 +296,22 @@ def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int
             if k < top:
                 back = _transpose(layers[k + 1], b.reshape(classes * rows, *b.shape[2:]), sub.in_shapes[k + 1])
                 b = sub.slopes[k][None] * sub.unpool(k, back).reshape(classes, rows, layers[k].out, -1)
+            if k == top:  # the linear layer's Jacobian is I (x) a~_i: its blocks are taken in that form below
+                continue
             # (rows, classes out_k, L) x (rows, L, in'_k): each example's Jacobian in W~_k, as (rows classes, P_k)
             j_k = b.permute(1, 0, 2, 3).reshape(rows, classes * layers[k].out, -1) @ sub.inputs[k]
             jac[k] = j_k.reshape(rows * classes, -1)
         h = hess[i0 : i0 + rows]
-        columns = {m for _, m in pairs}  # H_i J_m,i of each block column
+        a = sub.inputs[top][:, 0, :]  # (rows, in'_top): the linear layer's input, its 1 for the bias included
+        columns = {m for _, m in pairs if m < top}  # H_i J_m,i of each block column
         weighted = {m: (h @ jac[m].reshape(rows, classes, -1)).reshape(rows * classes, -1) for m in columns}
         for j, m in pairs:
-            piece = (jac[j].T @ weighted[m]).reshape(layers[j].out, layers[j].width, -1)
+            if j == m == top:  # sum_i H_i (x) a~_i a~_i^T
+                piece = torch.einsum("is,icd,it->csdt", a, h, a).reshape(layers[j].out, layers[j].width, -1)
+            elif j == top:  # sum_i a~_i (x) H_i J_m,i: n P_top P_m, not the C times more of J^T (H J)
+                piece = torch.einsum("is,icp->csp", a, weighted[m].reshape(rows, classes, -1))
+            else:
+                piece = (jac[j].T @ weighted[m]).reshape(layers[j].out, layers[j].width, -1)
             _add(target, j, m, layers, piece, torch.arange(piece.shape[2], device=piece.device))
 
 
@@ -354,12 +364,15 @@ def _directions(target, fwd: _Forward, m: int, rows: list[int], t0: int, t1: int
     ids = torch.arange(t0, t1, device=u_m.device)
     p, q = ids // layers[m].width, ids % layers[m].width  # the direction of W~_m[p, q]
     count, n = t1 - t0, u_m.shape[0]
-    dz = {m: torch.zeros(count, n, layers[m].out, u_m.shape[1], dtype=u_m.dtype, device=u_m.device)}
-    dz[m][torch.arange(count), :, p, :] = u_m[:, :, q].permute(2, 0, 1)  # (count, n, L): the input column q
     du = {}  # tangents of each layer's unfolded input, as rows (count, n, L, C K); the bias's 1 does not move
     # the Gauss-Newton split needs the tangents only up to the highest layer they add to; else up to the logits
     last = top if loss_hvp is not None else max(rows)
-    for k in range(m, last):
+    if loss_hvp is None:  # rows j > m + 1 only: no du[m + 1] needed, so z_m's one moving channel goes straight on
+        dz, start = {m + 1: _one_channel_step(fwd, m, p, q)}, m + 1
+    else:
+        dz, start = {m: torch.zeros(count, n, layers[m].out, u_m.shape[1], dtype=u_m.dtype, device=u_m.device)}, m
+        dz[m][torch.arange(count), :, p, :] = u_m[:, :, q].permute(2, 0, 1)  # (count, n, L): the input column q
+    for k in range(start, last):
         da = fwd.pool(k, fwd.slopes[k][None] * dz[k])
         unfolded = _unfold(layers[k + 1], da.reshape(count * n, *da.shape[2:]))
         du[k + 1] = unfolded.reshape(count, n, *unfolded.shape[1:])
@@ -387,13 +400,37 @@ def _directions(target, fwd: _Forward, m: int, rows: list[int], t0: int, t1: int
         _add(target, j, m, layers, piece.permute(1, 2, 0), ids)
 
 
+def _one_channel_step(fwd: _Forward, m: int, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """dz_(m+1) (count, n, out_(m+1), L_(m+1)) along the directions W~_m[p, q] (layer m + 1 a convolution). Such
+    a direction moves channel p of z_m alone, by U_m[:, q]: through the activation's slope and the pooling of
+    that channel, then layer m + 1's kernels for input channel p, W_(m+1)[:, p, :]. Carrying the one channel
+    rather than all C (of which C - 1 are zero) costs 1/C of the unfolded product, and of its memory."""
+    layers, u_m = fwd.layers, fwd.inputs[m]
+    lower, upper = layers[m], layers[m + 1]
+    count, n = len(p), u_m.shape[0]
+    t = fwd.slopes[m][:, p, :].transpose(0, 1) * u_m[:, :, q].permute(2, 0, 1)  # (count, n, L_m)
+    spatial, pooled = fwd.out_shapes[m][1:], fwd.in_shapes[m + 1][1:]
+    if lower.pool == "max":  # the selection the pooling makes in channel p
+        t = t.gather(-1, fwd.picks[m][:, p].reshape(n, count, -1).transpose(0, 1))
+    elif lower.pool == "avg":
+        avg = nn.functional.avg_pool2d if lower.dims == 2 else nn.functional.avg_pool1d
+        t = avg(t.reshape(count * n, 1, *spatial), 2)
+    patches = _unfold(upper, t.reshape(count * n, 1, *pooled))  # (count n, L_(m+1), K): channel p's patches
+    patches = patches.reshape(count, n, patches.shape[1], patches.shape[2])
+    kernels = upper.weight.reshape(upper.out, lower.out, -1)[:, p, :]  # (out_(m+1), count, K)
+    return torch.einsum("dnbk,cdk->dncb", patches, kernels)
+
+
 def _add(target, j: int, m: int, layers: list[_Layer], piece: torch.Tensor, ids: torch.Tensor) -> None:
     """Add ``piece`` (out_j, in'_j, directions) into block (j, m) of ``target``: W~'s (row, column) to the
     parameter order (the weight row-major, then the bias)."""
     t, a, b = target(j, m)
-    rows = _order(layers[j], piece.device)
+    piece = piece.reshape(layers[j].out, layers[j].width, len(ids))
+    if layers[j].bias is not None:  # rows in parameter order: the weight's (row-major), then the bias's
+        piece = torch.cat([piece[:, :-1].reshape(-1, len(ids)), piece[:, -1]])
+    piece = piece.reshape(-1, len(ids))
     cols = _order(layers[m], piece.device).reshape(-1)[ids]
-    t.index_put_((a + rows.reshape(-1, 1), b + cols.reshape(1, -1)), piece.reshape(-1, len(ids)), accumulate=True)
+    t[a : a + len(piece)].index_add_(1, b + cols, piece)  # rows in order: one add along the columns, no sort
 
 
 def _order(layer: _Layer, device) -> torch.Tensor:

@@ -57,6 +57,11 @@ CNN_CASES = [
     ((3, 4, 4), 2, 2, 1, "avg", "softplus", True, "cross_entropy"),
     ((1, 5, 7), 2, 2, 3, "none", "linear", False, "mse"),
     ((10,), 3, 2, 5, "max", "relu", False, "mse"),
+    # piecewise-linear with every pooling, 1-D and 2-D: the Gauss-Newton split carries a direction's one moving
+    # channel into the next layer alone (conv_hessian._one_channel_step)
+    ((11,), 3, 3, 3, "avg", "relu", True, "mse"),
+    ((3, 6, 6), 2, 2, 3, "max", "relu", True, "cross_entropy"),
+    ((2, 6, 5), 2, 3, 3, "avg", "linear", True, "cross_entropy"),
 ]
 
 
