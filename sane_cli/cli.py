@@ -127,6 +127,7 @@ def _existing_run(cfg, run_dir: Path, overrides: list[str], multirun: bool):
     from .records import (
         ENDED,
         MAY_DIFFER,
+        as_it_ran,
         config_value,
         first_difference,
         is_run_dir,
@@ -142,7 +143,7 @@ def _existing_run(cfg, run_dir: Path, overrides: list[str], multirun: bool):
     if cfg.get("resume") is None:  # a sweep started again into the same hydra.sweep.dir
         status = status_of(run_dir)
         if status in ENDED:  # its files untouched, its run.log too
-            stored = read_summary(run_dir)["config"]
+            stored = as_it_ran(read_summary(run_dir)["config"])
             now = OmegaConf.to_container(validate(cfg.copy()), resolve=True)
             key = first_difference(now, stored)
             if key is not None:

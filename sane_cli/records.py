@@ -235,6 +235,21 @@ class RunWriter:
 
 # keys a resumed run may change: where it runs and what else it reports to, not what it computes
 MAY_DIFFER = ("threads", "device", "resume", "logger")
+# keys added since 0.9, each with the value a run written before it ran with (checked as if it had been set)
+ADDED_KEYS = {"hessian.layers": False}
+
+
+def as_it_ran(config: dict[str, Any]) -> dict[str, Any]:
+    """A run config as stored, with each of ADDED_KEYS that it lacks set to the value the run ran with."""
+    out = json.loads(json.dumps(config))
+    for key, value in ADDED_KEYS.items():
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last not in node:
+            node[last] = value
+    return out
 
 
 @dataclass
@@ -289,6 +304,7 @@ def resume_point(run_dir: str | Path, config: dict[str, Any] | None = None) -> R
         summary = read_summary(run_dir)
     except UsageError as e:
         raise UsageError(f"{e}; nothing to resume") from None
+    summary["config"] = as_it_ran(summary["config"])
     status, stored = summary["status"], summary["config"]
     if status not in STATUSES or status in ENDED:  # running (killed), interrupted and failed runs resume
         raise UsageError(f"{run_dir} is a {status} run; nothing to resume")
@@ -316,6 +332,7 @@ def resume_point(run_dir: str | Path, config: dict[str, Any] | None = None) -> R
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(f"{run_dir}/checkpoint.pt holds no valid resume state ({type(e).__name__})") from None
         trained = checkpoint_config(checkpoint)
+        trained = None if trained is None else as_it_ran(trained)
         if trained is not None:  # the config the saved state was trained with is the run's; summary.json must agree
             key = first_difference(_finite(trained), stored)  # (summary.json writes inf and nan as null)
             if key is not None:

@@ -4,6 +4,7 @@ run, a resume and the report."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pandas as pd
@@ -245,3 +246,33 @@ def test_what_else_a_run_recorded_does_not_make_it_another_model():
     runs by them, so a sweep over them is one unit per model."""
     config = {"hessian": {"layers": True, "alpha": 0.5}, "logger": {"name": "tensorboard", "dir": None}, "seed": 1}
     assert flat_config(config) == {"hessian.alpha": 0.5, "seed": 1}
+
+
+def test_a_stopped_run_of_sane_run_0_9_resumes_as_it_ran(tmp_path):
+    """A run stopped under 0.9 (its configs without hessian.layers or logger, its checkpoint without a size for
+    layers.csv): resume= continues it measuring no layers; a job of a 0.9 sweep started again with today's
+    defaults is refused in one line naming hessian.layers, and with hessian.layers=false it resumes."""
+    from test_resume import _as_stored, _stopped_run
+
+    from sane_cli.records import resume_point
+
+    folder = _stopped_run(tmp_path)
+    summary = json.loads((folder / "summary.json").read_text())
+    checkpoint = torch.load(folder / "checkpoint.pt", weights_only=False)
+    config = json.loads(checkpoint["resume"]["config"])
+    for c in (summary["config"], config):
+        del c["hessian"]["layers"], c["logger"]
+    (folder / "summary.json").write_text(json.dumps(summary))
+    checkpoint["resume"]["config"] = json.dumps(config)
+    del checkpoint["resume"]["sizes"]["layers.csv"]
+    torch.save(checkpoint, folder / "checkpoint.pt")
+    (folder / "layers.csv").unlink()
+
+    today = make_config("steps=200", "hessian.every=50")
+    with pytest.raises(UsageError, match=r"another config \(hessian.layers: False there, 'auto' now\)"):
+        resume_point(folder, _as_stored(today))
+    with open_dict(today):
+        today.hessian.layers = False
+    train(today, folder, progress=False, resume=True)
+    run = load_run(folder)
+    assert run.status == "completed" and len(run.layers) == 0 and run.config["hessian"]["layers"] is False
