@@ -376,7 +376,8 @@ def _directions(target, fwd: _Forward, m: int, rows: list[int], t0: int, t1: int
         da = fwd.pool(k, fwd.slopes[k][None] * dz[k])
         unfolded = _unfold(layers[k + 1], da.reshape(count * n, *da.shape[2:]))
         du[k + 1] = unfolded.reshape(count, n, *unfolded.shape[1:])
-        dz[k + 1] = (du[k + 1] @ layers[k + 1].weight.T).transpose(2, 3)  # one matrix product
+        if k + 1 < last or loss_hvp is not None:  # (the split needs no tangent of the highest layer's output)
+            dz[k + 1] = (du[k + 1] @ layers[k + 1].weight.T).transpose(2, 3)  # one matrix product
     if loss_hvp is None:  # the Gauss-Newton split: only delta_j x dU_j for the rows j > m
         for j in rows:
             piece = torch.zeros(count, layers[j].out, layers[j].width, dtype=u_m.dtype, device=u_m.device)
