@@ -304,7 +304,7 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
         if fig is not None:
             drawn[figure] = _save(fig, out / "figures" / figure.name, options.formats)
     page = out / "report.html"
-    page.write_text(_html(paths, runs, table, keys, skipped, groups, corr, drawn, per_run, out, sens_corr))
+    page.write_text(_html(paths, runs, table, keys, skipped, groups, corr, drawn, per_run, out, sens_corr, profiles))
     log.info("wrote %s in %.1f s", page, time.perf_counter() - start)
     return page
 
@@ -382,7 +382,7 @@ def _all_per_run(runs: list[Run], table: pd.DataFrame, out: Path, options: Optio
     return [_per_run(j) for j in tqdm(jobs, **bar)]
 
 
-def _html(paths, runs, table, keys, skipped, groups, corr, drawn, per_run, out: Path, sens_corr) -> str:
+def _html(paths, runs, table, keys, skipped, groups, corr, drawn, per_run, out: Path, sens_corr, profiles) -> str:
     """report.html: plain HTML with relative links to the figures, readable offline."""
     from omegaconf import OmegaConf
 
@@ -429,6 +429,8 @@ def _html(paths, runs, table, keys, skipped, groups, corr, drawn, per_run, out: 
     parts += ["<h2>Runs</h2>", tbl(table[[c for c in cols if c in table]])]
     for figure, files in drawn.items():
         parts += [f"<h2>{figure.title}</h2>", f"<p>{figure.caption}</p>", img(files, figure.title)]
+        if figure.name == "layer_profile":  # its numbers beside it
+            parts.append(tbl(profiles))
     parts += [
         "<h2>Correlations</h2><p>Across units (finished runs that differ only in their seed are one unit, their "
         "values averaged), over all units and within each model family (scope); _lo and _hi bound the 95 % "

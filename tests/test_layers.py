@@ -226,7 +226,9 @@ def test_the_report_averages_each_layer_over_seeds(tmp_path):
     assert len(every) == sum(len(pd.read_csv(p)) for p in (tmp_path / "runs").glob("*/layers.csv"))
     assert (out / "figures" / "layer_profile.png").is_file()
     assert len(list((out / "runs").glob("*/layers.png"))) == 4
-    assert "layer_profile.png" in page.read_text()
+    text = page.read_text()
+    assert "layer_profile.png" in text
+    assert "<h2>Curvature by layer</h2>" in text and text.count("<td>depth=3</td>") == 3  # its table, a row per layer
 
 
 def test_a_damaged_layers_file_costs_only_its_run(tmp_path, caplog):
