@@ -108,6 +108,11 @@ def _hydra_app():
     return app
 
 
+def _top_key(override: str) -> str:
+    """The top-level config key an override sets: ``logger`` of ``logger.dir=x``, ``+logger.dir=x``, ``~logger``."""
+    return override.split("=", 1)[0].lstrip("+~").split(".")[0]
+
+
 def _remove_unclaimed(run_dir: Path) -> None:
     """The folder Hydra made for a job that never claimed it (no summary.json): its run.log, and the folder if
     that leaves it empty. A folder that holds a run, another's or this one's, is left as it is."""
@@ -156,7 +161,7 @@ def _existing_run(cfg, run_dir: Path, overrides: list[str], multirun: bool):
         return cfg  # train(resume=True) checks that the run there has this job's config
     # resume=<folder>: checked before Hydra started (precheck); the config its checkpoint.pt was trained with
     stored = OmegaConf.create(resume_point(run_dir).summary["config"])
-    given = {o.split("=", 1)[0].lstrip("+~").split(".")[0] for o in overrides}  # the top-level keys set
+    given = {_top_key(o) for o in overrides}
     with open_dict(stored):
         for key in MAY_DIFFER:
             if key in given and key != "resume":
@@ -353,7 +358,7 @@ def _check_resume(words: list[str], multirun: bool) -> None:
     others = [
         w for w in words if not w.startswith(("resume=", "hydra.verbose", "hydra/job_logging", "hydra/hydra_logging"))
     ]
-    extra = [w for w in others if w.split("=", 1)[0].lstrip("+~").split(".")[0] not in MAY_DIFFER]
+    extra = [w for w in others if _top_key(w) not in MAY_DIFFER]
     if extra:
         raise UsageError(
             f"{extra[0]!r} cannot be given with resume=: a resumed run keeps its own config (only "

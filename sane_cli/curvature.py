@@ -125,11 +125,9 @@ def layer_hessian_blocks(
 
 
 def layer_sizes(model: nn.Module) -> list[int]:
-    """Parameters of each layer (linear or convolutional), input to output: the blocks of the layer order."""
-    return [sum(p.numel() for p in mod.parameters()) for mod in model.modules() if isinstance(mod, LAYERS)]
-
-
-LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)  # the modules whose parameters form the blocks of a layered model
+    """Parameters of each layer, input to output (:func:`parameter_groups`; for the MLP and the CNN their
+    linear and convolutional layers): the blocks of the layer order."""
+    return [size for *_, size in parameter_groups(model)]
 
 
 def parameter_groups(model: nn.Module) -> list[tuple[str, str, int]]:

@@ -46,7 +46,7 @@ from .iterative import hutchinson, hvp_operator, lanczos, slq
 from .losses import LossFn
 from .measures import MODES, kth_largest, laplace_log_evidence, magnitudes, n_eff, spectrum_summary
 from .models import is_layered
-from .records import LAYER_COLUMNS
+from .records import ADDED_KEYS, LAYER_COLUMNS
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 REORTHS = ("none", "selective", "full")  # SLQ's reorthogonalisation (sane_cli.iterative.slq)
@@ -108,7 +108,7 @@ def layers_wanted(hcfg, method: str) -> bool:
     ``auto`` (the default) with a method whose layer blocks come with the matrix it builds (exact, block_diag,
     block_band: a fraction of its cost), not with lanczos or slq (a Lanczos or SLQ per layer: about as many
     times the cost as the net has layers). Configs written before the key existed measured no layers."""
-    choice = hcfg.get("layers", False)
+    choice = hcfg.get("layers", ADDED_KEYS["hessian.layers"])
     return method in EXACT_FAMILY if choice == "auto" else bool(choice)
 
 
@@ -327,8 +327,8 @@ def layer_rows(
     """
     groups = parameter_groups(model)
     if blocks is not None:
-        return [_block_row(j, g, values, hcfg, net_scale) for j, (g, values) in enumerate(zip(groups, blocks,
-                strict=True))], blocks  # fmt: skip
+        pairs = enumerate(zip(groups, blocks, strict=True))
+        return [_block_row(j, group, values, hcfg, net_scale) for j, (group, values) in pairs], blocks
     matvec, p = hvp_operator(model, loss_fn, x, y, dtype=dtype)
     device = next(model.parameters()).device
     starts = np.cumsum([0, *(size for *_, size in groups)]).tolist()
@@ -513,9 +513,9 @@ def check_config(cfg) -> None:
     checks.choice(cfg, "hessian.reorth", REORTHS)
     checks.flag(cfg, "hessian.deflate")
     checks.flag(cfg, "hessian.on_spike")
-    if OmegaConf.select(cfg, "hessian.layers") is None and "layers" not in cfg.hessian:  # before 0.10: none measured
+    if "layers" not in cfg.hessian:  # a config of 0.9 or before: it measured no layers
         with open_dict(cfg):
-            cfg.hessian.layers = False
+            cfg.hessian.layers = ADDED_KEYS["hessian.layers"]
     layers = cfg.hessian.layers
     if not isinstance(layers, bool) and layers != "auto":
         checks.fail("hessian.layers", layers, "must be auto, true or false")

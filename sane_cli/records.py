@@ -243,10 +243,8 @@ def as_it_ran(config: dict[str, Any]) -> dict[str, Any]:
     """A run config as stored, with each of ADDED_KEYS that it lacks set to the value the run ran with."""
     out = json.loads(json.dumps(config))
     for key, value in ADDED_KEYS.items():
-        *parents, last = key.split(".")
-        node = out
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
+        parent, _, last = key.rpartition(".")
+        node = config_value(out, parent) if parent else out
         if isinstance(node, dict) and last not in node:
             node[last] = value
     return out

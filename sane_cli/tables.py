@@ -300,11 +300,15 @@ def group_table(table: pd.DataFrame) -> pd.DataFrame:
         row = dict(zip(keys, name if isinstance(name, tuple) else (name,), strict=False)) if keys else {}
         row.update(n_runs=len(sub), n_diverged=int((everything.status == "diverged").sum()))
         for q in QUANTITIES:
-            values = pd.to_numeric(sub[q], errors="coerce")
-            row[f"{q}_mean"] = values.mean()
-            row[f"{q}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+            row[f"{q}_mean"], row[f"{q}_std"] = _mean_std(sub[q])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _mean_std(column: pd.Series) -> tuple[float, float]:
+    """Mean and standard deviation over seeds of a column (as numbers); the std NaN for a single value."""
+    values = pd.to_numeric(column, errors="coerce")
+    return values.mean(), values.std(ddof=1) if len(values) > 1 else np.nan
 
 
 SHARPNESS_RUNS = 20  # the most runs drawn in figures/sharpness (the sharpness ratio over training)
@@ -464,9 +468,7 @@ def layer_profiles(runs: list[Run], table: pd.DataFrame) -> pd.DataFrame:
         row = {"unit": u, "layer": int(layer), "module_type": sub.module_type.iloc[0],
                "params": int(sub.params.iloc[0]), "n_runs": len(sub)}  # fmt: skip
         for m in LAYER_MEASURES:
-            values = pd.to_numeric(sub[m], errors="coerce")
-            row[f"{m}_mean"] = values.mean()
-            row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+            row[f"{m}_mean"], row[f"{m}_std"] = _mean_std(sub[m])
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
 
