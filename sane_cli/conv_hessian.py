@@ -21,11 +21,19 @@ above the layer) plus the products, all in matrix form.
 For piecewise-linear activations (relu, linear; max and average pooling are piecewise linear too) the
 activations' second derivatives vanish, and H = sum_i J_i^T H_i J_i (the Gauss-Newton part: J_i the Jacobian of
 example i's logits in the weights, H_i the loss's Hessian in the logits) + the terms delta_j x dU_j between
-different layers. The first is one product over examples x classes (:func:`_gauss_newton_into`; for the final
-linear layer, whose Jacobian is I (x) a~_i, in that Kronecker form, without the factor of the classes), those of
-adjacent layers are taken for all of a layer's directions at once (:func:`_adjacent_into`), and only the layers
-two or more apart need each direction carried forward, with no backward pass (:func:`_directions`), its first
-step through the one channel the direction moves (:func:`_one_channel_step`).
+different layers. The first is a Gram matrix of the Jacobians scaled by H_i's square root, rank(H_i) rows per
+example (:func:`_gauss_newton_into`; for the final linear layer, whose Jacobian is I (x) a~_i, in that Kronecker
+form, without the factor of the classes); those of adjacent layers are taken for all of a layer's directions at
+once (:func:`_adjacent_into`), as are those between the linear layer and the convolution two below it
+(:func:`_top_from_two_below_into`), and only the other layers two or more apart need each direction carried
+forward, with no backward pass (:func:`_directions`), its first step through the one channel the direction
+moves (:func:`_one_channel_step`).
+
+The cost of the Gauss-Newton part bounds the build: about rank(H_i) n P_conv^2 / 2 multiply-adds (P_conv the
+convolutions' parameters; 9 n P_conv^2 / 2 for cross-entropy over 10 classes). An MLP's Jacobian is one
+Kronecker product per example (the back-propagated errors (x) the layer's input), so its Gauss-Newton blocks
+cost n P_j P_m with no factor of the classes; a convolution's is a sum of one such product per position, and
+neither the sum over positions (L^2 Kronecker products) nor the dense form escapes that factor.
 
 Parameters are in ``model.parameters()`` order: layer by layer, input to output, each layer's weight
 (row-major: output channel, input channel, kernel offsets) then its bias.
@@ -263,10 +271,12 @@ def cnn_hessian_into(
             for j, m in pairs:
                 if j == m + 1:
                     _adjacent_into(target, fwd, m, max_elements)
+                elif j == top == m + 2:
+                    _top_from_two_below_into(target, fwd, m, max_elements)
         # memory of one direction's tangents per example, from its layer up: dz, d delta and the unfolded dU
         per = [2 * z.shape[1] * z.shape[2] + u.shape[1] * u.shape[2] for z, u in zip(fwd.zs, fwd.inputs, strict=True)]
         for m, rows in by_m.items():
-            rows = [j for j in rows if j > m + 1] if split else rows
+            rows = [j for j in rows if j > m + 1 and (j, m) != (top, top - 2)] if split else rows
             if not rows:
                 continue
             size = layers[m].out * layers[m].width
@@ -280,13 +290,24 @@ def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int
     """Add sum_i J_j,i^T H_i J_m,i of every block (j, m) in ``pairs``: J_l,i (classes, P_l) the Jacobian of
     example i's logits in layer l's weights, sum_a B_l,i[:, :, a] (x) U_l,i[a] with B_l = dlogits/dz_l (the
     classes' unit vectors carried back through the net as one batch), and H_i the loss's Hessian in the logits
-    (with the chunk's weight). Examples in groups whose Jacobians stay within ``max_elements``."""
+    (with the chunk's weight). Examples in groups whose Jacobians stay within ``max_elements``.
+
+    The blocks between convolutions are Gram matrices M_j^T M_m of the Jacobians scaled by H_i's square root
+    (:func:`_loss_root`: M_l,i = R_i J_l,i, rank(H_i) rows per example, 9 of 10 for cross-entropy), those on
+    the diagonal half computed (:func:`_gram_into`); blocks with the final linear layer in Kronecker form."""
     layers, top = fwd.layers, len(fwd.layers) - 1
     n, classes = fwd.inputs[0].shape[0], layers[top].out
-    eye = torch.eye(classes, dtype=fwd.inputs[0].dtype, device=fwd.inputs[0].device)
+    dtype, device = fwd.inputs[0].dtype, fwd.inputs[0].device
+    eye = torch.eye(classes, dtype=dtype, device=device)
     hess = loss_hvp(eye[:, None, :].expand(classes, n, classes)).permute(1, 2, 0)  # (n, classes, classes)
+    root = _loss_root(hess)  # (n, rank, classes) with R_i^T R_i = H_i, or None
     total = sum(layer.out * layer.width for layer in layers)
-    group = max(1, min(n, max_elements // (classes * total)))
+    group = max(1, min(n, max_elements // (2 * classes * total)))
+    grams = {(j, m): torch.zeros(_size(layers[j]), _size(layers[m]), dtype=dtype, device=device)
+             for j, m in pairs if j < top}  # fmt: skip  # blocks between convolutions, W~ layout
+    tops = {m: torch.zeros(classes, layers[top].width, _size(layers[m]), dtype=dtype, device=device)
+            for j, m in pairs if j == top}  # fmt: skip  # blocks (top, m), W~ layout
+    orders = {k: torch.argsort(_order(layers[k], device).reshape(-1)) for k in range(top)}  # W~ to parameter order
     for i0 in range(0, n, group):
         sub = fwd.rows(slice(i0, i0 + group))
         rows = len(sub.inputs[0])
@@ -298,61 +319,100 @@ def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int
                 b = sub.slopes[k][None] * sub.unpool(k, back).reshape(classes, rows, layers[k].out, -1)
             if k == top:  # the linear layer's Jacobian is I (x) a~_i: its blocks are taken in that form below
                 continue
-            # (rows, classes out_k, L) x (rows, L, in'_k): each example's Jacobian in W~_k, as (rows classes, P_k)
-            j_k = b.permute(1, 0, 2, 3).reshape(rows, classes * layers[k].out, -1) @ sub.inputs[k]
-            jac[k] = j_k.reshape(rows * classes, -1)
+            # (rows, classes out_k, L) x (rows, L, in'_k): each example's Jacobian in W~_k, (rows, classes, P_k)
+            jac[k] = (b.permute(1, 0, 2, 3).reshape(rows, classes * layers[k].out, -1) @ sub.inputs[k]).reshape(
+                rows, classes, -1
+            )
         h = hess[i0 : i0 + rows]
-        a = sub.inputs[top][:, 0, :]  # (rows, in'_top): the linear layer's input, its 1 for the bias included
-        columns = {m for _, m in pairs if m < top}  # H_i J_m,i of each block column
-        weighted = {m: (h @ jac[m].reshape(rows, classes, -1)).reshape(rows * classes, -1) for m in columns}
+        if root is not None:  # R_i J_l,i
+            scaled = {k: (root[i0 : i0 + rows] @ jac[k]).reshape(-1, jac[k].shape[2]) for k in jac}
         for j, m in pairs:
-            if j == m == top:  # sum_i H_i (x) a~_i a~_i^T
-                piece = torch.einsum("is,icd,it->csdt", a, h, a).reshape(layers[j].out, layers[j].width, -1)
-            elif j == top:  # sum_i a~_i (x) H_i J_m,i: n P_top P_m, not the C times more of J^T (H J)
-                piece = torch.einsum("is,icp->csp", a, weighted[m].reshape(rows, classes, -1))
+            if j == top:
+                continue
+            if root is None:  # (a loss whose Hessian in the logits is not positive semidefinite)
+                grams[j, m] += jac[j].reshape(-1, jac[j].shape[2]).T @ (h @ jac[m]).reshape(-1, jac[m].shape[2])
+            elif j == m:
+                _gram_into(grams[j, m], scaled[m])
             else:
-                piece = (jac[j].T @ weighted[m]).reshape(layers[j].out, layers[j].width, -1)
-            _add(target, j, m, layers, piece, torch.arange(piece.shape[2], device=piece.device))
+                grams[j, m].addmm_(scaled[j].T, scaled[m])
+        a = sub.inputs[top][:, 0, :]  # (rows, in'_top): the linear layer's input, its 1 for the bias included
+        for j, m in pairs:
+            if j != top:
+                continue
+            if m == top:  # sum_i H_i (x) a~_i a~_i^T
+                tops[m] += torch.einsum("is,icd,it->csdt", a, h, a).reshape(layers[j].out, layers[j].width, -1)
+            else:  # sum_i a~_i (x) H_i J_m,i: n P_top P_m, not the C times more of J^T (H J)
+                tops[m] += torch.einsum("is,icp->csp", a, h @ jac[m])
+    for m, piece in tops.items():
+        _add(target, top, m, layers, piece, torch.arange(piece.shape[2], device=device))
+    for (j, m), gram in grams.items():
+        if j == m and root is not None:  # _gram_into filled the lower triangle
+            gram = gram.tril() + gram.tril(-1).T
+        gram = gram[orders[j]][:, orders[m]]  # W~'s entries to parameter order
+        t, r0, c0 = target(j, m)
+        t[r0 : r0 + gram.shape[0], c0 : c0 + gram.shape[1]] += gram
+
+
+def _loss_root(hess: torch.Tensor) -> torch.Tensor | None:
+    """R (n, r, classes) with R_i^T R_i = H_i for the loss's Hessians in the logits H (n, classes, classes), r the
+    largest rank among them (eigenvalues below 1e-13 of the largest dropped: cross-entropy's H_i has the ones
+    vector in its null space); None if some H_i has a negative eigenvalue beyond that."""
+    values, vectors = torch.linalg.eigh(hess)  # ascending
+    tol = 1e-13 * float(values.abs().max()) if values.numel() else 0.0
+    if bool((values < -tol).any()):
+        return None
+    rank = max(1, int((values > tol).sum(1).max()))
+    values, vectors = values[:, -rank:], vectors[:, :, -rank:]
+    return (vectors * values.clamp_min(0).sqrt()[:, None, :]).transpose(1, 2)
+
+
+def _gram_into(out: torch.Tensor, m: torch.Tensor, leaf: int = 256) -> None:
+    """Add the lower triangle of m^T m into ``out`` (its upper triangle, outside the diagonal blocks of ``leaf``
+    columns, left untouched): the columns halved, the two halves' Gram matrices recursively and the one product
+    between them, for about half the multiply-adds of the full product."""
+    cols = m.shape[1]
+    if cols <= leaf:
+        out.addmm_(m.T, m)
+        return
+    half = cols // 2
+    _gram_into(out[:half, :half], m[:, :half], leaf)
+    _gram_into(out[half:, half:], m[:, half:], leaf)
+    out[half:, :half].addmm_(m[:, half:].T, m[:, :half])
+
+
+def _size(layer: _Layer) -> int:
+    return layer.out * layer.width
 
 
 def _adjacent_into(target, fwd: _Forward, m: int, max_elements: int) -> None:
     """Add the terms sum_i sum_a delta_j,i[r, a] dU_j,i[s, a] of block (j = m + 1, m), all of layer m's
-    directions at once: along W~_m[p, q], layer j's input moves only in channel p, by
-    V[q, i, p, c] = pool_c(sigma'(z_m,i[p, :]) U_m,i[:, q]); a kernel offset k of layer j reads it shifted by k,
-    so each offset is one product over examples and positions, (out_j, n L_j) x (n L_j, out_m in'_m)."""
+    directions at once: along W~_m[p, q], layer j's input moves only in channel p, by V[i, c, p, q]
+    (:func:`_moved_inputs`, c its positions); a kernel offset k of layer j reads it shifted by k, so each offset
+    is one product over examples and positions, (out_j, n L_j) x (n L_j, out_m in'_m)."""
     layers = fwd.layers
     lower, upper = layers[m], layers[m + 1]
-    u_m, n = fwd.inputs[m], fwd.inputs[m].shape[0]
-    spatial = fwd.in_shapes[m + 1][1:]  # the pooled positions, layer j's input
+    n, dtype, device = fwd.inputs[m].shape[0], fwd.inputs[m].dtype, fwd.inputs[m].device
+    positions = math.prod(fwd.in_shapes[m + 1][1:])  # the pooled positions, layer j's input
+    taps = 1 if upper.conv is None else math.prod(upper.conv.kernel_size)
     width = upper.weight.shape[1]  # C_in K of layer j: its weight columns (the bias's input does not move)
-    group = max(1, min(lower.width, max_elements // max(1, 2 * n * lower.out * u_m.shape[1])))
+    group = max(1, min(lower.width, max_elements // max(1, 2 * n * lower.out * positions * taps)))
     for q0 in range(0, lower.width, group):
         q1 = min(lower.width, q0 + group)
-        t = fwd.slopes[m][None] * u_m[:, :, q0:q1].permute(2, 0, 1)[:, :, None, :]  # (q, n, out_m, L_m)
-        v = fwd.pool(m, t)  # (q, n, out_m, *spatial)
-        piece = torch.zeros(upper.out, width, lower.out, q1 - q0, dtype=u_m.dtype, device=u_m.device)
+        v = _moved_inputs(fwd, m, q0, q1)  # (n, *positions, p, q)
         if upper.conv is None:  # the linear layer reads the flattened channels: s = (p, c)
-            e = fwd.errors(m + 1) @ v.reshape(*v.shape[:3], -1).permute(1, 2, 3, 0).reshape(n, -1)  # (out_j, p c q)
-            e = e.reshape(upper.out, lower.out, -1, q1 - q0)
-            piece = piece.view(upper.out, lower.out, -1, lower.out, q1 - q0)
-            for p in range(lower.out):
-                piece[:, p, :, p, :] = e[:, p]
-        else:  # s = (p, kernel offset k): V shifted by k
-            pad = upper.conv.padding
-            padded = nn.functional.pad(v, [x for d in reversed(pad) for x in (d, d)])
-            offsets = list(itertools.product(*[range(w) for w in upper.conv.kernel_size]))
-            piece = piece.view(upper.out, lower.out, len(offsets), lower.out, q1 - q0)
-            for k, offset in enumerate(offsets):
-                shifted = padded[(..., *[slice(o, o + s) for o, s in zip(offset, spatial, strict=True)])]
-                rows = shifted.permute(1, *range(3, 3 + len(spatial)), 2, 0)  # (n, *positions, p, q)
-                e = (fwd.errors(m + 1) @ rows.reshape(-1, lower.out * (q1 - q0))).reshape(upper.out, lower.out, -1)
-                for p in range(lower.out):
-                    piece[:, p, k, p, :] = e[:, p]
-        piece = piece.reshape(upper.out, width, -1)
-        full = torch.zeros(upper.out, upper.width, piece.shape[2], dtype=u_m.dtype, device=u_m.device)
-        full[:, :width] = piece
-        channels, columns = torch.arange(lower.out, device=u_m.device), torch.arange(q0, q1, device=u_m.device)
-        _add(target, m + 1, m, layers, full, (channels[:, None] * lower.width + columns).reshape(-1))
+            e = (fwd.errors(m + 1) @ v.reshape(n, -1)).reshape(upper.out, positions, lower.out, q1 - q0)
+            e = e.transpose(1, 2)  # (out_j, p, c, q)
+        else:  # s = (p, kernel offset k): V shifted by k, summed over the positions a
+            rows = _patches(upper, v)  # (n, L_j, K, p, q)
+            e = fwd.errors(m + 1) @ rows.reshape(-1, taps * lower.out * (q1 - q0))
+            e = e.reshape(upper.out, taps, lower.out, q1 - q0).transpose(1, 2)  # (out_j, p, k, q)
+        # (out_j, in'_j, p, q): the row s = (p', c) meets the direction (p, q) only where p' = p
+        piece = torch.zeros(upper.out, upper.width, lower.out, q1 - q0, dtype=dtype, device=device)
+        view = piece[:, :width].view(upper.out, lower.out, -1, lower.out, q1 - q0)
+        for p in range(lower.out):
+            view[:, p, :, p, :] = e[:, p]
+        channels, columns = torch.arange(lower.out, device=device), torch.arange(q0, q1, device=device)
+        _add(target, m + 1, m, layers, piece, (channels[:, None] * lower.width + columns).reshape(-1))
 
 
 def _directions(target, fwd: _Forward, m: int, rows: list[int], t0: int, t1: int, loss_hvp) -> None:
@@ -399,6 +459,108 @@ def _directions(target, fwd: _Forward, m: int, rows: list[int], t0: int, t1: int
             w = du[j].shape[3]
             piece[:, :, :w] += fwd.errors(j) @ du[j].reshape(count, -1, w)
         _add(target, j, m, layers, piece.permute(1, 2, 0), ids)
+
+
+def _top_from_two_below_into(target, fwd: _Forward, m: int, max_elements: int) -> None:
+    """Add the terms sum_i delta_top,i[r] dU_top,i[s] of block (top, m = top - 2) (the Gauss-Newton split), all
+    of layer m's directions in a few matrix products over examples, none carried one by one.
+
+    Along W~_m[p, q], layer l = m + 1's input moves in channel p alone, by T_i[p, q, :] = pool_m(sigma'(z_m,i[p])
+    U_m,i[:, q]); z_l moves by dz_l,i[c, a] = sum_k W_l[c, p, k] T_i[p, q, a + k] (kernel offsets k about a), and
+    the linear layer's input s = (c, t) by sum_a w_i[c, t, a] dz_l,i[c, a], w the pooling's weight of position a
+    in the window t (max: the pick) times sigma'(z_l). So
+
+        H[(r, c, t), (p, q)] = sum_k W_l[c, p, k] Y[t, (r, c), (k, p, q)],
+        Y[t] = sum_i sum_(a in window t) (delta_top,i[r] w_i[c, t, a]) T_i[p, q, a + k]
+
+    one product over (examples x window positions) for each pooled position t, (out_top C_l) x (K P_m) entries:
+    more multiply-adds than carrying each of the P_m directions forward (n C_l L_l K apiece), but all in matrix
+    products, where the directions' tangents (P_m n C_l L_l of them) are memory traffic."""
+    layers, top = fwd.layers, len(fwd.layers) - 1
+    lower, mid = layers[m], layers[m + 1]
+    n, dtype, device = fwd.inputs[0].shape[0], fwd.inputs[0].dtype, fwd.inputs[0].device
+    c_l, *spatial = fwd.out_shapes[m + 1]  # z_l's channels and positions
+    pooled = fwd.in_shapes[top][1:]
+    taps = math.prod(mid.conv.kernel_size)
+    size, width = lower.out * lower.width, lower.width
+    slots = _window_slots(mid, spatial, pooled).to(device)  # (slots, t): each window's positions in z_l
+    # per example: V, its patches, one slot's copy of them
+    per = size * (math.prod(fwd.in_shapes[m + 1][1:]) + 2 * math.prod(spatial) * taps)
+    group = max(1, min(n, max_elements // per))
+    y = torch.zeros(slots.shape[1], layers[top].out * c_l, taps * size, dtype=dtype, device=device)
+    for i0 in range(0, n, group):
+        sub = fwd.rows(slice(i0, i0 + group))
+        patches = _patches(mid, _moved_inputs(sub, m))  # (rows, L_l, K, p, q): T_i[p, q, a + k]
+        rows = len(patches)
+        patches = patches.reshape(rows, patches.shape[1], -1)
+        delta = fwd.deltas[top][i0 : i0 + rows, :, 0]  # (rows, out_top)
+        for where, weight in zip(slots, _window_weights(sub, m + 1, slots), strict=True):  # weight (rows, C_l, t)
+            a = torch.einsum("ir,ict->tirc", delta, weight).reshape(len(where), rows, -1)
+            y.baddbmm_(a.transpose(1, 2), patches[:, where].transpose(0, 1))  # (t, rows, K P_m)
+    kernels = mid.weight.reshape(c_l, lower.out, taps)  # W_l[c, p, k]
+    y = y.reshape(slots.shape[1], layers[top].out, c_l, taps, lower.out, width)
+    piece = torch.einsum("trckpq,cpk->rctpq", y, kernels).reshape(layers[top].out, -1, size)
+    if layers[top].bias is not None:  # the bias's input (1) does not move
+        piece = torch.cat([piece, piece.new_zeros(piece.shape[0], 1, size)], 1)
+    _add(target, top, m, layers, piece, torch.arange(size, device=device))
+
+
+def _window_slots(layer: _Layer, spatial: list[int], pooled: tuple[int, ...]) -> torch.Tensor:
+    """The positions (flat, in the layer's output of shape ``spatial``) of each pooled position's window, one row
+    per slot of the window (2-wide pooling: 2 slots in 1-D, 4 in 2-D; none: 1, the position itself)."""
+    if layer.pool is None:
+        return torch.arange(math.prod(spatial))[None]
+    grids = torch.meshgrid(*[torch.arange(s) for s in pooled], indexing="ij")
+    rows = []
+    for offset in itertools.product(*[range(2)] * len(pooled)):
+        flat = torch.zeros_like(grids[0])
+        for g, o, size in zip(grids, offset, spatial, strict=True):
+            flat = flat * size + 2 * g + o
+        rows.append(flat.reshape(-1))
+    return torch.stack(rows)
+
+
+def _window_weights(fwd: _Forward, k: int, slots: torch.Tensor) -> list[torch.Tensor]:
+    """For each slot d of the pooling windows (:func:`_window_slots`), the weight (n, C_k, pooled positions) the
+    pooling after layer k gives that window position at this point, times the activation's slope there: the
+    map from z_k's tangent to the pooled activation's is sum_d weight_d * dz_k[slot d]."""
+    c, *spatial = fwd.out_shapes[k]
+    n, weights = fwd.slopes[k].shape[0], []
+    for where in slots:
+        mask = torch.zeros(math.prod(spatial), dtype=fwd.slopes[k].dtype, device=fwd.slopes[k].device)
+        mask[where] = 1.0
+        weights.append(fwd.pool(k, (fwd.slopes[k] * mask)[None])[0].reshape(n, c, -1))
+    return weights
+
+
+def _moved_inputs(fwd: _Forward, m: int, q0: int = 0, q1: int | None = None) -> torch.Tensor:
+    """V (n, *S, out_m, q1 - q0): along W~_m[p, q], layer m + 1's input (positions S) moves in channel p alone,
+    by V[..., p, q], the pooling of sigma'(z_m[p]) U_m[:, q]; taken window slot by window slot, from the
+    unfolded inputs U_m at the slot's positions (no tangent of the unpooled z_m per direction)."""
+    layer, (c, *spatial) = fwd.layers[m], fwd.out_shapes[m]
+    pooled = fwd.in_shapes[m + 1][1:]
+    u = fwd.inputs[m][:, :, q0:q1]  # (n, L_m, q)
+    slots = _window_slots(layer, spatial, pooled).to(u.device)
+    v = None
+    for where, weight in zip(slots, _window_weights(fwd, m, slots), strict=True):
+        term = weight.transpose(1, 2)[..., None] * u[:, where, None, :]  # (n, positions, p, q)
+        v = term if v is None else v.add_(term)
+    return v.reshape(len(u), *pooled, c, u.shape[2])
+
+
+def _patches(layer: _Layer, v: torch.Tensor) -> torch.Tensor:
+    """The convolution's patches of V (n, *S, ...) (its input's positions, then anything): (n, L, K, ...), each
+    output position a reading V at a + k for the kernel offsets k (zero outside: the padding)."""
+    dims, pad, kernel = layer.dims, layer.conv.padding, layer.conv.kernel_size
+    spatial, rest = v.shape[1 : 1 + dims], v.shape[1 + dims :]
+    padded = v.new_zeros(len(v), *[s + 2 * p for s, p in zip(spatial, pad, strict=True)], *rest)
+    padded[(slice(None), *[slice(p, p + s) for p, s in zip(pad, spatial, strict=True)])] = v
+    out = [s + 2 * p - w + 1 for s, p, w in zip(spatial, pad, kernel, strict=True)]  # the output's positions
+    shifted = [
+        padded[(slice(None), *[slice(o, o + s) for o, s in zip(offset, out, strict=True)])]
+        for offset in itertools.product(*[range(w) for w in kernel])
+    ]
+    return torch.stack(shifted, dim=1 + dims).reshape(len(v), math.prod(out), len(shifted), *rest)
 
 
 def _one_channel_step(fwd: _Forward, m: int, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -99,12 +99,13 @@ class CNN(nn.Sequential):
         shape = (1, *input_shape) if len(input_shape) == 1 else tuple(input_shape)
         if len(shape) not in (2, 3):
             raise ValueError(f"a CNN takes inputs of 1 or 2 spatial dimensions, not shape {tuple(input_shape)}")
+        if kernel % 2 == 0:
+            raise ValueError(f"a CNN's kernel must be odd (its padding keeps the size only then), not {kernel}")
         conv, pools = (nn.Conv1d, POOLS_1D) if len(shape) == 2 else (nn.Conv2d, POOLS_2D)
         layers: list[nn.Module] = [nn.Unflatten(1, shape)]
         c, size = shape[0], list(shape[1:])
         for _ in range(depth):
             layers += [conv(c, channels, kernel, padding=kernel // 2, bias=bias), ACTIVATIONS[activation]()]
-            size = [s + 2 * (kernel // 2) - kernel + 1 for s in size]
             if pooling != "none" and min(size) >= 2:
                 layers.append(pools[pooling](2))
                 size = [s // 2 for s in size]

@@ -62,6 +62,7 @@ CNN_CASES = [
     ((11,), 3, 3, 3, "avg", "relu", True, "mse"),
     ((3, 6, 6), 2, 2, 3, "max", "relu", True, "cross_entropy"),
     ((2, 6, 5), 2, 3, 3, "avg", "linear", True, "cross_entropy"),
+    ((2, 5, 6), 3, 2, 3, "none", "relu", True, "mse"),
 ]
 
 
@@ -82,6 +83,46 @@ def test_cnn_hessian_matches_dense_reference(shape, depth, channels, kernel, poo
     h = layer_hessian(model, loss_fn, xd, yd, max_rows=6, max_elements=300).cpu()
     torch.testing.assert_close(h, ref, rtol=1e-10, atol=1e-12)
     assert next(model.parameters()).dtype == torch.float32  # the model itself is untouched
+
+
+def test_cnn_gauss_newton_without_the_loss_root(monkeypatch):
+    """A loss whose Hessian in the logits had a negative eigenvalue would take the plain J^T (H J) products
+    instead of the Gram matrices of R J: forced here, the build still equals the dense reference."""
+    from sane_cli import conv_hessian
+    from sane_cli.models import CNN
+
+    monkeypatch.setattr(conv_hessian, "_loss_root", lambda hess: None)
+    torch.manual_seed(5)
+    model = CNN((10,), 3, depth=2, channels=3, kernel=3, pooling="max", activation="relu")
+    x, y = torch.randn(13, 10), torch.randint(0, 3, (13,))
+    loss_fn = loss_function("cross_entropy", 3)
+    ref = reference_hessian(copy.deepcopy(model), loss_fn, x, y)
+    torch.testing.assert_close(layer_hessian(model, loss_fn, x, y, max_rows=5), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_loss_root_and_half_gram():
+    """R_i^T R_i = H_i for both losses' Hessians in the logits, with rank(H_i) rows (cross-entropy's 9 of 10);
+    None for an indefinite H_i; _gram_into's lower triangle equals that of M^T M at sizes that split unevenly."""
+    from sane_cli.conv_hessian import _gram_into, _loss_root
+
+    torch.manual_seed(0)
+    z = torch.randn(7, 10, dtype=torch.float64)
+    for name, rank in (("cross_entropy", 9), ("mse", 10)):
+        loss = loss_function(name, 10)
+        y = torch.randint(0, 10, (7,))
+        hess = torch.stack(
+            [torch.func.hessian(lambda v, i=i, loss=loss, y=y: loss(v[None], y[i : i + 1]))(z[i]) for i in range(7)]
+        )
+        root = _loss_root(hess)
+        assert root.shape == (7, rank, 10)
+        torch.testing.assert_close(root.transpose(1, 2) @ root, hess, rtol=1e-12, atol=1e-14)
+    indefinite = torch.diag(torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64))[None]
+    assert _loss_root(indefinite) is None
+    for cols, leaf in ((7, 2), (300, 256), (53, 8)):
+        m = torch.randn(11, cols, dtype=torch.float64)
+        out = torch.zeros(cols, cols, dtype=torch.float64)
+        _gram_into(out, m, leaf)
+        torch.testing.assert_close(out.tril(), (m.T @ m).tril(), rtol=1e-12, atol=1e-12)
 
 
 def test_cnn_layer_blocks_are_the_dense_blocks_in_layer_order():

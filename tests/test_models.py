@@ -112,6 +112,14 @@ def test_cnn_config_errors(overrides, message):
         validate(config(*overrides))
 
 
+def test_cnn_takes_odd_kernels_only():
+    """The class itself refuses an even kernel (its padding would not keep the size), as the config check does."""
+    from sane_cli.models import CNN
+
+    with pytest.raises(ValueError, match="kernel must be odd"):
+        CNN((12,), 3, depth=2, channels=2, kernel=4)
+
+
 def test_a_cnn_run_with_the_layer_ordered_methods(tmp_path):
     """block_band with every band (a CNN of depth d has d + 1 layers) gives the exact run's spectrum;
     block_diag the union of the dense Hessian's diagonal layer blocks."""
