@@ -62,6 +62,7 @@ class Measured(NamedTuple):
     arrays: dict  # extra arrays for the spectra file
     scale: float  # SANE's scale of the net: rho x its k-th largest |eigenvalue| (or clipped)
     blocks: list[np.ndarray] | None = None  # each layer's diagonal block's eigenvalues, where the method has them
+    operator: tuple | None = None  # (matvec, P): the Hessian-vector products it ran on, for the layers' blocks
 
 
 @dataclass
@@ -133,7 +134,7 @@ def measure(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
     layers = []
     if wanted:
         layers, layer_values = layer_rows(model, loss_fn, x, y, hcfg, DTYPES[dtype_name], method, out.scale,
-                                          out.blocks)  # fmt: skip
+                                          out.blocks, out.operator)  # fmt: skip
         if layer_values is not None:  # every block exact: its eigenvalues kept beside the net's
             arrays["layer_eigenvalues"] = np.concatenate(layer_values)
             arrays["layer_sizes"] = np.array([len(v) for v in layer_values])
@@ -250,7 +251,8 @@ def _lanczos(model, loss_fn, x, y, hcfg, dtype, layers=False) -> Measured:
     """The top eigenpairs by Lanczos and a Hutchinson trace; no N_eff or SANE."""
     matvec, p = hvp_operator(model, loss_fn, x, y, dtype=dtype)
     top, row = _lanczos_estimates(matvec, p, hcfg, dtype, next(model.parameters()).device)
-    return Measured(top.values, top.vectors[:, : int(hcfg.topk_vectors)], row, {}, _top_scale(top, hcfg))
+    scale = _top_scale(top, hcfg)
+    return Measured(top.values, top.vectors[:, : int(hcfg.topk_vectors)], row, {}, scale, operator=(matvec, p))
 
 
 def _lanczos_estimates(matvec, p: int, hcfg, dtype, device):
@@ -278,7 +280,8 @@ def _slq(model, loss_fn, x, y, hcfg, dtype, layers=False) -> Measured:
     matvec, p = hvp_operator(model, loss_fn, x, y, dtype=dtype)
     top, row, quad = _slq_estimates(matvec, p, hcfg, dtype, next(model.parameters()).device)
     arrays = {"slq_nodes": quad.nodes, "slq_weights": quad.weights}
-    return Measured(top.values, top.vectors[:, : int(hcfg.topk_vectors)], row, arrays, _top_scale(top, hcfg))
+    scale = _top_scale(top, hcfg)
+    return Measured(top.values, top.vectors[:, : int(hcfg.topk_vectors)], row, arrays, scale, operator=(matvec, p))
 
 
 def _slq_estimates(matvec, p: int, hcfg, dtype, device):
@@ -310,7 +313,7 @@ LAYER_VALUES = LAYER_COLUMNS[LAYER_COLUMNS.index("layer") :]  # a layer's row, w
 
 
 def layer_rows(
-    model: nn.Module, loss_fn: LossFn, x, y, hcfg, dtype, method: str, net_scale: float, blocks=None
+    model: nn.Module, loss_fn: LossFn, x, y, hcfg, dtype, method: str, net_scale: float, blocks=None, operator=None
 ) -> tuple[list[dict], list[np.ndarray] | None]:
     """One row per layer (:func:`sane_cli.curvature.parameter_groups`, input to output) of the diagonal block
     H_ll of the Hessian that belongs to its parameters: lambda_max, lambda_min, trace, n_negative, N_eff at
@@ -320,16 +323,17 @@ def layer_rows(
     exact, else None.
 
     The blocks' eigenvalues come from ``blocks`` where the method built them (exact, block_diag, block_band).
-    Otherwise each block is measured through the Hessian-vector products restricted to it: exactly, from one
-    product per parameter, while the block has no more parameters than the products an SLQ would spend
-    (``probes`` x ``steps``, and at most ``exact_max_params``); above that by ``method``, slq (estimates with
-    standard errors) or lanczos (lambda_max and a trace only).
+    Otherwise each block is measured through the Hessian-vector products (``operator``, the (matvec, P) the
+    method ran on, or built here) restricted to it: exactly, from one product per parameter, while the block
+    has no more parameters than the products an SLQ would spend (``probes`` x ``steps``, and at most
+    ``exact_max_params``); above that by ``method``, slq (estimates with standard errors) or lanczos
+    (lambda_max and a trace only).
     """
     groups = parameter_groups(model)
     if blocks is not None:
         pairs = enumerate(zip(groups, blocks, strict=True))
         return [_block_row(j, group, values, hcfg, net_scale) for j, (group, values) in pairs], blocks
-    matvec, p = hvp_operator(model, loss_fn, x, y, dtype=dtype)
+    matvec, p = operator if operator is not None else hvp_operator(model, loss_fn, x, y, dtype=dtype)
     device = next(model.parameters()).device
     starts = np.cumsum([0, *(size for *_, size in groups)]).tolist()
     rows, exact = [], []
