@@ -355,10 +355,11 @@ def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int
 
 def _loss_root(hess: torch.Tensor) -> torch.Tensor | None:
     """R (n, r, classes) with R_i^T R_i = H_i for the loss's Hessians in the logits H (n, classes, classes), r the
-    largest rank among them (eigenvalues below 1e-13 of the largest dropped: cross-entropy's H_i has the ones
-    vector in its null space); None if some H_i has a negative eigenvalue beyond that."""
+    largest rank among them (eigenvalues within 100 rounding units of zero, relative to the largest, dropped:
+    cross-entropy's H_i has the ones vector in its null space); None if some H_i has a negative eigenvalue
+    beyond that."""
     values, vectors = torch.linalg.eigh(hess)  # ascending
-    tol = 1e-13 * float(values.abs().max()) if values.numel() else 0.0
+    tol = 100 * torch.finfo(hess.dtype).eps * float(values.abs().max()) if values.numel() else 0.0
     if bool((values < -tol).any()):
         return None
     rank = max(1, int((values > tol).sum(1).max()))
