@@ -17,6 +17,8 @@ import numpy as np
 MODES = ("abs", "clip")
 
 
+EPS64 = float(np.finfo(np.float64).eps)  # the rounding unit of float64
+
 def magnitudes(eigenvalues: np.ndarray, mode: str) -> np.ndarray:
     """|eigenvalues| (``abs``) or eigenvalues clipped at 0 (``clip``), elementwise, any shape."""
     lam = np.asarray(eigenvalues, dtype=np.float64)
@@ -119,19 +121,25 @@ def evidence_precision(eigenvalues: np.ndarray, n: int, sq_norm: float, mode: st
 
 
 def spectrum_summary(
-    eigenvalues: np.ndarray, *, alpha: float, rho: float, k: int, mode: str = "abs"
+    eigenvalues: np.ndarray, *, alpha: float, rho: float, k: int, mode: str = "abs", eps: float = EPS64
 ) -> dict[str, float | int]:
     """What hessian.csv records of a whole spectrum: lambda_max, lambda_min, trace, n_negative, n_eff, sane.
 
-    >>> spectrum_summary(np.array([2.0, 0.0, -1.0]), alpha=1.0, rho=0.5, k=1)["n_negative"]
+    n_negative counts the eigenvalues below -P eps max|lambda|, ``eps`` the rounding unit of the precision the
+    spectrum was computed in: a symmetric eigensolver returns each eigenvalue to within about that, so an exact
+    zero (a dead unit's directions, cross-entropy's shift of every logit by the same amount) counts as zero,
+    not as negative half the time.
+
+    >>> spectrum_summary(np.array([2.0, 0.0, -1e-18, -1.0]), alpha=1.0, rho=0.5, k=1)["n_negative"]
     1
     """
     lam = np.asarray(eigenvalues, dtype=np.float64)
+    zero = lam.size * eps * float(np.abs(lam).max()) if lam.size else 0.0
     return {
         "lambda_max": float(lam.max()),
         "lambda_min": float(lam.min()),
         "trace": float(lam.sum()),
-        "n_negative": int(np.count_nonzero(lam < 0)),
+        "n_negative": int(np.count_nonzero(lam < -zero)),
         "n_eff": n_eff(lam, alpha, mode),
         "sane": sane(lam, rho, k, mode),
     }

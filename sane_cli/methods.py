@@ -332,7 +332,7 @@ def layer_rows(
     groups = parameter_groups(model)
     if blocks is not None:
         pairs = enumerate(zip(groups, blocks, strict=True))
-        return [_block_row(j, group, values, hcfg, net_scale) for j, (group, values) in pairs], blocks
+        return [_block_row(j, group, values, hcfg, net_scale, dtype) for j, (group, values) in pairs], blocks
     matvec, p = operator if operator is not None else hvp_operator(model, loss_fn, x, y, dtype=dtype)
     device = next(model.parameters()).device
     starts = np.cumsum([0, *(size for *_, size in groups)]).tolist()
@@ -348,7 +348,7 @@ def layer_rows(
         if b - a <= min(int(hcfg.exact_max_params), int(hcfg.probes) * int(hcfg.steps)):
             h = dense_operator(block, b - a, dtype=dtype, device=device)
             values = torch.linalg.eigvalsh(h).flip(0).double().cpu().numpy()
-            rows.append(_block_row(j, group, values, hcfg, net_scale))
+            rows.append(_block_row(j, group, values, hcfg, net_scale, dtype))
             exact.append(values)
             continue
         if method == "lanczos":
@@ -363,10 +363,11 @@ def layer_rows(
     return rows, exact if len(exact) == len(groups) else None
 
 
-def _block_row(j: int, group: tuple[str, str, int], values: np.ndarray, hcfg, net_scale: float) -> dict:
-    """A layer's row from every eigenvalue of its block."""
+def _block_row(j: int, group: tuple[str, str, int], values: np.ndarray, hcfg, net_scale: float, dtype) -> dict:
+    """A layer's row from every eigenvalue of its block (computed in ``dtype``)."""
     k = min(int(hcfg.k), len(values))
-    row = spectrum_summary(values, alpha=hcfg.alpha, rho=hcfg.rho, k=k, mode=hcfg.eig_mode)
+    eps = torch.finfo(dtype).eps
+    row = spectrum_summary(values, alpha=hcfg.alpha, rho=hcfg.rho, k=k, mode=hcfg.eig_mode, eps=eps)
     row["sane_net"] = n_eff(values, alpha=net_scale, mode=hcfg.eig_mode) if net_scale > 0 else 0.0
     row.update(trace_se=0.0, n_eff_se=0.0, sane_se=0.0, sane_net_se=0.0, converged=True)
     return _layer_row(j, group, "exact", row)
@@ -389,7 +390,8 @@ def _bias_bound(quad, estimate: float, a: float, hcfg) -> float:
 
 
 def _exact_row(values: np.ndarray, hcfg) -> dict:
-    row = spectrum_summary(values, alpha=hcfg.alpha, rho=hcfg.rho, k=hcfg.k, mode=hcfg.eig_mode)
+    eps = torch.finfo(DTYPES[hcfg.dtype]).eps  # the exact methods run in hessian.dtype
+    row = spectrum_summary(values, alpha=hcfg.alpha, rho=hcfg.rho, k=hcfg.k, mode=hcfg.eig_mode, eps=eps)
     zero = {"trace_se": 0.0, "n_eff_se": 0.0, "n_eff_bound": 0.0, "sane_se": 0.0, "sane_bound": 0.0}
     return {**row, **zero, "converged": True}
 

@@ -43,6 +43,16 @@ def test_limits_and_k():
         n_eff([1.0], alpha=0.0)
 
 
+def test_negative_count_skips_rounding_zeros():
+    """An eigenvalue within P eps max|lambda| of zero (an exact zero as the eigensolver returns it) is no negative,
+    at float64's rounding unit by default and at float32's for a float32 spectrum; one beyond it is."""
+    lam = np.array([3.0, 1e-17, -1e-17, -4e-16, -2e-14, -1e-9, -0.5])
+    assert spectrum_summary(lam, alpha=0.5, rho=0.5, k=1)["n_negative"] == 3  # 7 * eps * 3 = 4.7e-15
+    eps32 = float(np.finfo(np.float32).eps)
+    assert spectrum_summary(lam, alpha=0.5, rho=0.5, k=1, eps=eps32)["n_negative"] == 1
+    assert spectrum_summary(np.zeros(3), alpha=0.5, rho=0.5, k=1)["n_negative"] == 0
+
+
 def test_spectrum_summary():
     lam = np.array([6.0, 2.0, 0.5, -0.25, -1.0])
     s = spectrum_summary(lam, alpha=0.5, rho=0.5, k=1)
