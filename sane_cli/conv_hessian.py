@@ -311,18 +311,7 @@ def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int
     for i0 in range(0, n, group):
         sub = fwd.rows(slice(i0, i0 + group))
         rows = len(sub.inputs[0])
-        b = eye[:, None, :, None].expand(classes, rows, classes, 1)  # (classes, rows, out_top, 1)
-        jac = {}
-        for k in range(top, -1, -1):
-            if k < top:
-                back = _transpose(layers[k + 1], b.reshape(classes * rows, *b.shape[2:]), sub.in_shapes[k + 1])
-                b = sub.slopes[k][None] * sub.unpool(k, back).reshape(classes, rows, layers[k].out, -1)
-            if k == top:  # the linear layer's Jacobian is I (x) a~_i: its blocks are taken in that form below
-                continue
-            # (rows, classes out_k, L) x (rows, L, in'_k): each example's Jacobian in W~_k, (rows, classes, P_k)
-            jac[k] = (b.permute(1, 0, 2, 3).reshape(rows, classes * layers[k].out, -1) @ sub.inputs[k]).reshape(
-                rows, classes, -1
-            )
+        jac = _jacobians(sub, eye)  # (rows, classes, P_k) of each convolution k
         h = hess[i0 : i0 + rows]
         if root is not None:  # R_i J_l,i
             scaled = {k: (root[i0 : i0 + rows] @ jac[k]).reshape(-1, jac[k].shape[2]) for k in jac}
@@ -335,14 +324,7 @@ def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int
                 _gram_into(grams[j, m], scaled[m])
             else:
                 grams[j, m].addmm_(scaled[j].T, scaled[m])
-        a = sub.inputs[top][:, 0, :]  # (rows, in'_top): the linear layer's input, its 1 for the bias included
-        for j, m in pairs:
-            if j != top:
-                continue
-            if m == top:  # sum_i H_i (x) a~_i a~_i^T
-                tops[m] += torch.einsum("is,icd,it->csdt", a, h, a).reshape(layers[j].out, layers[j].width, -1)
-            else:  # sum_i a~_i (x) H_i J_m,i: n P_top P_m, not the C times more of J^T (H J)
-                tops[m] += torch.einsum("is,icp->csp", a, h @ jac[m])
+        _top_blocks(tops, sub.inputs[top][:, 0, :], h, jac)
     for m, piece in tops.items():
         _add(target, top, m, layers, piece, torch.arange(piece.shape[2], device=device))
     for (j, m), gram in grams.items():
@@ -351,6 +333,44 @@ def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int
         gram = gram[orders[j]][:, orders[m]]  # W~'s entries to parameter order
         t, r0, c0 = target(j, m)
         t[r0 : r0 + gram.shape[0], c0 : c0 + gram.shape[1]] += gram
+
+
+def _jacobians(fwd: _Forward, eye: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Each example's Jacobian of the logits in each convolution's W~_k, (n, classes, P_k): the classes' unit
+    vectors ``eye`` carried back through the net as one batch, B_k = dlogits/dz_k, then sum_a B_k[:, :, a] (x)
+    U_k[a] as one batched product per layer."""
+    layers, top = fwd.layers, len(fwd.layers) - 1
+    classes, rows = len(eye), fwd.inputs[0].shape[0]
+    b = eye[:, None, :, None].expand(classes, rows, classes, 1)  # (classes, rows, out_top, 1)
+    jac = {}
+    for k in range(top - 1, -1, -1):
+        back = _transpose(layers[k + 1], b.reshape(classes * rows, *b.shape[2:]), fwd.in_shapes[k + 1])
+        b = fwd.slopes[k][None] * fwd.unpool(k, back).reshape(classes, rows, layers[k].out, -1)
+        # (rows, classes out_k, L) x (rows, L, in'_k)
+        jac[k] = (b.permute(1, 0, 2, 3).reshape(rows, classes * layers[k].out, -1) @ fwd.inputs[k]).reshape(
+            rows, classes, -1
+        )
+    return jac
+
+
+def _top_blocks(tops: dict, a: torch.Tensor, h: torch.Tensor, jac: dict) -> None:
+    """Add the Gauss-Newton blocks (top, m) of examples with linear-layer inputs a~ (rows, in'_top), loss
+    Hessians h (rows, C, C) and Jacobians ``jac`` into ``tops[m]`` (C, in'_top, P_m), in the Kronecker form of
+    the linear layer's Jacobian I (x) a~_i: n P_top P_m multiply-adds, not the C times more of J^T (H J)."""
+    width, classes = a.shape[1], h.shape[1]
+    for m, block in tops.items():
+        if m in jac:  # sum_i a~_i (x) H_i J_m,i
+            block += torch.einsum("is,icp->csp", a, h @ jac[m])
+            continue
+        # sum_i H_i (x) a~_i a~_i^T: for each pair of classes c <= d, sum_i H_i[c, d] a~_i a~_i^T, one product
+        # (in', rows) x (rows, in') placed at (c, d) and (d, c) (H_i is symmetric)
+        block = block.view(classes, width, classes, width)
+        for c in range(classes):
+            for d in range(c, classes):
+                gram = (a * h[:, c, d, None]).T @ a
+                block[c, :, d] += gram
+                if d != c:
+                    block[d, :, c] += gram
 
 
 def _loss_root(hess: torch.Tensor) -> torch.Tensor | None:
