@@ -305,8 +305,11 @@ def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int
     group = max(1, min(n, max_elements // (2 * classes * total)))
     grams = {(j, m): torch.zeros(_size(layers[j]), _size(layers[m]), dtype=dtype, device=device)
              for j, m in pairs if j < top}  # fmt: skip  # blocks between convolutions, W~ layout
-    tops = {m: torch.zeros(classes, layers[top].width, _size(layers[m]), dtype=dtype, device=device)
-            for j, m in pairs if j == top}  # fmt: skip  # blocks (top, m), W~ layout
+    # blocks (top, m): (in'_top, classes P_m) for the convolutions' (transposed once at the end), (classes,
+    # in'_top, P_top) for the linear layer's own; W~ layout
+    tops = {m: torch.zeros(layers[top].width, classes * _size(layers[m]), dtype=dtype, device=device) if m < top
+            else torch.zeros(classes, layers[top].width, _size(layers[m]), dtype=dtype, device=device)
+            for j, m in pairs if j == top}  # fmt: skip
     orders = {k: torch.argsort(_order(layers[k], device).reshape(-1)) for k in range(top)}  # W~ to parameter order
     for i0 in range(0, n, group):
         sub = fwd.rows(slice(i0, i0 + group))
@@ -326,6 +329,8 @@ def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int
                 grams[j, m].addmm_(scaled[j].T, scaled[m])
         _top_blocks(tops, sub.inputs[top][:, 0, :], h, jac)
     for m, piece in tops.items():
+        if m < top:  # (in'_top, classes P_m) -> (classes, in'_top, P_m)
+            piece = piece.view(piece.shape[0], classes, -1).transpose(0, 1)
         _add(target, top, m, layers, piece, torch.arange(piece.shape[2], device=device))
     for (j, m), gram in grams.items():
         if j == m and root is not None:  # _gram_into filled the lower triangle
@@ -355,12 +360,13 @@ def _jacobians(fwd: _Forward, eye: torch.Tensor) -> dict[int, torch.Tensor]:
 
 def _top_blocks(tops: dict, a: torch.Tensor, h: torch.Tensor, jac: dict) -> None:
     """Add the Gauss-Newton blocks (top, m) of examples with linear-layer inputs a~ (rows, in'_top), loss
-    Hessians h (rows, C, C) and Jacobians ``jac`` into ``tops[m]`` (C, in'_top, P_m), in the Kronecker form of
-    the linear layer's Jacobian I (x) a~_i: n P_top P_m multiply-adds, not the C times more of J^T (H J)."""
+    Hessians h (rows, C, C) and Jacobians ``jac`` into ``tops[m]`` ((in'_top, C P_m) for a convolution m, (C,
+    in'_top, P_top) for the linear layer), in the Kronecker form of the linear layer's Jacobian I (x) a~_i:
+    n P_top P_m multiply-adds, not the C times more of J^T (H J)."""
     width, classes = a.shape[1], h.shape[1]
     for m, block in tops.items():
-        if m in jac:  # sum_i a~_i (x) H_i J_m,i
-            block += torch.einsum("is,icp->csp", a, h @ jac[m])
+        if m in jac:  # sum_i a~_i (x) H_i J_m,i: one product (in'_top, rows) x (rows, C P_m)
+            block.addmm_(a.T, (h @ jac[m]).reshape(len(a), -1))
             continue
         # sum_i H_i (x) a~_i a~_i^T: for each pair of classes c <= d, sum_i H_i[c, d] a~_i a~_i^T, one product
         # (in', rows) x (rows, in') placed at (c, d) and (d, c) (H_i is symmetric)
