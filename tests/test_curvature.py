@@ -125,14 +125,15 @@ def test_loss_root_and_half_gram():
         torch.testing.assert_close(out.tril(), (m.T @ m).tril(), rtol=1e-12, atol=1e-12)
 
 
-def test_cnn_layer_blocks_are_the_dense_blocks_in_layer_order():
+@pytest.mark.parametrize("activation", ["tanh", "relu"])  # relu: the Gauss-Newton split's paths, band by band
+def test_cnn_layer_blocks_are_the_dense_blocks_in_layer_order(activation):
     """block_band's bands of a CNN are those of the dense Hessian, its layers (the convolutions, then the linear
     layer) in input-to-output order; the widest band is the exact Hessian."""
     from sane_cli.curvature import layer_hessian_blocks, layer_sizes
     from sane_cli.models import CNN
 
     torch.manual_seed(3)
-    model = CNN((11,), 4, depth=2, channels=3, kernel=3, pooling="max", activation="tanh")
+    model = CNN((11,), 4, depth=2, channels=3, kernel=3, pooling="max", activation=activation)
     x, y = torch.randn(29, 11), torch.randint(0, 4, (29,))
     loss_fn = loss_function("cross_entropy", 4)
     ref = reference_hessian(copy.deepcopy(model), loss_fn, x, y)
