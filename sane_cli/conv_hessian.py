@@ -183,11 +183,13 @@ class _Forward:
         """Layer j's unfolded inputs as one (n L_j, in'_j) matrix."""
         return self.inputs[j].reshape(-1, self.inputs[j].shape[2])
 
-    def errors(self, j: int) -> torch.Tensor:
-        """Layer j's deltas as one (out_j, n L_j) matrix (kept once made)."""
-        if j not in self._errors:
-            self._errors[j] = self.deltas[j].transpose(0, 1).reshape(self.deltas[j].shape[1], -1)
-        return self._errors[j]
+    def errors(self, j: int, positions_first: bool = False) -> torch.Tensor:
+        """Layer j's deltas as one (out_j, n L_j) matrix, or (out_j, L_j n) with ``positions_first`` (kept once
+        made)."""
+        if (j, positions_first) not in self._errors:
+            order = (1, 2, 0) if positions_first else (1, 0, 2)
+            self._errors[j, positions_first] = self.deltas[j].permute(*order).reshape(self.deltas[j].shape[1], -1)
+        return self._errors[j, positions_first]
 
     def pool(self, k: int, t: torch.Tensor) -> torch.Tensor:
         """Tangents t (T, n, out_k, L_k) of layer k's activation through its pooling: (T, n, *in_shape[k+1])."""
@@ -413,9 +415,9 @@ def _size(layer: _Layer) -> int:
 
 def _adjacent_into(target, fwd: _Forward, m: int, max_elements: int) -> None:
     """Add the terms sum_i sum_a delta_j,i[r, a] dU_j,i[s, a] of block (j = m + 1, m), all of layer m's
-    directions at once: along W~_m[p, q], layer j's input moves only in channel p, by V[i, c, p, q]
+    directions at once: along W~_m[p, q], layer j's input moves only in channel p, by V[c, i, p, q]
     (:func:`_moved_inputs`, c its positions); a kernel offset k of layer j reads it shifted by k, so each offset
-    is one product over examples and positions, (out_j, n L_j) x (n L_j, out_m in'_m)."""
+    is one product over positions and examples, (out_j, L_j n) x (L_j n, out_m in'_m), on a view of V."""
     layers = fwd.layers
     lower, upper = layers[m], layers[m + 1]
     n, dtype, device = fwd.inputs[m].shape[0], fwd.inputs[m].dtype, fwd.inputs[m].device
@@ -425,14 +427,14 @@ def _adjacent_into(target, fwd: _Forward, m: int, max_elements: int) -> None:
     group = max(1, min(lower.width, max_elements // max(1, 2 * n * lower.out * positions * taps)))
     for q0 in range(0, lower.width, group):
         q1 = min(lower.width, q0 + group)
-        v = _moved_inputs(fwd, m, q0, q1)  # (n, *positions, p, q)
+        v = _moved_inputs(fwd, m, q0, q1)  # (*positions, n, p, q)
         if upper.conv is None:  # the linear layer reads the flattened channels: s = (p, c)
-            e = (fwd.errors(m + 1) @ v.reshape(n, -1)).reshape(upper.out, positions, lower.out, q1 - q0)
-            e = e.transpose(1, 2)  # (out_j, p, c, q)
-        else:  # s = (p, kernel offset k): V shifted by k, summed over the positions a
-            rows = _patches(upper, v)  # (n, L_j, K, p, q)
-            e = fwd.errors(m + 1) @ rows.reshape(-1, taps * lower.out * (q1 - q0))
-            e = e.reshape(upper.out, taps, lower.out, q1 - q0).transpose(1, 2)  # (out_j, p, k, q)
+            e = fwd.errors(m + 1) @ v.reshape(positions, n, -1)  # (c, out_j, p q)
+            e = e.reshape(positions, upper.out, lower.out, q1 - q0).permute(1, 2, 0, 3)  # (out_j, p, c, q)
+        else:  # s = (p, kernel offset k): V shifted by k, summed over the positions a and examples
+            padded, errors = _padded(upper, v), fwd.errors(m + 1, positions_first=True)
+            e = torch.stack([errors @ _shifted(upper, padded, o).reshape(errors.shape[1], -1) for o in _offsets(upper)])
+            e = e.reshape(taps, upper.out, lower.out, q1 - q0).permute(1, 2, 0, 3)  # (out_j, p, k, q)
         # (out_j, in'_j, p, q): the row s = (p', c) meets the direction (p, q) only where p' = p
         piece = torch.zeros(upper.out, upper.width, lower.out, q1 - q0, dtype=dtype, device=device)
         view = piece[:, :width].view(upper.out, lower.out, -1, lower.out, q1 - q0)
@@ -497,10 +499,10 @@ def _top_from_two_below_into(target, fwd: _Forward, m: int, max_elements: int) -
     the linear layer's input s = (c, t) by sum_a w_i[c, t, a] dz_l,i[c, a], w the pooling's weight of position a
     in the window t (max: the pick) times sigma'(z_l). So
 
-        H[(r, c, t), (p, q)] = sum_k W_l[c, p, k] Y[t, (r, c), (k, p, q)],
-        Y[t] = sum_i sum_(a in window t) (delta_top,i[r] w_i[c, t, a]) T_i[p, q, a + k]
+        H[(r, c, t), (p, q)] = sum_k W_l[c, p, k] Y[t, k, (r, c), (p, q)],
+        Y[t, k] = sum_i sum_(a in window t) (delta_top,i[r] w_i[c, t, a]) T_i[p, q, a + k]
 
-    one product over (examples x window positions) for each pooled position t, (out_top C_l) x (K P_m) entries:
+    one product over examples for each pooled position t, window slot and kernel offset, (out_top C_l) x P_m:
     more multiply-adds than carrying each of the P_m directions forward (n C_l L_l K apiece), but all in matrix
     products, where the directions' tangents (P_m n C_l L_l of them) are memory traffic."""
     layers, top = fwd.layers, len(fwd.layers) - 1
@@ -511,22 +513,25 @@ def _top_from_two_below_into(target, fwd: _Forward, m: int, max_elements: int) -
     taps = math.prod(mid.conv.kernel_size)
     size, width = lower.out * lower.width, lower.width
     slots = _window_slots(mid, spatial, pooled).to(device)  # (slots, t): each window's positions in z_l
-    # per example: V, its patches, one slot's copy of them
-    per = size * (math.prod(fwd.in_shapes[m + 1][1:]) + 2 * math.prod(spatial) * taps)
+    offsets = _offsets(mid)
+    # per example: V, padded, and one slot's positions of it
+    per = size * (2 * math.prod(fwd.in_shapes[m + 1][1:]) + slots.shape[1])
     group = max(1, min(n, max_elements // per))
-    y = torch.zeros(slots.shape[1], layers[top].out * c_l, taps * size, dtype=dtype, device=device)
+    y = torch.zeros(slots.shape[1], taps, layers[top].out * c_l, size, dtype=dtype, device=device)
     for i0 in range(0, n, group):
         sub = fwd.rows(slice(i0, i0 + group))
-        patches = _patches(mid, _moved_inputs(sub, m))  # (rows, L_l, K, p, q): T_i[p, q, a + k]
-        rows = len(patches)
-        patches = patches.reshape(rows, patches.shape[1], -1)
+        padded = _padded(mid, _moved_inputs(sub, m))  # (*S', rows, p, q): T[p, q] about its padding
+        rows = padded.shape[mid.dims]
+        padded = padded.reshape(*padded.shape[: mid.dims], rows, size)
         delta = fwd.deltas[top][i0 : i0 + rows, :, 0]  # (rows, out_top)
         for where, weight in zip(slots, _window_weights(sub, m + 1, slots), strict=True):  # weight (rows, C_l, t)
             a = torch.einsum("ir,ict->tirc", delta, weight).reshape(len(where), rows, -1)
-            y.baddbmm_(a.transpose(1, 2), patches[:, where].transpose(0, 1))  # (t, rows, K P_m)
+            for k, offset in enumerate(offsets):  # T at a + k for the window's positions a: (t, rows, P_m)
+                b = _shifted(mid, padded, offset).reshape(-1, rows, size)[where]
+                y[:, k].baddbmm_(a.transpose(1, 2), b)
     kernels = mid.weight.reshape(c_l, lower.out, taps)  # W_l[c, p, k]
-    y = y.reshape(slots.shape[1], layers[top].out, c_l, taps, lower.out, width)
-    piece = torch.einsum("trckpq,cpk->rctpq", y, kernels).reshape(layers[top].out, -1, size)
+    y = y.reshape(slots.shape[1], taps, layers[top].out, c_l, lower.out, width)
+    piece = torch.einsum("tkrcpq,cpk->rctpq", y, kernels).reshape(layers[top].out, -1, size)
     if layers[top].bias is not None:  # the bias's input (1) does not move
         piece = torch.cat([piece, piece.new_zeros(piece.shape[0], 1, size)], 1)
     _add(target, top, m, layers, piece, torch.arange(size, device=device))
@@ -561,33 +566,38 @@ def _window_weights(fwd: _Forward, k: int, slots: torch.Tensor) -> list[torch.Te
 
 
 def _moved_inputs(fwd: _Forward, m: int, q0: int = 0, q1: int | None = None) -> torch.Tensor:
-    """V (n, *S, out_m, q1 - q0): along W~_m[p, q], layer m + 1's input (positions S) moves in channel p alone,
-    by V[..., p, q], the pooling of sigma'(z_m[p]) U_m[:, q]; taken window slot by window slot, from the
-    unfolded inputs U_m at the slot's positions (no tangent of the unpooled z_m per direction)."""
+    """V (*S, n, out_m, q1 - q0), positions first: along W~_m[p, q], layer m + 1's input (positions S) moves in
+    channel p alone, by V[..., p, q], the pooling of sigma'(z_m[p]) U_m[:, q]; taken window slot by window slot,
+    from the unfolded inputs U_m at the slot's positions (no tangent of the unpooled z_m per direction)."""
     layer, (c, *spatial) = fwd.layers[m], fwd.out_shapes[m]
     pooled = fwd.in_shapes[m + 1][1:]
-    u = fwd.inputs[m][:, :, q0:q1]  # (n, L_m, q)
+    u = fwd.inputs[m][:, :, q0:q1].transpose(0, 1)  # (L_m, n, q)
     slots = _window_slots(layer, spatial, pooled).to(u.device)
     v = None
     for where, weight in zip(slots, _window_weights(fwd, m, slots), strict=True):
-        term = weight.transpose(1, 2)[..., None] * u[:, where, None, :]  # (n, positions, p, q)
+        term = weight.permute(2, 0, 1)[..., None] * u[where, :, None, :]  # (positions, n, p, q)
         v = term if v is None else v.add_(term)
-    return v.reshape(len(u), *pooled, c, u.shape[2])
+    return v.reshape(*pooled, u.shape[1], c, u.shape[2])
 
 
-def _patches(layer: _Layer, v: torch.Tensor) -> torch.Tensor:
-    """The convolution's patches of V (n, *S, ...) (its input's positions, then anything): (n, L, K, ...), each
-    output position a reading V at a + k for the kernel offsets k (zero outside: the padding)."""
-    dims, pad, kernel = layer.dims, layer.conv.padding, layer.conv.kernel_size
-    spatial, rest = v.shape[1 : 1 + dims], v.shape[1 + dims :]
-    padded = v.new_zeros(len(v), *[s + 2 * p for s, p in zip(spatial, pad, strict=True)], *rest)
-    padded[(slice(None), *[slice(p, p + s) for p, s in zip(pad, spatial, strict=True)])] = v
-    out = [s + 2 * p - w + 1 for s, p, w in zip(spatial, pad, kernel, strict=True)]  # the output's positions
-    shifted = [
-        padded[(slice(None), *[slice(o, o + s) for o, s in zip(offset, out, strict=True)])]
-        for offset in itertools.product(*[range(w) for w in kernel])
-    ]
-    return torch.stack(shifted, dim=1 + dims).reshape(len(v), math.prod(out), len(shifted), *rest)
+def _padded(layer: _Layer, v: torch.Tensor) -> torch.Tensor:
+    """V (*S, ...) (a convolution's input, positions first) with the convolution's zero padding about S."""
+    dims, pad = layer.dims, layer.conv.padding
+    spatial = v.shape[:dims]
+    out = v.new_zeros(*[s + 2 * p for s, p in zip(spatial, pad, strict=True)], *v.shape[dims:])
+    out[tuple(slice(p, p + s) for p, s in zip(pad, spatial, strict=True))] = v
+    return out
+
+
+def _offsets(layer: _Layer) -> list[tuple[int, ...]]:
+    """The convolution's kernel offsets, in the order of its weight's columns."""
+    return list(itertools.product(*[range(w) for w in layer.conv.kernel_size]))
+
+
+def _shifted(layer: _Layer, padded: torch.Tensor, offset: tuple[int, ...]) -> torch.Tensor:
+    """What kernel offset ``offset`` reads of the padded input (*S', ...) at each output position: (*L, ...)."""
+    out = [s - w + 1 for s, w in zip(padded.shape[: layer.dims], layer.conv.kernel_size, strict=True)]
+    return padded[tuple(slice(o, o + size) for o, size in zip(offset, out, strict=True))]
 
 
 def _one_channel_step(fwd: _Forward, m: int, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

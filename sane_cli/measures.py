@@ -19,6 +19,7 @@ MODES = ("abs", "clip")
 
 EPS64 = float(np.finfo(np.float64).eps)  # the rounding unit of float64
 
+
 def magnitudes(eigenvalues: np.ndarray, mode: str) -> np.ndarray:
     """|eigenvalues| (``abs``) or eigenvalues clipped at 0 (``clip``), elementwise, any shape."""
     lam = np.asarray(eigenvalues, dtype=np.float64)
