@@ -120,7 +120,7 @@ def _transpose(layer: _Layer, g: torch.Tensor, shape: tuple[int, ...]) -> torch.
     cols = cols.reshape(g.shape[0], *spatial, shape[0], *k)
     cols = cols.permute(0, layer.dims + 1, *range(layer.dims + 2, 2 * layer.dims + 2), *range(1, layer.dims + 1))
     out = cols.new_zeros(g.shape[0], shape[0], *[s + 2 * p for s, p in zip(spatial, pad, strict=True)])
-    for offset in itertools.product(*[range(w) for w in k]):  # each kernel offset's patches, shifted back
+    for offset in _offsets(layer):  # each kernel offset's patches, shifted back
         where = (..., *[slice(o, o + s) for o, s in zip(offset, spatial, strict=True)])
         out[where] += cols[(slice(None), slice(None), *offset)]
     return out[(..., *[slice(p, p + s) for p, s in zip(pad, spatial, strict=True)])]
