@@ -135,7 +135,7 @@ class _Forward:
         self.layers = layers
         self.inputs, self.zs, self.slopes, self.bends, self.picks = [], [], [], [], []
         self.in_shapes, self.out_shapes = [], []  # (C, *S) of each layer's input and of its activation
-        self._errors = {}
+        self._errors, self._windows = {}, {}
         a = x.reshape(len(x), *in_shape)
         with torch.no_grad():
             for layer in layers:
@@ -173,7 +173,8 @@ class _Forward:
     def rows(self, sl: slice) -> _Forward:
         """The same pass for the examples ``sl`` of the chunk (views)."""
         sub = object.__new__(_Forward)
-        sub.layers, sub.in_shapes, sub.out_shapes, sub._errors = self.layers, self.in_shapes, self.out_shapes, {}
+        sub.layers, sub.in_shapes, sub.out_shapes = self.layers, self.in_shapes, self.out_shapes
+        sub._errors, sub._windows = {}, {}
         sub.inputs, sub.zs = [u[sl] for u in self.inputs], [z[sl] for z in self.zs]
         sub.slopes, sub.bends = [t[sl] for t in self.slopes], [t[sl] for t in self.bends]
         sub.picks = [None if p is None else p[sl] for p in self.picks]
@@ -190,6 +191,23 @@ class _Forward:
             order = (1, 2, 0) if positions_first else (1, 0, 2)
             self._errors[j, positions_first] = self.deltas[j].permute(*order).reshape(self.deltas[j].shape[1], -1)
         return self._errors[j, positions_first]
+
+    def windows(self, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The pooling after layer k as sums over window slots (kept once made): each pooled position's window
+        positions in z_k, one row per slot (:func:`_window_slots`), and for each slot the weight (n, C_k, pooled
+        positions) the pooling gives that position at this point (max: 1 at its pick; avg: 1 / window size) times
+        the activation's slope there, so that the pooled activation's tangent is sum_d weight_d * dz_k[slot d]."""
+        if k not in self._windows:
+            c, *spatial = self.out_shapes[k]
+            slope = self.slopes[k]
+            slots = _window_slots(self.layers[k], spatial, self.in_shapes[k + 1][1:]).to(slope.device)
+            weights = []
+            for where in slots:
+                mask = torch.zeros(math.prod(spatial), dtype=slope.dtype, device=slope.device)
+                mask[where] = 1.0
+                weights.append(self.pool(k, (slope * mask)[None])[0].reshape(len(slope), c, -1))
+            self._windows[k] = slots, weights
+        return self._windows[k]
 
     def pool(self, k: int, t: torch.Tensor) -> torch.Tensor:
         """Tangents t (T, n, out_k, L_k) of layer k's activation through its pooling: (T, n, *in_shape[k+1])."""
@@ -512,7 +530,7 @@ def _top_from_two_below_into(target, fwd: _Forward, m: int, max_elements: int) -
     pooled = fwd.in_shapes[top][1:]
     taps = math.prod(mid.conv.kernel_size)
     size, width = lower.out * lower.width, lower.width
-    slots = _window_slots(mid, spatial, pooled).to(device)  # (slots, t): each window's positions in z_l
+    slots = _window_slots(mid, spatial, pooled)  # (slots, t): each window's positions in z_l
     offsets = _offsets(mid)
     # per example: V, padded, and one slot's positions of it
     per = size * (2 * math.prod(fwd.in_shapes[m + 1][1:]) + slots.shape[1])
@@ -524,7 +542,7 @@ def _top_from_two_below_into(target, fwd: _Forward, m: int, max_elements: int) -
         rows = padded.shape[mid.dims]
         padded = padded.reshape(*padded.shape[: mid.dims], rows, size)
         delta = fwd.deltas[top][i0 : i0 + rows, :, 0]  # (rows, out_top)
-        for where, weight in zip(slots, _window_weights(sub, m + 1, slots), strict=True):  # weight (rows, C_l, t)
+        for where, weight in zip(*sub.windows(m + 1), strict=True):  # weight (rows, C_l, t)
             a = torch.einsum("ir,ict->tirc", delta, weight).reshape(len(where), rows, -1)
             for k, offset in enumerate(offsets):  # T at a + k for the window's positions a: (t, rows, P_m)
                 b = _shifted(mid, padded, offset).reshape(-1, rows, size)[where]
@@ -552,29 +570,14 @@ def _window_slots(layer: _Layer, spatial: list[int], pooled: tuple[int, ...]) ->
     return torch.stack(rows)
 
 
-def _window_weights(fwd: _Forward, k: int, slots: torch.Tensor) -> list[torch.Tensor]:
-    """For each slot d of the pooling windows (:func:`_window_slots`), the weight (n, C_k, pooled positions) the
-    pooling after layer k gives that window position at this point, times the activation's slope there: the
-    map from z_k's tangent to the pooled activation's is sum_d weight_d * dz_k[slot d]."""
-    c, *spatial = fwd.out_shapes[k]
-    n, weights = fwd.slopes[k].shape[0], []
-    for where in slots:
-        mask = torch.zeros(math.prod(spatial), dtype=fwd.slopes[k].dtype, device=fwd.slopes[k].device)
-        mask[where] = 1.0
-        weights.append(fwd.pool(k, (fwd.slopes[k] * mask)[None])[0].reshape(n, c, -1))
-    return weights
-
-
 def _moved_inputs(fwd: _Forward, m: int, q0: int = 0, q1: int | None = None) -> torch.Tensor:
     """V (*S, n, out_m, q1 - q0), positions first: along W~_m[p, q], layer m + 1's input (positions S) moves in
     channel p alone, by V[..., p, q], the pooling of sigma'(z_m[p]) U_m[:, q]; taken window slot by window slot,
     from the unfolded inputs U_m at the slot's positions (no tangent of the unpooled z_m per direction)."""
-    layer, (c, *spatial) = fwd.layers[m], fwd.out_shapes[m]
-    pooled = fwd.in_shapes[m + 1][1:]
+    c, pooled = fwd.out_shapes[m][0], fwd.in_shapes[m + 1][1:]
     u = fwd.inputs[m][:, :, q0:q1].transpose(0, 1)  # (L_m, n, q)
-    slots = _window_slots(layer, spatial, pooled).to(u.device)
     v = None
-    for where, weight in zip(slots, _window_weights(fwd, m, slots), strict=True):
+    for where, weight in zip(*fwd.windows(m), strict=True):
         term = weight.permute(2, 0, 1)[..., None] * u[where, :, None, :]  # (positions, n, p, q)
         v = term if v is None else v.add_(term)
     return v.reshape(*pooled, u.shape[1], c, u.shape[2])
@@ -608,13 +611,11 @@ def _one_channel_step(fwd: _Forward, m: int, p: torch.Tensor, q: torch.Tensor) -
     layers, u_m = fwd.layers, fwd.inputs[m]
     lower, upper = layers[m], layers[m + 1]
     count, n = len(p), u_m.shape[0]
-    t = fwd.slopes[m][:, p, :].transpose(0, 1) * u_m[:, :, q].permute(2, 0, 1)  # (count, n, L_m)
-    spatial, pooled = fwd.out_shapes[m][1:], fwd.in_shapes[m + 1][1:]
-    if lower.pool == "max":  # the selection the pooling makes in channel p
-        t = t.gather(-1, fwd.picks[m][:, p].reshape(n, count, -1).transpose(0, 1))
-    elif lower.pool == "avg":
-        avg = nn.functional.avg_pool2d if lower.dims == 2 else nn.functional.avg_pool1d
-        t = avg(t.reshape(count * n, 1, *spatial), 2)
+    t = None  # (count, n, pooled positions): channel p's pooled slope times U_m[:, q], window slot by slot
+    for where, weight in zip(*fwd.windows(m), strict=True):
+        term = weight[:, p, :].transpose(0, 1) * u_m[:, where[:, None], q].permute(2, 0, 1)
+        t = term if t is None else t.add_(term)
+    pooled = fwd.in_shapes[m + 1][1:]
     patches = _unfold(upper, t.reshape(count * n, 1, *pooled))  # (count n, L_(m+1), K): channel p's patches
     patches = patches.reshape(count, n, patches.shape[1], patches.shape[2])
     kernels = upper.weight.reshape(upper.out, lower.out, -1)[:, p, :]  # (out_(m+1), count, K)
