@@ -330,8 +330,8 @@ def resume_point(run_dir: str | Path, config: dict[str, Any] | None = None) -> R
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(f"{run_dir}/checkpoint.pt holds no valid resume state ({type(e).__name__})") from None
         trained = checkpoint_config(checkpoint)
-        trained = None if trained is None else as_it_ran(trained)
         if trained is not None:  # the config the saved state was trained with is the run's; summary.json must agree
+            trained = as_it_ran(trained)
             key = first_difference(_finite(trained), stored)  # (summary.json writes inf and nan as null)
             if key is not None:
                 raise UsageError(
