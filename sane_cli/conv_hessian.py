@@ -308,13 +308,14 @@ def cnn_hessian_into(
 
 def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int) -> None:
     """Add sum_i J_j,i^T H_i J_m,i of every block (j, m) in ``pairs``: J_l,i (classes, P_l) the Jacobian of
-    example i's logits in layer l's weights, sum_a B_l,i[:, :, a] (x) U_l,i[a] with B_l = dlogits/dz_l (the
-    classes' unit vectors carried back through the net as one batch), and H_i the loss's Hessian in the logits
-    (with the chunk's weight). Examples in groups whose Jacobians stay within ``max_elements``.
+    example i's logits in layer l's weights, sum_a B_l,i[:, :, a] (x) U_l,i[a] with B_l = dlogits/dz_l, and H_i
+    the loss's Hessian in the logits (with the chunk's weight). Examples in groups whose Jacobians stay within
+    ``max_elements``.
 
     The blocks between convolutions are Gram matrices M_j^T M_m of the Jacobians scaled by H_i's square root
-    (:func:`_loss_root`: M_l,i = R_i J_l,i, rank(H_i) rows per example, 9 of 10 for cross-entropy), those on
-    the diagonal half computed (:func:`_gram_into`); blocks with the final linear layer in Kronecker form."""
+    (:func:`_loss_root`: M_l,i = R_i J_l,i, rank(H_i) rows per example, 9 of 10 for cross-entropy, carried back
+    through the net as one batch from R_i's rows, :func:`_jacobians`), those on the diagonal half computed
+    (:func:`_gram_into`); blocks with the final linear layer in Kronecker form (:func:`_top_blocks`)."""
     layers, top = fwd.layers, len(fwd.layers) - 1
     n, classes = fwd.inputs[0].shape[0], layers[top].out
     dtype, device = fwd.inputs[0].dtype, fwd.inputs[0].device
@@ -325,32 +326,40 @@ def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int
     group = max(1, min(n, max_elements // (2 * classes * total)))
     grams = {(j, m): torch.zeros(_size(layers[j]), _size(layers[m]), dtype=dtype, device=device)
              for j, m in pairs if j < top}  # fmt: skip  # blocks between convolutions, W~ layout
-    # blocks (top, m): (in'_top, classes P_m) for the convolutions' (transposed once at the end), (classes,
-    # in'_top, P_top) for the linear layer's own; W~ layout
-    tops = {m: torch.zeros(layers[top].width, classes * _size(layers[m]), dtype=dtype, device=device) if m < top
-            else torch.zeros(classes, layers[top].width, _size(layers[m]), dtype=dtype, device=device)
+    # blocks (top, m) in the layouts _top_blocks adds to: (in'_top, classes P_m) for a convolution, (pairs of
+    # classes c <= d, in'_top^2) for the linear layer's own; to (classes, in'_top, P_m) at the end
+    width, cs, ds = layers[top].width, *torch.triu_indices(classes, classes, device=device)
+    tops = {m: torch.zeros(width, classes * _size(layers[m]), dtype=dtype, device=device) if m < top
+            else torch.zeros(len(cs), width * width, dtype=dtype, device=device)
             for j, m in pairs if j == top}  # fmt: skip
     orders = {k: torch.argsort(_order(layers[k], device).reshape(-1)) for k in range(top)}  # W~ to parameter order
     for i0 in range(0, n, group):
         sub = fwd.rows(slice(i0, i0 + group))
         rows = len(sub.inputs[0])
-        jac = _jacobians(sub, eye)  # (rows, classes, P_k) of each convolution k
         h = hess[i0 : i0 + rows]
-        if root is not None:  # R_i J_l,i
-            scaled = {k: (root[i0 : i0 + rows] @ jac[k]).reshape(-1, jac[k].shape[2]) for k in jac}
+        if root is None:  # (a loss whose Hessian in the logits is not positive semidefinite): J_l,i, then H_i J_l,i
+            jac = _jacobians(sub, eye[None].expand(rows, classes, classes))
+            scaled = {k: h @ jac[k] for k in jac}
+        else:  # M_l,i = R_i J_l,i, and H_i J_l,i = R_i^T M_l,i
+            jac = _jacobians(sub, root[i0 : i0 + rows])
+            scaled = {k: root[i0 : i0 + rows].transpose(1, 2) @ jac[k] for k in jac}
         for j, m in pairs:
             if j == top:
                 continue
-            if root is None:  # (a loss whose Hessian in the logits is not positive semidefinite)
-                grams[j, m] += jac[j].reshape(-1, jac[j].shape[2]).T @ (h @ jac[m]).reshape(-1, jac[m].shape[2])
+            if root is None:
+                grams[j, m].addmm_(jac[j].reshape(-1, jac[j].shape[2]).T, scaled[m].reshape(-1, jac[m].shape[2]))
             elif j == m:
-                _gram_into(grams[j, m], scaled[m])
+                _gram_into(grams[j, m], jac[m].reshape(-1, jac[m].shape[2]))
             else:
-                grams[j, m].addmm_(scaled[j].T, scaled[m])
-        _top_blocks(tops, sub.inputs[top][:, 0, :], h, jac)
+                grams[j, m].addmm_(jac[j].reshape(-1, jac[j].shape[2]).T, jac[m].reshape(-1, jac[m].shape[2]))
+        _top_blocks(tops, sub.inputs[top][:, 0, :], h[:, cs, ds], scaled)
     for m, piece in tops.items():
         if m < top:  # (in'_top, classes P_m) -> (classes, in'_top, P_m)
-            piece = piece.view(piece.shape[0], classes, -1).transpose(0, 1)
+            piece = piece.view(width, classes, -1).transpose(0, 1)
+        else:  # block (c, :, d, :) = sum_i H_i[c, d] a~_i a~_i^T, for c <= d and, H_i being symmetric, d > c
+            full = piece.new_zeros(classes, classes, width, width)
+            full[cs, ds] = full[ds, cs] = piece.view(-1, width, width)
+            piece = full.transpose(1, 2).reshape(classes, width, classes * width)
         _add(target, top, m, layers, piece, torch.arange(piece.shape[2], device=device))
     for (j, m), gram in grams.items():
         if j == m and root is not None:  # _gram_into filled the lower triangle
@@ -360,43 +369,32 @@ def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int
         t[r0 : r0 + gram.shape[0], c0 : c0 + gram.shape[1]] += gram
 
 
-def _jacobians(fwd: _Forward, eye: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Each example's Jacobian of the logits in each convolution's W~_k, (n, classes, P_k): the classes' unit
-    vectors ``eye`` carried back through the net as one batch, B_k = dlogits/dz_k, then sum_a B_k[:, :, a] (x)
-    U_k[a] as one batched product per layer."""
+def _jacobians(fwd: _Forward, vectors: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Each example's ``vectors`` (n, r, classes) times its Jacobian of the logits in each convolution's W~_k,
+    (n, r, P_k): the r vectors carried back through the net as one batch, B_k = v^T dlogits/dz_k, then
+    sum_a B_k[:, :, a] (x) U_k[a] as one batched product per layer."""
     layers, top = fwd.layers, len(fwd.layers) - 1
-    classes, rows = len(eye), fwd.inputs[0].shape[0]
-    b = eye[:, None, :, None].expand(classes, rows, classes, 1)  # (classes, rows, out_top, 1)
+    rows, r = vectors.shape[0], vectors.shape[1]
+    b = vectors.transpose(0, 1)[..., None]  # (r, rows, out_top, 1)
     jac = {}
     for k in range(top - 1, -1, -1):
-        back = _transpose(layers[k + 1], b.reshape(classes * rows, *b.shape[2:]), fwd.in_shapes[k + 1])
-        b = fwd.slopes[k][None] * fwd.unpool(k, back).reshape(classes, rows, layers[k].out, -1)
-        # (rows, classes out_k, L) x (rows, L, in'_k)
-        jac[k] = (b.permute(1, 0, 2, 3).reshape(rows, classes * layers[k].out, -1) @ fwd.inputs[k]).reshape(
-            rows, classes, -1
-        )
+        back = _transpose(layers[k + 1], b.reshape(r * rows, *b.shape[2:]), fwd.in_shapes[k + 1])
+        b = fwd.slopes[k][None] * fwd.unpool(k, back).reshape(r, rows, layers[k].out, -1)
+        # (rows, r out_k, L) x (rows, L, in'_k)
+        jac[k] = (b.permute(1, 0, 2, 3).reshape(rows, r * layers[k].out, -1) @ fwd.inputs[k]).reshape(rows, r, -1)
     return jac
 
 
-def _top_blocks(tops: dict, a: torch.Tensor, h: torch.Tensor, jac: dict) -> None:
+def _top_blocks(tops: dict, a: torch.Tensor, h: torch.Tensor, scaled: dict) -> None:
     """Add the Gauss-Newton blocks (top, m) of examples with linear-layer inputs a~ (rows, in'_top), loss
-    Hessians h (rows, C, C) and Jacobians ``jac`` into ``tops[m]`` ((in'_top, C P_m) for a convolution m, (C,
-    in'_top, P_top) for the linear layer), in the Kronecker form of the linear layer's Jacobian I (x) a~_i:
-    n P_top P_m multiply-adds, not the C times more of J^T (H J)."""
-    width, classes = a.shape[1], h.shape[1]
+    Hessians h (rows, pairs of classes c <= d) and H_i J_m,i ``scaled`` (rows, C, P_m) into ``tops[m]`` ((in'_top,
+    C P_m) for a convolution m, (pairs, in'_top^2) for the linear layer), in the Kronecker form of the linear
+    layer's Jacobian I (x) a~_i: n P_top P_m multiply-adds, not the C times more of J^T (H J)."""
     for m, block in tops.items():
-        if m in jac:  # sum_i a~_i (x) H_i J_m,i: one product (in'_top, rows) x (rows, C P_m)
-            block.addmm_(a.T, (h @ jac[m]).reshape(len(a), -1))
-            continue
-        # sum_i H_i (x) a~_i a~_i^T: for each pair of classes c <= d, sum_i H_i[c, d] a~_i a~_i^T, one product
-        # (in', rows) x (rows, in') placed at (c, d) and (d, c) (H_i is symmetric)
-        block = block.view(classes, width, classes, width)
-        for c in range(classes):
-            for d in range(c, classes):
-                gram = (a * h[:, c, d, None]).T @ a
-                block[c, :, d] += gram
-                if d != c:
-                    block[d, :, c] += gram
+        if m in scaled:  # sum_i a~_i (x) H_i J_m,i: one product (in'_top, rows) x (rows, C P_m)
+            block.addmm_(a.T, scaled[m].reshape(len(a), -1))
+        else:  # sum_i H_i[c, d] a~_i a~_i^T for each pair c <= d: one product (pairs, rows) x (rows, in'^2)
+            block.addmm_(h.T, (a[:, :, None] * a[:, None, :]).reshape(len(a), -1))
 
 
 def _loss_root(hess: torch.Tensor) -> torch.Tensor | None:
