@@ -12,6 +12,12 @@ sane-run takes it by default, float64), measured side by side in one process:
   spectrum (ours)     sane_cli.curvature.spectrum(H, 10): all eigenvalues and the top 10 eigenvectors
   eigh                torch.linalg.eigh(H): all eigenvalues and all eigenvectors
   checkpoint          build + spectrum: what an exact checkpoint costs
+  gram (CNN floor)    the Gauss-Newton part between the convolutions alone, as the build computes it: the half
+                      Gram matrix M^T M of a random M of 9 n rows (rank of cross-entropy's Hessian in the 10
+                      logits, times the examples) and P_conv columns (the convolutions' parameters), in one
+                      piece. No exact build that forms these blocks from the examples' Jacobians costs less;
+                      floor ratio = (gram + eigvalsh) / checkpoint of the MLP case listed before it, the least
+                      CNN/MLP checkpoint ratio such a build can reach
 
 Cases are DEPTHxWIDTH for an MLP and cDEPTHxCHANNELS for a CNN (kernel 3, max pooling). The defaults are the
 default run's net (depth 3, width 24: 1,834 parameters), `sane-run depth=8` (width 24: 4,834 parameters),
@@ -31,6 +37,7 @@ import numpy as np
 import torch
 from common import best_time, mnist1d_subset
 
+from sane_cli.conv_hessian import _gram_into
 from sane_cli.curvature import flatten_parameters, generic_hessian, hessian, spectrum
 from sane_cli.iterative import hvp_operator
 from sane_cli.losses import loss_function
@@ -70,14 +77,22 @@ def main() -> None:
     header = (
         f"{'model':>9} {'params':>6} | {'build':>7} {'eigvalsh':>8} {'build/eig':>9} | {'generic':>7} "
         f"{'gen/build':>9} {'baseline':>9} {'base/build':>10} | {'spectrum':>8} {'eigh':>7} {'eigh/spec':>9} | "
-        f"{'checkpoint':>10}"
+        f"{'checkpoint':>10} | {'gram':>6} {'floor ratio':>11}"
     )
     print(header)
     print("-" * len(header))
     measure("2x8", x[:64], y[:64], loss_fn, 1, 0, 8)  # warm-up: the first torch.func call pays one-off set-up costs
+    mlp = None  # the last MLP case's times, for the CNNs' floor ratio
     for case in args.cases:
         baseline = 0 if args.no_baseline else args.baseline_examples
-        print(measure(case, x, y, loss_fn, args.repeats, baseline, args.generic_columns)[0], flush=True)
+        line, times = measure(case, x, y, loss_fn, args.repeats, baseline, args.generic_columns)
+        if case.startswith("c"):
+            t_gram = gram_time(model_of(case), len(y), args.repeats)
+            ratio = (t_gram + times["eigvalsh"]) / (mlp["build"] + mlp["spectrum"]) if mlp else float("nan")
+            line += f" | {t_gram:>5.2f}s {ratio:>10.2f}x"
+        else:
+            mlp = times
+        print(line, flush=True)
     if not args.no_baseline:
         print(
             f"(baseline: torch.func.hessian on {args.baseline_examples} examples, time x {args.examples} / "
@@ -90,6 +105,15 @@ def model_of(case: str) -> torch.nn.Module:
     depth, size = (int(v) for v in case.lstrip("c").split("x"))
     torch.manual_seed(0)
     return CNN((40,), 10, depth=depth, channels=size) if case.startswith("c") else MLP(40, 10, depth, size)
+
+
+def gram_time(model: torch.nn.Module, examples: int, repeats: int) -> float:
+    """Seconds of the half Gram matrix M^T M, M random (9 examples, P_conv): the CNN build's floor."""
+    convs = [mod for mod in model.modules() if isinstance(mod, torch.nn.Conv1d | torch.nn.Conv2d)]
+    p_conv = sum(q.numel() for mod in convs for q in mod.parameters())
+    m = torch.randn(9 * examples, p_conv, dtype=torch.float64)
+    out = torch.zeros(p_conv, p_conv, dtype=torch.float64)
+    return best_time(lambda: _gram_into(out, m), repeats)[1]
 
 
 def generic_time(model, loss_fn, x, y, columns: int) -> float:
