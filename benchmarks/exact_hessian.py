@@ -16,7 +16,7 @@ sane-run takes it by default, float64), measured side by side in one process:
                       Gram matrix M^T M of a random M of 9 n rows (rank of cross-entropy's Hessian in the 10
                       logits, times the examples) and P_conv columns (the convolutions' parameters), in one
                       piece. No exact build that forms these blocks from the examples' Jacobians costs less;
-                      floor ratio = (gram + eigvalsh) / checkpoint of the MLP case listed before it, the least
+                      floor ratio = (gram + spectrum) / checkpoint of the MLP case listed before it, the least
                       CNN/MLP checkpoint ratio such a build can reach
 
 Cases are DEPTHxWIDTH for an MLP and cDEPTHxCHANNELS for a CNN (kernel 3, max pooling). The defaults are the
@@ -88,7 +88,7 @@ def main() -> None:
         line, times = measure(case, x, y, loss_fn, args.repeats, baseline, args.generic_columns)
         if case.startswith("c"):
             t_gram = gram_time(model_of(case), len(y), args.repeats)
-            ratio = (t_gram + times["eigvalsh"]) / (mlp["build"] + mlp["spectrum"]) if mlp else float("nan")
+            ratio = (t_gram + times["spectrum"]) / (mlp["build"] + mlp["spectrum"]) if mlp else float("nan")
             line += f" | {t_gram:>5.2f}s {ratio:>10.2f}x"
         else:
             mlp = times

@@ -324,8 +324,18 @@ def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int
     root = _loss_root(hess)  # (n, rank, classes) with R_i^T R_i = H_i, or None
     total = sum(layer.out * layer.width for layer in layers)
     group = max(1, min(n, max_elements // (2 * classes * total)))
-    grams = {(j, m): torch.zeros(_size(layers[j]), _size(layers[m]), dtype=dtype, device=device)
-             for j, m in pairs if j < top}  # fmt: skip  # blocks between convolutions, W~ layout
+    # blocks between convolutions, W~ layout; when all of them are asked for (and R exists), as one Gram matrix
+    # of the convolutions' M_l side by side: one product of P_conv columns runs nearer the cores' peak than one
+    # per block (31 against 43 GFLOP/s at 784 against 1,632 columns)
+    convs = [(j, m) for j in range(top) for m in range(j + 1)]
+    whole = root is not None and sorted((j, m) for j, m in pairs if j < top) == convs
+    sizes = [_size(layer) for layer in layers[:top]]
+    starts = [sum(sizes[:k]) for k in range(top + 1)]
+    if whole:
+        everything = torch.zeros(starts[top], starts[top], dtype=dtype, device=device)
+        grams = {(j, m): everything[starts[j] : starts[j + 1], starts[m] : starts[m + 1]] for j, m in convs}
+    else:
+        grams = {(j, m): torch.zeros(sizes[j], sizes[m], dtype=dtype, device=device) for j, m in pairs if j < top}
     # blocks (top, m) in the layouts _top_blocks adds to: (in'_top, classes P_m) for a convolution, (pairs of
     # classes c <= d, in'_top^2) for the linear layer's own; to (classes, in'_top, P_m) at the end
     width, cs, ds = layers[top].width, *torch.triu_indices(classes, classes, device=device)
@@ -343,7 +353,9 @@ def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int
         else:  # M_l,i = R_i J_l,i, and H_i J_l,i = R_i^T M_l,i
             jac = _jacobians(sub, root[i0 : i0 + rows])
             scaled = {k: root[i0 : i0 + rows].transpose(1, 2) @ jac[k] for k in jac}
-        for j, m in pairs:
+        if whole:
+            _gram_into(everything, torch.cat([jac[k].reshape(-1, sizes[k]) for k in range(top)], 1))
+        for j, m in [] if whole else pairs:
             if j == top:
                 continue
             if root is None:
@@ -361,8 +373,11 @@ def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int
             full[cs, ds] = full[ds, cs] = piece.view(-1, width, width)
             piece = full.transpose(1, 2).reshape(classes, width, classes * width)
         _add(target, top, m, layers, piece, torch.arange(piece.shape[2], device=device))
+    if whole:  # _gram_into filled the lower triangle
+        everything = everything.tril() + everything.tril(-1).T
+        grams = {(j, m): everything[starts[j] : starts[j + 1], starts[m] : starts[m + 1]] for j, m in convs}
     for (j, m), gram in grams.items():
-        if j == m and root is not None:  # _gram_into filled the lower triangle
+        if j == m and root is not None and not whole:  # _gram_into filled the lower triangle
             gram = gram.tril() + gram.tril(-1).T
         gram = gram[orders[j]][:, orders[m]]  # W~'s entries to parameter order
         t, r0, c0 = target(j, m)
