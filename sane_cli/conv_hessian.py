@@ -458,12 +458,13 @@ def _adjacent_into(target, fwd: _Forward, m: int, max_elements: int) -> None:
     group = max(1, min(lower.width, max_elements // max(1, 2 * n * lower.out * positions * taps)))
     for q0 in range(0, lower.width, group):
         q1 = min(lower.width, q0 + group)
-        v = _moved_inputs(fwd, m, q0, q1)  # (*positions, n, p, q)
-        if upper.conv is None:  # the linear layer reads the flattened channels: s = (p, c)
+        if upper.conv is None:
+            v = _moved_inputs(fwd, m, q0, q1)  # (*positions, n, p, q); the linear layer reads s = (p, c)
             e = fwd.errors(m + 1) @ v.reshape(positions, n, -1)  # (c, out_j, p q)
             e = e.reshape(positions, upper.out, lower.out, q1 - q0).permute(1, 2, 0, 3)  # (out_j, p, c, q)
         else:  # s = (p, kernel offset k): V shifted by k, summed over the positions a and examples
-            padded, errors = _padded(upper, v), fwd.errors(m + 1, positions_first=True)
+            padded = _moved_inputs(fwd, m, q0, q1, upper.conv.padding)  # (*positions', n, p, q)
+            errors = fwd.errors(m + 1, positions_first=True)
             e = torch.stack([errors @ _shifted(upper, padded, o).reshape(errors.shape[1], -1) for o in _offsets(upper)])
             e = e.reshape(taps, upper.out, lower.out, q1 - q0).permute(1, 2, 0, 3)  # (out_j, p, k, q)
         # (out_j, in'_j, p, q): the row s = (p', c) meets the direction (p, q) only where p' = p
@@ -551,7 +552,7 @@ def _top_from_two_below_into(target, fwd: _Forward, m: int, max_elements: int) -
     y = torch.zeros(slots.shape[1], taps, layers[top].out * c_l, size, dtype=dtype, device=device)
     for i0 in range(0, n, group):
         sub = fwd.rows(slice(i0, i0 + group))
-        padded = _padded(mid, _moved_inputs(sub, m))  # (*S', rows, p, q): T[p, q] about its padding
+        padded = _moved_inputs(sub, m, pad=mid.conv.padding)  # (*S', rows, p, q): T[p, q] amid its padding
         rows = padded.shape[mid.dims]
         padded = padded.reshape(*padded.shape[: mid.dims], rows, size)
         delta = fwd.deltas[top][i0 : i0 + rows, :, 0]  # (rows, out_top)
@@ -583,25 +584,23 @@ def _window_slots(layer: _Layer, spatial: list[int], pooled: tuple[int, ...]) ->
     return torch.stack(rows)
 
 
-def _moved_inputs(fwd: _Forward, m: int, q0: int = 0, q1: int | None = None) -> torch.Tensor:
+def _moved_inputs(fwd: _Forward, m: int, q0: int = 0, q1: int | None = None, pad: tuple[int, ...] = ()) -> torch.Tensor:
     """V (*S, n, out_m, q1 - q0), positions first: along W~_m[p, q], layer m + 1's input (positions S) moves in
     channel p alone, by V[..., p, q], the pooling of sigma'(z_m[p]) U_m[:, q]; taken window slot by window slot,
-    from the unfolded inputs U_m at the slot's positions (no tangent of the unpooled z_m per direction)."""
+    from the unfolded inputs U_m at the slot's positions (no tangent of the unpooled z_m per direction). With
+    ``pad`` (layer m + 1's padding), V amid zeros of that width on each side of S: (*S', n, out_m, q)."""
     c, pooled = fwd.out_shapes[m][0], fwd.in_shapes[m + 1][1:]
     u = fwd.inputs[m][:, :, q0:q1].transpose(0, 1)  # (L_m, n, q)
-    v = None
-    for where, weight in zip(*fwd.windows(m), strict=True):
-        term = weight.permute(2, 0, 1)[..., None] * u[where, :, None, :]  # (positions, n, p, q)
-        v = term if v is None else v.add_(term)
-    return v.reshape(*pooled, u.shape[1], c, u.shape[2])
-
-
-def _padded(layer: _Layer, v: torch.Tensor) -> torch.Tensor:
-    """V (*S, ...) (a convolution's input, positions first) with the convolution's zero padding about S."""
-    dims, pad = layer.dims, layer.conv.padding
-    spatial = v.shape[:dims]
-    out = v.new_zeros(*[s + 2 * p for s, p in zip(spatial, pad, strict=True)], *v.shape[dims:])
-    out[tuple(slice(p, p + s) for p, s in zip(pad, spatial, strict=True))] = v
+    pad = pad or (0,) * len(pooled)
+    out = u.new_zeros(*[s + 2 * p for s, p in zip(pooled, pad, strict=True)], u.shape[1], c, u.shape[2])
+    v = out[tuple(slice(p, p + s) for p, s in zip(pad, pooled, strict=True))]  # the positions S, a view
+    for d, (where, weight) in enumerate(zip(*fwd.windows(m), strict=True)):
+        w = weight.permute(2, 0, 1).reshape(*pooled, -1, c, 1)  # (*S, n, p, 1)
+        moved = u[where].reshape(*pooled, -1, 1, u.shape[2])  # (*S, n, 1, q)
+        if d == 0:
+            torch.mul(w, moved, out=v)
+        else:
+            v.addcmul_(w, moved)
     return out
 
 
