@@ -355,15 +355,15 @@ def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int
             scaled = {k: root[i0 : i0 + rows].transpose(1, 2) @ jac[k] for k in jac}
         if whole:
             _gram_into(everything, torch.cat([jac[k].reshape(-1, sizes[k]) for k in range(top)], 1))
-        for j, m in [] if whole else pairs:
-            if j == top:
-                continue
-            if root is None:
-                grams[j, m].addmm_(jac[j].reshape(-1, jac[j].shape[2]).T, scaled[m].reshape(-1, jac[m].shape[2]))
-            elif j == m:
-                _gram_into(grams[j, m], jac[m].reshape(-1, jac[m].shape[2]))
-            else:
-                grams[j, m].addmm_(jac[j].reshape(-1, jac[j].shape[2]).T, jac[m].reshape(-1, jac[m].shape[2]))
+        else:
+            for (j, m), gram in grams.items():
+                left, right = jac[j].reshape(-1, sizes[j]), jac[m].reshape(-1, sizes[m])
+                if root is None:  # J_j^T (H J_m)
+                    gram.addmm_(left.T, scaled[m].reshape(-1, sizes[m]))
+                elif j == m:
+                    _gram_into(gram, right)
+                else:
+                    gram.addmm_(left.T, right)
         _top_blocks(tops, sub.inputs[top][:, 0, :], h[:, cs, ds], scaled)
     for m, piece in tops.items():
         if m < top:  # (in'_top, classes P_m) -> (classes, in'_top, P_m)
