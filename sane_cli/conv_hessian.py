@@ -333,7 +333,6 @@ def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int
     starts = [sum(sizes[:k]) for k in range(top + 1)]
     if whole:
         everything = torch.zeros(starts[top], starts[top], dtype=dtype, device=device)
-        grams = {(j, m): everything[starts[j] : starts[j + 1], starts[m] : starts[m + 1]] for j, m in convs}
     else:
         grams = {(j, m): torch.zeros(sizes[j], sizes[m], dtype=dtype, device=device) for j, m in pairs if j < top}
     # blocks (top, m) in the layouts _top_blocks adds to: (in'_top, classes P_m) for a convolution, (pairs of
@@ -373,12 +372,13 @@ def _gauss_newton_into(target, fwd: _Forward, pairs, loss_hvp, max_elements: int
             full[cs, ds] = full[ds, cs] = piece.view(-1, width, width)
             piece = full.transpose(1, 2).reshape(classes, width, classes * width)
         _add(target, top, m, layers, piece, torch.arange(piece.shape[2], device=device))
-    if whole:  # _gram_into filled the lower triangle
+    # _gram_into filled the lower triangles: of the whole matrix, or of each diagonal block (with R)
+    if whole:
         everything = everything.tril() + everything.tril(-1).T
         grams = {(j, m): everything[starts[j] : starts[j + 1], starts[m] : starts[m + 1]] for j, m in convs}
+    elif root is not None:
+        grams = {(j, m): gram.tril() + gram.tril(-1).T if j == m else gram for (j, m), gram in grams.items()}
     for (j, m), gram in grams.items():
-        if j == m and root is not None and not whole:  # _gram_into filled the lower triangle
-            gram = gram.tril() + gram.tril(-1).T
         gram = gram[orders[j]][:, orders[m]]  # W~'s entries to parameter order
         t, r0, c0 = target(j, m)
         t[r0 : r0 + gram.shape[0], c0 : c0 + gram.shape[1]] += gram
