@@ -324,7 +324,7 @@ def precheck(argv: list[str]) -> None:
             input_shape, n_classes, n_train = dataset_sizes(cfg.dataset)
             with torch.device("meta"):  # the sizes without allocating the model
                 model = build_model(cfg.model, input_shape, n_classes)
-            check_against_data(cfg, n_train, model)
+            check_against_data(cfg, n_train, model, input_shape)
 
 
 def _check_writable(words: list[str], multirun: bool) -> None:

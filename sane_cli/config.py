@@ -62,14 +62,14 @@ def _check_run(cfg: DictConfig) -> None:
         checks.fail("stop.train_acc", cfg.stop.train_acc, "must be in (0, 1] (a fraction of the training set)")
 
 
-def check_against_data(cfg: DictConfig, n_train: int, model) -> None:
+def check_against_data(cfg: DictConfig, n_train: int, model, input_shape: tuple[int, ...]) -> None:
     """Checks that need the dataset and model sizes: the Hessian subset, SANE's k and the batch must fit, and
     the curvature method's memory (:func:`sane_cli.methods.check_memory`). ``model`` may live on the meta
-    device (sizes only)."""
+    device (sizes only); ``input_shape`` is one example's."""
     n_params = models.n_parameters(model)
-    methods.check_memory(cfg.hessian, model)
     if cfg.hessian.subset is not None and cfg.hessian.subset > n_train:
         checks.fail("hessian.subset", cfg.hessian.subset, f"must be at most the training set size ({n_train})")
+    methods.check_memory(cfg.hessian, model, cfg.hessian.subset or n_train, tuple(input_shape))
     if cfg.hessian.k > n_params:
         checks.fail("hessian.k", cfg.hessian.k, f"must be at most the number of parameters ({n_params})")
     if cfg.optim.batch_size is not None and cfg.optim.batch_size > n_train:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checks
+from . import checks, costs
 from .curvature import (
     dense_operator,
     hessian,
@@ -77,25 +77,38 @@ class CurvatureResult:
     layers: list[dict] = field(default_factory=list)  # one row per layer (layer_rows); empty unless asked for
 
 
-def resolve_method(hcfg, model: nn.Module, n_params: int) -> str:
-    """``auto``: exact while its cost stays within seconds, else SLQ (its Hessian-vector products in
-    ``hessian.auto_slq_dtype``, see :func:`measure`). A layered model's exact Hessian (the MLP's, the CNN's) has
-    a layer-structured build: exact up to ``hessian.exact_max_params`` parameters. A model without one builds
-    it from P Hessian-vector products: exact only while P is at most the products SLQ would spend,
-    ``hessian.probes`` x ``hessian.steps`` (2,400 by default), and ``exact_max_params``. Other methods are
-    returned as given; the layer-ordered ones need a layered model."""
+def resolve_method(hcfg, model: nn.Module, n_params: int, *, n: int, input_shape: tuple[int, ...]) -> str:
+    """The method a checkpoint of ``model`` on ``n`` examples of ``input_shape`` runs: ``hcfg.method``, or for
+    ``auto`` its choice (:func:`auto_choice`). The layer-ordered methods need a layered model."""
     method = hcfg.method
     if method == "auto":
-        limit = int(hcfg.exact_max_params)
-        if not is_layered(model):
-            limit = min(limit, int(hcfg.probes) * int(hcfg.steps))
-        return "exact" if n_params <= limit else "slq"
+        return auto_choice(hcfg, model, n_params, n=n, input_shape=input_shape)[0]
     if METHODS[method].layered and not is_layered(model):
         raise UsageError(
             f"hessian.method={method} needs a model with a layer-structured build (model=mlp or cnn) for its layer "
             f"blocks; {type(model).__name__} has none: use hessian=auto, exact or slq"
         )
     return method
+
+
+def auto_choice(hcfg, model: nn.Module, n_params: int, *, n: int, input_shape: tuple[int, ...]) -> tuple[str, str]:
+    """``auto``'s method and why: exact where it has at most ``hessian.exact_max_params`` parameters, its dense
+    matrix fits in this machine's memory, and its checkpoint is estimated to cost at most twice SLQ's in
+    ``hessian.auto_slq_dtype`` (:mod:`sane_cli.costs`, counted from the model's shapes and n, so the choice is
+    the same for every run of a config; exact has no error, SLQ's estimates a few percent); else SLQ.
+    ``model`` may live on the meta device."""
+    if n_params > int(hcfg.exact_max_params):
+        return "slq", f"{n_params:,} parameters, above hessian.exact_max_params={hcfg.exact_max_params}"
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    need = _dense_memory(hcfg, model, n_params, have)[0]
+    if need > have:
+        return "slq", f"the dense Hessian needs about {need / 2**30:,.0f} GiB, this machine has {have / 2**30:.0f}"
+    try:
+        est = costs.estimate(model, input_shape, n, hcfg)
+    except Exception:  # a model of the user's that cannot run on the meta device: count products instead
+        products = int(hcfg.probes) * int(hcfg.steps)
+        return ("exact" if n_params <= products else "slq"), f"{n_params:,} products against slq's {products:,}"
+    return ("exact" if est.exact <= costs.EXACT_PREMIUM * est.slq else "slq"), f"estimated per checkpoint: {est}"
 
 
 def precision(hcfg, method: str) -> str:
@@ -122,7 +135,7 @@ def measure(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
     statistical and quadrature errors of a few percent). The precision used is recorded in ``dtype``."""
     start = time.perf_counter()
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    method = resolve_method(hcfg, model, n_params)
+    method = resolve_method(hcfg, model, n_params, n=len(y), input_shape=tuple(x.shape[1:]))
     dtype_name = precision(hcfg, method)
     wanted = layers_wanted(hcfg, method)
     out = METHODS[method].run(model, loss_fn, x, y, hcfg, DTYPES[dtype_name], wanted)
@@ -465,15 +478,16 @@ METHODS = checks.Registry("hessian.method", {
 CHOICES = ("auto", *METHODS)  # hessian.method: a method, or auto's choice between exact and slq
 
 
-def check_memory(hcfg, model: nn.Module) -> None:
-    """The method (auto resolved) fits in this machine's memory: the dense Hessian (exact, block_band), its layer
-    blocks (block_diag) or SLQ's kept Lanczos vectors. ``model`` may live on the meta device (sizes only).
+def check_memory(hcfg, model: nn.Module, n: int, input_shape: tuple[int, ...]) -> None:
+    """The method (auto resolved for ``n`` examples of ``input_shape``) fits in this machine's memory: the dense
+    Hessian (exact, block_band), its layer blocks (block_diag) or SLQ's kept Lanczos vectors. ``model`` may
+    live on the meta device (sizes only).
 
     Raises:
         UsageError: naming the method, the memory it needs, what for, and the fix.
     """
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    method = resolve_method(hcfg, model, n_params)
+    method = resolve_method(hcfg, model, n_params, n=n, input_shape=input_shape)
     memory = METHODS[method].memory
     if memory is None:
         return

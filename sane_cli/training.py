@@ -33,7 +33,7 @@ from .data import Data, load_data
 from .devices import resolve_device
 from .errors import UsageError
 from .losses import loss_function
-from .methods import measure, preconditioned_sharpness, top_eigenvalue
+from .methods import auto_choice, measure, preconditioned_sharpness, top_eigenvalue
 from .models import build_model, describe, n_parameters
 from .optim import build_optimizer, full_batch, is_preconditioned, preconditioner, stability_threshold
 from .records import FINAL_COLUMNS, RunWriter, checkpoint_row, json_default, resume_point
@@ -140,7 +140,7 @@ def train(
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg.model, data.input_shape, data.n_classes).to(device)
     n_params = n_parameters(model)
-    check_against_data(cfg, len(data.y_train), model)
+    check_against_data(cfg, len(data.y_train), model, data.input_shape)
 
     started = time.time()
     writer, summary = _open_run(cfg, run_dir, point, data, device, n_params)
@@ -158,6 +158,10 @@ def train(
         cfg.optim.lr, device,
         "" if point is None else f"; resumed at step {point.step or 0}",
     )  # fmt: skip
+    if cfg.hessian.method == "auto":
+        n_hessian = cfg.hessian.subset or len(data.y_train)
+        method, why = auto_choice(cfg.hessian, model, n_params, n=n_hessian, input_shape=tuple(data.input_shape))
+        log.info("hessian=auto: %s at every checkpoint (%s)", method, why)
     training = None
     writer.tracker = Tracking(cfg.logger, run_dir, None if point is None else point.step or 0)
     try:

@@ -261,25 +261,6 @@ def test_auto_runs_slq_in_its_own_precision_above_the_threshold():
     assert measure(model, loss_fn, x, y, hcfg).dtype == "float64"
 
 
-def test_auto_weighs_a_model_without_a_structured_hessian_by_its_hessian_vector_products():
-    """Auto decides by cost, not by model kind: a model with a layer-structured build (the MLP, the CNN) is
-    measured exact up to exact_max_params; one without (built from P Hessian-vector products) only while P is
-    at most SLQ's probes x steps."""
-    from torch import nn
-
-    from sane_cli.methods import resolve_method
-    from sane_cli.models import CNN
-
-    hcfg = OmegaConf.merge(make_config().hessian, {"method": "auto", "probes": 8, "steps": 80})
-    cnn, mlp = CNN((40,), 10, depth=3, channels=8), MLP(40, 10, depth=3, width=24)
-    other = nn.Sequential(nn.Linear(40, 10), nn.Tanh(), nn.Linear(10, 10))  # no structured build
-    for model in (mlp, cnn):
-        assert resolve_method(hcfg, model, 6000) == "exact" and resolve_method(hcfg, model, 6001) == "slq"
-    assert resolve_method(hcfg, other, 640) == "exact" and resolve_method(hcfg, other, 641) == "slq"
-    hcfg.exact_max_params = 500
-    assert resolve_method(hcfg, other, 600) == "slq" and resolve_method(hcfg, cnn, 600) == "slq"
-
-
 @pytest.mark.parametrize("method", ["block_diag", "block_band", "lanczos", "slq", "auto"])
 def test_runs_with_each_method(tmp_path, method, device):
     train(

@@ -1,0 +1,75 @@
+"""auto's cost estimates against measured checkpoints: exact and SLQ, side by side, per model.
+
+For each case, one checkpoint of the whole 4,000-example MNIST-1D training loss by ``hessian.method=exact``
+(float64) and by ``slq`` in auto's SLQ dtype (float32), each timed through ``sane_cli.methods.measure`` as
+sane-run calls it; beside them the estimates of ``sane_cli.costs``, the method auto picks and what its pick
+cost against the faster of the two (auto keeps exact while it is estimated at most twice SLQ's cost, so up to
+2 there is by design).
+
+    python benchmarks/auto_cost.py                       # every case (about 35 minutes on 2 cores)
+    python benchmarks/auto_cost.py --cases m3x48 c3x8    # some (see `model`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+from common import mnist1d_subset
+from gpu_check import hessian_config
+
+from sane_cli.costs import estimate
+from sane_cli.examples import residual_mlp
+from sane_cli.losses import loss_function
+from sane_cli.methods import measure, resolve_method
+from sane_cli.models import CNN, MLP
+
+CASES = ["m2x14", "m3x48", "m4x48", "m4x56", "m4x64", "c3x8", "c3x24", "c3x32", "t3x8", "t3x16", "r16x1", "r32x2"]
+
+
+def model(case: str) -> torch.nn.Module:
+    """m<depth>x<width>: an MLP; c<depth>x<channels>: a relu CNN (kernel 3, max pooling), t: the same with tanh;
+    r<width>x<blocks>: sane_cli.examples' residual MLP (no layer-structured build). Seeded."""
+    kind, (depth, width) = case[0], map(int, case[1:].split("x"))
+    torch.manual_seed(0)
+    if kind == "m":
+        return MLP(40, 10, depth, width)
+    if kind == "r":
+        return residual_mlp((40,), 10, width=depth, blocks=width)
+    return CNN((40,), 10, depth=depth, channels=width, activation="tanh" if kind == "t" else "relu")
+
+
+def timed(net, x, y, hcfg) -> float:
+    start = time.perf_counter()
+    measure(net, loss_function("cross_entropy", 10), x, y, hcfg)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=CASES)
+    args = parser.parse_args()
+    x, y = mnist1d_subset(4000)
+    auto = hessian_config()
+    exact = hessian_config(method="exact", layers=False)
+    slq = hessian_config(method="slq", dtype=auto.auto_slq_dtype, layers=False)
+    print("case    params  exact est / measured s   slq est / measured s   auto   auto's pick / faster")
+    for case in args.cases:
+        net = model(case)
+        p = sum(q.numel() for q in net.parameters())
+        est = estimate(net, (40,), len(y), auto)
+        t_exact, t_slq = timed(net, x, y, exact), timed(net, x, y, slq)
+        pick = resolve_method(auto, net, p, n=len(y), input_shape=(40,))
+        spent = t_exact if pick == "exact" else t_slq
+        print(
+            f"{case:7} {p:6,}  {est.exact:8.1f} / {t_exact:8.1f}     {est.slq:8.1f} / {t_slq:8.1f}     {pick:5}  "
+            f"{spent / min(t_exact, t_slq):6.2f}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

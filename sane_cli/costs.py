@@ -1,0 +1,149 @@
+"""What one curvature checkpoint costs, estimated before it runs: ``auto``'s choice between exact and SLQ.
+
+The work of each method is counted from the model's shapes (one example through it on the meta device: each
+layer's multiply-adds, whether it is a convolution, and the elements every module outputs), the number of
+examples n and the ``hessian`` config, and priced in seconds at fixed rates fitted on a 2-core laptop CPU
+with MNIST-1D's MLPs and 1-D CNNs (``benchmarks/auto_cost.py`` measures both methods beside the estimates).
+The rates being fixed, a config gets the same choice on every machine; a faster or slower CPU scales both
+methods alike.
+
+* SLQ: its top eigenpairs by Lanczos, up to ``max_iter`` single Hessian-vector products, then ``steps``
+  products of all ``probes`` vectors at once (vmapped). A product's time is a fixed cost plus the model's
+  linear and convolutional multiply-adds and its activations, each at its own rate: vmapped convolutions run
+  at a small fraction of a linear layer's rate, and the activations (read and written several times) cost
+  more than the multiply-adds of a small net.
+* exact: the build, then ``eigvalsh`` (P^3). The builds, by model (sane_cli.curvature, sane_cli.conv_hessian):
+  the MLP's one product over examples per block (n P_j P_m each); the CNN with a piecewise-linear activation
+  (relu, linear: the Gauss-Newton split) its Gram matrix of the convolutions' Jacobians (C n P_conv^2 / 2, C
+  the classes, about the rank of the loss's Hessian in the logits), the linear layer's rows (n P_top P), and
+  the directions of the layers three or more below the top carried up (P_m directions, each the multiply-adds
+  of the layers above for every example); a CNN with a curved activation every parameter's direction carried
+  up and back; any other model P Hessian-vector products, 8 at a time, in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .conv_hessian import layers_of
+from .curvature import layer_sizes
+from .models import CNN, MLP, activation_derivatives
+
+# Seconds per unit, 2 cores (benchmarks/auto_cost.py). Hessian-vector products in float32 (auto's SLQ dtype):
+SINGLE = (1.0e-3, 2.5e-11, 0.0, 3.8e-9)  # one product: fixed, per linear and per conv multiply-add, per activation
+BATCHED = (4.2e-4, 2.5e-11, 4.3e-10, 3.0e-9)  # the same per vector of a vmapped batch
+EIGVALSH = 2.8e-11  # per P^3, float64
+GEMM = 1 / 30e9  # per multiply-add of the builds' products over examples, float64
+DIRECTIONS = 1 / 4.6e9  # per multiply-add of the CNN build's directions carried through the layers above, float64
+CURVED = 1 / 2.4e9  # per multiply-add of each direction carried up and back (a curved activation: no split)
+FIXED = 0.5  # per build: the forward pass, the per-example loss Hessians, the layers' bookkeeping
+# auto keeps exact while it costs at most this many times SLQ: exact has no error, SLQ's estimates a few percent
+# (their standard errors and the quadrature's bias), and exact brings every layer's block at no extra cost
+EXACT_PREMIUM = 2.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One example through a model: each linear or convolutional layer's multiply-adds and whether it is a
+    convolution, and the elements all modules output (what a Hessian-vector product reads and writes)."""
+
+    macs: tuple[int, ...]
+    conv: tuple[bool, ...]
+    outputs: int
+    logits: int  # the model's outputs per example (the classes)
+
+    @property
+    def linear_macs(self) -> int:
+        return sum(m for m, c in zip(self.macs, self.conv, strict=True) if not c)
+
+    @property
+    def conv_macs(self) -> int:
+        return sum(m for m, c in zip(self.macs, self.conv, strict=True) if c)
+
+
+def profile(model: nn.Module, input_shape: tuple[int, ...]) -> Profile:
+    """Count one example of ``input_shape`` through ``model`` with its parameters and buffers on the meta device
+    (no copy of the model, no memory, no arithmetic)."""
+    macs, conv, outputs = [], [], [0]
+
+    def count(module, _inputs, output) -> None:
+        if isinstance(output, torch.Tensor):
+            outputs[0] += output.numel()
+            if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+                macs.append(output.numel() * module.weight[0].numel())
+                conv.append(not isinstance(module, nn.Linear))
+
+    tensors = {k: torch.empty_like(v, device="meta") for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            logits = functional_call(model, tensors, (torch.zeros(1, *input_shape, device="meta"),)).numel()
+    finally:
+        for h in handles:
+            h.remove()
+    return Profile(tuple(macs), tuple(conv), outputs[0], logits)
+
+
+def _product(rates: tuple[float, ...], prof: Profile, n: int) -> float:
+    fixed, linear, conv, act = rates
+    return fixed + n * (linear * prof.linear_macs + conv * prof.conv_macs + act * prof.outputs)
+
+
+def slq_seconds(prof: Profile, n: int, hcfg) -> float:
+    """SLQ in ``hcfg.auto_slq_dtype``: up to ``max_iter`` single products for the top eigenpairs, then ``steps``
+    batches of ``probes``; float64 about twice float32's time."""
+    batch = int(hcfg.probes) * _product(BATCHED, prof, n)
+    seconds = int(hcfg.max_iter) * _product(SINGLE, prof, n) + int(hcfg.steps) * batch
+    return seconds * (2 if hcfg.auto_slq_dtype == "float64" else 1)
+
+
+def _piecewise_linear(model: nn.Module) -> bool:
+    """Every activation of the model has no second derivative (relu, the identity): the CNN build's
+    Gauss-Newton split applies."""
+    z = torch.linspace(-4, 4, 81, dtype=torch.float64)
+    acts = [layer.act for layer in layers_of(model) if layer.act is not None]
+    return all(not bool(activation_derivatives(act, z)[1].any()) for act in acts)
+
+
+def build_seconds(model: nn.Module, prof: Profile, n: int) -> float:
+    """The exact Hessian's build for ``model`` (see the module docstring), float64."""
+    p = sum(x.numel() for x in model.parameters() if x.requires_grad)
+    if isinstance(model, MLP):
+        sizes = layer_sizes(model)
+        pairs = sum(sizes[j] * sizes[m] for m in range(len(sizes)) for j in range(m, len(sizes)))
+        return FIXED + GEMM * n * pairs
+    if isinstance(model, CNN):
+        sizes, top = layer_sizes(model), len(prof.macs) - 1
+        above = [sum(prof.macs[m + 1 :]) for m in range(top + 1)]
+        if not _piecewise_linear(model):
+            return FIXED + CURVED * n * sum(sizes[m] * (above[m] + prof.macs[m]) for m in range(top + 1))
+        conv = sum(sizes[:top])
+        gemm = prof.logits * conv**2 / 2 + sizes[top] * p
+        carried = sum(sizes[m] * above[m] for m in range(top - 2))
+        return FIXED + GEMM * n * gemm + DIRECTIONS * n * carried
+    return 2 * p * _product(BATCHED, prof, n)  # P products in float64, about twice float32's time
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Estimated seconds of one checkpoint by each method."""
+
+    exact: float  # the build and eigvalsh
+    slq: float
+
+    def __str__(self) -> str:
+        return f"exact about {self.exact:,.1f} s, slq about {self.slq:,.1f} s"
+
+
+def estimate(model: nn.Module, input_shape: tuple[int, ...], n: int, hcfg) -> Estimate:
+    """Estimated seconds of an exact (float64) and an SLQ checkpoint of ``model`` on ``n`` examples of
+    ``input_shape``."""
+    prof = profile(model, input_shape)
+    p = sum(x.numel() for x in model.parameters() if x.requires_grad)
+    exact = build_seconds(model, prof, n) + EIGVALSH * p**3
+    return Estimate(exact, slq_seconds(prof, n, hcfg))
