@@ -8,6 +8,7 @@ cost against the faster of the two (auto keeps exact while it is estimated at mo
 
     python benchmarks/auto_cost.py                       # every case (about 35 minutes on 2 cores)
     python benchmarks/auto_cost.py --cases m3x48 c3x8    # some (see `model`)
+    python benchmarks/auto_cost.py --examples 256        # on a Hessian subset of 256 examples
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def timed(net, x, y, hcfg) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=CASES)
+    parser.add_argument("--examples", type=int, default=4000, help="the Hessian's examples (hessian.subset)")
     args = parser.parse_args()
-    x, y = mnist1d_subset(4000)
+    x, y = mnist1d_subset(args.examples)
     auto = hessian_config()
     exact = hessian_config(method="exact", layers=False)
     slq = hessian_config(method="slq", dtype=auto.auto_slq_dtype, layers=False)

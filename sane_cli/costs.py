@@ -8,10 +8,11 @@ The rates being fixed, a config gets the same choice on every machine; a faster 
 methods alike.
 
 * SLQ: its top eigenpairs by Lanczos, up to ``max_iter`` single Hessian-vector products, then ``steps``
-  products of all ``probes`` vectors at once (vmapped). A product's time is a fixed cost plus the model's
-  linear and convolutional multiply-adds and its activations, each at its own rate: vmapped convolutions run
-  at a small fraction of a linear layer's rate, and the activations (read and written several times) cost
-  more than the multiply-adds of a small net.
+  products of all ``probes`` vectors at once (vmapped), and the reorthogonalisation of the probes' Lanczos
+  vectors (with ``reorth=full`` probes x steps^2 x P multiply-adds, which dominate when n is small). A
+  product's time is a fixed cost plus the model's linear and convolutional multiply-adds and its
+  activations, each at its own rate: vmapped convolutions run at a small fraction of a linear layer's rate,
+  and the activations (read and written several times) cost more than the multiply-adds of a small net.
 * exact: the build, then ``eigvalsh`` (P^3). The builds, by model (sane_cli.curvature, sane_cli.conv_hessian):
   the MLP's one product over examples per block (n P_j P_m each); the CNN with a piecewise-linear activation
   (relu, linear: the Gauss-Newton split) its Gram matrix of the convolutions' Jacobians (C n P_conv^2 / 2, C
@@ -36,6 +37,7 @@ from .models import CNN, MLP, activation_derivatives
 # Seconds per unit, 2 cores (benchmarks/auto_cost.py). Hessian-vector products in float32 (auto's SLQ dtype):
 SINGLE = (1.0e-3, 2.5e-11, 0.0, 3.8e-9)  # one product: fixed, per linear and per conv multiply-add, per activation
 BATCHED = (4.2e-4, 2.5e-11, 4.3e-10, 3.0e-9)  # the same per vector of a vmapped batch
+REORTH = 8e-10  # per multiply-add of SLQ's reorthogonalisation (probes x steps^2 x P in all, full), float32
 EIGVALSH = 2.8e-11  # per P^3, float64
 GEMM = 1 / 30e9  # per multiply-add of the builds' products over examples, float64
 DIRECTIONS = 1 / 4.6e9  # per multiply-add of the CNN build's directions carried through the layers above, float64
@@ -94,11 +96,15 @@ def _product(rates: tuple[float, ...], prof: Profile, n: int) -> float:
     return fixed + n * (linear * prof.linear_macs + conv * prof.conv_macs + act * prof.outputs)
 
 
-def slq_seconds(prof: Profile, n: int, hcfg) -> float:
-    """SLQ in ``hcfg.auto_slq_dtype``: up to ``max_iter`` single products for the top eigenpairs, then ``steps``
-    batches of ``probes``; float64 about twice float32's time."""
-    batch = int(hcfg.probes) * _product(BATCHED, prof, n)
-    seconds = int(hcfg.max_iter) * _product(SINGLE, prof, n) + int(hcfg.steps) * batch
+def slq_seconds(prof: Profile, n: int, p: int, hcfg) -> float:
+    """SLQ in ``hcfg.auto_slq_dtype`` on P parameters: up to ``max_iter`` single products for the top
+    eigenpairs, then ``steps`` batches of ``probes``, and the reorthogonalisation of each probe's Lanczos vectors
+    (full: against every earlier one, twice; selective: against the ``topk`` deflated ones); float64 about
+    twice float32's time."""
+    probes, steps = int(hcfg.probes), int(hcfg.steps)
+    seconds = int(hcfg.max_iter) * _product(SINGLE, prof, n) + steps * probes * _product(BATCHED, prof, n)
+    against = {"full": steps, "selective": 2 * int(hcfg.topk)}.get(hcfg.reorth, 0)
+    seconds += REORTH * probes * steps * against * p
     return seconds * (2 if hcfg.auto_slq_dtype == "float64" else 1)
 
 
@@ -146,4 +152,4 @@ def estimate(model: nn.Module, input_shape: tuple[int, ...], n: int, hcfg) -> Es
     prof = profile(model, input_shape)
     p = sum(x.numel() for x in model.parameters() if x.requires_grad)
     exact = build_seconds(model, prof, n) + EIGVALSH * p**3
-    return Estimate(exact, slq_seconds(prof, n, hcfg))
+    return Estimate(exact, slq_seconds(prof, n, p, hcfg))

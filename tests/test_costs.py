@@ -59,6 +59,9 @@ def test_estimates_scale_with_examples_and_size():
     more_steps = costs.estimate(small, (40,), 4000, auto_config(steps=600))
     assert more_steps.slq > 1.9 * e4.slq and more_steps.exact == e4.exact
     assert costs.estimate(small, (40,), 4000, auto_config(auto_slq_dtype="float64")).slq == pytest.approx(2 * e4.slq)
+    # SLQ's reorthogonalisation: against every earlier Lanczos vector (full), the deflated ones, or none
+    kept = [costs.estimate(small, (40,), 4000, auto_config(reorth=r)).slq for r in ("none", "selective", "full")]
+    assert kept[0] < kept[1] < kept[2] == e4.slq
     # a curved activation takes the build without the Gauss-Newton split: every parameter's direction carried
     curved = CNN((40,), 10, depth=3, channels=8, activation="tanh")
     assert costs.estimate(curved, (40,), 4000, hcfg).exact > e4.exact
