@@ -96,16 +96,16 @@ def _product(rates: tuple[float, ...], prof: Profile, n: int) -> float:
     return fixed + n * (linear * prof.linear_macs + conv * prof.conv_macs + act * prof.outputs)
 
 
-def slq_seconds(prof: Profile, n: int, p: int, hcfg) -> float:
-    """SLQ in ``hcfg.auto_slq_dtype`` on P parameters: up to ``max_iter`` single products for the top
-    eigenpairs, then ``steps`` batches of ``probes``, and the reorthogonalisation of each probe's Lanczos vectors
-    (full: against every earlier one, twice; selective: against the ``topk`` deflated ones); float64 about
-    twice float32's time."""
+def slq_seconds(prof: Profile, n: int, p: int, hcfg, dtype: str | None = None) -> float:
+    """SLQ in ``dtype`` (by default ``hcfg.auto_slq_dtype``, as auto runs it) on P parameters: up to
+    ``max_iter`` single products for the top eigenpairs, then ``steps`` batches of ``probes``, and the
+    reorthogonalisation of each probe's Lanczos vectors (full: against every earlier one, twice; selective:
+    against the ``topk`` deflated ones); float64 about twice float32's time."""
     probes, steps = int(hcfg.probes), int(hcfg.steps)
     seconds = int(hcfg.max_iter) * _product(SINGLE, prof, n) + steps * probes * _product(BATCHED, prof, n)
     against = {"full": steps, "selective": 2 * int(hcfg.topk)}.get(hcfg.reorth, 0)
     seconds += REORTH * probes * steps * against * p
-    return seconds * (2 if hcfg.auto_slq_dtype == "float64" else 1)
+    return seconds * (2 if (dtype or hcfg.auto_slq_dtype) == "float64" else 1)
 
 
 def _piecewise_linear(model: nn.Module) -> bool:
@@ -146,10 +146,10 @@ class Estimate:
         return f"exact about {self.exact:,.1f} s, slq about {self.slq:,.1f} s"
 
 
-def estimate(model: nn.Module, input_shape: tuple[int, ...], n: int, hcfg) -> Estimate:
-    """Estimated seconds of an exact (float64) and an SLQ checkpoint of ``model`` on ``n`` examples of
-    ``input_shape``."""
+def estimate(model: nn.Module, input_shape: tuple[int, ...], n: int, hcfg, slq_dtype: str | None = None) -> Estimate:
+    """Estimated seconds of an exact (float64) and an SLQ checkpoint (in ``slq_dtype``, by default auto's) of
+    ``model`` on ``n`` examples of ``input_shape``."""
     prof = profile(model, input_shape)
     p = sum(x.numel() for x in model.parameters() if x.requires_grad)
     exact = build_seconds(model, prof, n) + EIGVALSH * p**3
-    return Estimate(exact, slq_seconds(prof, n, p, hcfg))
+    return Estimate(exact, slq_seconds(prof, n, p, hcfg, slq_dtype))

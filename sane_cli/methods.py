@@ -111,6 +111,27 @@ def auto_choice(hcfg, model: nn.Module, n_params: int, *, n: int, input_shape: t
     return ("exact" if est.exact <= costs.EXACT_PREMIUM * est.slq else "slq"), f"estimated per checkpoint: {est}"
 
 
+LONG_CHECKPOINT = 600.0  # seconds: a run whose checkpoints are estimated longer says so when it starts
+
+
+def long_checkpoint(hcfg, model: nn.Module, method: str, *, n: int, input_shape: tuple[int, ...]) -> str | None:
+    """A warning when one checkpoint by ``method`` (as resolved; exact or slq) is estimated to take more than
+    :data:`LONG_CHECKPOINT`, naming the keys that shorten it; else None (also where nothing is estimated)."""
+    if method not in ("exact", "slq"):
+        return None
+    try:
+        est = costs.estimate(model, input_shape, n, hcfg, slq_dtype=precision(hcfg, method))
+    except Exception:  # a model that cannot run on the meta device: no estimate
+        return None
+    seconds = est.exact if method == "exact" else est.slq
+    if seconds <= LONG_CHECKPOINT:
+        return None
+    return (
+        f"each curvature checkpoint ({method}, {n:,} examples) is estimated at about {seconds / 60:,.0f} min; "
+        f"hessian.subset=<examples> measures fewer examples, hessian.every=<steps> takes fewer checkpoints"
+    )
+
+
 def precision(hcfg, method: str) -> str:
     """The dtype name ``method`` (as resolved) runs in: ``hcfg.dtype``, but ``hcfg.auto_slq_dtype`` for
     ``auto``'s SLQ branch."""

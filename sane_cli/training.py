@@ -33,7 +33,7 @@ from .data import Data, load_data
 from .devices import resolve_device
 from .errors import UsageError
 from .losses import loss_function
-from .methods import auto_choice, measure, preconditioned_sharpness, top_eigenvalue
+from .methods import auto_choice, long_checkpoint, measure, preconditioned_sharpness, top_eigenvalue
 from .models import build_model, describe, n_parameters
 from .optim import build_optimizer, full_batch, is_preconditioned, preconditioner, stability_threshold
 from .records import FINAL_COLUMNS, RunWriter, checkpoint_row, json_default, resume_point
@@ -158,10 +158,7 @@ def train(
         cfg.optim.lr, device,
         "" if point is None else f"; resumed at step {point.step or 0}",
     )  # fmt: skip
-    if cfg.hessian.method == "auto":
-        n_hessian = cfg.hessian.subset or len(data.y_train)
-        method, why = auto_choice(cfg.hessian, model, n_params, n=n_hessian, input_shape=tuple(data.input_shape))
-        log.info("hessian=auto: %s at every checkpoint (%s)", method, why)
+    _announce_curvature(cfg.hessian, model, n_params, cfg.hessian.subset or len(data.y_train), data.input_shape)
     training = None
     writer.tracker = Tracking(cfg.logger, run_dir, None if point is None else point.step or 0)
     try:
@@ -185,6 +182,17 @@ def train(
         writer.tracker.close()
     log.info("run %s after %.1fs: %s", summary["status"], summary["wall_seconds"], writer.dir)
     return summary
+
+
+def _announce_curvature(hcfg, model, n_params: int, n: int, input_shape) -> None:
+    """Log the method ``auto`` chose, and warn when a checkpoint is estimated to take long."""
+    method, shape = hcfg.method, tuple(input_shape)
+    if method == "auto":
+        method, why = auto_choice(hcfg, model, n_params, n=n, input_shape=shape)
+        log.info("hessian=auto: %s at every checkpoint (%s)", method, why)
+    warning = long_checkpoint(hcfg, model, method, n=n, input_shape=shape)
+    if warning:
+        log.warning(warning)
 
 
 def _open_run(cfg, run_dir: Path, point, data: Data, device, n_params: int) -> tuple[RunWriter, dict[str, Any]]:

@@ -119,3 +119,15 @@ def test_a_run_says_what_auto_chose(tmp_path, caplog):
         train(make_config("steps=2", "hessian.every=2"), tmp_path / "run")
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("hessian=auto"))
     assert line.startswith("hessian=auto: exact at every checkpoint (estimated per checkpoint: exact about")
+
+
+def test_a_long_checkpoint_is_announced_with_the_keys_that_shorten_it():
+    from sane_cli.methods import long_checkpoint
+
+    cnn = CNN((40,), 10, depth=3, channels=32)  # SLQ in float64 on 4,000 examples: about 20 minutes
+    warning = long_checkpoint(auto_config(method="slq"), cnn, "slq", n=4000, input_shape=(40,))
+    assert warning.startswith("each curvature checkpoint (slq, 4,000 examples) is estimated at about 20 min")
+    assert "hessian.subset" in warning and "hessian.every" in warning
+    assert long_checkpoint(auto_config(method="slq"), cnn, "slq", n=200, input_shape=(40,)) is None
+    assert long_checkpoint(auto_config(), cnn, "exact", n=4000, input_shape=(40,)) is None  # about a minute
+    assert long_checkpoint(auto_config(), cnn, "block_diag", n=4000, input_shape=(40,)) is None  # not estimated
