@@ -9,11 +9,13 @@ cost against the faster of the two (auto keeps exact while it is estimated at mo
     python benchmarks/auto_cost.py                       # every case (about 35 minutes on 2 cores)
     python benchmarks/auto_cost.py --cases m3x48 c3x8    # some (see `model`)
     python benchmarks/auto_cost.py --examples 256        # on a Hessian subset of 256 examples
+    python benchmarks/auto_cost.py --image --examples 500 --exact-only  # 2-D CNNs on MNIST-shaped images
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -30,16 +32,20 @@ from sane_cli.models import CNN, MLP
 CASES = ["m2x14", "m3x48", "m4x48", "m4x56", "m4x64", "c3x8", "c3x24", "c3x32", "t3x8", "t3x16", "r16x1", "r32x2"]
 
 
-def model(case: str) -> torch.nn.Module:
+IMAGE_CASES = ["c2x8", "c3x4", "c3x8", "c3x12", "c4x8"]
+IMAGE = (1, 28, 28)  # --image: MNIST's shape, uniform random pixels and labels (the cost does not depend on them)
+
+
+def model(case: str, shape: tuple[int, ...] = (40,)) -> torch.nn.Module:
     """m<depth>x<width>: an MLP; c<depth>x<channels>: a relu CNN (kernel 3, max pooling), t: the same with tanh;
     r<width>x<blocks>: sane_cli.examples' residual MLP (no layer-structured build). Seeded."""
     kind, (depth, width) = case[0], map(int, case[1:].split("x"))
     torch.manual_seed(0)
     if kind == "m":
-        return MLP(40, 10, depth, width)
+        return MLP(math.prod(shape), 10, depth, width)
     if kind == "r":
-        return residual_mlp((40,), 10, width=depth, blocks=width)
-    return CNN((40,), 10, depth=depth, channels=width, activation="tanh" if kind == "t" else "relu")
+        return residual_mlp(shape, 10, width=depth, blocks=width)
+    return CNN(shape, 10, depth=depth, channels=width, activation="tanh" if kind == "t" else "relu")
 
 
 def timed(net, x, y, hcfg) -> float:
@@ -50,24 +56,33 @@ def timed(net, x, y, hcfg) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=CASES)
+    parser.add_argument("--cases", nargs="+", help="default: every case of the data (CASES, IMAGE_CASES)")
     parser.add_argument("--examples", type=int, default=4000, help="the Hessian's examples (hessian.subset)")
+    parser.add_argument("--image", action="store_true", help="2-D CNNs on MNIST-shaped random images")
+    parser.add_argument("--exact-only", action="store_true", help="time exact only (slq: its estimate alone)")
     args = parser.parse_args()
-    x, y = mnist1d_subset(args.examples)
+    if args.image:
+        torch.manual_seed(0)
+        shape, x, y = IMAGE, torch.rand(args.examples, *IMAGE), torch.randint(0, 10, (args.examples,))
+    else:
+        shape, (x, y) = (40,), mnist1d_subset(args.examples)
     auto = hessian_config()
     exact = hessian_config(method="exact", layers=False)
     slq = hessian_config(method="slq", dtype=auto.auto_slq_dtype, layers=False)
     print("case    params  exact est / measured s   slq est / measured s   auto   auto's pick / faster")
-    for case in args.cases:
-        net = model(case)
+    timed(model("c2x4", shape), x[:16], y[:16], exact)  # the process's first forward-mode derivative loads torch's
+    for case in args.cases or (IMAGE_CASES if args.image else CASES):  # decompositions (~2 s): not a checkpoint's
+        net = model(case, shape)
         p = sum(q.numel() for q in net.parameters())
-        est = estimate(net, (40,), len(y), auto)
-        t_exact, t_slq = timed(net, x, y, exact), timed(net, x, y, slq)
-        pick = resolve_method(auto, net, p, n=len(y), input_shape=(40,))
+        est = estimate(net, shape, len(y), auto)
+        t_exact = timed(net, x, y, exact)
+        t_slq = float("nan") if args.exact_only else timed(net, x, y, slq)
+        pick = resolve_method(auto, net, p, n=len(y), input_shape=shape)
         spent = t_exact if pick == "exact" else t_slq
         print(
-            f"{case:7} {p:6,}  {est.exact:8.1f} / {t_exact:8.1f}     {est.slq:8.1f} / {t_slq:8.1f}     {pick:5}  "
-            f"{spent / min(t_exact, t_slq):6.2f}",
+            f"{case:7} {p:6,}  {est.exact:8.1f} / {t_exact:8.1f}     {est.slq:8.1f} / {t_slq:8.1f}     {pick:5}       -"
+            if args.exact_only
+            else f"{spent / min(t_exact, t_slq):6.2f}",
             flush=True,
         )
     return 0

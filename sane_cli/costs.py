@@ -43,6 +43,9 @@ GEMM = 1 / 30e9  # per multiply-add of the builds' products over examples, float
 DIRECTIONS = 1 / 4.6e9  # per multiply-add of the CNN build's directions carried through the layers above, float64
 CURVED = 1 / 2.4e9  # per multiply-add of each direction carried up and back (a curved activation: no split)
 FIXED = 0.5  # per build: the forward pass, the per-example loss Hessians, the layers' bookkeeping
+# a 2-D CNN's build measured 1.6-3.4x its count at the rates above (fitted on 1-D ones): unfolding images and
+# the 9 kernel offsets of each position cost more per multiply-add (benchmarks/auto_cost.py --image)
+CONV2D = 2.7
 # auto keeps exact while it costs at most this many times SLQ: exact has no error, SLQ's estimates a few percent
 # (their standard errors and the quadrature's bias), and exact brings every layer's block at no extra cost
 EXACT_PREMIUM = 2.0
@@ -126,12 +129,13 @@ def build_seconds(model: nn.Module, prof: Profile, n: int) -> float:
     if isinstance(model, CNN):
         sizes, top = layer_sizes(model), len(prof.macs) - 1
         above = [sum(prof.macs[m + 1 :]) for m in range(top + 1)]
+        scale = CONV2D if any(isinstance(mod, nn.Conv2d) for mod in model.modules()) else 1.0
         if not _piecewise_linear(model):
-            return FIXED + CURVED * n * sum(sizes[m] * (above[m] + prof.macs[m]) for m in range(top + 1))
+            return scale * (FIXED + CURVED * n * sum(sizes[m] * (above[m] + prof.macs[m]) for m in range(top + 1)))
         conv = sum(sizes[:top])
         gemm = prof.logits * conv**2 / 2 + sizes[top] * p
         carried = sum(sizes[m] * above[m] for m in range(top - 2))
-        return FIXED + GEMM * n * gemm + DIRECTIONS * n * carried
+        return scale * (FIXED + GEMM * n * gemm + DIRECTIONS * n * carried)
     return 2 * p * _product(BATCHED, prof, n)  # P products in float64, about twice float32's time
 
 
