@@ -43,9 +43,9 @@ GEMM = 1 / 30e9  # per multiply-add of the builds' products over examples, float
 DIRECTIONS = 1 / 4.6e9  # per multiply-add of the CNN build's directions carried through the layers above, float64
 CURVED = 1 / 2.4e9  # per multiply-add of each direction carried up and back (a curved activation: no split)
 FIXED = 0.5  # per build: the forward pass, the per-example loss Hessians, the layers' bookkeeping
-# a 2-D CNN's build measured 1.6-3.4x its count at the rates above (fitted on 1-D ones): unfolding images and
+# a 2-D CNN's build measured 1.3-3.9x its count at the rates above (fitted on 1-D ones): unfolding images and
 # the 9 kernel offsets of each position cost more per multiply-add (benchmarks/auto_cost.py --image)
-CONV2D = 2.7
+CONV2D = 2.3
 # auto keeps exact while it costs at most this many times SLQ: exact has no error, SLQ's estimates a few percent
 # (their standard errors and the quadrature's bias), and exact brings every layer's block at no extra cost
 EXACT_PREMIUM = 2.0
