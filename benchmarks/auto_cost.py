@@ -79,12 +79,9 @@ def main() -> int:
         t_slq = float("nan") if args.exact_only else timed(net, x, y, slq)
         pick = resolve_method(auto, net, p, n=len(y), input_shape=shape)
         spent = t_exact if pick == "exact" else t_slq
-        print(
-            f"{case:7} {p:6,}  {est.exact:8.1f} / {t_exact:8.1f}     {est.slq:8.1f} / {t_slq:8.1f}     {pick:5}       -"
-            if args.exact_only
-            else f"{spent / min(t_exact, t_slq):6.2f}",
-            flush=True,
-        )
+        ratio = "     -" if args.exact_only else f"{spent / min(t_exact, t_slq):6.2f}"
+        times = f"{est.exact:8.1f} / {t_exact:8.1f}     {est.slq:8.1f} / {t_slq:8.1f}"
+        print(f"{case:7} {p:6,}  {times}     {pick:5}  {ratio}", flush=True)
     return 0
 
 
