@@ -32,7 +32,7 @@ from torch.func import functional_call
 
 from .conv_hessian import layers_of
 from .curvature import layer_sizes
-from .models import CNN, MLP, activation_derivatives
+from .models import CNN, MLP, activation_derivatives, n_parameters
 
 # Seconds per unit, 2 cores (benchmarks/auto_cost.py). Hessian-vector products in float32 (auto's SLQ dtype):
 SINGLE = (1.0e-3, 2.5e-11, 0.0, 3.8e-9)  # one product: fixed, per linear and per conv multiply-add, per activation
@@ -119,9 +119,8 @@ def _piecewise_linear(model: nn.Module) -> bool:
     return all(not bool(activation_derivatives(act, z)[1].any()) for act in acts)
 
 
-def build_seconds(model: nn.Module, prof: Profile, n: int) -> float:
-    """The exact Hessian's build for ``model`` (see the module docstring), float64."""
-    p = sum(x.numel() for x in model.parameters() if x.requires_grad)
+def build_seconds(model: nn.Module, prof: Profile, n: int, p: int) -> float:
+    """The exact Hessian's build for ``model`` of P parameters (see the module docstring), float64."""
     if isinstance(model, MLP):
         sizes = layer_sizes(model)
         pairs = sum(sizes[j] * sizes[m] for m in range(len(sizes)) for j in range(m, len(sizes)))
@@ -153,7 +152,6 @@ class Estimate:
 def estimate(model: nn.Module, input_shape: tuple[int, ...], n: int, hcfg, slq_dtype: str | None = None) -> Estimate:
     """Estimated seconds of an exact (float64) and an SLQ checkpoint (in ``slq_dtype``, by default auto's) of
     ``model`` on ``n`` examples of ``input_shape``."""
-    prof = profile(model, input_shape)
-    p = sum(x.numel() for x in model.parameters() if x.requires_grad)
-    exact = build_seconds(model, prof, n) + EIGVALSH * p**3
+    prof, p = profile(model, input_shape), n_parameters(model)
+    exact = build_seconds(model, prof, n, p) + EIGVALSH * p**3
     return Estimate(exact, slq_seconds(prof, n, p, hcfg, slq_dtype))

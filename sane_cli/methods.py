@@ -99,7 +99,7 @@ def auto_choice(hcfg, model: nn.Module, n_params: int, *, n: int, input_shape: t
     ``model`` may live on the meta device."""
     if n_params > int(hcfg.exact_max_params):
         return "slq", f"{n_params:,} parameters, above hessian.exact_max_params={hcfg.exact_max_params}"
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    have = physical_memory()
     need = _dense_memory(hcfg, model, n_params, have)[0]
     if need > have:
         return "slq", f"the dense Hessian needs about {need / 2**30:,.0f} GiB, this machine has {have / 2**30:.0f}"
@@ -499,6 +499,11 @@ METHODS = checks.Registry("hessian.method", {
 CHOICES = ("auto", *METHODS)  # hessian.method: a method, or auto's choice between exact and slq
 
 
+def physical_memory() -> int:
+    """Bytes of memory this machine has: what the dense methods' needs are checked against."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def check_memory(hcfg, model: nn.Module, n: int, input_shape: tuple[int, ...]) -> None:
     """The method (auto resolved for ``n`` examples of ``input_shape``) fits in this machine's memory: the dense
     Hessian (exact, block_band), its layer blocks (block_diag) or SLQ's kept Lanczos vectors. ``model`` may
@@ -512,7 +517,7 @@ def check_memory(hcfg, model: nn.Module, n: int, input_shape: tuple[int, ...]) -
     memory = METHODS[method].memory
     if memory is None:
         return
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    have = physical_memory()
     need, what, fix = memory(hcfg, model, n_params, have)
     if need > have:
         raise UsageError(
