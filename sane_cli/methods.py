@@ -45,7 +45,7 @@ from .errors import UsageError
 from .iterative import hutchinson, hvp_operator, lanczos, slq
 from .losses import LossFn
 from .measures import MODES, kth_largest, laplace_log_evidence, magnitudes, n_eff, spectrum_summary
-from .models import is_layered
+from .models import is_layered, n_parameters
 from .records import ADDED_KEYS, LAYER_COLUMNS
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -155,7 +155,7 @@ def measure(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
     (float32 by default: twice as fast, and float32's rounding, about 1e-7 relative, is far below SLQ's
     statistical and quadrature errors of a few percent). The precision used is recorded in ``dtype``."""
     start = time.perf_counter()
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_params = n_parameters(model)
     method = resolve_method(hcfg, model, n_params, n=len(y), input_shape=tuple(x.shape[1:]))
     dtype_name = precision(hcfg, method)
     wanted = layers_wanted(hcfg, method)
@@ -512,7 +512,7 @@ def check_memory(hcfg, model: nn.Module, n: int, input_shape: tuple[int, ...]) -
     Raises:
         UsageError: naming the method, the memory it needs, what for, and the fix.
     """
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_params = n_parameters(model)
     method = resolve_method(hcfg, model, n_params, n=n, input_shape=input_shape)
     memory = METHODS[method].memory
     if memory is None:

@@ -718,7 +718,7 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     try:
         summary = json.loads((path / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not text (UnicodeDecodeError)
         raise UsageError(f"{path}: summary.json is missing or corrupt ({e}); not a complete run folder") from e
     if (
         not isinstance(summary, dict)
@@ -749,7 +749,7 @@ def load_run(path: str | Path) -> Run:
         try:
             raw = (path / f"{name}.csv").read_bytes()
             df = pd.read_csv(io.BytesIO(raw))
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise UsageError(f"{path}: {name}.csv is missing or corrupt ({e})") from e
         if name == "hessian":
             df = _upgrade_hessian_table(df, summary)

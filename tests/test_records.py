@@ -55,6 +55,9 @@ def edit_summary(folder, **changes) -> None:
         (lambda d: (d / "summary.json").write_text("{not json"), "summary.json is missing or corrupt"),
         (lambda d: (d / "summary.json").write_text(json.dumps({"status": "odd"})), "lacks a valid status"),
         (lambda d: (d / "metrics.csv").unlink(), "metrics.csv is missing or corrupt"),
+        # bytes that are not text at all (a disk error, a binary written over the file)
+        (lambda d: (d / "summary.json").write_bytes(bytes(range(128, 256))), "summary.json is missing or corrupt"),
+        (lambda d: (d / "layers.csv").write_bytes(bytes(range(128, 256))), "layers.csv is missing or corrupt"),
         (lambda d: (d / "hessian.csv").write_text("step,lr\n0,0.1\n"), "hessian.csv has columns"),
         (lambda d: cut(d / "hessian.csv", ",kind"), r"hessian.csv: the last row is cut off"),
         (lambda d: cut(d / "loss.csv", "."), r"loss.csv: the last row is cut off"),
