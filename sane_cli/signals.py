@@ -8,6 +8,20 @@ import contextlib
 import signal
 import threading
 
+_stopping: int | None = None  # the signal of the last run's stop in this process, None if it was not stopped
+
+
+def forget_stop() -> None:
+    """A new run begins in this process: no stop under way."""
+    global _stopping
+    _stopping = None
+
+
+def stopping() -> int | None:
+    """The signal that stopped the last run :class:`Signals` watched in this process (its stop may still be being
+    recorded), or None."""
+    return _stopping
+
 
 class Interrupted(KeyboardInterrupt):
     """A stop by signal (SIGTERM, what schedulers and `timeout` send; SIGINT, Ctrl-C), raised in the training
@@ -35,8 +49,10 @@ class Signals:
         self.holding = 0  # depth of nested hold() blocks
 
     def _handler(self, signum, _frame):
-        self.received = signum
-        if self.holding:
+        global _stopping
+        first, self.received = self.received is None, signum
+        _stopping = signum
+        if self.holding or not first:  # a stop under way is not raised again: it would cut short its saving
             self.pending = signum
         else:
             raise Interrupted(signum)
@@ -60,6 +76,8 @@ class Signals:
 
     @contextlib.contextmanager
     def installed(self):
+        global _stopping
+        _stopping = None
         previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):

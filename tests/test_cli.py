@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -248,6 +249,54 @@ def test_joblib_sweep_of_four_jobs(tmp_path):
     (job,) = [r.path for r in runs if r.config["optim"]["lr"] == 0.03]
     for name in ("metrics.csv", "loss.csv", "spectra/step_20.npz"):
         assert (job / name).read_bytes() == (tmp_path / "alone" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize(
+    "sig,group",
+    [(signal.SIGTERM, False), (signal.SIGKILL, False), (signal.SIGINT, True)],
+    ids=["term", "kill", "ctrl-c"],
+)
+def test_a_stopped_parallel_sweep_leaves_no_job_running(tmp_path, sig, group):
+    """A joblib sweep stopped while its 2 workers train (SIGTERM or SIGKILL to the sweep's process alone, as
+    `timeout` and schedulers send; Ctrl-C to the whole process group): each job in progress records
+    `interrupted`, the jobs still queued never start, and no worker is left running."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    sweep = ["-m", *TINY, "lr=0.01,0.02,0.03,0.04", "steps=1000000", "hessian.every=1000000",
+             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sw"]  # fmt: skip
+    proc = subprocess.Popen(
+        [command("sane-run"), *sweep], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+
+    def training() -> list:
+        return [p for p in tmp_path.glob("sw/*/metrics.csv") if len(p.read_text().splitlines()) > 2]
+
+    try:
+        deadline = time.time() + 120
+        while len(training()) < 2:
+            assert time.time() < deadline and proc.poll() is None, "the jobs ended or did not start"
+            time.sleep(0.2)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        proc.communicate(timeout=60)
+        assert proc.returncode == -sig if sig == signal.SIGKILL else 128 + sig
+        deadline = time.time() + 60
+        while any(load_run(p).status == "running" for p in find_runs(tmp_path / "sw")):
+            assert time.time() < deadline, "a job did not record its stop"
+            time.sleep(0.2)
+        time.sleep(2)  # a worker left behind would start a queued job, or go on writing
+        sizes = {p: p.stat().st_size for p in tmp_path.glob("sw/*/*.csv")}
+        time.sleep(1)
+        assert sizes == {p: p.stat().st_size for p in tmp_path.glob("sw/*/*.csv")}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # never leave million-step jobs behind a failed test
+    runs = [load_run(p) for p in find_runs(tmp_path / "sw")]
+    assert len(runs) == 2 and {r.status for r in runs} == {"interrupted"}
+    stopped_by = "SIGTERM" if sig == signal.SIGKILL else sig.name  # a worker stops itself once the sweep is gone
+    assert all(r.summary["error"].startswith(f"{stopped_by} at step ") for r in runs)
 
 
 def test_submitit_sweep_through_its_local_executor(tmp_path):
