@@ -561,12 +561,29 @@ def _stop_at_start(signum, _frame):
     name = signal.Signals(signum).name
     if _starting.get("dir") is not None:
         _remove_unclaimed(_starting["dir"])
-    if multiprocessing.active_children():  # a parallel sweep's workers: each stops its job (see _guard_worker)
+    controllers = _local_job_controllers()
+    for pid in controllers:  # submitit's local jobs: each controller stops its job by SIGTERM, as on preemption
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    if controllers or multiprocessing.active_children():  # joblib's workers stop their jobs (_guard_worker)
         os.write(2, f"sane-run: the sweep stopped by {name}; each job in progress records where it got to "
                     "(continue: run the sweep again with the same hydra.sweep.dir)\n".encode())  # fmt: skip
     else:
         os.write(2, f"sane-run: stopped by {name} before training started\n".encode())
     os._exit(128 + int(signum))
+
+
+def _local_job_controllers() -> list[int]:
+    """The processes of this one that control a job of submitit's local executor (``hydra/launcher=
+    submitit_local``), which would run on when this process is stopped alone; found in /proc (Linux; none
+    elsewhere)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                if b"submitit.local._local" in (stat.parent / "cmdline").read_bytes():
+                    found.append(int(stat.parent.name))
+    return found
 
 
 def run_main() -> None:

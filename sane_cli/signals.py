@@ -75,6 +75,16 @@ class Signals:
             self.check()
 
     @contextlib.contextmanager
+    def shielded(self):
+        """Signals wait while the block runs (a stopped or ended run's record being written) and are not raised
+        at its end either: they stay in ``pending`` for the caller."""
+        self.holding += 1
+        try:
+            yield
+        finally:
+            self.holding -= 1
+
+    @contextlib.contextmanager
     def installed(self):
         global _stopping
         _stopping = None

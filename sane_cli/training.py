@@ -159,28 +159,33 @@ def train(
         "" if point is None else f"; resumed at step {point.step or 0}",
     )  # fmt: skip
     _announce_curvature(cfg.hessian, model, n_params, cfg.hessian.subset or len(data.y_train), data.input_shape)
-    training = None
+    training, signals = None, Signals()
     writer.tracker = Tracking(cfg.logger, run_dir, None if point is None else point.step or 0)
-    try:
-        with Signals().installed() as signals:
+    with signals.installed():  # until the record is written: a further signal cannot cut its writing short
+        try:
             training = _Training(cfg, data, model, device, writer, signals)
             if point is not None and point.checkpoint is not None:
                 training.restore(point.checkpoint)
             summary.update(training.run(progress))
-    except KeyboardInterrupt as e:
-        stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
-        stop.step = 0 if training is None else training.step
-        summary.update(status="interrupted", error=f"{stop} at step {stop.step}", steps_done=stop.step)
-        raise stop from None
-    except Exception as e:
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-        raise
-    finally:
-        summary["wall_seconds"] = round(earlier_seconds + time.time() - started, 3)
-        writer.write_summary(summary)
-        writer.close()
-        writer.tracker.close()
+        except KeyboardInterrupt as e:
+            stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
+            stop.step = 0 if training is None else training.step
+            summary.update(status="interrupted", error=f"{stop} at step {stop.step}", steps_done=stop.step)
+            raise stop from None
+        except Exception as e:
+            summary.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+            raise
+        finally:
+            with signals.shielded():
+                summary["wall_seconds"] = round(earlier_seconds + time.time() - started, 3)
+                writer.write_summary(summary)
+                writer.close()
+                writer.tracker.close()
     log.info("run %s after %.1fs: %s", summary["status"], summary["wall_seconds"], writer.dir)
+    if signals.pending is not None:  # a signal while the ended run's record was written: stop here all the same
+        stop = Interrupted(signals.pending)
+        stop.step = training.step if training is not None else 0
+        raise stop
     return summary
 
 
