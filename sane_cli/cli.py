@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import re
@@ -16,6 +15,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from . import stops
 from .errors import UsageError
 
 # torch, Hydra and the training code are imported where used, so that `sane-report` starts quickly
@@ -74,10 +74,10 @@ def _hydra_app():
 
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
-        _starting["dir"] = run_dir
-        worker = _in_sweep_worker()
+        stops.job["dir"] = run_dir
+        worker = stops.in_sweep_worker()
         if worker:
-            _guard_worker()
+            stops.guard_worker()
         try:
             resume = _existing_run(cfg, run_dir, list(hydra_cfg.overrides.task), hydra_cfg.mode == RunMode.MULTIRUN)
             if resume is None:
@@ -88,13 +88,13 @@ def _hydra_app():
             composed = cfg
             train(cfg, run_dir, resume=resume is not False, on_claimed=lambda: _save_hydra_files(run_dir, composed))
         except UsageError as e:  # to stderr only: the folder may be another run's, whose run.log is its own
-            _remove_unclaimed(run_dir)
+            stops.remove_unclaimed(run_dir)
             _usage_exit("sane-run", e)
         except KeyboardInterrupt as e:
             if getattr(e, "step", None) is None:  # before training started
-                _remove_unclaimed(run_dir)
-                if worker and _sweep_gone(wait=2.0):
-                    _end_worker(128 + int(getattr(e, "signum", 2)))
+                stops.remove_unclaimed(run_dir)
+                if worker and stops.sweep_gone(wait=2.0):
+                    stops.end_worker(128 + int(getattr(e, "signum", 2)))
                 raise
             # one line, and the shell's code for a death by that signal (submitit reads it)
             again = continue_command(run_dir)
@@ -103,8 +103,8 @@ def _hydra_app():
                 again = f"run the sweep again with {sweep}"
             print(f"sane-run: stopped by {e} at step {e.step}; {run_dir} keeps all it logged (continue: {again})",
                   file=sys.stderr)  # fmt: skip
-            if worker and _sweep_gone(wait=2.0):  # a worker whose sweep was stopped takes no further job
-                _end_worker(128 + int(e.signum))
+            if worker and stops.sweep_gone(wait=2.0):  # a worker whose sweep was stopped takes no further job
+                stops.end_worker(128 + int(e.signum))
             sys.exit(128 + int(e.signum))
         except Exception as e:  # one line; the traceback is in summary.json where the run got that far
             recorded = is_run_dir(run_dir) and status_of(run_dir) == "failed"
@@ -112,7 +112,7 @@ def _hydra_app():
             print(f"sane-run: error: the run failed ({type(e).__name__}: {e}); {where}", file=sys.stderr)
             sys.exit(1)
         finally:
-            _starting["dir"] = None  # between jobs
+            stops.job["dir"] = None  # between jobs
 
     return app
 
@@ -120,15 +120,6 @@ def _hydra_app():
 def _top_key(override: str) -> str:
     """The top-level config key an override sets: ``logger`` of ``logger.dir=x``, ``+logger.dir=x``, ``~logger``."""
     return override.split("=", 1)[0].lstrip("+~").split(".")[0]
-
-
-def _remove_unclaimed(run_dir: Path) -> None:
-    """The folder Hydra made for a job that never claimed it (no summary.json): its run.log, and the folder if
-    that leaves it empty. A folder that holds a run, another's or this one's, is left as it is."""
-    if not (run_dir / "summary.json").exists():
-        with contextlib.suppress(OSError):
-            (run_dir / "run.log").unlink(missing_ok=True)
-            run_dir.rmdir()  # only if empty
 
 
 def _existing_run(cfg, run_dir: Path, overrides: list[str], multirun: bool):
@@ -462,130 +453,6 @@ def _compose_error(e: Exception, job: tuple[str, ...] = ()) -> str:
     return f"the config does not compose: {lines[0] if lines else type(e).__name__}"
 
 
-_starting: dict[str, Path | None] = {}  # the folder Hydra made for the job being run (None between jobs)
-
-
-def _in_sweep_worker() -> bool:
-    """Whether this process is a worker process of a parallel sweep (joblib's launcher), which runs the jobs the
-    sweep's own process hands it."""
-    import multiprocessing
-
-    return multiprocessing.parent_process() is not None
-
-
-_worker: dict[str, int] = {}  # a sweep worker's parent: the sweep's process
-
-
-def _guard_worker() -> None:
-    """Stops in a worker process of a parallel sweep. A Ctrl-C reaches the workers with the sweep's process; a
-    SIGTERM or SIGKILL sent to the sweep's process alone (``kill``, ``timeout``, a scheduler) does not, so each
-    worker watches for its parent to be gone and then stops itself by SIGTERM: the job in progress records
-    where it got to as any stopped run does, and the worker ends rather than start the jobs still queued
-    for it. Outside training, a signal ends the worker at once (:func:`_worker_stop`)."""
-    import signal
-    import threading
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            signal.signal(sig, _worker_stop)
-    from .signals import forget_stop
-
-    forget_stop()  # a new job: no stop under way
-    if "parent" not in _worker:
-        _worker["parent"] = os.getppid()
-        threading.Thread(target=_watch_sweep, daemon=True, name="sane-run sweep watch").start()
-
-
-def _sweep_gone(wait: float = 0.0) -> bool:
-    """Whether the sweep's process is gone, waiting up to ``wait`` seconds for it to go (a Ctrl-C reaches it and
-    the workers at once, but a worker may finish stopping its job first)."""
-    import time
-
-    deadline = time.monotonic() + wait
-    while "parent" in _worker and os.getppid() == _worker["parent"]:
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return "parent" in _worker
-
-
-def _watch_sweep() -> None:
-    """Once the sweep's process is gone, SIGTERM to this worker: now if it is between jobs or running one, after
-    the job's record is written if a signal already stopped it."""
-    import signal
-    import time
-
-    from .signals import stopping
-
-    while not _sweep_gone():
-        time.sleep(0.5)
-    while _starting.get("dir") is not None and stopping() is not None:
-        time.sleep(0.2)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _worker_stop(signum, _frame):
-    """A sweep worker's handler outside training: a job whose stop is being recorded finishes that (the worker
-    ends after it); a job not yet training ends at once, its unclaimed folder removed; between jobs the worker
-    ends."""
-    import signal
-
-    from .signals import stopping
-
-    if _starting.get("dir") is not None and stopping() is not None:
-        return
-    if _starting.get("dir") is not None:
-        _remove_unclaimed(_starting["dir"])
-        os.write(2, f"sane-run: stopped by {signal.Signals(signum).name} before training started\n".encode())
-    # a worker ending while the sweep's process lives breaks its pool, which then kills the other workers at once,
-    # jobs and all: with a Ctrl-C the sweep's process goes first
-    _sweep_gone(wait=2.0)
-    _end_worker(128 + int(signum))
-
-
-def _end_worker(code: int) -> None:
-    """End a sweep worker process now (its streams flushed), so that it takes no further job."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
-
-
-def _stop_at_start(signum, _frame):
-    """SIGTERM or Ctrl-C before a run claimed its folder: nothing to save, so one line and out at once. Not by
-    raising (an exception raised while torch's C++ code imports aborts the process with a C++ traceback);
-    a folder Hydra made for the job (holding only its run.log) is removed."""
-    import multiprocessing
-    import signal
-
-    name = signal.Signals(signum).name
-    if _starting.get("dir") is not None:
-        _remove_unclaimed(_starting["dir"])
-    controllers = _local_job_controllers()
-    for pid in controllers:  # submitit's local jobs: each controller stops its job by SIGTERM, as on preemption
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-    if controllers or multiprocessing.active_children():  # joblib's workers stop their jobs (_guard_worker)
-        os.write(2, f"sane-run: the sweep stopped by {name}; each job in progress records where it got to "
-                    "(continue: run the sweep again with the same hydra.sweep.dir)\n".encode())  # fmt: skip
-    else:
-        os.write(2, f"sane-run: stopped by {name} before training started\n".encode())
-    os._exit(128 + int(signum))
-
-
-def _local_job_controllers() -> list[int]:
-    """The processes of this one that control a job of submitit's local executor (``hydra/launcher=
-    submitit_local``), which would run on when this process is stopped alone; found in /proc (Linux; none
-    elsewhere)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
-                if b"submitit.local._local" in (stat.parent / "cmdline").read_bytes():
-                    found.append(int(stat.parent.name))
-    return found
-
-
 def run_main() -> None:
     """``sane-run [overrides]``, ``sane-run -m key=a,b ...``: see the README.
 
@@ -596,7 +463,7 @@ def run_main() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         if signal.getsignal(sig) is not signal.SIG_IGN:  # a SIGINT the shell told this process to ignore stays so
-            signal.signal(sig, _stop_at_start)
+            signal.signal(sig, stops.stop_at_start)
     try:
         _run(sys.argv[1:])
     except KeyboardInterrupt as e:  # before a run folder was claimed

@@ -259,7 +259,7 @@ SUBMITIT = ["hydra/launcher=submitit_local", "threads=1", "hydra.launcher.timeou
     "sig,group,launcher",
     [
         (signal.SIGTERM, False, JOBLIB),
-        (signal.SIGKILL, False, JOBLIB),
+        pytest.param(signal.SIGKILL, False, JOBLIB, marks=pytest.mark.slow),  # the same path as SIGTERM's
         (signal.SIGINT, True, JOBLIB),
         pytest.param(signal.SIGTERM, False, SUBMITIT, marks=pytest.mark.slow),
         pytest.param(signal.SIGINT, True, SUBMITIT, marks=pytest.mark.slow),
