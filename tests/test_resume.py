@@ -85,7 +85,10 @@ def _files(folder: Path) -> dict[str, bytes]:
         (SPIKY, [(signal.SIGKILL, 0), (signal.SIGTERM, 40), (signal.SIGKILL, 150), (signal.SIGTERM, 230)]),
         # SGD with momentum: the batch order and the momentum buffers carry over
         (MOMENTUM, [(signal.SIGTERM, 30), (signal.SIGKILL, 1000), (signal.SIGINT, 2000)]),
-        (ADAM, [(signal.SIGTERM, 50), (signal.SIGKILL, 117), (signal.SIGTERM, 191)]),
+        # Adam: its moment estimates carry over (slow: SGD's momentum above covers an optimiser's state)
+        pytest.param(
+            ADAM, [(signal.SIGTERM, 50), (signal.SIGKILL, 117), (signal.SIGTERM, 191)], marks=pytest.mark.slow
+        ),
     ],
     ids=["gd-spikes", "sgd-momentum", "adam-spikes"],
 )
