@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import signal
 import sys
 import tempfile
 from importlib import resources
@@ -75,8 +76,7 @@ def _hydra_app():
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
         stops.job["dir"] = run_dir
-        worker = stops.in_sweep_worker()
-        if worker:
+        if stops.in_sweep_worker():
             stops.guard_worker()
         try:
             resume = _existing_run(cfg, run_dir, list(hydra_cfg.overrides.task), hydra_cfg.mode == RunMode.MULTIRUN)
@@ -93,8 +93,7 @@ def _hydra_app():
         except KeyboardInterrupt as e:
             if getattr(e, "step", None) is None:  # before training started
                 stops.remove_unclaimed(run_dir)
-                if worker and stops.sweep_gone(wait=2.0):
-                    stops.end_worker(128 + int(getattr(e, "signum", 2)))
+                stops.end_job(128 + int(getattr(e, "signum", signal.SIGINT)))
                 raise
             # one line, and the shell's code for a death by that signal (submitit reads it)
             again = continue_command(run_dir)
@@ -103,8 +102,7 @@ def _hydra_app():
                 again = f"run the sweep again with {sweep}"
             print(f"sane-run: stopped by {e} at step {e.step}; {run_dir} keeps all it logged (continue: {again})",
                   file=sys.stderr)  # fmt: skip
-            if worker and stops.sweep_gone(wait=2.0):  # a worker whose sweep was stopped takes no further job
-                stops.end_worker(128 + int(e.signum))
+            stops.end_job(128 + int(e.signum))  # a worker whose sweep was stopped takes no further job
             sys.exit(128 + int(e.signum))
         except Exception as e:  # one line; the traceback is in summary.json where the run got that far
             recorded = is_run_dir(run_dir) and status_of(run_dir) == "failed"
@@ -459,8 +457,6 @@ def run_main() -> None:
     SIGTERM and Ctrl-C at any moment end it with one line and the shell's status for that signal (128 + its
     number): during start-up (nothing written, no folder left), or in training (the run records where it
     stopped)."""
-    import signal
-
     for sig in (signal.SIGTERM, signal.SIGINT):
         if signal.getsignal(sig) is not signal.SIG_IGN:  # a SIGINT the shell told this process to ignore stays so
             signal.signal(sig, stops.stop_at_start)

@@ -71,12 +71,17 @@ def sweep_gone(wait: float = 0.0) -> bool:
     return "parent" in _worker
 
 
+def _recording_stop() -> bool:
+    """Whether a job runs whose stop by signal is being recorded."""
+    return job.get("dir") is not None and stopping() is not None
+
+
 def _watch_sweep() -> None:
     """Once the sweep's process is gone, SIGTERM to this worker: now if it is between jobs or running one, after
     the job's record is written if a signal already stopped it."""
     while not sweep_gone():
         time.sleep(0.5)
-    while job.get("dir") is not None and stopping() is not None:
+    while _recording_stop():
         time.sleep(0.2)
     os.kill(os.getpid(), signal.SIGTERM)
 
@@ -85,7 +90,7 @@ def _worker_stop(signum, _frame):
     """A sweep worker's handler outside training: a job whose stop is being recorded finishes that (the worker
     ends after it); a job not yet training ends at once, its unclaimed folder removed; between jobs the worker
     ends."""
-    if job.get("dir") is not None and stopping() is not None:
+    if _recording_stop():
         return
     if job.get("dir") is not None:
         remove_unclaimed(job["dir"])
@@ -94,6 +99,14 @@ def _worker_stop(signum, _frame):
     # jobs and all: with a Ctrl-C the sweep's process goes first
     sweep_gone(wait=2.0)
     end_worker(128 + int(signum))
+
+
+def end_job(code: int) -> None:
+    """After a job stopped by signal (``code`` = 128 + the signal): in a sweep worker whose sweep's process is
+    gone (waiting a little for it, :func:`sweep_gone`), end the worker at once, so that it takes no queued job;
+    otherwise return, and the job ends as any run does."""
+    if sweep_gone(wait=2.0):
+        end_worker(code)
 
 
 def end_worker(code: int) -> None:
