@@ -64,7 +64,26 @@ def load_data(cfg) -> Data:
     if cfg.get("per_class") is not None:
         keep = _first_per_class(data.y_train, int(cfg.per_class), data.n_classes)
         data.x_train, data.y_train = data.x_train[keep], data.y_train[keep]
+    if cfg.get("label_noise"):
+        data.y_train = noisy_labels(data.y_train, float(cfg.label_noise), data.n_classes, int(cfg.label_noise_seed))
     return data
+
+
+def noisy_labels(y: torch.Tensor, fraction: float, n_classes: int, seed: int) -> torch.Tensor:
+    """``y`` with round(fraction * n) labels, at seeded positions, replaced by a class drawn uniformly from the
+    other n_classes - 1: a known lever on generalisation (the net must memorise them; Zhang et al. 2017).
+
+    >>> y = torch.zeros(10, dtype=torch.int64)
+    >>> noisy = noisy_labels(y, 0.3, 4, seed=0)
+    >>> int((noisy != y).sum()), bool(noisy.max() < 4)
+    (3, True)
+    """
+    gen = torch.Generator().manual_seed(seed)
+    flipped = torch.randperm(len(y), generator=gen)[: round(fraction * len(y))]
+    shift = torch.randint(1, n_classes, (len(flipped),), generator=gen)  # never 0: always another class
+    out = y.clone()
+    out[flipped] = (y[flipped] + shift) % n_classes
+    return out
 
 
 def dataset_sizes(cfg) -> tuple[tuple[int, ...], int, int]:
@@ -84,6 +103,9 @@ def check_config(cfg) -> None:
     checks.number(cfg, "dataset.n_train", minimum=1, integer=True, optional=local)
     checks.number(cfg, "dataset.n_test", minimum=1, integer=True, optional=local)
     checks.number(cfg, "dataset.per_class", minimum=1, integer=True, optional=True)
+    if "label_noise" in cfg.dataset:  # absent from configs written before 0.14
+        checks.fraction(cfg, "dataset.label_noise")
+        checks.number(cfg, "dataset.label_noise_seed", minimum=0, integer=True)
     if "data_seed" in cfg.dataset:  # generated and shuffled sets
         checks.number(cfg, "dataset.data_seed", minimum=0, integer=True)
         if cfg.dataset.data_seed > 2**32 - 1:

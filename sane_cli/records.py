@@ -236,7 +236,8 @@ class RunWriter:
 # keys a resumed run may change: where it runs and what else it reports to, not what it computes
 MAY_DIFFER = ("threads", "device", "resume", "logger")
 # keys added since 0.9, each with the value a run written before it ran with (checked as if it had been set)
-ADDED_KEYS = {"hessian.layers": False}
+ADDED_KEYS = {"hessian.layers": False, "hessian.at_start": True, "dataset.label_noise": 0.0,
+              "dataset.label_noise_seed": 0}  # fmt: skip
 
 
 def as_it_ran(config: dict[str, Any]) -> dict[str, Any]:

@@ -19,13 +19,16 @@ import math
 from typing import Any
 
 
-def checkpoint_steps(every: int, total: int) -> list[int]:
-    """Steps with a scheduled curvature checkpoint: 0, every, 2*every, ... and always the last step.
+def checkpoint_steps(every: int, total: int, at_start: bool = True) -> list[int]:
+    """Steps with a scheduled curvature checkpoint: 0 (unless not ``at_start``), every, 2*every, ... and always
+    the last step.
 
     >>> checkpoint_steps(300, 1000)
     [0, 300, 600, 900, 1000]
+    >>> checkpoint_steps(300, 1000, at_start=False)
+    [300, 600, 900, 1000]
     """
-    return sorted(set(range(0, total + 1, every)) | {total})
+    return sorted(set(range(0 if at_start else every, total + 1, every)) | {total})
 
 
 class SpikeDetector:
@@ -95,9 +98,9 @@ class Schedule:
     """
 
     def __init__(self, total: int, every: int, *, on_spike: bool, spike_threshold: float, spike_after: int,
-                 spike_max: int):  # fmt: skip
+                 spike_max: int, at_start: bool = True):  # fmt: skip
         self.total = total
-        self.scheduled = set(checkpoint_steps(every, total))
+        self.scheduled = set(checkpoint_steps(every, total, at_start))
         self.detector = SpikeDetector(spike_threshold)
         self.on_spike = on_spike and spike_max > 0
         self.spike_after, self.spike_max = spike_after, spike_max

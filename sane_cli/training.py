@@ -255,7 +255,7 @@ class _Training:
         self.schedule = Schedule(
             self.steps, int(hcfg.every), on_spike=bool(hcfg.on_spike) and full_batch(cfg.optim),
             spike_threshold=float(hcfg.spike_threshold), spike_after=int(hcfg.spike_after),
-            spike_max=int(hcfg.spike_max),
+            spike_max=int(hcfg.spike_max), at_start=bool(hcfg.get("at_start", True)),
         )  # fmt: skip
         # Adam's sharpness is read through its preconditioner (sane_cli.optim), kept with the parameters
         self.preconditioned = is_preconditioned(cfg.optim)
@@ -280,7 +280,7 @@ class _Training:
                     self.signals.check()
                     # from here to the optimiser step nothing of the training state changes: a stop resumes here
                     kind = self.schedule.due(step)
-                    if kind is not None and cfg.save_checkpoint:
+                    if (kind is not None or step == 0) and cfg.save_checkpoint:  # step 0: resumable from the start
                         self.save(top, sizes)
                     self.measure_pre_spike()  # found by the previous step's loss
                     if kind is not None:

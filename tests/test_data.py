@@ -52,6 +52,23 @@ def test_synthetic_is_seeded_and_per_class_subsets():
     assert torch.equal(sub.x_train, a.x_train[first])
 
 
+def test_label_noise_replaces_that_fraction_of_training_labels_only():
+    c = cfg(name="synthetic", n_train=200, n_test=50, per_class=None, n_features=4, n_classes=5, noise=1.0,
+            data_seed=3, label_noise=0.0, label_noise_seed=0)  # fmt: skip
+    clean = load_data(c)
+    noisy = load_data(OmegaConf.merge(c, {"label_noise": 0.3, "label_noise_seed": 1}))
+    changed = noisy.y_train != clean.y_train
+    assert int(changed.sum()) == 60  # exactly round(0.3 * 200), each to another class
+    assert torch.equal(noisy.y_test, clean.y_test) and torch.equal(noisy.x_train, clean.x_train)
+    assert int(noisy.y_train.min()) >= 0 and int(noisy.y_train.max()) < 5
+    again = load_data(OmegaConf.merge(c, {"label_noise": 0.3, "label_noise_seed": 1}))
+    other = load_data(OmegaConf.merge(c, {"label_noise": 0.3, "label_noise_seed": 2}))
+    assert torch.equal(again.y_train, noisy.y_train) and not torch.equal(other.y_train, noisy.y_train)
+    # the wrong labels are spread over the other classes: each of the 4 gets some of the 60
+    shift = (noisy.y_train - clean.y_train)[changed] % 5
+    assert set(shift.tolist()) == {1, 2, 3, 4}
+
+
 def test_hessian_subset_is_fixed_by_seed():
     d = load_data(
         cfg(name="synthetic", n_train=50, n_test=10, per_class=None, n_features=3, n_classes=2, noise=1.0, data_seed=0)

@@ -24,6 +24,18 @@ def test_checkpoint_steps():
     assert checkpoint_steps(250, 1000) == [0, 250, 500, 750, 1000]
     assert checkpoint_steps(300, 1000) == [0, 300, 600, 900, 1000]
     assert checkpoint_steps(5000, 10) == [0, 10]
+    assert checkpoint_steps(250, 1000, at_start=False) == [250, 500, 750, 1000]
+
+
+def test_a_run_without_the_start_checkpoint(tmp_path):
+    """hessian.at_start=false: no curvature at step 0, the rest as with it (the same rows at the other steps)."""
+    with_start = train(make_config(), tmp_path / "a")
+    without = train(make_config("hessian.at_start=false"), tmp_path / "b")
+    a, b = load_run(tmp_path / "a"), load_run(tmp_path / "b")
+    assert a.hessian.step.tolist() == [0, 10, 20] and b.hessian.step.tolist() == [10, 20] == b.spectrum_steps()
+    cols = ["step", "lambda_max", "trace", "n_eff", "sane"]
+    assert a.hessian[cols].iloc[1:].reset_index(drop=True).equals(b.hessian[cols].reset_index(drop=True))
+    assert with_start["final_sane"] == without["final_sane"]
 
 
 def test_run_folder_contents(tiny_cfg, tmp_path):
