@@ -103,7 +103,7 @@ def check_config(cfg) -> None:
     checks.number(cfg, "dataset.n_train", minimum=1, integer=True, optional=local)
     checks.number(cfg, "dataset.n_test", minimum=1, integer=True, optional=local)
     checks.number(cfg, "dataset.per_class", minimum=1, integer=True, optional=True)
-    if "label_noise" in cfg.dataset:  # absent from configs written before 0.14
+    if "label_noise" in cfg.dataset:  # an older run config lacks it (records.ADDED_KEYS: no noise)
         checks.fraction(cfg, "dataset.label_noise")
         checks.number(cfg, "dataset.label_noise_seed", minimum=0, integer=True)
     if "data_seed" in cfg.dataset:  # generated and shuffled sets

@@ -559,7 +559,7 @@ def check_config(cfg) -> None:
     checks.choice(cfg, "hessian.reorth", REORTHS)
     checks.flag(cfg, "hessian.deflate")
     checks.flag(cfg, "hessian.on_spike")
-    if "at_start" in cfg.hessian:  # absent from configs written before 0.14
+    if "at_start" in cfg.hessian:  # an older run config lacks it (records.ADDED_KEYS: a checkpoint at step 0)
         checks.flag(cfg, "hessian.at_start")
     if "layers" not in cfg.hessian:  # a config of 0.9 or before: it measured no layers
         with open_dict(cfg):
