@@ -66,6 +66,8 @@ def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
 def unit_arrays(runs: pd.DataFrame, unit: str, columns: list[str]) -> tuple[list, np.ndarray, np.ndarray]:
     """The units (in order of first appearance), the values of ``columns`` as (units, most runs, columns)
     padded with NaN, and each unit's number of runs."""
+    if runs.empty:
+        return [], np.full((0, 0, len(columns)), np.nan), np.zeros(0, dtype=int)
     names = list(dict.fromkeys(runs[unit]))
     counts = np.array([(runs[unit] == u).sum() for u in names])
     values = np.full((len(names), counts.max(), len(columns)), np.nan)
@@ -122,7 +124,13 @@ def estimate(
 
     ``statistic`` maps unit means (..., units, columns) to a vector of statistics (..., k); it is applied to the
     data and to every resample at once. Returns (point estimates (k,), lower ends (k,), upper ends (k,)).
+    Runs with an empty value in ``columns`` are left out first, and said so (a resample that drew one would
+    otherwise be NaN and dropped, silently conditioning the interval).
     """
+    empty = runs[columns].isna().any(axis=1)
+    if empty.any():
+        print(f"  (left out: {int(empty.sum())} runs with an empty value among {', '.join(columns)})")
+        runs = runs[~empty]
     _, values, counts = unit_arrays(runs, unit, columns)
     point = statistic(unit_means(values))
     boot = statistic(hierarchical_resamples(values, counts, seed))

@@ -63,3 +63,20 @@ def test_estimate_covers_a_strong_correlation_and_reads_its_side():
         runs, "unit", ["x", "y"], lambda m: decide.spearman(m[..., 0], m[..., 1])[..., None]
     )
     assert decide.reading(lo[0], hi[0]) == "below 0"
+
+
+def test_estimate_leaves_out_runs_with_empty_values_and_says_so(capsys):
+    rng = np.random.default_rng(4)
+    g = rng.normal(size=20)
+    runs = pd.DataFrame([{"unit": u, "x": g[u] + 0.1 * rng.normal(), "y": g[u]} for u in range(20) for _ in range(3)])
+    runs.loc[[0, 5], "x"] = np.nan  # two runs of units 0 and 1 lost their curvature
+
+    def rho(m):
+        return decide.spearman(m[..., 0], m[..., 1])[..., None]
+
+    point, lo, hi = decide.estimate(runs, "unit", ["x", "y"], rho)
+    assert "left out: 2 runs" in capsys.readouterr().out
+    clean = runs.dropna()
+    expected, lo2, hi2 = decide.estimate(clean, "unit", ["x", "y"], rho)
+    assert point[0] == expected[0] and (lo[0], hi[0]) == (lo2[0], hi2[0])  # the same as leaving them out by hand
+    assert np.isfinite([lo[0], hi[0]]).all()

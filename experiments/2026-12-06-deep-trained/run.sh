@@ -4,7 +4,7 @@
 # method; checkpoints.csv for verdict.py, then cost.py (seconds and peak memory of each method, fresh processes).
 # Usage: [SCALE=full] bash experiments/2026-12-06-deep-trained/run.sh [OUT] [SEED]
 #   default: depths 8 and 16, seed 0 (about 30 min); SCALE=full: depths 8, 12, 16; one part a seed: run it for
-#   SEED=0, 1, 2 and copy OUT/checkpoints.csv beside verdict.py as checkpoints-seed<SEED>.csv (cost.csv: seed 0)
+#   SEED=0 ... 4 and copy OUT/checkpoints.csv beside verdict.py as checkpoints-seed<SEED>.csv (cost.csv: seed 0)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-outputs/deep-trained}

@@ -14,14 +14,16 @@ import pandas as pd
 from scipy.stats import f_oneway
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from decide import estimate, reading, spearman  # noqa: E402
+from decide import estimate, partial_spearman, reading, spearman  # noqa: E402
 
 MEASURES = ["sane_late", "n_eff_late"]  # each run's mean over its scheduled checkpoints in the last third
 BESIDE = ["lambda_max_late", "trace_late"]  # reported, deciding nothing
 TARGET = "test_error"  # 1 - test accuracy on the 1,000 clean test examples
 MODEL_KEYS = ["width", "label_noise"]
-MIN_SEEDS = 2  # a model counts at a learning rate if at least this many of its seeds completed there
-EOS = 0.9  # premise: the largest lr's runs sit at or past the edge (median late sharpness ratio >= this)
+MIN_SEEDS = 2  # a model counts at a learning rate if this many of its seeds completed there (1 for one seed)
+EOS = 0.9  # premise: the deciding lr's runs sit at or past the edge (median late sharpness ratio >= this)
+APART = 2.0  # premise: SANE's own alpha (rho x lambda_max) at least this factor from N_eff's (else they coincide)
+ALPHA, RHO = 0.5, 0.5  # N_eff's alpha and SANE's rho (k 1: SANE = N_eff at alpha = RHO x lambda_max)
 
 
 def load(folder: Path) -> pd.DataFrame:
@@ -37,15 +39,23 @@ def load(folder: Path) -> pd.DataFrame:
 def at_lr(runs: pd.DataFrame, *, seed: int = 0) -> dict:
     """One learning rate's completed runs: each measure's rho with test error across the models that count, and
     SANE's rho minus N_eff's (paired, from the same resamples)."""
-    counted = runs.groupby("unit").filter(lambda g: len(g) >= MIN_SEEDS)
-    cols = [TARGET, *MEASURES, *BESIDE]
+    least = min(MIN_SEEDS, int(runs.seed.nunique())) if len(runs) else MIN_SEEDS
+    counted = runs.groupby("unit").filter(lambda g: len(g) >= least)
+    cols = [TARGET, *MEASURES, *BESIDE, "label_noise"]
+    levels = sorted(runs.label_noise.unique()) if len(runs) else []
 
     def stats(m: np.ndarray) -> np.ndarray:
         rhos = [spearman(m[..., 1 + j], m[..., 0]) for j in range(len(MEASURES) + len(BESIDE))]
-        return np.stack([*rhos, rhos[0] - rhos[1]], axis=-1)
+        noise = np.stack([(m[..., -1] == lv).astype(float) for lv in levels[1:]], axis=-1)
+        held = [partial_spearman(m[..., 1 + j], m[..., 0], noise) for j in range(len(MEASURES))]
+        between = spearman(m[..., 1], m[..., 2])  # SANE against N_eff across the models
+        return np.stack([*rhos, rhos[0] - rhos[1], *held, between], axis=-1)
 
+    if counted.empty:
+        return {"models": 0, "runs": 0}
     point, lo, hi = estimate(counted, "unit", cols, stats, seed=seed)
-    names = [*MEASURES, *BESIDE, "sane_minus_n_eff"]
+    names = [*MEASURES, *BESIDE, "sane_minus_n_eff", "sane_late_noise_fixed", "n_eff_late_noise_fixed",
+             "sane_vs_n_eff"]  # fmt: skip
     return {"models": counted.unit.nunique(), "runs": len(counted),
             **{n: (point[i], lo[i], hi[i]) for i, n in enumerate(names)}}  # fmt: skip
 
@@ -60,6 +70,22 @@ def decide(largest: dict) -> str:
     return "undecided"
 
 
+def premise(sub: pd.DataFrame) -> tuple[bool, str]:
+    """At one learning rate: its runs at or past the edge, the models differing in test error, and SANE and N_eff
+    apart (SANE's alpha, RHO x lambda_max, at least APART from N_eff's ALPHA)."""
+    ratio = sub.sharpness_ratio_late.median()
+    groups = [g.test_error.to_numpy() for _, g in sub.groupby("unit")]
+    seeded = len(groups) > 1 and min(len(g) for g in groups) > 1
+    anova = f_oneway(*groups).pvalue if seeded else np.nan
+    alpha = RHO * sub.lambda_max_late.median()
+    apart = max(alpha / ALPHA, ALPHA / alpha) if alpha > 0 else np.nan
+    ok = ratio >= EOS and apart >= APART and (anova < 0.05 if seeded else True)
+    text = (f"median late sharpness ratio {ratio:.2f} (needs >= {EOS}); SANE's alpha {alpha:.3g} against N_eff's "
+            f"{ALPHA}: a factor {apart:.2f} apart (needs >= {APART}); models differ in test error: "
+            + (f"ANOVA p {anova:.2g} (needs < 0.05)" if seeded else "not checked (one seed)"))  # fmt: skip
+    return bool(ok), text
+
+
 def main(folder: Path) -> None:
     runs = load(folder)
     ended = runs[runs.status != "completed"]
@@ -67,31 +93,27 @@ def main(folder: Path) -> None:
         print(f"not completed ({len(ended)} runs): " + "; ".join(f"lr {r.lr} {r.unit} seed {r.seed}: {r.status}"
                                                                 for r in ended.itertuples()))  # fmt: skip
     done = runs[runs.status == "completed"]
-    lrs = sorted(done.lr.unique())
-    results = {}
-    for lr in lrs:
+    results, premises = {}, {}
+    for lr in sorted(done.lr.unique()):
         sub = done[done.lr == lr]
         r = results[lr] = at_lr(sub)
-        ratio = sub.sharpness_ratio_late.median()
-        groups = [g.test_error.to_numpy() for _, g in sub.groupby("unit") if len(g) >= MIN_SEEDS]
-        anova = f_oneway(*groups).pvalue if len(groups) > 1 and min(len(g) for g in groups) > 1 else np.nan
-        print(f"lr {lr}: {r['models']} models, {r['runs']} runs; median late sharpness ratio {ratio:.2f}; test error "
+        premises[lr] = premise(sub)
+        print(f"lr {lr}: {r['models']} models, {r['runs']} runs; test error "
               f"{sub.groupby('unit').test_error.mean().min():.3f}-{sub.groupby('unit').test_error.mean().max():.3f} "
-              f"across models (one-way ANOVA over models p = {anova:.2g})")  # fmt: skip
-        for name in [*MEASURES, *BESIDE, "sane_minus_n_eff"]:
-            p, lo, hi = r[name]
-            print(f"  {name}: {p:+.2f} [{lo:+.2f}, {hi:+.2f}] ({reading(lo, hi)})")
-    largest = max(lrs)
-    sub = done[done.lr == largest]
-    ratio = sub.sharpness_ratio_late.median()
-    groups = [g.test_error.to_numpy() for _, g in sub.groupby("unit") if len(g) >= MIN_SEEDS]
-    anova = f_oneway(*groups).pvalue if len(groups) > 1 and min(len(g) for g in groups) > 1 else np.nan
-    premise = ratio >= EOS and (np.isnan(anova) or anova < 0.05)
-    print(f"premise at the largest lr ({largest}): median late sharpness ratio {ratio:.2f} (needs >= {EOS}); "
-          f"models differ in test error (ANOVA p {anova:.2g}, needs < 0.05 where seeds allow): "
-          f"{'met' if premise else 'NOT met'}")  # fmt: skip
-    verdict = decide(results[largest]) if premise else "not judged (premise not met)"
-    print(f"claim (b) at lr {largest}: {verdict}")
+              f"across models; premise {'met' if premises[lr][0] else 'NOT met'}: {premises[lr][1]}")  # fmt: skip
+        for name in [*MEASURES, *BESIDE, "sane_minus_n_eff", "sane_late_noise_fixed", "n_eff_late_noise_fixed",
+                     "sane_vs_n_eff"]:  # fmt: skip
+            if name in r:
+                p, lo, hi = r[name]
+                print(f"  {name}: {p:+.2f} [{lo:+.2f}, {hi:+.2f}] ({reading(lo, hi)})")
+    held = [lr for lr in sorted(results) if premises[lr][0] and results[lr]["models"]]
+    if not held:
+        print("claim (b): not judged (the premise holds at no learning rate)")
+        return
+    deciding = max(held)
+    note = "" if deciding == max(results) else f" (the largest, {max(results)}, fails the premise)"
+    print(f"claim (b) at lr {deciding}, the largest learning rate where the premise holds{note}: "
+          f"{decide(results[deciding])}")  # fmt: skip
 
 
 if __name__ == "__main__":

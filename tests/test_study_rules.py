@@ -1,0 +1,98 @@
+"""The registered studies' rules (experiments/2026-12-06-*/verdict.py) on synthetic tables whose answer is known:
+each rule gives the verdict its README states for data that clearly do, and clearly do not, show the claim."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def study(folder: str, name: str = "verdict"):
+    path = EXPERIMENTS / folder / f"{name}.py"
+    sys.modules.pop("verdict", None)  # each study's power.py imports its own verdict.py by that name
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(f"{folder.replace('-', '_')}_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def test_levers_rule_reads_the_partial_rho_both_ways():
+    power = study("2026-12-06-generalisation-levers", "power")
+    verdict = study("2026-12-06-generalisation-levers")
+    rng = np.random.default_rng(0)
+    table = power.simulated(rng, 0.95)  # the measure follows test error within each size
+    assert verdict.family_verdict(table, quiet=True)["readings"]["n_eff"] == "tracks"
+    table["n_eff"] = -table.n_eff  # ... and against it
+    assert verdict.family_verdict(table, quiet=True)["readings"]["n_eff"] == "runs against"
+
+
+def test_levers_rule_is_not_fooled_by_size():
+    """A measure that only counts parameters (rises with size, as test error falls) says nothing."""
+    verdict = study("2026-12-06-generalisation-levers")
+    power = study("2026-12-06-generalisation-levers", "power")
+    table = power.simulated(np.random.default_rng(1), 0.0)
+    table["n_eff"] = table["size"] + 0.01 * np.random.default_rng(2).normal(size=len(table))
+    assert verdict.family_verdict(table, quiet=True)["readings"]["n_eff"] == "says nothing"
+
+
+def test_lr_rankings_rule_at_one_learning_rate():
+    power = study("2026-12-06-lr-rankings", "power")
+    verdict = study("2026-12-06-lr-rankings")
+    rng = np.random.default_rng(3)
+    assert verdict.decide(verdict.at_lr(power.simulated(rng, 0.99, 0.0))) == "reproduced"
+    assert verdict.decide(verdict.at_lr(power.simulated(rng, 0.0, 0.99))) == "refuted"
+
+
+def test_lr_rankings_premise_needs_the_two_alphas_apart():
+    verdict = study("2026-12-06-lr-rankings")
+    sub = pd.DataFrame({"unit": ["a", "b"] * 2, "test_error": [0.1, 0.5, 0.12, 0.52], "sharpness_ratio_late": 1.2,
+                        "lambda_max_late": [0.8, 0.8, 0.8, 0.8]})  # fmt: skip
+    ok, text = verdict.premise(sub)  # SANE's alpha 0.4 against N_eff's 0.5: one measure
+    assert not ok and "factor 1.25" in text
+    ok, _ = verdict.premise(sub.assign(lambda_max_late=4.0))  # alpha 2: a factor 4 apart
+    assert ok
+
+
+def test_basins_rule_thresholds():
+    verdict = study("2026-12-06-basins-adjusted")
+    assert verdict.judge(-0.2, -0.1, -0.05, -1) == "reproduced"
+    assert verdict.judge(-0.04, 0.01, -0.05, -1) == "refuted"
+    assert verdict.judge(-0.08, -0.02, -0.05, -1) == "undecided"
+    assert verdict.judge(-0.08, -0.05, -0.05, -1) == "tie at the threshold"
+    assert verdict.judge(0.03, 0.05, 0.02, +1) == "reproduced" and verdict.judge(-0.01, 0.01, 0.02, +1) == "refuted"
+
+
+def test_basins_adjustment_removes_mean_reversion():
+    """Spikes that flatten exactly as their quiet pairs at the same ratio predict have no excess."""
+    verdict = study("2026-12-06-basins-adjusted")
+    rng = np.random.default_rng(4)
+    ratio = np.exp(rng.uniform(-0.2, 0.6, 300))
+    quiet = pd.DataFrame({"kind": "quiet", "gap": 10, "ratio_a": ratio, "log_flattening": -0.5 * np.log(ratio),
+                          "similarity_k10": 0.9 - 0.1 * np.log(ratio)})  # fmt: skip
+    at = np.array([1.5, 1.7])
+    spikes = pd.DataFrame({"kind": "spike", "gap": 10, "ratio_a": at, "log_flattening": -0.5 * np.log(at),
+                           "similarity_k10": 0.9 - 0.1 * np.log(at) - 0.05})  # fmt: skip
+    out = verdict.adjusted(pd.concat([quiet, spikes]))
+    assert abs(out["flattening"]) < 1e-12 and abs(out["turn"] - 0.05) < 1e-12
+
+
+def test_deep_rule_reads_agreement_within_depths():
+    power = study("2026-12-06-deep-trained", "power")
+    verdict = study("2026-12-06-deep-trained")
+    rng = np.random.default_rng(5)
+    good = power.simulated(rng, 0.01)
+    assert verdict.agreement(good, "approx", "ref", "n_eff")[1] > verdict.AGREE
+    bad = power.simulated(rng, 0.01)
+    approx = bad.method == "approx"  # right about the depths, random within each
+    bad.loc[approx, "n_eff"] = bad.loc[approx, "depth"] / 4 + rng.normal(size=int(approx.sum()))
+    assert verdict.agreement(bad, "approx", "ref", "n_eff")[2] < verdict.AGREE
