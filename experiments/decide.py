@@ -103,6 +103,28 @@ def interval(samples: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def parts(folder, pattern: str) -> pd.DataFrame:
+    """The study's parts (one table a part, e.g. a seed) matching ``pattern`` in ``folder``, as one table; exits
+    with one line when there is none."""
+    found = sorted(folder.glob(pattern))
+    if not found:
+        raise SystemExit(f"verdict.py: no {pattern} in {folder}; run run.sh first")
+    return pd.concat([pd.read_csv(p) for p in found], ignore_index=True)
+
+
+def combine(verdicts) -> str:
+    """A claim's verdict from its parts' (families', effects'): reproduced if every part is, refuted if one is and
+    none is reproduced, undecided otherwise.
+
+    >>> combine(["reproduced", "reproduced"]), combine(["refuted", "undecided"]), combine(["reproduced", "refuted"])
+    ('reproduced', 'refuted', 'undecided')
+    """
+    values = set(verdicts)
+    if values == {"reproduced"}:
+        return "reproduced"
+    return "refuted" if "refuted" in values and "reproduced" not in values else "undecided"
+
+
 def reading(lo: float, hi: float) -> str:
     """Where an interval lies against 0: ``above 0``, ``below 0``, ``spans 0``, or ``tie at 0`` when an end is
     exactly 0 (stated as a tie, never rounded to a side).

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from decide import BOOTSTRAP, interval  # noqa: E402
+from decide import BOOTSTRAP, combine, interval, parts  # noqa: E402
 
 TRANSIENT = 100  # steps: pairs starting earlier are left out (lambda_max rises several-fold there in every run)
 FLATTENING = -0.05  # log scale: a spike must flatten at least 5 % beyond its null to count
@@ -22,10 +22,7 @@ K = 10  # the subspace of the headline's turn
 
 
 def load(folder: Path) -> pd.DataFrame:
-    parts = sorted(folder.glob("pairs*.csv.gz"))
-    if not parts:
-        sys.exit(f"verdict.py: no pairs*.csv.gz in {folder}; run run.sh first")
-    return pd.concat([pd.read_csv(p) for p in parts], ignore_index=True)
+    return parts(folder, "pairs*.csv.gz")
 
 
 def usable(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -130,14 +127,7 @@ def main(folder: Path) -> None:
     for lr, sub in pairs.groupby("lr", sort=True):
         table(sub, adjusted, f"  adjusted, lr {lr} alone")
     print(f"flattening (interval below {FLATTENING}): {f_verdict}; shift (interval above {TURN}): {t_verdict}")
-    verdicts = {f_verdict, t_verdict}
-    if verdicts == {"reproduced"}:
-        overall = "reproduced"
-    elif "refuted" in verdicts and "reproduced" not in verdicts:
-        overall = "refuted"
-    else:
-        overall = "undecided"
-    print(f"claim (c): {overall}")
+    print(f"claim (c): {combine([f_verdict, t_verdict])}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from decide import BOOTSTRAP, interval, spearman  # noqa: E402
+from decide import BOOTSTRAP, interval, parts, spearman  # noqa: E402
 
 AGREE = 0.8  # an approximation ranks the states as the reference does if its rho's interval lies above this
 FIT = 0.99  # a net counts if every run of it ends at this training accuracy or above
@@ -23,11 +23,8 @@ NET = ["depth", "width", "seed"]
 
 
 def load(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    parts = sorted(folder.glob("checkpoints*.csv"))
-    if not parts:
-        sys.exit(f"verdict.py: no checkpoints*.csv in {folder}; run run.sh first")
     cost = folder / "cost.csv"
-    return pd.concat([pd.read_csv(p) for p in parts], ignore_index=True), pd.read_csv(cost) if cost.exists() else None
+    return parts(folder, "checkpoints*.csv"), pd.read_csv(cost) if cost.exists() else None
 
 
 def counted_nets(table: pd.DataFrame) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from decide import estimate, partial_spearman, reading, spearman  # noqa: E402
+from decide import combine, estimate, partial_spearman, parts, reading, spearman  # noqa: E402
 
 MEASURES = ["n_eff", "sane"]  # the claim's measures, final checkpoint (N_eff alpha 0.5; SANE rho 0.5, k 1)
 BESIDE = ["n_eff_fixed_prior"]  # N_eff at the prior precision 2,000 on the summed loss (alpha 2,000 / n_train)
@@ -26,10 +26,7 @@ BATCH, STEPS = 100, 8000
 
 
 def load(folder: Path) -> pd.DataFrame:
-    parts = sorted(folder.glob("runs*.csv"))
-    if not parts:
-        sys.exit(f"verdict.py: no runs*.csv in {folder}; run run.sh first")
-    runs = pd.concat([pd.read_csv(p) for p in parts], ignore_index=True)
+    runs = parts(folder, "runs*.csv")
     runs["test_error"] = 1 - runs.test_acc
     runs["log_params"] = np.log(runs.n_params)
     runs["epochs"] = STEPS * BATCH / runs.n_train
@@ -124,14 +121,8 @@ def main(folder: Path) -> None:
         result = family_verdict(sub)
         verdicts[family] = result["verdict"] if premise else "not judged (premise not met)"
         print(f"  {family}: claim (a) {verdicts[family]}")
-    values = set(verdicts.values())
-    if values == {"reproduced"} and len(values) == 1 and set(verdicts) == set(PREMISE):
-        overall = "reproduced"
-    elif "refuted" in values and "reproduced" not in values:
-        overall = "refuted"
-    else:
-        overall = "undecided"
-    print(f"overall: claim (a) {overall}")
+    missing = ["missing"] * len(set(PREMISE) - set(verdicts))  # a family without runs is not reproduced
+    print(f"overall: claim (a) {combine([*verdicts.values(), *missing])}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pandas as pd
 from scipy.stats import f_oneway
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from decide import estimate, partial_spearman, reading, spearman  # noqa: E402
+from decide import estimate, partial_spearman, parts, reading, spearman  # noqa: E402
 
 MEASURES = ["sane_late", "n_eff_late"]  # each run's mean over its scheduled checkpoints in the last third
 BESIDE = ["lambda_max_late", "trace_late"]  # reported, deciding nothing
@@ -27,10 +27,7 @@ ALPHA, RHO = 0.5, 0.5  # N_eff's alpha and SANE's rho (k 1: SANE = N_eff at alph
 
 
 def load(folder: Path) -> pd.DataFrame:
-    parts = sorted(folder.glob("runs*.csv"))
-    if not parts:
-        sys.exit(f"verdict.py: no runs*.csv in {folder}; run run.sh first")
-    runs = pd.concat([pd.read_csv(p) for p in parts], ignore_index=True)
+    runs = parts(folder, "runs*.csv")
     runs["test_error"] = 1 - runs.test_acc
     runs["unit"] = runs[MODEL_KEYS].astype(str).agg(" ".join, axis=1)
     return runs
