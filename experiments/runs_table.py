@@ -30,8 +30,11 @@ PRIOR = 2000.0  # 0.5 x 4,000: the default N_eff's prior precision on MNIST-1D's
 
 def fixed_prior_n_eff(row: pd.Series) -> float:
     """N_eff at alpha = PRIOR / examples of the run's final spectrum (|eigenvalues|); NaN without it."""
-    path = Path(str(row.get("run", ""))) / "spectra" / f"step_{int(row.curvature_step)}.npz"
-    if not np.isfinite(row.get("curvature_step", np.nan)) or not path.is_file():
+    step = row.get("curvature_step", np.nan)
+    if not np.isfinite(step):  # no final curvature (a diverged run, a disagreeing record)
+        return np.nan
+    path = Path(str(row.get("run", ""))) / "spectra" / f"step_{int(step)}.npz"
+    if not path.is_file():
         return np.nan
     with np.load(path, allow_pickle=False) as f:
         ev = np.abs(f["eigenvalues"])

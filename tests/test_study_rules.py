@@ -96,3 +96,18 @@ def test_deep_rule_reads_agreement_within_depths():
     approx = bad.method == "approx"  # right about the depths, random within each
     bad.loc[approx, "n_eff"] = bad.loc[approx, "depth"] / 4 + rng.normal(size=int(approx.sum()))
     assert verdict.agreement(bad, "approx", "ref", "n_eff")[2] < verdict.AGREE
+
+
+def test_runs_table_reads_n_eff_at_one_prior_from_the_spectrum(tmp_path):
+    runs_table = study("", "runs_table")
+    (tmp_path / "spectra").mkdir()
+    ev = np.array([4.0, 1.0, -0.5, 0.0])
+    np.savez(tmp_path / "spectra" / "step_10.npz", eigenvalues=ev)
+    summary = pd.DataFrame({"model": ["mlp", "mlp"], "width": [8, 8], "dataset.n_train": [500, 500],
+                            "dataset.label_noise": [0.0, 0.0], "lr": [0.1, 0.1], "seed": [0, 1],
+                            "status": ["completed", "diverged"], "curvature_step": [10, np.nan],
+                            "hessian_examples": [500, np.nan], "run": [str(tmp_path), str(tmp_path)]})  # fmt: skip
+    table = runs_table.trimmed(summary)
+    alpha = runs_table.PRIOR / 500
+    assert table.n_eff_fixed_prior.iloc[0] == np.sum(np.abs(ev) / (np.abs(ev) + alpha))
+    assert np.isnan(table.n_eff_fixed_prior.iloc[1]) and table["size"].tolist() == [8, 8]
