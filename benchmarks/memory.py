@@ -76,7 +76,7 @@ def _job(name: str, depth: int, width: int, n: int, queue) -> None:
         from sane_cli.iterative import hvp_operator, lanczos, slq
 
         matvec, p = hvp_operator(model, loss_fn, x, y)
-        lanczos(matvec, p, 10)
+        lanczos(matvec, p, 10, tol=1e-6)
         slq(matvec, p, probes=16, steps=80)
     end = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     queue.put((start, end))
