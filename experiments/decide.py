@@ -112,6 +112,15 @@ def parts(folder, pattern: str) -> pd.DataFrame:
     return pd.concat([pd.read_csv(p) for p in found], ignore_index=True)
 
 
+def completed(runs: pd.DataFrame, describe) -> pd.DataFrame:
+    """The completed runs; the others are named in one line (``describe(row)`` names a run) and left out."""
+    ended = runs[runs.status != "completed"]
+    if len(ended):
+        names = "; ".join(f"{describe(r)}: {r.status}" for r in ended.itertuples())
+        print(f"left out ({len(ended)} runs not completed): {names}")
+    return runs[runs.status == "completed"]
+
+
 def combine(verdicts) -> str:
     """A claim's verdict from its parts' (families', effects'): reproduced if every part is, refuted if one is and
     none is reproduced, undecided otherwise.

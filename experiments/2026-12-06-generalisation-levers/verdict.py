@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from decide import combine, estimate, partial_spearman, parts, reading, spearman  # noqa: E402
+from decide import combine, completed, estimate, partial_spearman, parts, reading, spearman  # noqa: E402
 
 MEASURES = ["n_eff", "sane"]  # the claim's measures, final checkpoint (N_eff alpha 0.5; SANE rho 0.5, k 1)
 BESIDE = ["n_eff_fixed_prior"]  # N_eff at the prior precision 2,000 on the summed loss (alpha 2,000 / n_train)
@@ -101,12 +101,7 @@ def family_verdict(runs: pd.DataFrame, *, seed: int = 0, quiet: bool = False) ->
 
 
 def main(folder: Path) -> None:
-    runs = load(folder)
-    ended = runs[runs.status != "completed"]
-    if len(ended):
-        print(f"left out ({len(ended)} runs not completed): " + "; ".join(f"{r.unit} seed {r.seed}: {r.status}"
-                                                                       for r in ended.itertuples()))  # fmt: skip
-    runs = runs[runs.status == "completed"]
+    runs = completed(load(folder), lambda r: f"{r.unit} seed {r.seed}")
     verdicts = {}
     for family, sub in runs.groupby("model", sort=True):
         print(f"{family}:")

@@ -14,7 +14,7 @@ import pandas as pd
 from scipy.stats import f_oneway
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from decide import estimate, partial_spearman, parts, reading, spearman  # noqa: E402
+from decide import completed, estimate, partial_spearman, parts, reading, spearman  # noqa: E402
 
 MEASURES = ["sane_late", "n_eff_late"]  # each run's mean over its scheduled checkpoints in the last third
 BESIDE = ["lambda_max_late", "trace_late"]  # reported, deciding nothing
@@ -84,12 +84,7 @@ def premise(sub: pd.DataFrame) -> tuple[bool, str]:
 
 
 def main(folder: Path) -> None:
-    runs = load(folder)
-    ended = runs[runs.status != "completed"]
-    if len(ended):
-        print(f"not completed ({len(ended)} runs): " + "; ".join(f"lr {r.lr} {r.unit} seed {r.seed}: {r.status}"
-                                                                for r in ended.itertuples()))  # fmt: skip
-    done = runs[runs.status == "completed"]
+    done = completed(load(folder), lambda r: f"lr {r.lr} {r.unit} seed {r.seed}")
     results, premises = {}, {}
     for lr in sorted(done.lr.unique()):
         sub = done[done.lr == lr]
