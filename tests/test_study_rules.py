@@ -15,7 +15,8 @@ EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 def study(folder: str, name: str = "verdict"):
     path = EXPERIMENTS / folder / f"{name}.py"
-    sys.modules.pop("verdict", None)  # each study's power.py imports its own verdict.py by that name
+    for name in ("verdict", "decide"):  # each study's power.py imports its own verdict.py by that name, and the
+        sys.modules.pop(name, None)  # verdicts import experiments/decide.py as it is on disk now
     sys.path.insert(0, str(path.parent))
     try:
         spec = importlib.util.spec_from_file_location(f"{folder.replace('-', '_')}_{name}", path)
