@@ -1,4 +1,4 @@
-"""Command-line entry points: thin wrappers that compose the config and call plain functions.
+"""Command-line entry points: they compose and check the config, then call plain functions.
 
 ``sane-run``    Hydra app around :func:`sane_cli.training.train` (single runs and ``-m`` sweeps).
 ``sane-report`` figures, tables and report.html for every run below the given folders
