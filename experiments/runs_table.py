@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sane_cli.measures import n_eff
+
 RENAMED = {"dataset.n_train": "n_train", "dataset.label_noise": "label_noise"}
 KEPT = ["model", "depth", "width", "size", "n_train", "label_noise", "lr", "seed", "status", "n_params", "steps_done",
         "train_loss", "train_acc", "test_loss", "test_acc", "lambda_max", "trace", "n_eff", "sane", "weight_norm_sq",
@@ -37,8 +39,7 @@ def fixed_prior_n_eff(row: pd.Series) -> float:
     if not path.is_file():
         return np.nan
     with np.load(path, allow_pickle=False) as f:
-        ev = np.abs(f["eigenvalues"])
-    return float(np.sum(ev / (ev + PRIOR / float(row.hessian_examples))))
+        return n_eff(f["eigenvalues"], alpha=PRIOR / float(row.hessian_examples))
 
 
 def trimmed(summary: pd.DataFrame) -> pd.DataFrame:

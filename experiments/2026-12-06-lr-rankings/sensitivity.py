@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from sane_cli.measures import n_eff, sane
+
 SETTINGS = [("n_eff", a, None) for a in (0.05, 0.5, 5.0)] + [("sane", r, k) for r in (0.1, 0.5, 1.0) for k in (1, 5)]
 
 
@@ -26,11 +28,10 @@ def late_values(run: Path) -> dict[str, float]:
     out: dict[str, list[float]] = {}
     for step in late:
         with np.load(run / "spectra" / f"step_{int(step)}.npz", allow_pickle=False) as f:
-            m = np.abs(f["eigenvalues"])
-        top = np.sort(m)[::-1]
+            ev = f["eigenvalues"]
         for name, a, k in SETTINGS:
-            alpha = a if k is None else a * top[k - 1]
-            out.setdefault(f"{name}_{a:g}" + ("" if k is None else f"_k{k}"), []).append(float(np.sum(m / (m + alpha))))
+            value = n_eff(ev, alpha=a) if k is None else sane(ev, rho=a, k=k)
+            out.setdefault(f"{name}_{a:g}" + ("" if k is None else f"_k{k}"), []).append(value)
     return {key: float(np.mean(v)) for key, v in out.items()}
 
 
