@@ -28,7 +28,7 @@ P, STEPS, EVERY = 4000, 2000, 200
 
 def write_run(folder: Path, lr: float, depth: int, seed: int) -> None:
     rng = np.random.default_rng(seed * 1000 + depth)
-    w = RunWriter(folder)
+    w = RunWriter.create(folder)
     steps = np.arange(STEPS)
     loss = 2.3 * np.exp(-steps * lr / 100) + 0.1
     if lr >= 0.5:

@@ -1,4 +1,5 @@
-"""Spectral measures of a Hessian: N_eff, SANE and the per-checkpoint summary.
+"""Spectral measures of a Hessian: N_eff, SANE, the per-checkpoint summary, and the checkpoint's row with the
+sharpness the optimiser meets against its stability threshold (:func:`checkpoint_row`).
 
 All functions take the eigenvalues as a 1-D array (any order) and return plain floats.
 Definitions follow the authors' public implementation:
@@ -12,7 +13,11 @@ instead of taking absolute values.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from .records.schema import HESSIAN_COLUMNS, SETTING_COLUMNS
 
 MODES = ("abs", "clip")
 
@@ -167,3 +172,38 @@ def spectrum_distance(
     if scale == 0.0:
         return float("nan")
     return float(wasserstein_distance(a, b, wa, weights_b) / scale)
+
+
+def checkpoint_row(
+    *,
+    step: int,
+    kind: str,
+    lr: float,
+    result,
+    hcfg,
+    n_params: int,
+    subset: int,
+    threshold: float,
+    lambda_max_train: float | None = None,
+    preconditioned_sharpness: float | None = None,
+    seconds: float,
+) -> dict[str, Any]:
+    """One hessian.csv row: the curvature ``result`` (a :class:`sane_cli.methods.CurvatureResult`) of ``subset``
+    examples at ``step``, the settings of ``hcfg`` it was measured with, and the optimiser's side of it.
+
+    The sharpness that the optimiser meets is ``preconditioned_sharpness`` where one is given (Adam's
+    lambda_max(P^-1 H); NaN before its first step), else ``lambda_max_train``, the top eigenvalue of the whole
+    training loss (given when the Hessian is of a subset; lambda_max otherwise). ``sharpness_ratio`` is it over
+    the optimiser's stability ``threshold``: above 1, the optimiser is unstable along the top direction.
+    """
+    lambda_max_train = result.row["lambda_max"] if lambda_max_train is None else lambda_max_train
+    sharpness = lambda_max_train if preconditioned_sharpness is None else preconditioned_sharpness
+    row = {
+        "step": step, "lr": lr, "method": result.method, "dtype": result.dtype, "n_params": n_params,
+        "subset": subset, **{c: hcfg[c] for c in SETTING_COLUMNS}, **result.row,
+        "lambda_max_train": lambda_max_train,
+        "preconditioned_sharpness": float("nan") if preconditioned_sharpness is None else preconditioned_sharpness,
+        "stability_threshold": threshold, "sharpness_ratio": sharpness / threshold, "seconds": round(seconds, 4),
+        "kind": kind,
+    }  # fmt: skip
+    return {c: row[c] for c in HESSIAN_COLUMNS}

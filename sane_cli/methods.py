@@ -4,7 +4,7 @@
 Every method returns the same record (:class:`CurvatureResult`): what hessian.csv needs of the spectrum,
 with standard errors for estimates (0 for exact computations) and whether an iterative solver converged. The
 optimiser's side of a checkpoint (its stability threshold and the sharpness ratio) is added by
-:func:`sane_cli.records.checkpoint_row`.
+:func:`sane_cli.measures.checkpoint_row`.
 
 With ``hessian.layers``, each checkpoint also measures every layer on its own: the diagonal block of the
 Hessian that belongs to the layer's parameters (:func:`sane_cli.curvature.parameter_groups`), with
@@ -50,7 +50,6 @@ from .records import ADDED_KEYS, LAYER_COLUMNS
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 REORTHS = ("none", "selective", "full")  # SLQ's reorthogonalisation (sane_cli.iterative.slq)
-EXACT_FAMILY = ("exact", "block_diag", "block_band")  # the methods whose blocks come with the matrix they build
 
 
 class Measured(NamedTuple):
@@ -144,7 +143,7 @@ def layers_wanted(hcfg, method: str) -> bool:
     block_band: a fraction of its cost), not with lanczos or slq (a Lanczos or SLQ per layer: about as many
     times the cost as the net has layers). Configs written before the key existed measured no layers."""
     choice = hcfg.get("layers", ADDED_KEYS["hessian.layers"])
-    return method in EXACT_FAMILY if choice == "auto" else bool(choice)
+    return METHODS[method].whole if choice == "auto" else bool(choice)
 
 
 def measure(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, hcfg) -> CurvatureResult:
@@ -481,18 +480,21 @@ def _slq_memory(hcfg, model, n_params: int, have: int) -> tuple[int, str, str]:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A curvature method: what it computes, the memory it needs (checked before a run starts), and whether it
-    needs a layered model's blocks."""
+    """A curvature method: what it computes, the memory it needs (checked before a run starts), whether it needs
+    a layered model's blocks, and whether it builds the matrix whole."""
 
     run: Callable[..., Measured]  # (model, loss_fn, x, y, hcfg, dtype, layers) -> Measured (layers: keep blocks)
     memory: Callable[..., tuple[int, str, str]] | None = None  # (hcfg, model, P, bytes here) -> (bytes, what, fix)
     layered: bool = False
+    # builds the matrix (or its blocks) and diagonalises it: every eigenvalue, saved in spectra/, and the layers'
+    # blocks come with it (hessian.layers=auto measures them); otherwise the top Ritz values of a Lanczos run
+    whole: bool = False
 
 
 METHODS = checks.Registry("hessian.method", {
-    "exact": MethodSpec(_exact, _dense_memory),
-    "block_diag": MethodSpec(_block_diag, _block_memory, layered=True),
-    "block_band": MethodSpec(_block_band, _dense_memory, layered=True),
+    "exact": MethodSpec(_exact, _dense_memory, whole=True),
+    "block_diag": MethodSpec(_block_diag, _block_memory, layered=True, whole=True),
+    "block_band": MethodSpec(_block_band, _dense_memory, layered=True, whole=True),
     "lanczos": MethodSpec(_lanczos),
     "slq": MethodSpec(_slq, _slq_memory),
 })  # fmt: skip

@@ -52,21 +52,18 @@ from tqdm.auto import tqdm
 from .basins import BASIN_COLUMNS
 from .errors import UsageError
 from .records import FINISHED, STATUSES, Run, find_runs, load_run
+from .sensitivity import sensitivity_table
+from .statistics import BOOTSTRAP, FEW_UNITS, correlations, spike_inference
 from .tables import (
-    BOOTSTRAP,
     CHOOSABLE,
-    FEW_UNITS,
     MEASURES,
     SHARPNESS_RUNS,
     collect,
     combinations,
-    correlations,
     group_table,
     layer_profiles,
     layer_table,
     run_status,
-    sensitivity_table,
-    spike_inference,
     status_counts,
     summary_table,
     unique_slugs,
@@ -95,15 +92,20 @@ class Options:
 
 @dataclass
 class Tables:
-    """What the report-level figures are drawn from: the runs, their summary, groups and correlations."""
+    """What the report is drawn and written from: the runs, their tables, and what report.html tells besides."""
 
+    paths: list[Path]  # the folders the runs were collected below
+    out: Path  # the report's folder
     runs: list[Run]
     table: pd.DataFrame  # summary_table, one row per run
     keys: list[str]  # the config keys that vary
     groups: pd.DataFrame
     corr: pd.DataFrame
+    sens_corr: pd.DataFrame  # the correlations of the recomputed measures (sensitivity)
     options: Options
     profiles: pd.DataFrame  # layer_profiles: each layer's final curvature, unit by unit
+    per_run: list[tuple]  # _per_run's results, in the order of runs
+    skipped: list[str]  # runs left out or drawn in part, and why
 
 
 def _comparison(t: Tables, x: str, panels: list[str]):
@@ -297,14 +299,14 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
     sens.to_csv(out / "sensitivity.csv", index=False)
     sens_corr.to_csv(out / "sensitivity_correlations.csv", index=False)
 
-    context = Tables(runs, table, keys, groups, corr, options, profiles)
+    context = Tables(paths, out, runs, table, keys, groups, corr, sens_corr, options, profiles, per_run, skipped)
     drawn = {}  # figure -> its files
     for figure in FIGURES:
         fig = figure.draw(context)
         if fig is not None:
             drawn[figure] = _save(fig, out / "figures" / figure.name, options.formats)
     page = out / "report.html"
-    page.write_text(_html(paths, runs, table, keys, skipped, groups, corr, drawn, per_run, out, sens_corr, profiles))
+    page.write_text(_html(context, drawn))
     log.info("wrote %s in %.1f s", page, time.perf_counter() - start)
     return page
 
@@ -382,9 +384,12 @@ def _all_per_run(runs: list[Run], table: pd.DataFrame, out: Path, options: Optio
     return [_per_run(j) for j in tqdm(jobs, **bar)]
 
 
-def _html(paths, runs, table, keys, skipped, groups, corr, drawn, per_run, out: Path, sens_corr, profiles) -> str:
-    """report.html: plain HTML with relative links to the figures, readable offline."""
+def _html(t: Tables, drawn: dict) -> str:
+    """report.html: plain HTML with relative links to the ``drawn`` figures (figure -> its files), readable
+    offline."""
     from omegaconf import OmegaConf
+
+    paths, out, runs, table, keys, skipped = t.paths, t.out, t.runs, t.table, t.keys, t.skipped
 
     def img(files: list[str], alt: str) -> str:
         pngs = [f for f in files if f.endswith(".png")]
@@ -430,22 +435,22 @@ def _html(paths, runs, table, keys, skipped, groups, corr, drawn, per_run, out: 
     for figure, files in drawn.items():
         parts += [f"<h2>{figure.title}</h2>", f"<p>{figure.caption}</p>", img(files, figure.title)]
         if figure.name == "layer_profile":  # its numbers beside it
-            parts.append(tbl(profiles))
+            parts.append(tbl(t.profiles))
     parts += [
         "<h2>Correlations</h2><p>Across units (finished runs that differ only in their seed are one unit, their "
         "values averaged), over all units and within each model family (scope); _lo and _hi bound the 95 % "
         f"interval (hierarchical percentile bootstrap: units, then seeds within a unit, {BOOTSTRAP} resamples); "
-        f"few_units: fewer than {FEW_UNITS} units behind it.</p>", tbl(corr),
+        f"few_units: fewer than {FEW_UNITS} units behind it.</p>", tbl(t.corr),
         "<h2>Sensitivity</h2><p>The same correlations for N_eff and SANE recomputed from each run's saved spectrum "
         "(its last scheduled checkpoint; _late: the mean over the last third of its checkpoints) at other settings "
         "of alpha, rho and k, and N_eff at the evidence "
         "framework's optimal prior precision (n_eff_evidence); the values per run are in sensitivity.csv.</p>",
-        tbl(sens_corr[["scope", "measure", "target", "n_units", "spearman_rho", "spearman_lo", "spearman_hi",
+        tbl(t.sens_corr[["scope", "measure", "target", "n_units", "spearman_rho", "spearman_lo", "spearman_hi",
                        "kendall_tau"]]),
-        "<h2>Groups</h2><p>Completed runs that differ only in their seed.</p>", tbl(groups),
+        "<h2>Groups</h2><p>Completed runs that differ only in their seed.</p>", tbl(t.groups),
         "<h2>Per run</h2>",
     ]  # fmt: skip
-    for run, (label, basins, _, files, _) in zip(runs, per_run, strict=True):
+    for run, (label, basins, _, files, _) in zip(runs, t.per_run, strict=True):
         status = run_status(run)
         parts.append(f"<details><summary><b>{html.escape(label)}</b> ({status}) {html.escape(str(run.path))}</summary>")
         for f in files:

@@ -3,7 +3,7 @@
 ``train(cfg, run_dir)`` is the whole run; the ``sane-run`` command only composes the config and calls it. The
 loop (:class:`_Training`) reads top to bottom at each step: the checkpoint schedule (sane_cli.schedule), the
 curvature measurement (:meth:`_Training.measure`, by sane_cli.methods, its row built by
-sane_cli.records.checkpoint_row), the metrics, the optimiser step.
+sane_cli.measures.checkpoint_row), the metrics, the optimiser step.
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ from .data import Data, load_data
 from .devices import resolve_device
 from .errors import UsageError
 from .losses import loss_function
+from .measures import checkpoint_row
 from .methods import auto_choice, long_checkpoint, measure, preconditioned_sharpness, top_eigenvalue
 from .models import build_model, describe, n_parameters
 from .optim import build_optimizer, full_batch, is_preconditioned, preconditioner, stability_threshold
-from .records import FINAL_COLUMNS, RunWriter, checkpoint_row, json_default, resume_point
+from .records import FINAL_COLUMNS, RunWriter, json_default, resume_point
 from .schedule import Schedule
 from .signals import Interrupted, Signals
 from .trackers import Tracking
@@ -211,9 +212,9 @@ def _open_run(cfg, run_dir: Path, point, data: Data, device, n_params: int) -> t
             "n_train": len(data.y_train), "n_test": len(data.y_test), "environment": environment(device),
             "config": config,
         }  # fmt: skip
-        return RunWriter(run_dir, summary=summary), summary
+        return RunWriter.create(run_dir, summary), summary
     sizes = {} if point.checkpoint is None else point.checkpoint["resume"]["sizes"]  # {}: it starts over
-    writer, summary = RunWriter(run_dir, resume_sizes=sizes), point.summary
+    writer, summary = RunWriter.reopen(run_dir, sizes), point.summary
     summary.update(status="running", error=None, config=config)
     summary.pop("traceback", None)  # of an earlier failed attempt
     summary.setdefault("resumed", []).append(

@@ -78,7 +78,7 @@ def hand_made_run(tmp_path, spike: int = 50, extra=(), threshold: float | None =
     checkpoints around it whose top eigenvectors span known subspaces (and the ``extra`` checkpoints: step,
     top-2 eigenvectors, top eigenvalue); with ``threshold``, each checkpoint's sharpness ratio is lambda_max over
     it."""
-    w = RunWriter(tmp_path / "run")
+    w = RunWriter.create(tmp_path / "run")
     loss = curve_with_spikes([spike], n=100)
     for step, x in enumerate(loss):
         w.log_step_loss(step, float(x))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import resources
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -100,6 +101,49 @@ def test_bad_values_are_rejected_before_work(argv, message):
     with pytest.raises(UsageError, match=message) as info:
         precheck(argv)
     assert "\n" not in str(info.value)
+
+
+# checks of a model's and the data's sizes and of custom models, each for the last job of a sweep before the
+# first runs: the message's start, as sane-run prints it after "sane-run: error: "
+SIZED = [
+    (["-m", "hessian.k=1,100000"], "hessian.k=100000 is invalid: must be at most the number"),
+    (["-m", "lr=0.1,0.2", "optim=sgd", "optim.batch_size=5000"], "optim.batch_size=5000"),
+    (["hessian=block_diag", "width=2000"], "hessian.method=block_diag needs about 358,039 GiB"),
+    (["hessian=exact", "width=2000"], "hessian.method=exact needs about 376,468 GiB"),
+    (["model=custom"], "model.factory=None is invalid: must be package.module:callable"),
+    (
+        ["model=custom", "model.factory=no_such_mod:f"],
+        "model.factory=no_such_mod:f: cannot import",
+    ),
+    (
+        ["model=custom", "model.factory=torch.nn:Identity"],
+        "model.factory=torch.nn:Identity returned a module without trainable parameters",
+    ),
+    (
+        ["model=custom", "model.factory=sane_cli.examples:residual_mlp", "model.kwargs={depth: 3}"],
+        "model.factory=sane_cli.examples:residual_mlp failed with model.kwargs={'depth': 3}: TypeError",
+    ),
+    (
+        ["model=custom", "model.factory=sane_cli.examples:residual_mlp", "hessian=block_diag"],
+        "hessian.method='block_diag' is invalid: needs a model of layer blocks (mlp, cnn)",
+    ),
+    (["dataset.data_seed=abc"], "dataset.data_seed='abc' is invalid: must be an integer >= 0"),
+    (["dataset.data_seed=2.5"], "dataset.data_seed=2.5 is invalid: must be an integer >= 0"),
+    (["hessian.prior_precision=0"], "hessian.prior_precision=0 is invalid: must be a number > 0"),
+    (["model=cnn", "model.bias=maybe"], "model.bias='maybe' is invalid: must be true or false"),
+    pytest.param(
+        ["-m", "device=cpu,cuda", "steps=10"],
+        "device='cuda' is invalid: no CUDA device is available",
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+    ),
+]
+
+
+@pytest.mark.parametrize("argv,message", SIZED)
+def test_sizes_and_custom_models_are_checked_before_work(argv, message):
+    with pytest.raises(UsageError) as info:
+        precheck(argv)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value), str(info.value)
 
 
 def test_good_sweep_passes_precheck():
@@ -253,3 +297,21 @@ def test_a_linear_model_has_no_width():
         deep = validate(compose("config", overrides=["depth=2", "width=32"]))
     assert OmegaConf.to_container(a) == OmegaConf.to_container(b) and a.model.width is None and a.width is None
     assert deep.model.width == 32
+
+
+def test_the_keys_that_change_nothing_are_listed_once():
+    """records.NO_EFFECT is the one list of config keys that do not change what a run computes: Hydra's folder
+    names leave out only keys of it (or Hydra's own), a resumed run may change only keys of it, and each of its
+    keys is a key of the composed config under some dataset (none is stale)."""
+    from sane_cli.records import MAY_DIFFER, NO_EFFECT, no_effect
+
+    conf = OmegaConf.load(resources.files("sane_cli.conf") / "config.yaml")
+    excluded = list(conf.hydra.job.config.override_dirname.exclude_keys)
+    assert excluded and [k for k in excluded if not (k.startswith("hydra.") or no_effect(k))] == []
+    assert [k for k in MAY_DIFFER if not no_effect(k)] == []
+    assert no_effect("logger.dir") and no_effect("dataset.root") and not no_effect("dataset.n_train")
+    assert not no_effect("loggers") and not no_effect("lr")  # a key below one, not one that starts alike
+    with initialize_config_module(version_base="1.3", config_module="sane_cli.conf"):
+        composed = [compose("config", overrides=[f"dataset={name}"]) for name in ("mnist1d", "mnist")]
+    missing = [k for k in NO_EFFECT if not any(OmegaConf.select(c, k, default="<none>") != "<none>" for c in composed)]
+    assert missing == []

@@ -97,7 +97,7 @@ def test_interrupted_run_is_recorded(tmp_path, monkeypatch):
 def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     """A full disk while a spectrum is written: the run fails with its record, and neither a part of the
     file, nor a temporary, nor a hessian.csv row without its spectrum is left."""
-    import sane_cli.records as records
+    import sane_cli.records.writer as records
 
     real = records.np.savez
 
@@ -132,14 +132,14 @@ def test_a_run_folder_is_claimed_whole_and_only_once(tmp_path):
     readable, resumable record), and a second writer into the same folder is refused."""
     from sane_cli.records import RunWriter
 
-    writer = RunWriter(tmp_path / "run", summary={"status": "running", "config": {"seed": 3}})
+    writer = RunWriter.create(tmp_path / "run", summary={"status": "running", "config": {"seed": 3}})
     try:
         assert json.loads((tmp_path / "run" / "summary.json").read_text()) == {
             "status": "running",
             "config": {"seed": 3},
         }
         with pytest.raises(UsageError, match="already holds a run"):
-            RunWriter(tmp_path / "run")
+            RunWriter.create(tmp_path / "run")
         assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [  # with the room kept for the last summary
             ".summary.reserve", "hessian.csv", "layers.csv", "loss.csv", "metrics.csv", "spectra", "summary.json"
         ]  # fmt: skip

@@ -24,7 +24,7 @@ from helpers import make_config
 from sane_cli.errors import UsageError
 from sane_cli.records import HESSIAN_COLUMNS, RunWriter, find_runs, load_run
 from sane_cli.report import Options, main, report
-from sane_cli.tables import correlations
+from sane_cli.statistics import correlations
 from sane_cli.training import train
 
 LRS, SEEDS = (0.05, 0.2, 0.5), (0, 1)
@@ -148,7 +148,7 @@ def test_bootstrap_intervals_of_the_correlations():
     holds the estimate, narrows with more runs, and is the same for the same seed."""
     from scipy.stats import kendalltau, spearmanr
 
-    from sane_cli.tables import bootstrap_rank_correlations
+    from sane_cli.statistics import bootstrap_rank_correlations
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=12)
@@ -201,17 +201,17 @@ def test_correlations_average_seeds_within_units_and_split_families():
 def test_hierarchical_bootstrap_draws_units_then_their_own_seeds():
     """Each resampled unit mean averages as many draws from that unit's own runs as it has runs: over many
     resamples its mean is the unit's mean and its variance the runs' (population) variance over their number."""
-    from sane_cli.tables import BOOTSTRAP, _hierarchical_resamples
+    from sane_cli.statistics import BOOTSTRAP, hierarchical_resamples
 
     xs = np.array([[1.0, 2.0, 6.0], [10.0, np.nan, np.nan], [20.0, 30.0, np.nan]])
     counts = np.array([3, 1, 2])
-    mx, my = _hierarchical_resamples(xs, -xs, counts, seed=0)
+    mx, my = hierarchical_resamples(xs, -xs, counts, seed=0)
     assert mx.shape == (BOOTSTRAP, 3) and np.array_equal(my, -mx)
     draws = {u: [] for u in range(3)}
     for seed in range(20):
         idx_rng = np.random.default_rng(seed)
         drawn = idx_rng.integers(0, 3, size=(BOOTSTRAP, 3))  # the units, drawn first from the same stream
-        m, _ = _hierarchical_resamples(xs, xs, counts, seed=seed)
+        m, _ = hierarchical_resamples(xs, xs, counts, seed=seed)
         for u in range(3):
             draws[u].append(m[drawn == u])
     for u, c in enumerate(counts):
@@ -311,7 +311,7 @@ def test_partial_runs_are_listed_and_a_broken_spectrum_costs_only_its_figures(sw
     corrupt keeps its row and dynamics figure but loses those that need the spectra, with a warning naming
     it and the damaged file; the other runs are reported."""
     root = tmp_path / "outputs"
-    started = RunWriter(root / "started")
+    started = RunWriter.create(root / "started")
     started.write_summary({"status": "running", "config": {"optim": {"name": "gd", "lr": 0.1}, "seed": 0}})
     good = find_runs(sweep)[0]
     shutil.copytree(good, root / "good")
@@ -372,9 +372,9 @@ def test_a_killed_run_is_reported_as_stopped_and_a_live_one_as_running(sweep, tm
         shutil.copytree(good, tmp_path / "runs" / name)
         path = tmp_path / "runs" / name / "summary.json"
         path.write_text(path.read_text().replace('"status": "completed"', '"status": "running"'))
-    from sane_cli.records import _lock
+    from sane_cli.records.files import lock
 
-    fd = _lock(tmp_path / "runs" / "live")  # as a running sane-run holds its folder
+    fd = lock(tmp_path / "runs" / "live")  # as a running sane-run holds its folder
     try:
         report([tmp_path / "runs"], tmp_path / "rep", Options(jobs=1))
     finally:
@@ -478,21 +478,33 @@ def test_sensitivity_recomputes_the_measures_from_the_saved_spectra(tmp_path):
     """sane-report's sensitivity.csv: N_eff and SANE at other alpha, rho and k, and N_eff at the evidence
     framework's optimal prior precision, from each run's saved spectrum, against the formulas on hand-made
     spectra; a run without a full spectrum (slq) is left empty with a note; bad settings are one line."""
-    from sane_cli.tables import sensitivity_table
+    from sane_cli.sensitivity import sensitivity_table
 
     rng = np.random.default_rng(0)
     spectra = {}
     for i, method in enumerate(("exact", "exact", "exact", "slq")):
         folder = tmp_path / "runs" / f"run{i}"
-        w = RunWriter(folder)
+        w = RunWriter.create(folder)
         ev = np.sort(np.r_[rng.random(5) * (i + 1), -0.01 * rng.random(3), np.zeros(4)])[::-1]
         spectra[f"run{i}"] = ev
         for s in (0, 10, 20, 30):  # the spectrum grows: ev x 1, 2, 3, 4; the last third is steps 20 and 30
             w.log_metrics({"step": s, "epoch": s, "train_loss": 1.0 - 0.1 * i, "train_acc": 0.5, "test_loss": 1.0 + i,
                            "test_acc": 0.5 - 0.1 * i, "lr": 0.1})  # fmt: skip
             row = dict.fromkeys(HESSIAN_COLUMNS, 0.0)
-            row.update(step=s, method=method, kind="scheduled", subset=40, weight_norm_sq=3.0 + i, eig_mode="abs")
-            w.log_curvature(row, ev * (1 + s / 10), np.eye(len(ev))[:, :2])
+            row.update(
+                step=s,
+                method=method,
+                kind="scheduled",
+                subset=40,
+                weight_norm_sq=3.0 + i,
+                eig_mode="abs",
+                n_params=len(ev),
+            )
+            if method == "slq":  # its top Ritz values and the quadrature's nodes and weights, as slq saves them
+                nodes = np.tile(ev[:4], (2, 1))
+                w.log_curvature(row, ev[:3], np.eye(len(ev))[:, :2], slq_nodes=nodes, slq_weights=nodes * 0 + 0.25)
+            else:
+                w.log_curvature(row, ev * (1 + s / 10), np.eye(len(ev))[:, :2])
         config = {"optim": {"name": "gd", "lr": 0.1}, "seed": i, "hessian": {"eig_mode": "abs"}}
         finals = {f"final_{k}": 0.5 for k in ("train_loss", "test_loss", "train_acc", "test_acc")}
         w.write_summary({"status": "completed", "config": config, "n_train": 40, **finals})
@@ -569,7 +581,7 @@ def test_spike_inference_counts_each_run_once():
     """Each run's value is its median over spikes of each effect (log flattening against the matched null's,
     and so on), written out by hand here; the mean over runs carries a bootstrap interval over runs; the
     spikes without a matched null and the basins without a spike drop out."""
-    from sane_cli.tables import SPIKE_EFFECTS, spike_inference
+    from sane_cli.statistics import SPIKE_EFFECTS, spike_inference
 
     def spike(run, flat, matched_flat, sim, matched_sim, dist=0.3, matched_dist=0.1):
         return dict(run=run, spike_step=1, flattening=flat, matched_flattening=matched_flat, similarity=sim,

@@ -181,7 +181,7 @@ def test_what_cannot_be_resumed_is_refused_in_one_line(tmp_path):
     assert resume_point(folder, _as_stored(cfg)).step == 120
     with pytest.raises(UsageError, match=r"holds a run with another config \(lr: 0.1 there, 0.3 now\)"):
         resume_point(folder, _as_stored(make_config("steps=200", "hessian.every=50", "lr=0.3")))
-    writer = RunWriter(tmp_path / "busy")  # a run still going holds its folder
+    writer = RunWriter.create(tmp_path / "busy")  # a run still going holds its folder
     try:
         with pytest.raises(UsageError, match="still being written by a running sane-run"):
             resume_point(tmp_path / "busy")
@@ -335,10 +335,10 @@ def test_a_full_disk_mid_run_is_recorded_as_failed(tmp_path, monkeypatch):
     again the run resumes to the end."""
     import errno
 
-    import sane_cli.records as records
+    import sane_cli.records.writer as records
 
     full = {"on": False}
-    real_atomic, real_log = records._atomic, records.RunWriter.log_curvature
+    real_atomic, real_log = records.atomic, records.RunWriter.log_curvature
 
     def log_curvature(self, row, *args, **kwargs):
         if row["step"] > 0:
@@ -352,7 +352,7 @@ def test_a_full_disk_mid_run_is_recorded_as_failed(tmp_path, monkeypatch):
         return real_atomic(path, write)
 
     monkeypatch.setattr(records.RunWriter, "log_curvature", log_curvature)
-    monkeypatch.setattr(records, "_atomic", atomic)
+    monkeypatch.setattr(records, "atomic", atomic)
     folder = tmp_path / "run"
     cfg = make_config("steps=40", "hessian.every=10")
     with pytest.raises(OSError, match="No space left"):
