@@ -315,3 +315,15 @@ def test_the_keys_that_change_nothing_are_listed_once():
         composed = [compose("config", overrides=[f"dataset={name}"]) for name in ("mnist1d", "mnist")]
     missing = [k for k in NO_EFFECT if not any(OmegaConf.select(c, k, default="<none>") != "<none>" for c in composed)]
     assert missing == []
+
+
+def test_every_subpackage_is_installed():
+    """pyproject.toml lists its packages by name: each folder of sane_cli with an __init__.py is among them (a
+    non-editable install leaves out one that is not)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "sane_cli").rglob("__init__.py")}
+    assert found - listed == set()
