@@ -166,7 +166,7 @@ def train(
         try:
             training = _Training(cfg, data, model, device, writer, signals)
             if point is not None and point.checkpoint is not None:
-                training.restore(point.checkpoint)
+                training.load_state_dict(point.checkpoint)
             summary.update(training.run(progress))
         except KeyboardInterrupt as e:
             stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
@@ -226,109 +226,26 @@ def _open_run(cfg, run_dir: Path, point, data: Data, device, n_params: int) -> t
 RESUME_FORMAT = 1
 
 
-class _Training:
-    """One run's training loop and everything it carries from step to step: the model, optimiser, batches,
-    checkpoint schedule, the parameters before the latest step (for pre-spike checkpoints), and the latest
-    metrics and curvature rows (for the summary). With them, what checkpoint.pt saves so that a resumed run
-    continues exactly (:meth:`save`, :meth:`restore`)."""
+class _Probe:
+    """The curvature probe of a run: one checkpoint of the Hessian of the training loss (or of the user's subset)
+    by the configured method, with the sharpness the optimiser meets against its stability threshold, written to
+    hessian.csv, layers.csv and spectra/."""
 
-    def __init__(self, cfg, data: Data, model: torch.nn.Module, device, writer: RunWriter, signals: Signals):
-        self.cfg, self.model, self.writer, self.signals = cfg, model, writer, signals
-        self.config = json.dumps(OmegaConf.to_container(cfg, resolve=True), default=json_default)
-        self.loss_fn = loss_function(cfg.loss, data.n_classes)
-        self.lr = float(cfg.optim.lr)
-        self.opt = build_optimizer(model.parameters(), cfg.optim)
-        self.threshold = stability_threshold(cfg.optim)
+    def __init__(self, cfg, data: Data, device, loss_fn, writer: RunWriter, signals: Signals, steps: int):
+        self.cfg, self.loss_fn, self.steps, self.writer, self.signals = cfg, loss_fn, steps, writer, signals
+        self.lr, self.threshold = float(cfg.optim.lr), stability_threshold(cfg.optim)
         self.x_train, self.y_train = data.x_train.to(device), data.y_train.to(device)
-        self.x_test, self.y_test = data.x_test.to(device), data.y_test.to(device)
         # the Hessian of the training loss itself, unless the user asks for a subset (then lambda_max_train too)
         self.subset = cfg.hessian.subset is not None and int(cfg.hessian.subset) < len(self.y_train)
         self.hx, self.hy = self.x_train, self.y_train
         if self.subset:
             self.hx, self.hy = (t.to(device) for t in data.hessian_subset(int(cfg.hessian.subset), int(cfg.seed)))
-        batch_size = None if full_batch(cfg.optim) else cfg.optim.batch_size
-        self.batches = _Batches(self.x_train, self.y_train, batch_size, int(cfg.seed))
-        self.steps = total_steps(cfg, len(self.y_train))
-        self.n_params = n_parameters(model)
-        hcfg = cfg.hessian
-        # (spike checkpoints for full-batch runs only: a mini-batch loss jumps from batch to batch without any
-        # change of basin)
-        self.schedule = Schedule(
-            self.steps, int(hcfg.every), on_spike=bool(hcfg.on_spike) and full_batch(cfg.optim),
-            spike_threshold=float(hcfg.spike_threshold), spike_after=int(hcfg.spike_after),
-            spike_max=int(hcfg.spike_max), at_start=bool(hcfg.get("at_start", True)),
-        )  # fmt: skip
         # Adam's sharpness is read through its preconditioner (sane_cli.optim), kept with the parameters
         self.preconditioned = is_preconditioned(cfg.optim)
-        self.n_tensors = len(list(model.parameters()))
-        # the parameters (and preconditioner) at the top of the latest step, for a pre-spike checkpoint
-        self.previous = [p.detach().clone() for p in model.parameters()] if self.schedule.on_spike else []
-        if self.schedule.on_spike and self.preconditioned:  # none before the first step: a sharpness of NaN
-            self.previous += [torch.full_like(p, float("nan"), dtype=torch.float64) for p in model.parameters()]
-        self.step = 0  # the next step the loop runs
-        self.last: dict[str, Any] = {}  # the latest metrics and curvature rows
 
-    def run(self, progress: bool | None) -> dict[str, Any]:
-        """Train from ``self.step`` to the end (or the stop criterion, or divergence); the summary's entries."""
-        status, cfg = "completed", self.cfg
-        disable = None if progress is None else not progress  # None: a bar only on a terminal
-        bar = tqdm(total=self.steps, initial=self.step, desc="training", unit="step", disable=disable,
-                   file=sys.stderr, dynamic_ncols=True)  # fmt: skip
-        top, sizes = self.snapshot(), self.writer.sizes()  # the state at the top of the step the loop starts with
-        with logging_redirect_tqdm(), bar:  # log lines print above the bar rather than through it
-            try:
-                for step in range(self.step, self.steps + 1):
-                    self.signals.check()
-                    # from here to the optimiser step nothing of the training state changes: a stop resumes here
-                    kind = self.schedule.due(step)
-                    if (kind is not None or step == 0) and cfg.save_checkpoint:  # step 0: resumable from the start
-                        self.save(top, sizes)
-                    self.measure_pre_spike()  # found by the previous step's loss
-                    if kind is not None:
-                        self.last["curvature"] = self.measure(step, kind)
-                    if step % int(cfg.log_every) == 0 or step == self.steps:
-                        metrics = self.last["metrics"] = self.log_metrics(step)
-                        bar.set_postfix(loss=f"{metrics['train_loss']:.4g}", test_acc=f"{metrics['test_acc']:.3f}")
-                        if step < self.steps and _reached(cfg.get("stop"), metrics):
-                            status = "converged"
-                            if step not in self.schedule.measured:  # the curvature where the run ends ...
-                                if cfg.save_checkpoint:  # ... and the state it was taken of, as at any checkpoint
-                                    self.save(top, sizes)
-                                self.last["curvature"] = self.measure(step, "scheduled")
-                            log.info("step %d: the stop criterion %s is reached; the run ends here", step,
-                                     OmegaConf.to_container(cfg.stop))  # fmt: skip
-                            break
-                    if step == self.steps:
-                        break
-                    with self.signals.hold():  # the step changes the state: a signal waits for the next step's top
-                        loss = self.forward(step)
-                        if not torch.isfinite(loss) or loss.item() > float(cfg.max_loss):
-                            status = "diverged"
-                            self.diverge(step, loss.item())
-                            break
-                        self.update(loss)
-                        self.step = step + 1
-                        top, sizes = self.snapshot(), self.writer.sizes()  # every file whole up to here
-                        bar.update(1)
-            except BaseException as e:
-                # a signal raised inside torch's own interpreter (torch.func's decompositions) comes out as a
-                # RuntimeError: a stop all the same
-                if not isinstance(e, KeyboardInterrupt) and self.signals.received is None:
-                    raise
-                if cfg.save_checkpoint:
-                    self.save(top, sizes)
-                if isinstance(e, KeyboardInterrupt):
-                    raise
-                raise Interrupted(self.signals.received) from None
-        return self.results(status, step)
-
-    def measure(
-        self, step: int, kind: str, net: torch.nn.Module | None = None, diagonal: list | None = None
-    ) -> dict[str, Any]:
-        """One curvature checkpoint of ``net`` (the model), whose preconditioner is ``diagonal`` (the
-        optimiser's), written to hessian.csv and spectra/; returns its row."""
-        net = self.model if net is None else net
-        diagonal = preconditioner(self.opt, self.cfg.optim) if diagonal is None else diagonal
+    def take(self, step: int, kind: str, net: torch.nn.Module, diagonal: list | None) -> dict[str, Any]:
+        """One curvature checkpoint of ``net``, whose optimiser's preconditioner is ``diagonal``, written to the
+        run folder; returns its hessian.csv row."""
         hcfg, start = self.cfg.hessian, time.perf_counter()
         result = measure(net, self.loss_fn, self.hx, self.hy, hcfg)
         # the sharpness that the optimiser meets is that of the whole training loss ...
@@ -340,13 +257,12 @@ class _Training:
                 sharpness = preconditioned_sharpness(net, self.loss_fn, self.x_train, self.y_train, hcfg, diagonal,
                                                      float(self.cfg.optim.weight_decay))  # fmt: skip
         row = checkpoint_row(
-            step=step, kind=kind, lr=self.lr, result=result, hcfg=hcfg, n_params=self.n_params, subset=len(self.hy),
-            threshold=self.threshold, lambda_max_train=lambda_max_train, preconditioned_sharpness=sharpness,
-            seconds=time.perf_counter() - start,
+            step=step, kind=kind, lr=self.lr, result=result, hcfg=hcfg, n_params=n_parameters(net),
+            subset=len(self.hy), threshold=self.threshold, lambda_max_train=lambda_max_train,
+            preconditioned_sharpness=sharpness, seconds=time.perf_counter() - start,
         )  # fmt: skip
         with self.signals.hold():
             self.writer.log_curvature(row, result.eigenvalues, result.eigenvectors, result.layers, **result.arrays)
-            self.schedule.measured.add(step)
         log.info(
             "step %d/%d %scurvature: lambda_max %.4g%s%s (threshold %.4g), N_eff %.4g, SANE %.4g, trace %.4g [%.1fs]",
             step, self.steps, "" if kind == "scheduled" else kind.replace("_", "-") + " ", row["lambda_max"],
@@ -356,39 +272,134 @@ class _Training:
         )  # fmt: skip
         return row
 
+
+class _Training:
+    """One run's training loop and the state it carries from step to step: the model, optimiser, batches,
+    checkpoint schedule, the parameters before the latest step (for pre-spike checkpoints), and the latest
+    metrics and curvature rows (for the summary). :meth:`state_dict` is what checkpoint.pt saves so that a
+    resumed run continues exactly (:meth:`load_state_dict`)."""
+
+    def __init__(self, cfg, data: Data, model: torch.nn.Module, device, writer: RunWriter, signals: Signals):
+        self.cfg, self.model, self.writer, self.signals = cfg, model, writer, signals
+        self.config = json.dumps(OmegaConf.to_container(cfg, resolve=True), default=json_default)
+        self.loss_fn = loss_function(cfg.loss, data.n_classes)
+        self.opt = build_optimizer(model.parameters(), cfg.optim)
+        self.x_train, self.y_train = data.x_train.to(device), data.y_train.to(device)
+        self.x_test, self.y_test = data.x_test.to(device), data.y_test.to(device)
+        batch_size = None if full_batch(cfg.optim) else cfg.optim.batch_size
+        self.batches = _Batches(self.x_train, self.y_train, batch_size, int(cfg.seed))
+        self.steps = total_steps(cfg, len(self.y_train))
+        self.probe = _Probe(cfg, data, device, self.loss_fn, writer, signals, self.steps)
+        hcfg = cfg.hessian
+        # (spike checkpoints for full-batch runs only: a mini-batch loss jumps from batch to batch without any
+        # change of basin)
+        self.schedule = Schedule(
+            self.steps, int(hcfg.every), on_spike=bool(hcfg.on_spike) and full_batch(cfg.optim),
+            spike_threshold=float(hcfg.spike_threshold), spike_after=int(hcfg.spike_after),
+            spike_max=int(hcfg.spike_max), at_start=bool(hcfg.get("at_start", True)),
+        )  # fmt: skip
+        self.n_tensors = len(list(model.parameters()))
+        # the parameters (and preconditioner) at the top of the latest step, for a pre-spike checkpoint
+        self.previous = [p.detach().clone() for p in model.parameters()] if self.schedule.on_spike else []
+        if self.schedule.on_spike and self.probe.preconditioned:  # none before the first step: a sharpness of NaN
+            self.previous += [torch.full_like(p, float("nan"), dtype=torch.float64) for p in model.parameters()]
+        self.step = 0  # the next step the loop runs
+        self.last: dict[str, Any] = {}  # the latest metrics and curvature rows
+
+    def run(self, progress: bool | None) -> dict[str, Any]:
+        """Train from ``self.step`` to the end (or the stop criterion, or divergence); the summary's entries.
+
+        Each step: a stop asked for by a signal; at its top (where nothing of the state has changed yet, so a
+        stop resumes here) checkpoint.pt, a pending pre-spike checkpoint and a scheduled one; the metrics where
+        due, and the stop criterion; then, shielded from signals, the step itself."""
+        status, cfg = "completed", self.cfg
+        disable = None if progress is None else not progress  # None: a bar only on a terminal
+        bar = tqdm(total=self.steps, initial=self.step, desc="training", unit="step", disable=disable,
+                   file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+        top = self.top()  # the state at the top of the step the loop starts with
+        with logging_redirect_tqdm(), bar:  # log lines print above the bar rather than through it
+            try:
+                for step in range(self.step, self.steps + 1):
+                    self.signals.check()
+                    kind = self.schedule.due(step)
+                    if kind is not None or step == 0:  # step 0: resumable from the start
+                        self.save(top)
+                    self.measure_pre_spike()  # found by the previous step's loss
+                    if kind is not None:
+                        self.measure(step, kind)
+                    if step % int(cfg.log_every) == 0 or step == self.steps:
+                        metrics = self.log_metrics(step)
+                        bar.set_postfix(loss=f"{metrics['train_loss']:.4g}", test_acc=f"{metrics['test_acc']:.3f}")
+                        if step < self.steps and _stop_criterion_met(cfg.get("stop"), metrics):
+                            status = "converged"
+                            self.converge(step, top)
+                            break
+                    if step == self.steps:
+                        break
+                    with self.signals.hold():  # the step changes the state: a signal waits for the next step's top
+                        loss = self.forward(step)
+                        if _diverged(loss, float(cfg.max_loss)):
+                            status = "diverged"
+                            self.diverge(step, loss.item())
+                            break
+                        self.update(loss)
+                        self.step = step + 1
+                        top = self.top()  # every file whole up to here
+                        bar.update(1)
+            except BaseException as e:
+                self.stopped(e, top)
+        return self.results(status, step)
+
+    def top(self) -> tuple[dict[str, Any], dict[str, int]]:
+        """What checkpoint.pt needs of the top of a step beside the model and optimiser: the loop's own state
+        (parameter tensors shared, never changed in place) and the bytes of each CSV then."""
+        state = {"step": self.step, "last": dict(self.last), "schedule": self.schedule.snapshot()}
+        return state, self.writer.sizes()
+
+    def measure(self, step: int, kind: str) -> None:
+        """A curvature checkpoint of the model as it is."""
+        self.last["curvature"] = self.probe.take(step, kind, self.model, preconditioner(self.opt, self.cfg.optim))
+        self.schedule.measured.add(step)
+
     def measure_pre_spike(self) -> None:
         """The curvature of the parameters kept from before a spike's step, where a spike asks for one."""
         pre = self.schedule.take_pre_spike()
         if pre is not None:
             pre_step, kept = pre
             net = _with_parameters(self.model, kept[: self.n_tensors])
-            self.measure(pre_step, "pre_spike", net, kept[self.n_tensors :] or None)
+            self.probe.take(pre_step, "pre_spike", net, kept[self.n_tensors :] or None)
+            self.schedule.measured.add(pre_step)
 
     def log_metrics(self, step: int, train_loss: float | None = None) -> dict[str, Any]:
         """A metrics.csv row: the training and test loss and accuracy at ``step`` (``train_loss`` given: the
-        diverged batch loss in place of the training set's)."""
+        diverged batch loss in place of the training set's); kept as the latest."""
         tr_loss, tr_acc = evaluate(self.model, self.loss_fn, self.x_train, self.y_train)
         te_loss, te_acc = evaluate(self.model, self.loss_fn, self.x_test, self.y_test)
         row = {
             "step": step, "epoch": round(step * self.batches.batch_size / self.batches.n, 4),
             "train_loss": tr_loss if train_loss is None else train_loss,
-            "train_acc": tr_acc, "test_loss": te_loss, "test_acc": te_acc, "lr": self.lr,
+            "train_acc": tr_acc, "test_loss": te_loss, "test_acc": te_acc, "lr": self.probe.lr,
         }  # fmt: skip
         with self.signals.hold():
             self.writer.log_metrics(row)
+        self.last["metrics"] = row
         return row
 
     def forward(self, step: int) -> torch.Tensor:
-        """The loss of ``step``'s batch before its update: logged to loss.csv and watched for spikes; the
-        parameters at this step's top are kept for a pre-spike checkpoint of the next."""
+        """The loss of ``step``'s batch before its update, observed (:meth:`observe`)."""
         xb, yb = self.batches.next()
         self.model.train()
         loss = self.loss_fn(self.model(xb), yb)
-        self.writer.log_step_loss(step, loss.item())
-        self.schedule.observe(step, loss.item(), kept=lambda: [p.clone() for p in self.previous])
+        self.observe(step, loss.item())
+        return loss
+
+    def observe(self, step: int, loss: float) -> None:
+        """A step's batch loss: logged to loss.csv and watched for spikes; the parameters at this step's top are
+        kept for a pre-spike checkpoint of the next."""
+        self.writer.log_step_loss(step, loss)
+        self.schedule.observe(step, loss, kept=lambda: [p.clone() for p in self.previous])
         if self.schedule.on_spike:
             self.keep_previous()
-        return loss
 
     def update(self, loss: torch.Tensor) -> None:
         """The optimiser step on ``loss``."""
@@ -396,17 +407,38 @@ class _Training:
         loss.backward()
         self.opt.step()
 
+    def converge(self, step: int, top) -> None:
+        """End the run where the stop criterion is met, with a curvature checkpoint of where it ends (and the
+        state it was taken of, as at any checkpoint)."""
+        if step not in self.schedule.measured:
+            self.save(top)
+            self.measure(step, "scheduled")
+        log.info("step %d: the stop criterion %s is reached; the run ends here", step,
+                 OmegaConf.to_container(self.cfg.stop))  # fmt: skip
+
     def diverge(self, step: int, loss: float) -> None:
         """End the run at a non-finite or too large loss, keeping the spike's checkpoint and a metrics row."""
         self.measure_pre_spike()
-        self.last["metrics"] = self.log_metrics(step, train_loss=loss)
+        self.log_metrics(step, train_loss=loss)
         log.warning("diverged at step %d: training loss %.4g (max_loss %g); stopping this run", step, loss,
                     self.cfg.max_loss)  # fmt: skip
+
+    def stopped(self, e: BaseException, top) -> None:
+        """A stop by a signal (Ctrl-C, SIGTERM) saves the state at the top of the step it came in, then ends
+        the run as interrupted; any other exception is the run's failure, re-raised as it is."""
+        # a signal raised inside torch's own interpreter (torch.func's decompositions) comes out as a
+        # RuntimeError: a stop all the same
+        if not isinstance(e, KeyboardInterrupt) and self.signals.received is None:
+            raise e
+        self.save(top)
+        if isinstance(e, KeyboardInterrupt):
+            raise e
+        raise Interrupted(self.signals.received) from None
 
     def keep_previous(self) -> None:
         """Copy the parameters (and Adam's preconditioner) at the top of this step into ``previous``."""
         now = [p.detach() for p in self.model.parameters()]
-        if self.preconditioned:
+        if self.probe.preconditioned:
             diagonal = preconditioner(self.opt, self.cfg.optim)
             now += diagonal or [torch.full_like(p, float("nan")) for p in self.previous[self.n_tensors :]]
         torch._foreach_copy_(self.previous, now)
@@ -421,21 +453,22 @@ class _Training:
         return {"status": status, "steps_done": step, "steps_planned": self.steps,
                 "spikes_measured": self.schedule.spikes, **final}  # fmt: skip
 
-    def snapshot(self) -> dict[str, Any]:
-        """The state at the top of a step that is not in the model, optimiser or batches (parameter tensors
-        shared, never changed in place)."""
-        return {"step": self.step, "last": dict(self.last), "schedule": self.schedule.snapshot()}
+    def save(self, top) -> None:
+        """checkpoint.pt as at the top of a step (``top``, from :meth:`top`), unless save_checkpoint is off."""
+        if self.cfg.save_checkpoint:
+            with self.signals.hold():
+                self.writer.save_checkpoint(self.state_dict(*top))
 
-    def save(self, top: dict[str, Any], sizes: dict[str, int]) -> None:
-        """checkpoint.pt: the model and optimiser, and all a resumed run needs, as at the top of a step (``top``,
-        with ``sizes``, the bytes of each CSV then)."""
+    def state_dict(self, state: dict[str, Any], sizes: dict[str, int]) -> dict[str, Any]:
+        """checkpoint.pt's content: the model and optimiser, and all a resumed run needs, as at the top of a
+        step (``state``, with ``sizes``, the bytes of each CSV then)."""
         resume = {
             "format": RESUME_FORMAT,
-            "step": top["step"],
+            "step": state["step"],
             "config": self.config,  # what this state was trained with: a resumed run takes its config from here
             "sizes": sizes,  # bytes of each CSV at the top of that step: the part a resumed run keeps
-            **top["schedule"],  # spikes, measured, post_spike_at, pre_spike_step, pre_spike_parameters, detector
-            "last": json.dumps(top["last"], default=json_default),  # exact: floats are written with all their digits
+            **state["schedule"],  # spikes, measured, post_spike_at, pre_spike_step, pre_spike_parameters, detector
+            "last": json.dumps(state["last"], default=json_default),  # exact: floats keep all their digits
             "previous": self.previous,
             "batches": {"generator": self.batches.gen.get_state(), "order": self.batches.order,
                         "pos": self.batches.pos},
@@ -444,17 +477,10 @@ class _Training:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             },
         }  # fmt: skip
-        with self.signals.hold():
-            self.writer.save_checkpoint(
-                {
-                    "step": top["step"],
-                    "model": self.model.state_dict(),
-                    "optimizer": self.opt.state_dict(),
-                    "resume": resume,
-                }  # fmt: skip
-            )
+        return {"step": state["step"], "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "resume": resume}  # fmt: skip
 
-    def restore(self, checkpoint: dict) -> None:
+    def load_state_dict(self, checkpoint: dict) -> None:
         """Put the model, optimiser, batches, schedule and RNGs back as checkpoint.pt saved them."""
         r = checkpoint["resume"]
         if r.get("format") != RESUME_FORMAT:
@@ -475,7 +501,7 @@ class _Training:
         self.step, self.last = int(r["step"]), json.loads(r["last"])
 
 
-def _reached(stop, metrics: dict[str, Any]) -> bool:
+def _stop_criterion_met(stop, metrics: dict[str, Any]) -> bool:
     """Whether the training loss and accuracy of a metrics row meet ``stop`` (every criterion set; none set:
     never)."""
     if stop is None or (stop.get("train_loss") is None and stop.get("train_acc") is None):
@@ -483,6 +509,11 @@ def _reached(stop, metrics: dict[str, Any]) -> bool:
     loss_ok = stop.get("train_loss") is None or metrics["train_loss"] <= float(stop.train_loss)
     acc_ok = stop.get("train_acc") is None or metrics["train_acc"] >= float(stop.train_acc)
     return loss_ok and acc_ok
+
+
+def _diverged(loss: torch.Tensor, max_loss: float) -> bool:
+    """Whether a step's batch loss ends the run: not finite, or above ``max_loss``."""
+    return not torch.isfinite(loss) or loss.item() > max_loss
 
 
 def _with_parameters(model: torch.nn.Module, parameters: list[torch.Tensor]) -> torch.nn.Module:

@@ -43,7 +43,7 @@ A run folder holds::
     checkpoint.pt             model and optimiser state at the latest curvature checkpoint (or the step a
                               signal stopped the run at), with all a resumed run needs: the step, the
                               bytes of each CSV written by then, the batch order and RNG states, the
-                              spike detector's state (sane_cli.training._Training.save)
+                              spike detector's state (sane_cli.training._Training.state_dict)
 
 Rows are appended and flushed as they are made and summary.json is rewritten atomically, so a run that
 stops for any reason keeps everything it had logged; a resumed run cuts the CSVs back to the bytes its
