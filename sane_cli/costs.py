@@ -32,7 +32,7 @@ from torch.func import functional_call
 
 from .conv_hessian import layers_of
 from .curvature import layer_sizes
-from .models import CNN, MLP, activation_derivatives, n_parameters
+from .models import activation_derivatives, n_parameters, spec_of
 
 # Seconds per unit, 2 cores (benchmarks/auto_cost.py). Hessian-vector products in float32 (auto's SLQ dtype):
 SINGLE = (1.0e-3, 2.5e-11, 0.0, 3.8e-9)  # one product: fixed, per linear and per conv multiply-add, per activation
@@ -120,22 +120,34 @@ def _piecewise_linear(model: nn.Module) -> bool:
 
 
 def build_seconds(model: nn.Module, prof: Profile, n: int, p: int) -> float:
-    """The exact Hessian's build for ``model`` of P parameters (see the module docstring), float64."""
-    if isinstance(model, MLP):
-        sizes = layer_sizes(model)
-        pairs = sum(sizes[j] * sizes[m] for m in range(len(sizes)) for j in range(m, len(sizes)))
-        return FIXED + GEMM * n * pairs
-    if isinstance(model, CNN):
-        sizes, top = layer_sizes(model), len(prof.macs) - 1
-        above = [sum(prof.macs[m + 1 :]) for m in range(top + 1)]
-        scale = CONV2D if any(isinstance(mod, nn.Conv2d) for mod in model.modules()) else 1.0
-        if not _piecewise_linear(model):
-            return scale * (FIXED + CURVED * n * sum(sizes[m] * (above[m] + prof.macs[m]) for m in range(top + 1)))
-        conv = sum(sizes[:top])
-        gemm = prof.logits * conv**2 / 2 + sizes[top] * p
-        carried = sum(sizes[m] * above[m] for m in range(top - 2))
-        return scale * (FIXED + GEMM * n * gemm + DIRECTIONS * n * carried)
+    """The exact Hessian's build for ``model`` of P parameters (see the module docstring), float64: the count of
+    its layer-structured build where its registry entry has one (``build_cost``), else P Hessian-vector
+    products."""
+    cost = spec_of(model).build_cost
+    if cost is not None:
+        return cost(model, prof, n, p)
     return 2 * p * _product(BATCHED, prof, n)  # P products in float64, about twice float32's time
+
+
+def mlp_build_seconds(model: nn.Module, prof: Profile, n: int, p: int) -> float:
+    """The MLP's build: one product over the examples per block (n P_j P_m each)."""
+    sizes = layer_sizes(model)
+    pairs = sum(sizes[j] * sizes[m] for m in range(len(sizes)) for j in range(m, len(sizes)))
+    return FIXED + GEMM * n * pairs
+
+
+def cnn_build_seconds(model: nn.Module, prof: Profile, n: int, p: int) -> float:
+    """The CNN's build: the Gauss-Newton split where its activations are piecewise linear, else every
+    parameter's direction carried up and back."""
+    sizes, top = layer_sizes(model), len(prof.macs) - 1
+    above = [sum(prof.macs[m + 1 :]) for m in range(top + 1)]
+    scale = CONV2D if any(isinstance(mod, nn.Conv2d) for mod in model.modules()) else 1.0
+    if not _piecewise_linear(model):
+        return scale * (FIXED + CURVED * n * sum(sizes[m] * (above[m] + prof.macs[m]) for m in range(top + 1)))
+    conv = sum(sizes[:top])
+    gemm = prof.logits * conv**2 / 2 + sizes[top] * p
+    carried = sum(sizes[m] * above[m] for m in range(top - 2))
+    return scale * (FIXED + GEMM * n * gemm + DIRECTIONS * n * carried)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Three ways to build the exact Hessian, each tested against a dense torch.func reference:
 
-* ``layer_hessian`` for :class:`sane_cli.models.MLP` (``_mlp_hessian_into``) exploits the layer structure.
+* ``layer_hessian`` for :class:`sane_cli.models.MLP` (``mlp_build``) exploits the layer structure.
   The gradient of layer l's weights is a sum over examples of outer products, g_l = sum_i delta_l,i (x)
   a~_l-1,i (the back-propagated error times the layer's input, with a 1 appended for the bias). Layer m's weights
   enter the loss only through its pre-activations z_m, so the rows of H for layer m against every
@@ -145,16 +145,16 @@ def parameter_groups(model: nn.Module) -> list[tuple[str, str, int]]:
 
 
 def _build(model: nn.Module):
-    """The layer-structured build for the model's class."""
-    from .models import CNN, MLP
+    """The layer-structured build for the model, from its registry entry (sane_cli.models.MODELS)."""
+    from .models import spec_of
 
-    for cls, build in ((MLP, _mlp_hessian_into), (CNN, _cnn_hessian_into)):
-        if isinstance(model, cls):  # (a subclass keeps its parent's structure)
-            return build
-    raise ValueError(f"{type(model).__name__} has no layer-structured Hessian build; use hessian() instead")
+    build = spec_of(model).hessian_build
+    if build is None:
+        raise ValueError(f"{type(model).__name__} has no layer-structured Hessian build; use hessian() instead")
+    return build
 
 
-def _cnn_hessian_into(target, model, loss_fn, x, y, dtype, pairs, max_rows, max_elements) -> None:
+def cnn_build(target, model, loss_fn, x, y, dtype, pairs, max_rows, max_elements) -> None:
     """sane_cli.conv_hessian.cnn_hessian_into on a copy of the CNN in ``dtype``."""
     from .conv_hessian import cnn_hessian_into
 
@@ -173,7 +173,7 @@ def _pairs(n_layers: int, band: int | None) -> list[tuple[int, int]]:
     return [(j, m) for m in range(n_layers) for j in range(m, min(n_layers, m + band + 1))]
 
 
-def _mlp_hessian_into(
+def mlp_build(
     target: Callable[[int, int], tuple[torch.Tensor, int, int]],
     model: nn.Module,
     loss_fn: LossFn,

@@ -20,6 +20,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -227,13 +228,13 @@ def _synthetic(cfg) -> Data:
     return Data("synthetic", x_train, y_train, x_test, y_test, c)
 
 
-_MNIST_FILES = [
+_MNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
-]
-_CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+)
+_CIFAR_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
 
 
 def data_root(cfg) -> Path:
@@ -246,8 +247,8 @@ def data_root(cfg) -> Path:
 
 def _local_files(cfg) -> tuple[Path, Path, list[str]]:
     """(root, folder holding the files, file names) of a dataset read from a local folder."""
-    root = data_root(cfg)
-    return root, root / DATASETS[cfg.name].folder, _CIFAR_FILES if cfg.name == "cifar10" else _MNIST_FILES
+    root, spec = data_root(cfg), DATASETS[cfg.name]
+    return root, root / spec.folder, list(spec.files)
 
 
 def check_files(cfg) -> None:
@@ -263,7 +264,7 @@ def check_files(cfg) -> None:
     if cfg.get("download") and not all((folder / f).is_file() for f in files):
         from .downloads import fetch
 
-        fetch(cfg.name, root, DATASETS[cfg.name].folder, files, cfg.get("mirror"))
+        fetch(cfg.name, root, DATASETS[cfg.name].folder, files, DATASETS[cfg.name].source(), cfg.get("mirror"))
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         hint = " (found .gz files: gunzip them)" if any((folder / f"{m}.gz").is_file() for m in missing) else ""
@@ -274,11 +275,10 @@ def check_files(cfg) -> None:
 
 
 def _torchvision(cfg) -> Data:
-    from torchvision import datasets
 
     check_files(cfg)
     root, folder, _ = _local_files(cfg)
-    make = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "cifar10": _local_cifar10()}[cfg.name]
+    make = DATASETS[cfg.name].reader()
     try:
         with _safe_unpickling():
             train, test = make(str(root), train=True), make(str(root), train=False)
@@ -372,12 +372,36 @@ def _image_sizes(shape: tuple[int, ...], official: int):
 @dataclass(frozen=True)
 class DatasetSpec:
     """A dataset option: its loader, its sizes without loading it, the checks of its own keys, and for a set
-    read from a local folder the folder below ``dataset.root`` that holds its files."""
+    read from a local folder the folder below ``dataset.root`` that holds its files, their names, the
+    torchvision class that reads them and where they are downloaded from."""
 
     load: Callable[..., Data]  # (dataset config) -> Data
     sizes: Callable[..., tuple[tuple[int, ...], int, int]]  # (dataset config) -> (shape, classes, n_train max)
     check: Callable[..., None] = _no_checks  # (whole run config) -> None
     folder: str | None = None
+    files: tuple[str, ...] = ()
+    reader: Callable[[], type] | None = None  # () -> the torchvision dataset class (imported when called)
+    source: Callable[[], Any] | None = None  # () -> its sane_cli.downloads.Source (mirrors, archives and sums)
+
+
+def _torchvision_class(name: str) -> Callable[[], type]:
+    def reader() -> type:
+        from torchvision import datasets
+
+        return getattr(datasets, name)
+
+    return reader
+
+
+def _source(name: str) -> Callable[[], Any]:
+    def source():
+        from torchvision import datasets
+
+        from .downloads import source_of
+
+        return source_of(getattr(datasets, name))
+
+    return source
 
 
 DATASETS = checks.Registry("dataset.name", {
@@ -385,7 +409,11 @@ DATASETS = checks.Registry("dataset.name", {
     "synthetic": DatasetSpec(_synthetic, lambda cfg: ((int(cfg.n_features),), int(cfg.n_classes), int(cfg.n_train)),
                              _check_synthetic),
     "digits": DatasetSpec(_digits, lambda cfg: (DIGITS[1], 10, int(cfg.n_train)), _check_digits),
-    "mnist": DatasetSpec(_torchvision, _image_sizes((1, 28, 28), 60000), folder="MNIST/raw"),
-    "fashion_mnist": DatasetSpec(_torchvision, _image_sizes((1, 28, 28), 60000), folder="FashionMNIST/raw"),
-    "cifar10": DatasetSpec(_torchvision, _image_sizes((3, 32, 32), 50000), folder="cifar-10-batches-py"),
+    "mnist": DatasetSpec(_torchvision, _image_sizes((1, 28, 28), 60000), folder="MNIST/raw", files=_MNIST_FILES,
+                         reader=_torchvision_class("MNIST"), source=_source("MNIST")),
+    "fashion_mnist": DatasetSpec(_torchvision, _image_sizes((1, 28, 28), 60000), folder="FashionMNIST/raw",
+                                 files=_MNIST_FILES, reader=_torchvision_class("FashionMNIST"),
+                                 source=_source("FashionMNIST")),
+    "cifar10": DatasetSpec(_torchvision, _image_sizes((3, 32, 32), 50000), folder="cifar-10-batches-py",
+                           files=_CIFAR_FILES, reader=_local_cifar10, source=_source("CIFAR10")),
 })  # fmt: skip

@@ -35,23 +35,16 @@ class Source:
     unpack: str
 
 
-def sources() -> dict[str, Source]:
-    """The sources of the downloadable sets, read from torchvision's dataset classes (so that a torchvision
-    with other mirrors or sums is followed)."""
-    from torchvision import datasets
-
-    def idx(cls) -> Source:
+def source_of(cls) -> Source:
+    """Where torchvision's dataset class ``cls`` downloads its set from, read from the class (so that a
+    torchvision with other mirrors or sums is followed): MNIST-style classes' gzipped idx files, or CIFAR's
+    tar archive."""
+    if hasattr(cls, "mirrors"):
         return Source(tuple(cls.mirrors), tuple((name, md5) for name, md5 in cls.resources), "gz")
-
-    cifar = datasets.CIFAR10
-    return {
-        "mnist": idx(datasets.MNIST),
-        "fashion_mnist": idx(datasets.FashionMNIST),
-        "cifar10": Source((cifar.url.rsplit("/", 1)[0] + "/",), ((cifar.filename, cifar.tgz_md5),), "tar"),
-    }
+    return Source((cls.url.rsplit("/", 1)[0] + "/",), ((cls.filename, cls.tgz_md5),), "tar")
 
 
-def fetch(name: str, root: Path, folder: str, files: list[str], mirror: str | None = None) -> None:
+def fetch(name: str, root: Path, folder: str, files: list[str], source: Source, mirror: str | None = None) -> None:
     """Put the ``files`` of the image set ``name`` into ``root/folder``, downloading what is missing.
 
     Args:
@@ -59,6 +52,7 @@ def fetch(name: str, root: Path, folder: str, files: list[str], mirror: str | No
         root: ``dataset.root``; made if needed.
         folder: the folder below ``root`` the loader reads (``MNIST/raw``, ``cifar-10-batches-py``).
         files: the file names the loader needs there.
+        source: the mirrors, archives and their MD5 sums (:func:`source_of`).
         mirror: a URL prefix to fetch the archives from in place of torchvision's mirrors (their names and
             MD5 sums unchanged): a local mirror, or a test server.
 
@@ -69,7 +63,6 @@ def fetch(name: str, root: Path, folder: str, files: list[str], mirror: str | No
     target = root / folder
     if all((target / f).is_file() for f in files):
         return
-    source = sources()[name]
     mirrors = (mirror.rstrip("/") + "/",) if mirror else source.mirrors
     made = [p for p in (root, *root.parents) if not p.exists()]  # the folders this call makes
     try:

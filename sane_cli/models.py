@@ -13,6 +13,7 @@ the registry.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -220,14 +221,38 @@ class ModelSpec:
     build: Callable[..., nn.Module]  # (model config, input shape, classes) -> module
     check: Callable[..., None]  # (whole run config) -> None; raises UsageError on a bad key of its own
     keys: tuple[str, ...]  # the config keys that describe it (describe())
+    # its layer-structured exact Hessian build (sane_cli.curvature) and that build's counted cost in seconds
+    # (sane_cli.costs, for auto's choice); None: the Hessian is built from Hessian-vector products, at their cost
+    hessian_build: Callable[..., None] | None = None
+    build_cost: Callable[..., float] | None = None
+
+
+def _later(module: str, name: str) -> Callable:
+    """``sane_cli.<module>.<name>``, imported when first called (the modules that hold the builds and their
+    costs import this one)."""
+
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(f"sane_cli.{module}"), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
 MODELS = checks.Registry("model.name", {
-    "mlp": ModelSpec(MLP, _mlp, _check_mlp, ("depth", "width")),
-    "cnn": ModelSpec(CNN, _cnn, _check_cnn, ("depth", "channels", "kernel", "pooling")),
+    "mlp": ModelSpec(MLP, _mlp, _check_mlp, ("depth", "width"), hessian_build=_later("curvature", "mlp_build"),
+                     build_cost=_later("costs", "mlp_build_seconds")),
+    "cnn": ModelSpec(CNN, _cnn, _check_cnn, ("depth", "channels", "kernel", "pooling"),
+                     hessian_build=_later("curvature", "cnn_build"), build_cost=_later("costs", "cnn_build_seconds")),
     "custom": ModelSpec(nn.Module, _custom, _check_custom, ("factory",)),
 })  # fmt: skip
 BUILT_IN = ("mlp", "cnn")  # the models with depth and activation keys
+
+
+def spec_of(model: nn.Module) -> ModelSpec:
+    """The registry entry of a built model: that of the first built-in class it is an instance of (a subclass
+    keeps its parent's structure), else custom's."""
+    return next((spec for name, spec in MODELS.items() if name in BUILT_IN and isinstance(model, spec.cls)),
+                MODELS["custom"])  # fmt: skip
 
 
 def is_layered(model: nn.Module) -> bool:

@@ -3,6 +3,7 @@ small files in the real formats (IDX for MNIST and Fashion-MNIST, pickled batche
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import struct
@@ -13,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sane_cli.data import load_data
+from sane_cli.data import DATASETS, load_data
 from sane_cli.errors import UsageError
 
 
@@ -262,8 +263,7 @@ def mirror(monkeypatch):
     files = _idx_archives()
     server = _Server(files)
     source = downloads.Source((server.url,), tuple((n, hashlib.md5(b).hexdigest()) for n, b in files.items()), "gz")
-    real = downloads.sources
-    monkeypatch.setattr(downloads, "sources", lambda: {**real(), "mnist": source})
+    monkeypatch.setitem(DATASETS, "mnist", dataclasses.replace(DATASETS["mnist"], source=lambda: source))
     yield server
     server.close()
 
@@ -348,8 +348,7 @@ def test_cifar10_is_unpacked_from_its_archive(tmp_path, monkeypatch):
     archive = buf.getvalue()
     server = _Server({"cifar-10-python.tar.gz": archive})
     source = downloads.Source((server.url,), (("cifar-10-python.tar.gz", hashlib.md5(archive).hexdigest()),), "tar")
-    real = downloads.sources
-    monkeypatch.setattr(downloads, "sources", lambda: {**real(), "cifar10": source})
+    monkeypatch.setitem(DATASETS, "cifar10", dataclasses.replace(DATASETS["cifar10"], source=lambda: source))
     try:
         d = load_data(cfg(name="cifar10", root=str(tmp_path), download=True, mirror=None, n_train=None, n_test=None,
                           per_class=None))  # fmt: skip
