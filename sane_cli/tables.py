@@ -20,6 +20,7 @@ from .records import (
     FINAL_COLUMNS,
     FINISHED,
     LAYER_COLUMNS,
+    LAYER_MEASURES,
     REPORT_KEYS,
     VALUE_COLUMNS,
     Run,
@@ -328,9 +329,6 @@ def combinations(df: pd.DataFrame, keys: list[str]) -> list[str]:
 
 def status_counts(table: pd.DataFrame) -> str:
     return ", ".join(f"{n} {s}" for s, n in table.status.value_counts().items())
-
-
-LAYER_MEASURES = ("lambda_max", "trace", "n_eff", "sane", "sane_net")  # what layer_profiles averages over seeds
 
 
 def layer_table(runs: list[Run], labels) -> pd.DataFrame:

@@ -23,6 +23,7 @@ from typing import Any
 
 from . import checks
 from .errors import UsageError
+from .records.schema import LAYER_MEASURES
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ CURVATURE_SCALARS = (
     "lambda_max", "lambda_max_train", "lambda_min", "trace", "n_eff", "sane", "log_evidence",
     "preconditioned_sharpness", "stability_threshold", "sharpness_ratio",
 )  # fmt: skip
-LAYER_SCALARS = ("lambda_max", "trace", "n_eff", "sane", "sane_net")
 METRIC_SCALARS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
 
 
@@ -76,7 +76,7 @@ class TensorBoard:
             self.writer.add_scalar(f"{group}/{key}", value, step)
         if row["kind"] == "scheduled":
             for layer in layers:
-                for key, value in _scalars(layer, LAYER_SCALARS).items():
+                for key, value in _scalars(layer, LAYER_MEASURES).items():
                     self.writer.add_scalar(f"layers/{key}/{int(layer['layer'])}", value, step)
         self.writer.flush()
 

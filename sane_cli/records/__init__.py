@@ -23,6 +23,7 @@ from .schema import (
     FINISHED,
     HESSIAN_COLUMNS,
     LAYER_COLUMNS,
+    LAYER_MEASURES,
     LOSS_COLUMNS,
     MAY_DIFFER,
     METRICS_COLUMNS,
@@ -39,6 +40,7 @@ from .writer import RunWriter
 
 __all__ = [
     "ADDED_KEYS", "CHECKPOINT_KINDS", "ENDED", "FINAL_COLUMNS", "FINISHED", "HESSIAN_COLUMNS", "LAYER_COLUMNS",
+    "LAYER_MEASURES",
     "LOSS_COLUMNS", "MAY_DIFFER", "METRICS_COLUMNS", "NO_EFFECT", "REPORT_KEYS", "RESERVE", "SETTING_COLUMNS",
     "STATUSES", "VALUE_COLUMNS", "ResumePoint", "Run", "RunWriter", "as_it_ran", "checkpoint_config",
     "config_value", "find_runs", "first_difference", "is_locked", "is_run_dir", "json_default", "load_run",

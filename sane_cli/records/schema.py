@@ -82,6 +82,9 @@ LAYER_COLUMNS = [
     "step", "kind", "layer", "module", "module_type", "params", "method", "lambda_max", "lambda_min", "trace",
     "trace_se", "n_negative", "n_eff", "n_eff_se", "sane", "sane_se", "sane_net", "sane_net_se", "converged",
 ]  # fmt: skip
+# the measures of a layer that are followed over training and averaged over seeds (the report's layer profiles,
+# a tracker's scalars)
+LAYER_MEASURES = ("lambda_max", "trace", "n_eff", "sane", "sane_net")
 # columns of text (every other column of the CSVs holds numbers)
 TEXT_COLUMNS = {"method", "dtype", "reorth", "eig_mode", "converged", "kind", "module", "module_type"}
 CHECKPOINT_KINDS = ("scheduled", "pre_spike", "post_spike")
