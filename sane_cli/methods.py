@@ -530,7 +530,7 @@ def check_memory(hcfg, model: nn.Module, n: int, input_shape: tuple[int, ...]) -
 
 def check_config(cfg) -> None:
     """The ``hessian`` group's keys of a run config (and that a layer-ordered method has a layered model).
-    ``hessian.reorth`` true / false (configs before 0.5) are rewritten as full / none."""
+    ``hessian.reorth`` true / false (older configs) are rewritten as full / none."""
     from omegaconf import OmegaConf, open_dict
 
     from .models import MODELS
@@ -555,7 +555,7 @@ def check_config(cfg) -> None:
     checks.choice(cfg, "hessian.auto_slq_dtype", DTYPES)
     checks.choice(cfg, "hessian.eig_mode", MODES)
     reorth = OmegaConf.select(cfg, "hessian.reorth")
-    if isinstance(reorth, bool):  # true / false (before 0.5): full / none
+    if isinstance(reorth, bool):  # true / false (older configs): full / none
         with open_dict(cfg):
             cfg.hessian.reorth = "full" if reorth else "none"
     checks.choice(cfg, "hessian.reorth", REORTHS)
@@ -563,7 +563,7 @@ def check_config(cfg) -> None:
     checks.flag(cfg, "hessian.on_spike")
     if "at_start" in cfg.hessian:  # an older run config lacks it (records.ADDED_KEYS: a checkpoint at step 0)
         checks.flag(cfg, "hessian.at_start")
-    if "layers" not in cfg.hessian:  # a config of 0.9 or before: it measured no layers
+    if "layers" not in cfg.hessian:  # a config from before the key: it measured no layers
         with open_dict(cfg):
             cfg.hessian.layers = ADDED_KEYS["hessian.layers"]
     layers = cfg.hessian.layers

@@ -23,7 +23,7 @@ def sensitivity_table(
     scheduled checkpoint and, as ``<column>_late``, averaged over :func:`late_checkpoints` (at large learning
     rates one end-point Hessian is a random phase of an oscillation). The run's own eig_mode is kept. Runs
     without a full spectrum (lanczos, slq: :meth:`sane_cli.records.Run.full_spectrum`) or whose spectrum cannot
-    be read have NaN, and runs written before 0.7 (no weight_norm_sq) have no evidence values.
+    be read have NaN, and runs whose hessian.csv lacks weight_norm_sq have no evidence values.
 
     Returns (one row per run: label, run, status, step, method, and a column per measure and setting; the
     measure columns; a message per run left out)."""

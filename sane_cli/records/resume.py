@@ -94,7 +94,7 @@ def resume_point(run_dir: str | Path, config: dict[str, Any] | None = None) -> R
 
 
 def checkpoint_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
-    """The run config a checkpoint.pt was trained with (saved since sane-run 0.9); None for an older one."""
+    """The run config a checkpoint.pt was trained with; None for one that predates saving it."""
     text = checkpoint.get("resume", {}).get("config")
     return None if text is None else json.loads(text)
 
