@@ -5,7 +5,9 @@ seed, and a unit's value is the mean over its runs. Intervals come from a hierar
 draw the units with replacement, then each drawn unit's runs with replacement, average, and recompute the
 statistic; a paired comparison (one measure against another) takes both from the same resample.
 
-numpy, scipy and pandas only, so that a verdict is reproducible from the shipped tables without sane-run.
+numpy, scipy and pandas only, so that a verdict is reproducible from the shipped tables without sane-run. The
+report's intervals (sane_cli.statistics) are drawn the same way; this copy stays as the registered rules used it,
+whatever the report's code becomes.
 """
 
 from __future__ import annotations
