@@ -56,21 +56,22 @@ from typing import Any
 
 METRICS_COLUMNS = ["step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
 
-HESSIAN_COLUMNS = [
-    "step", "lr", "method", "dtype", "reorth", "n_params", "subset", "lambda_max", "lambda_max_train", "lambda_min",
-    "trace", "trace_se", "n_negative", "n_eff", "n_eff_se", "n_eff_bound", "sane", "sane_se", "sane_bound",
-    "log_evidence", "weight_norm_sq", "alpha", "rho", "k", "eig_mode", "preconditioned_sharpness",
-    "stability_threshold", "sharpness_ratio", "converged", "seconds", "kind",
-]  # fmt: skip
-
-# the settings a checkpoint was measured with (hessian.alpha, .rho, .k, .eig_mode), echoed in each row
-SETTING_COLUMNS = ["alpha", "rho", "k", "eig_mode"]
-
-# what a checkpoint measured: the columns from lambda_max up to converged, its settings aside
-VALUE_COLUMNS = [
-    c for c in HESSIAN_COLUMNS[HESSIAN_COLUMNS.index("lambda_max") : HESSIAN_COLUMNS.index("converged")]
-    if c not in SETTING_COLUMNS
-]  # fmt: skip
+# hessian.csv's columns in their order on disk, each with its part: what identifies the checkpoint (key), what
+# it measured (value: the summary's final_<column> and the report's columns follow from these), the settings it
+# was measured with (setting: hessian.alpha, .rho, .k, .eig_mode, echoed in each row), and how it ran (run). A new
+# column is one line here, its part saying where it goes.
+HESSIAN_PARTS = {
+    "step": "key", "lr": "key", "method": "key", "dtype": "key", "reorth": "key", "n_params": "key",
+    "subset": "key", "lambda_max": "value", "lambda_max_train": "value", "lambda_min": "value", "trace": "value",
+    "trace_se": "value", "n_negative": "value", "n_eff": "value", "n_eff_se": "value", "n_eff_bound": "value",
+    "sane": "value", "sane_se": "value", "sane_bound": "value", "log_evidence": "value", "weight_norm_sq": "value",
+    "alpha": "setting", "rho": "setting", "k": "setting", "eig_mode": "setting", "preconditioned_sharpness": "value",
+    "stability_threshold": "value", "sharpness_ratio": "value", "converged": "run", "seconds": "run",
+    "kind": "key",
+}  # fmt: skip
+HESSIAN_COLUMNS = list(HESSIAN_PARTS)
+SETTING_COLUMNS = [c for c, part in HESSIAN_PARTS.items() if part == "setting"]
+VALUE_COLUMNS = [c for c, part in HESSIAN_PARTS.items() if part == "value"]
 
 # a run's final curvature in summary.json (final_<column>): the values without their standard errors and bounds
 FINAL_COLUMNS = [c for c in VALUE_COLUMNS if not c.endswith(("_se", "_bound"))]
