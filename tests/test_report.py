@@ -46,12 +46,20 @@ def digest(folder) -> dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_report_writes_every_file_and_changes_no_run(sweep, tmp_path):
+@pytest.fixture(scope="module")
+def built(sweep, tmp_path_factory):
+    """The sweep's report, built once for the tests that only read it: (its folder, the sweep's files' digests
+    before and after)."""
+    out = tmp_path_factory.mktemp("built") / "rep"
     before = digest(sweep)
-    page = report([sweep], tmp_path / "rep", Options(formats=("png", "pdf")))
-    assert digest(sweep) == before
-    out = tmp_path / "rep"
-    assert page == out / "report.html"
+    report([sweep], out, Options(formats=("png", "pdf")))
+    return out, before, digest(sweep)
+
+
+def test_report_writes_every_file_and_changes_no_run(built):
+    out, before, after = built
+    assert after == before
+    page = out / "report.html"
     for name in ("summary.csv", "groups.csv", "correlations.csv", "basins.csv", "spikes.csv", "spikes_per_run.csv",
                  "figures/lr_comparison.png",
                  "figures/lr_comparison.pdf"):  # fmt: skip
@@ -73,9 +81,9 @@ def test_report_writes_every_file_and_changes_no_run(sweep, tmp_path):
     assert '<td class="bad">diverged</td>' in text
 
 
-def test_summary_and_groups_equal_the_logs(sweep, tmp_path):
-    report([sweep], tmp_path / "rep", Options(jobs=1))
-    table = pd.read_csv(tmp_path / "rep" / "summary.csv")
+def test_summary_and_groups_equal_the_logs(built):
+    out = built[0]
+    table = pd.read_csv(out / "summary.csv")
     assert len(table) == 7 and set(table.status) == {"completed", "diverged"}
     assert table.loc[table.status == "diverged", "lr"].tolist() == [500]
     for _, row in table.iterrows():
@@ -87,7 +95,7 @@ def test_summary_and_groups_equal_the_logs(sweep, tmp_path):
             assert row.curvature_step == last.step
             assert row.gen_gap == pytest.approx(run.summary["final_test_loss"] - run.summary["final_train_loss"])
             assert row.label == f"lr={row.lr:g} seed={row.seed}"
-    groups = pd.read_csv(tmp_path / "rep" / "groups.csv")
+    groups = pd.read_csv(out / "groups.csv")
     assert sorted(groups.lr) == list(LRS) and (groups.n_runs == 2).all()  # seeds averaged, diverged run excluded
     for lr in LRS:
         values = table.loc[table.lr == lr, "sane"]
@@ -120,13 +128,13 @@ def spearman(x, y) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def test_correlations_match_a_direct_computation(sweep, tmp_path):
-    report([sweep], tmp_path / "rep", Options(jobs=1))
-    table = pd.read_csv(tmp_path / "rep" / "summary.csv")
-    corr = pd.read_csv(tmp_path / "rep" / "correlations.csv")
+def test_correlations_match_a_direct_computation(built):
+    out = built[0]
+    table = pd.read_csv(out / "summary.csv")
+    corr = pd.read_csv(out / "correlations.csv")
     done = table[table.status == "completed"]
     assert len(corr) == 5 * 3 and (corr.n_runs == len(done)).all() and (corr.scope == "all").all()
-    sensitivity = pd.read_csv(tmp_path / "rep" / "sensitivity_correlations.csv")  # the same units there
+    sensitivity = pd.read_csv(out / "sensitivity_correlations.csv")  # the same units there
     assert (sensitivity.n_units == len(LRS)).all() and (sensitivity.n_runs == len(done)).all()
     means = done.groupby("lr").mean(numeric_only=True)  # the seeds of a learning rate are one unit
     assert (corr.n_units == len(LRS)).all() and (corr.seeds_min == corr.seeds_max).all()
