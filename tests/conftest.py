@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from helpers import make_config
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (the default: ``-n 2``), each worker keeps to its own share of the cores, and so do the
+    sane-run processes it starts (they take their threads from the cores they may use): two workers on 2 cores
+    never wait on each other's threads."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker is None or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if count <= len(cores):
+        mine = set(cores[int(worker.removeprefix("gw")) :: count])
+        os.sched_setaffinity(0, mine)
+        torch.set_num_threads(len(mine))
 
 # tests that take ``device`` run on every device present: the CPU, and CUDA where a GPU is
 # (benchmarks/gpu_check.sh runs the suite there)
