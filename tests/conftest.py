@@ -10,9 +10,9 @@ from helpers import make_config
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (the default: ``-n 2``), each worker keeps to its own share of the cores, and so do the
-    sane-run processes it starts (they take their threads from the cores they may use): two workers on 2 cores
-    never wait on each other's threads."""
+    """Under pytest-xdist (the default: ``-n 2 --dist worksteal``, an idle worker taking tests queued for the
+    other), each worker keeps to its own share of the cores, and so do the sane-run processes it starts (they take
+    their threads from the cores they may use): two workers on 2 cores never wait on each other's threads."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if worker is None or not hasattr(os, "sched_setaffinity"):
         return
