@@ -22,6 +22,7 @@ def pytest_configure(config):
         os.sched_setaffinity(0, mine)
         torch.set_num_threads(len(mine))
 
+
 # tests that take ``device`` run on every device present: the CPU, and CUDA where a GPU is
 # (benchmarks/gpu_check.sh runs the suite there)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
