@@ -1,10 +1,11 @@
 """Whether two sets of reference runs (benchmarks/same_outputs.sh) hold the same outputs.
 
 Every file under A against B's: byte-identical, or else the same but for what differs from run to run by design:
-the folder's own path (A's root read as B's), the executable's path in summary.json's command, timings (hessian.csv's
-``seconds``, summary.json's ``wall_seconds`` and ``started``, checkpoint.pt's copy of the last row), the CSV sizes a
-checkpoint records (they hold the timings' text), when a signal stopped the resumed run, NaN against NaN; logs are
-not compared. Prints each file that differs and a count; exits 1 if any does.
+the folder's own path (A's root read as B's), the folder sane-run was started in, the executable's path in
+summary.json's command, timings (hessian.csv's ``seconds``, summary.json's ``wall_seconds`` and ``started``,
+checkpoint.pt's copy of the last row), the CSV sizes a checkpoint records (they hold the timings' text), when a
+signal stopped the resumed run, NaN against NaN; logs are not compared. Prints each file that differs and a count;
+exits 1 if any does.
 
 Usage: python benchmarks/same_outputs.py A B    (then A-report against B-report)
 """
@@ -74,7 +75,7 @@ def compare(a_root: Path, b_root: Path) -> int:
         elif fa.suffix == ".json":
             bad = norm(json.loads(fa.read_text())) != norm(json.loads(fb.read_text()))
         elif fa.suffix in (".yaml", ".html"):
-            ta, tb = unroot(fa.read_text()), unroot(fb.read_text())
+            ta, tb = (re.sub(r"(?m)^\s*cwd: .*$", "", unroot(f.read_text())) for f in (fa, fb))  # where it was started
             if fa.suffix == ".html":  # the time it was written
                 ta, tb = (re.sub(r"Written [0-9-]+ [0-9:]+", "", t) for t in (ta, tb))
             bad = ta != tb

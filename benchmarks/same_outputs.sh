@@ -30,10 +30,13 @@ r converged stop.train_acc=0.3 steps=600 hessian.every=250
 r diverged lr=60 steps=60 hessian.every=20
 r subset hessian.subset=500 steps=100 hessian.every=50
 r adamfull optim=adam lr=0.03 steps=200 hessian.every=100
-# stopped by SIGTERM after 12 s, then resumed (where it stopped varies; what it ends with does not)
+# stopped by SIGTERM once two checkpoints are logged, then resumed (where it stops varies; what it ends with does not)
 sane-run steps=400 hessian.every=50 threads=1 hydra.run.dir="$out/resumed" >"$out/resumed.out" 2>&1 &
 pid=$!
-sleep 12
+for _ in $(seq 1200); do
+  [ "$(wc -l <"$out/resumed/hessian.csv" 2>/dev/null || echo 0)" -ge 3 ] && break
+  sleep 0.1
+done
 kill -TERM "$pid"
 wait "$pid"
 sane-run resume="$out/resumed" >>"$out/resumed.out" 2>&1 || echo "FAILED: resume (see $out/resumed.out)"

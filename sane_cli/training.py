@@ -231,10 +231,12 @@ class _Probe:
     by the configured method, with the sharpness the optimiser meets against its stability threshold, written to
     hessian.csv, layers.csv and spectra/."""
 
-    def __init__(self, cfg, data: Data, device, loss_fn, writer: RunWriter, signals: Signals, steps: int):
+    def __init__(self, cfg, data: Data, train: tuple, loss_fn, writer: RunWriter, signals: Signals, steps: int):
+        """``train``: the training set's inputs and labels, already on the run's device (one copy of them there)."""
         self.cfg, self.loss_fn, self.steps, self.writer, self.signals = cfg, loss_fn, steps, writer, signals
         self.lr, self.threshold = float(cfg.optim.lr), stability_threshold(cfg.optim)
-        self.x_train, self.y_train = data.x_train.to(device), data.y_train.to(device)
+        self.x_train, self.y_train = train
+        device = self.x_train.device
         # the Hessian of the training loss itself, unless the user asks for a subset (then lambda_max_train too)
         self.subset = cfg.hessian.subset is not None and int(cfg.hessian.subset) < len(self.y_train)
         self.hx, self.hy = self.x_train, self.y_train
@@ -289,7 +291,8 @@ class _Training:
         batch_size = None if full_batch(cfg.optim) else cfg.optim.batch_size
         self.batches = _Batches(self.x_train, self.y_train, batch_size, int(cfg.seed))
         self.steps = total_steps(cfg, len(self.y_train))
-        self.probe = _Probe(cfg, data, device, self.loss_fn, writer, signals, self.steps)
+        train = (self.x_train, self.y_train)
+        self.probe = _Probe(cfg, data, train, self.loss_fn, writer, signals, self.steps)
         hcfg = cfg.hessian
         # (spike checkpoints for full-batch runs only: a mini-batch loss jumps from batch to batch without any
         # change of basin)
