@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -100,8 +101,7 @@ def _hydra_app():
             if hydra_cfg.mode == RunMode.MULTIRUN:
                 sweep = shell_quote("hydra.sweep.dir=" + hydra_quote(str(hydra_cfg.sweep.dir)))
                 again = f"run the sweep again with {sweep}"
-            print(f"sane-run: stopped by {e} at step {e.step}; {run_dir} keeps all it logged (continue: {again})",
-                  file=sys.stderr)  # fmt: skip
+            stops.say(f"sane-run: stopped by {e} at step {e.step}; {run_dir} keeps all it logged (continue: {again})")
             stops.end_job(128 + int(e.signum))  # a worker whose sweep was stopped takes no further job
             sys.exit(128 + int(e.signum))
         except Exception as e:  # one line; the traceback is in summary.json where the run got that far
@@ -182,16 +182,18 @@ def _save_hydra_files(run_dir: Path, cfg) -> None:
 
 
 def _set_threads(threads: int | None, launcher) -> None:
-    """CPU threads for this run: ``threads``, or else the cores this process may use (its CPU affinity: a
-    SLURM job's allocation) given to the launcher's jobs: a submitit job's ``cpus_per_task``, a share of
+    """CPU threads for this run: ``threads``, or else the cores this process may use
+    (:func:`sane_cli.devices.usable_cores`: its CPU affinity and cgroup quota, a SLURM job's allocation) given to the launcher's jobs: a submitit job's ``cpus_per_task``, a share of
     joblib's ``n_jobs`` parallel jobs (-1: one job per core), so that jobs x threads <= cores. Set for torch and
     for every BLAS in the process (scipy's too, behind the eigenvector solver), so that a run's numbers depend
     on its thread count alone, not on the launcher that ran it."""
     import torch
     from threadpoolctl import threadpool_limits
 
+    from .devices import usable_cores
+
     if threads is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = usable_cores()
         if launcher.get("cpus_per_task"):
             threads = min(int(launcher.cpus_per_task), cores)
         else:
@@ -239,6 +241,60 @@ def group_options(group: str) -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+CONFIG_OPTIONS = {"--config-dir": "dir", "-cd": "dir", "--config-name": "name", "-cn": "name",
+                  "--config-path": "path", "-cp": "path"}  # fmt: skip
+
+
+def config_options(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Hydra's config-folder options split from the rest of ``argv``: ``--config-dir``/``-cd`` (a folder of the
+    user's configs, searched before the packaged ones), ``--config-name``/``-cn`` (the primary config),
+    ``--config-path``/``-cp`` (in place of the packaged folder), each as ``--option VALUE`` or ``--option=VALUE``.
+
+    >>> config_options(["-m", "--config-dir", "mine", "lr=0.1", "-cn=study"])
+    (['-m', 'lr=0.1'], {'dir': 'mine', 'name': 'study'})
+    """
+    rest, options, words = [], {}, iter(argv)
+    for word in words:
+        flag, eq, value = word.partition("=")
+        if flag in CONFIG_OPTIONS:
+            value = value if eq else next(words, None)
+            if not value:
+                raise UsageError(f"{flag} needs a value: {flag} <{CONFIG_OPTIONS[flag]}>")
+            options[CONFIG_OPTIONS[flag]] = value
+        else:
+            rest.append(word)
+    return rest, options
+
+
+@contextlib.contextmanager
+def composing(options: dict[str, str], overrides: list[str] = ()):
+    """Hydra's compose API with the config search path ``sane-run`` itself will use: the packaged configs (or
+    ``--config-path``'s), the ``--config-dir`` folder before them, and ``hydra.searchpath`` among the
+    ``overrides``; yields the config loader (for a group's options)."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import compute_search_path_dir, create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    main = f"pkg://{CONFIG_MODULE}"
+    if "path" in options:
+        main = compute_search_path_dir(__file__, None, options["path"])
+    search_path = create_config_search_path(main)
+    if "dir" in options:
+        folder = Path(options["dir"]).expanduser().absolute()
+        if not folder.is_dir():
+            raise UsageError(f"--config-dir {options['dir']} is not a folder; give the folder of your config files")
+        search_path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
+    state = GlobalHydra.instance().is_initialized()
+    if state:
+        raise RuntimeError("Hydra is initialised already")  # the app is not running yet when precheck is called
+    hydra = Hydra.create_main_hydra2(task_name="sane-run", config_search_path=search_path)
+    try:
+        yield hydra.config_loader
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def precheck(argv: list[str]) -> None:
     """Validate every job a command line asks for, before any of them starts.
 
@@ -251,7 +307,7 @@ def precheck(argv: list[str]) -> None:
         UsageError: the first bad value.
     """
     import torch
-    from hydra import compose, initialize_config_module
+    from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -262,6 +318,7 @@ def precheck(argv: list[str]) -> None:
     from .models import build_model
     from .records import is_run_dir
 
+    argv, options = config_options(argv)
     words = [a for a in argv if not a.startswith("-")]
     multirun = any(a in ("-m", "--multirun") for a in argv)
     if any(w.startswith("resume=") for w in words):
@@ -296,24 +353,29 @@ def precheck(argv: list[str]) -> None:
                 f"{word!r} is not a valid override ({reason}); write key=value, key=a,b,c for a sweep "
                 "(https://hydra.cc/docs/advanced/override_grammar/basic/)"
             ) from e
-    per_key = []
-    for o in overrides:
-        key = o.get_key_element()
-        if o.key_or_group == "hydra/launcher" and not o.is_delete():
-            _check_launcher(o.get_value_element_as_str())
-        if key.startswith(("hydra", "+hydra", "~hydra")):
-            continue
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-        if o.key_or_group in GROUPS and not o.is_delete():
-            allowed = group_options(o.key_or_group)
-            for v in values:
-                if v not in allowed:
-                    raise UsageError(f"{o.key_or_group}={v!r} is unknown; choose one of {', '.join(allowed)}")
-        per_key.append([f"{key}={v}" for v in values])
-    with initialize_config_module(version_base="1.3", config_module=CONFIG_MODULE):
+    searchpath = [w for w in words if w.split("=", 1)[0].lstrip("+") == "hydra.searchpath"]
+    name = options.get("name", "config")
+    with composing(options) as loader:
+        per_key = []
+        for o in overrides:
+            key = o.get_key_element()
+            if o.key_or_group == "hydra/launcher" and not o.is_delete():
+                _check_launcher(o.get_value_element_as_str())
+            if key.startswith(("hydra", "+hydra", "~hydra")):
+                continue
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+            if o.key_or_group in GROUPS and not o.is_delete():
+                try:  # the packaged options and those of the user's config folders
+                    allowed = loader.get_group_options(o.key_or_group, config_name=name, overrides=searchpath)
+                except (HydraException, OmegaConfBaseException) as e:
+                    raise UsageError(_compose_error(e)) from e
+                for v in values:
+                    if v not in allowed:
+                        raise UsageError(f"{o.key_or_group}={v!r} is unknown; choose one of {', '.join(allowed)}")
+            per_key.append([f"{key}={v}" for v in values])
         for job in itertools.product(*per_key):
             try:
-                cfg = compose("config", overrides=list(job))
+                cfg = compose(name, overrides=[*searchpath, *job])
             except (HydraException, OmegaConfBaseException) as e:
                 raise UsageError(_compose_error(e, job)) from e
             cfg = validate(cfg)
@@ -454,17 +516,20 @@ def _compose_error(e: Exception, job: tuple[str, ...] = ()) -> str:
 def run_main() -> None:
     """``sane-run [overrides]``, ``sane-run -m key=a,b ...``: see the README.
 
-    SIGTERM and Ctrl-C at any moment end it with one line and the shell's status for that signal (128 + its
+    SIGTERM, Ctrl-C and SIGHUP at any moment end it with one line and the shell's status for that signal (128 + its
     number): during start-up (nothing written, no folder left), or in training (the run records where it
     stopped)."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        if signal.getsignal(sig) is not signal.SIG_IGN:  # a SIGINT the shell told this process to ignore stays so
+    from .devices import passive_waits
+
+    passive_waits()  # before torch is imported
+    for sig in stops.STOP_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # a signal the shell told this process to ignore stays so
             signal.signal(sig, stops.stop_at_start)
     try:
         _run(sys.argv[1:])
     except KeyboardInterrupt as e:  # before a run folder was claimed
         signum = getattr(e, "signum", signal.SIGINT)
-        print(f"sane-run: stopped by {signal.Signals(signum).name} before training started", file=sys.stderr)
+        stops.say(f"sane-run: stopped by {signal.Signals(signum).name} before training started")
         sys.exit(128 + int(signum))
 
 

@@ -8,6 +8,8 @@ key, the value and what is allowed; the command-line entry points print it and e
 
 from __future__ import annotations
 
+import os
+
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import checks, data, methods, models, optim, trackers
@@ -54,6 +56,10 @@ def _check_run(cfg: DictConfig) -> None:
     checks.number(cfg, "seed", minimum=0, integer=True)
     checks.choice(cfg, "device", DEVICES)
     checks.number(cfg, "threads", minimum=1, integer=True, optional=True)
+    cpus = os.cpu_count() or 1
+    if cfg.get("threads") is not None and cfg.threads > cpus:  # more threads than CPUs only wait on each other
+        checks.fail("threads", cfg.threads, f"must be at most this machine's {cpus} CPUs (or null: the cores the run "
+                    "may use)")  # fmt: skip
     checks.flag(cfg, "save_checkpoint")
     checks.number(cfg, "max_loss", minimum=0, strict=True)
     checks.number(cfg, "stop.train_loss", minimum=0, optional=True)

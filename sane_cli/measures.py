@@ -129,12 +129,13 @@ def evidence_precision(eigenvalues: np.ndarray, n: int, sq_norm: float, mode: st
 def spectrum_summary(
     eigenvalues: np.ndarray, *, alpha: float, rho: float, k: int, mode: str = "abs", eps: float = EPS64
 ) -> dict[str, float | int]:
-    """What hessian.csv records of a whole spectrum: lambda_max, lambda_min, trace, n_negative, n_eff, sane.
+    """What hessian.csv records of a whole spectrum: lambda_max, lambda_min, trace, n_negative, n_negative_se,
+    negative_below, n_eff, sane.
 
-    n_negative counts the eigenvalues below -P eps max|lambda|, ``eps`` the rounding unit of the precision the
-    spectrum was computed in: a symmetric eigensolver returns each eigenvalue to within about that, so an exact
-    zero (a dead unit's directions, cross-entropy's shift of every logit by the same amount) counts as zero,
-    not as negative half the time.
+    n_negative counts the eigenvalues below -negative_below = -P eps max|lambda|, ``eps`` the rounding unit of the
+    precision the spectrum was computed in: a symmetric eigensolver returns each eigenvalue to within about that,
+    so an exact zero (a dead unit's directions, cross-entropy's shift of every logit by the same amount) counts
+    as zero, not as negative half the time. An exact count: its standard error is 0.
 
     >>> spectrum_summary(np.array([2.0, 0.0, -1e-18, -1.0]), alpha=1.0, rho=0.5, k=1)["n_negative"]
     1
@@ -146,6 +147,8 @@ def spectrum_summary(
         "lambda_min": float(lam.min()),
         "trace": float(lam.sum()),
         "n_negative": int(np.count_nonzero(lam < -zero)),
+        "n_negative_se": 0.0,
+        "negative_below": zero,
         "n_eff": n_eff(lam, alpha, mode),
         "sane": sane(lam, rho, k, mode),
     }

@@ -1,5 +1,5 @@
-"""Stops by signal at points a run can be resumed from: SIGTERM (what schedulers and `timeout` send) and SIGINT
-(Ctrl-C) raise :class:`Interrupted` in the training loop, at once while nothing of the training state changes,
+"""Stops by signal at points a run can be resumed from: SIGTERM (what schedulers and `timeout` send), SIGINT
+(Ctrl-C) and SIGHUP (the terminal or ssh connection gone) raise :class:`Interrupted` in the training loop, at once while nothing of the training state changes,
 and at the end of a step or a file write otherwise (:meth:`Signals.hold`)."""
 
 from __future__ import annotations
@@ -7,6 +7,10 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+
+# the signals that stop a run where it can be resumed from; one that the shell told the process to ignore (SIGINT
+# of a job started with `&`, SIGHUP under nohup) stays ignored
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 _stopping: int | None = None  # the signal of the last run's stop in this process, None if it was not stopped
 
@@ -34,12 +38,12 @@ class Interrupted(KeyboardInterrupt):
 
 
 class Signals:
-    """Stops by SIGTERM and SIGINT at points from which the run can be resumed.
+    """Stops by SIGTERM, SIGINT and SIGHUP at points from which the run can be resumed.
 
     While the loop measures curvature, nothing of the training state changes, so a signal raises
     :class:`Interrupted` at once and the run resumes at the top of that step. While an optimiser step changes
     the state or a file is written (``hold``), a signal is kept and raised when that is done.
-    Installed in the main thread only (where Python delivers signals); a SIGINT that the shell told this
+    Installed in the main thread only (where Python delivers signals); a signal that the shell told this
     process to ignore stays ignored.
     """
 
@@ -90,7 +94,7 @@ class Signals:
         _stopping = None
         previous = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in STOP_SIGNALS:
                 if signal.getsignal(sig) is not signal.SIG_IGN:
                     previous[sig] = signal.signal(sig, self._handler)
         try:

@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from .signals import forget_stop, stopping
+from .signals import STOP_SIGNALS, forget_stop, stopping
 
 job: dict[str, Path | None] = {"dir": None}  # the folder Hydra made for the job being run (None between jobs)
 
@@ -50,7 +50,7 @@ def guard_worker() -> None:
     worker watches for its parent to be gone and then stops itself by SIGTERM: the job in progress records
     where it got to as any stopped run does, and the worker ends rather than start the jobs still queued
     for it. Outside training, a signal ends the worker at once (:func:`_worker_stop`)."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         if signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, _worker_stop)
 
@@ -94,7 +94,7 @@ def _worker_stop(signum, _frame):
         return
     if job.get("dir") is not None:
         remove_unclaimed(job["dir"])
-        os.write(2, f"sane-run: stopped by {signal.Signals(signum).name} before training started\n".encode())
+        say(f"sane-run: stopped by {signal.Signals(signum).name} before training started")
     # a worker ending while the sweep's process lives breaks its pool, which then kills the other workers at once,
     # jobs and all: with a Ctrl-C the sweep's process goes first
     sweep_gone(wait=2.0)
@@ -117,6 +117,13 @@ def end_worker(code: int) -> None:
     os._exit(code)
 
 
+def say(line: str) -> None:
+    """``line`` on stderr, where there is one: after a SIGHUP the terminal may be gone (a write fails), and the
+    stop must still be recorded and the exit status given."""
+    with contextlib.suppress(OSError):
+        os.write(2, (line + "\n").encode())
+
+
 def stop_at_start(signum, _frame):
     """SIGTERM or Ctrl-C before a run claimed its folder: nothing to save, so one line and out at once. Not by
     raising (an exception raised while torch's C++ code imports aborts the process with a C++ traceback);
@@ -129,10 +136,10 @@ def stop_at_start(signum, _frame):
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
     if controllers or multiprocessing.active_children():  # joblib's workers stop their jobs (guard_worker)
-        os.write(2, f"sane-run: the sweep stopped by {name}; each job in progress records where it got to "
-                    "(continue: run the sweep again with the same hydra.sweep.dir)\n".encode())  # fmt: skip
+        say(f"sane-run: the sweep stopped by {name}; each job in progress records where it got to (continue: run "
+            "the sweep again with the same hydra.sweep.dir)")
     else:
-        os.write(2, f"sane-run: stopped by {name} before training started\n".encode())
+        say(f"sane-run: stopped by {name} before training started")
     os._exit(128 + int(signum))
 
 

@@ -15,6 +15,8 @@ import time
 import pytest
 from helpers import TINY
 
+from sane_cli.cli import precheck
+from sane_cli.errors import UsageError
 from sane_cli.records import find_runs, load_run
 
 
@@ -393,3 +395,41 @@ def test_a_signal_during_start_up_ends_in_one_line_and_leaves_no_orphan_folder(t
     assert proc.returncode == 128 + signal.SIGTERM and len(lines) == 1, err
     assert lines[0].startswith("sane-run: stopped by SIGTERM "), err
     assert not folder.exists() or (folder / "summary.json").is_file(), sorted(p.name for p in folder.iterdir())
+
+
+def _user_configs(folder):
+    """A researcher's own config folder: an experiment and a primary config that extends the packaged one."""
+    (folder / "experiment").mkdir(parents=True)
+    (folder / "experiment" / "mine.yaml").write_text("# @package _global_\nseed: 7\n")
+    (folder / "study.yaml").write_text("defaults:\n  - config\n  - _self_\nseed: 9\n")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--config-dir", "cd"], ["-cd", "cd"], ["--config-dir=cd"], ["hydra.searchpath=[file://{cd}]"]],
+    ids=["config-dir", "cd", "config-dir=", "searchpath"],
+)
+def test_the_users_config_folder_composes_with_the_packaged_configs(tmp_path, monkeypatch, options):
+    """Hydra's config-folder options, checked before the run (an option of the user's folder is known, a
+    misspelt one named with the user's among the choices) and then run."""
+    monkeypatch.chdir(tmp_path)
+    cd = _user_configs(tmp_path / "cd")
+    options = [o.format(cd=cd) for o in options]
+    with pytest.raises(UsageError, match=r"experiment='nope' is unknown; choose one of .*\blr_sweep\b.*\bmine\b"):
+        precheck([*options, "experiment=nope"])
+    precheck([*options, *TINY, "experiment=mine"])
+    with pytest.raises(UsageError, match=r"--config-dir nowhere is not a folder"):
+        precheck(["--config-dir", "nowhere", *TINY])
+    if options[0] in ("--config-dir", "hydra.searchpath=[file://{cd}]".format(cd=cd)):  # one of each through the command
+        out = run(tmp_path, *options, *TINY, "experiment=mine", "hydra.run.dir=mine")
+        assert out.returncode == 0, out.stderr
+        assert load_run(tmp_path / "mine").config["seed"] == 7
+
+
+def test_a_primary_config_of_the_users_own(tmp_path):
+    """``--config-name`` (``-cn``) with ``--config-dir``: a primary config that extends the packaged one."""
+    _user_configs(tmp_path / "cd")
+    out = run(tmp_path, "-cd", "cd", "-cn", "study", *TINY, "hydra.run.dir=study")
+    assert out.returncode == 0, out.stderr
+    assert load_run(tmp_path / "study").config["seed"] == 9

@@ -81,6 +81,7 @@ BAD = [
     ),
     (["lr=1e39"], r"optim.lr=1e\+39 is invalid: must be at most 3.403e\+38, the largest float32"),
     (["threads=0"], r"threads=0 is invalid: must be an integer >= 1"),
+    (["threads=999999"], r"threads=999999 is invalid: must be at most this machine's \d+ CPUs"),
     (["optim.nesterov=true"], r"optim.nesterov=True is invalid: needs optim.momentum > 0"),
     (["hessian.subset=0"], r"hessian.subset=0 is invalid: must be an integer >= 1"),
     (["hessian.subset=5000"], r"hessian.subset=5000 is invalid: must be at most the training set size \(4000\)"),

@@ -217,8 +217,8 @@ ALL_RUNS = (("float32", 0), ("float32", 1), ("float32", 2), ("float64", 3))
 )
 def test_default_slq_is_unbiased_on_a_net_of_thousands_of_parameters(width, at_start, trained):
     """hessian=slq with its defaults on an MLP of 1,354 parameters (3,850 with the slow tests), at
-    initialisation and after 300 steps of GD at lr 0.5: N_eff and SANE within 3 standard errors of the dense
-    eigenvalues for every seed (in float32, as auto runs it above exact_max_params, and in float64), and within
+    initialisation and after 300 steps of GD at lr 0.5: N_eff, SANE and the count of negative eigenvalues it can
+    resolve within 3 standard errors of the dense eigenvalues for every seed (in float32, as auto runs it above exact_max_params, and in float64), and within
     the bias bound plus 3 standard errors. The default suite runs one seed a state (float32 at initialisation,
     float64 trained); the slow tests four a state on the larger net."""
     torch.manual_seed(0)
@@ -241,6 +241,13 @@ def test_default_slq_is_unbiased_on_a_net_of_thousands_of_parameters(width, at_s
             for name, value in exact.items():
                 error, se, bound = abs(row[name] - value), row[f"{name}_se"], row[f"{name}_bound"]
                 assert error <= 3 * se and error <= bound + 3 * se, (state, dtype, seed, name, row[name], value)
+            # the negative count below the quadrature's resolution: hundreds of eigenvalues lie within it of 0
+            # (a count below 0 itself split them at random: 532 below 0 trained, of which 23 below -resolution)
+            below = row["negative_below"]
+            assert below == pytest.approx((ev.max() - ev.min()) / hcfg.steps, rel=0.05)
+            assert np.sum(np.abs(ev) < below) > 100
+            count, se = np.sum(ev < -below), row["n_negative_se"]
+            assert 0 < se and abs(row["n_negative"] - count) <= 3 * se + 1, (state, row["n_negative"], se, count)
 
 
 def test_deflation_counts_the_top_eigenvalues_exactly_and_shrinks_the_error():

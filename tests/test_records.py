@@ -147,3 +147,26 @@ def test_a_run_folder_is_claimed_whole_and_only_once(tmp_path):
     finally:
         writer.close()
     assert not (tmp_path / "run" / ".summary.reserve").exists()  # given back when the run ends
+
+
+def test_negative_counts_of_earlier_versions(tmp_path):
+    """Folders written before n_negative_se and negative_below (0.14 and earlier) are read in today's columns:
+    an exact count kept (its standard error 0, its threshold unknown), slq's count of Gauss nodes below 0 (which
+    had no resolution) left empty, in hessian.csv and layers.csv alike."""
+    import pandas as pd
+
+    for method in ("exact", "slq"):
+        folder = tmp_path / method
+        train(make_config(f"hessian={method}", "hessian.layers=true", "hessian.exact_max_params=1"), folder)
+        now = load_run(folder)
+        for name in ("hessian.csv", "layers.csv"):
+            table = pd.read_csv(folder / name).drop(columns=["n_negative_se", "negative_below"])
+            table.to_csv(folder / name, index=False)
+        old = load_run(folder)
+        for new, before in ((now.hessian, old.hessian), (now.layers, old.layers)):
+            assert list(before.columns) == list(new.columns) and before.negative_below.isna().all()
+            estimated = before.method != "exact"
+            assert estimated.any() == (method == "slq")
+            assert before.n_negative[estimated].isna().all() and before.n_negative_se[estimated].isna().all()
+            assert before.n_negative[~estimated].tolist() == new.n_negative[~estimated].tolist()
+            assert (before.n_negative_se[~estimated] == 0).all()

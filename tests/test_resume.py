@@ -82,7 +82,8 @@ def _files(folder: Path) -> dict[str, bytes]:
     "config,stops",
     [
         # GD at a large learning rate: pre- and post-spike checkpoints come and go between the stops
-        (SPIKY, [(signal.SIGKILL, 0), (signal.SIGTERM, 40), (signal.SIGKILL, 150), (signal.SIGTERM, 230)]),
+        # (SIGHUP: the terminal or ssh connection gone, handled as SIGTERM)
+        (SPIKY, [(signal.SIGKILL, 0), (signal.SIGTERM, 40), (signal.SIGKILL, 150), (signal.SIGHUP, 230)]),
         # SGD with momentum: the batch order and the momentum buffers carry over
         (MOMENTUM, [(signal.SIGTERM, 30), (signal.SIGKILL, 1000), (signal.SIGINT, 2000)]),
         # Adam: its moment estimates carry over (slow: SGD's momentum above covers an optimiser's state)
@@ -104,7 +105,7 @@ def test_stopped_and_resumed_runs_equal_an_unstopped_one(tmp_path, config, stops
     statuses.append(json.loads((folder / "summary.json").read_text())["status"])
     out = run(tmp_path, f"resume={folder}")
     assert out.returncode == 0, out.stderr
-    # SIGKILL leaves "running" (nothing can be written); SIGTERM and SIGINT record "interrupted"
+    # SIGKILL leaves "running" (nothing can be written); SIGTERM, SIGINT and SIGHUP record "interrupted"
     assert statuses == ["running" if sig == signal.SIGKILL else "interrupted" for sig, _ in stops]
     resumed = load_run(folder)
     assert resumed.status == "completed" and len(resumed.summary["resumed"]) == len(stops)
@@ -369,3 +370,28 @@ def test_a_full_disk_mid_run_is_recorded_as_failed(tmp_path, monkeypatch):
         and "traceback" not in done.summary
         and done.hessian.step.tolist() == [0, 10, 20, 30, 40]
     )
+
+
+def test_a_hang_up_stops_a_run_that_can_no_longer_write_to_its_terminal(tmp_path):
+    """SIGHUP (an ssh connection dropped) with the terminal gone (stdout and stderr pipes whose reader has
+    closed them): the run records where it stopped, exits 129 (128 + SIGHUP) and resumes to the end."""
+    folder = tmp_path / "run"
+    proc = subprocess.Popen(
+        [command("sane-run"), *TINY, "steps=300", "hessian.every=100", "threads=1", f"hydra.run.dir={folder}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not (folder / "loss.csv").exists() or len((folder / "loss.csv").read_bytes().splitlines()) < 150:
+            assert time.time() < deadline and proc.poll() is None, "the run did not get there"
+            time.sleep(0.02)
+        proc.stdout.close()
+        proc.stderr.close()
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=60) == 128 + signal.SIGHUP
+    finally:
+        proc.kill()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["error"].startswith("SIGHUP at step"), summary.get("error")
+    out = run(tmp_path, f"resume={folder}")
+    assert out.returncode == 0 and load_run(folder).hessian.step.tolist() == [0, 100, 200, 300], out.stderr

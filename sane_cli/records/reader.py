@@ -24,7 +24,7 @@ from .schema import (
     TEXT_COLUMNS,
     config_value,
 )
-from .upgrade import upgrade_hessian_table
+from .upgrade import upgrade_hessian_table, upgrade_layer_table
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
@@ -198,6 +198,8 @@ def load_run(path: str | Path) -> Run:
             raise UsageError(f"{path}: {name}.csv is missing or corrupt ({e})") from e
         if name == "hessian":
             df = upgrade_hessian_table(df, summary)
+        if name == "layers":
+            df = upgrade_layer_table(df)
         if list(df.columns) != columns:
             raise UsageError(f"{path}: {name}.csv has columns {list(df.columns)}, expected {columns}")
         tables[name] = checked_rows(df, raw, path / f"{name}.csv")

@@ -15,8 +15,9 @@ A run folder holds::
                               for other methods), n_params, subset (examples the Hessian was taken on: the whole
                               training set unless hessian.subset is set), lambda_max, lambda_max_train
                               (the top eigenvalue of the whole training loss; = lambda_max without a
-                              subset), lambda_min, trace, trace_se, n_negative, n_eff, n_eff_se,
-                              n_eff_bound, sane, sane_se, sane_bound (standard errors of estimates and
+                              subset), lambda_min, trace, trace_se, n_negative (the eigenvalues below
+                              -negative_below: exact methods' rounding, P eps max|l|; slq's resolution,
+                              width / steps), n_negative_se, negative_below, n_eff, n_eff_se, n_eff_bound, sane, sane_se, sane_bound (standard errors of estimates and
                               bounds on SLQ's quadrature error; 0 for exact values), log_evidence
                               (Laplace, exact method only; sane_cli.measures), weight_norm_sq (|theta|^2,
                               the squared norm of the parameters measured), alpha, rho, k,
@@ -31,7 +32,8 @@ A run folder holds::
     layers.csv                one row per layer per curvature checkpoint (hessian.layers): step, kind, layer
                               (1 = the input's), module (its name in the model), module_type, params, method
                               (exact, or slq / lanczos for a block too large for its exact build), lambda_max,
-                              lambda_min, trace, trace_se, n_negative, n_eff, n_eff_se, sane (at the block's own
+                              lambda_min, trace, trace_se, n_negative, n_negative_se, negative_below (as
+                              hessian.csv's), n_eff, n_eff_se, sane (at the block's own
                               scale), sane_se, sane_net (at the whole net's scale), sane_net_se, converged: of
                               the diagonal block of the Hessian that belongs to the layer's parameters
                               (sane_cli.methods.layer_rows)
@@ -63,7 +65,7 @@ METRICS_COLUMNS = ["step", "epoch", "train_loss", "train_acc", "test_loss", "tes
 HESSIAN_PARTS = {
     "step": "key", "lr": "key", "method": "key", "dtype": "key", "reorth": "key", "n_params": "key",
     "subset": "key", "lambda_max": "value", "lambda_max_train": "value", "lambda_min": "value", "trace": "value",
-    "trace_se": "value", "n_negative": "value", "n_eff": "value", "n_eff_se": "value", "n_eff_bound": "value",
+    "trace_se": "value", "n_negative": "value", "n_negative_se": "value", "negative_below": "run", "n_eff": "value", "n_eff_se": "value", "n_eff_bound": "value",
     "sane": "value", "sane_se": "value", "sane_bound": "value", "log_evidence": "value", "weight_norm_sq": "value",
     "alpha": "setting", "rho": "setting", "k": "setting", "eig_mode": "setting", "preconditioned_sharpness": "value",
     "stability_threshold": "value", "sharpness_ratio": "value", "converged": "run", "seconds": "run",
@@ -81,7 +83,8 @@ LOSS_COLUMNS = ["step", "loss"]
 # layers.csv: a checkpoint's step and kind, then what sane_cli.methods.layer_rows measures of each layer
 LAYER_COLUMNS = [
     "step", "kind", "layer", "module", "module_type", "params", "method", "lambda_max", "lambda_min", "trace",
-    "trace_se", "n_negative", "n_eff", "n_eff_se", "sane", "sane_se", "sane_net", "sane_net_se", "converged",
+    "trace_se", "n_negative", "n_negative_se", "negative_below", "n_eff", "n_eff_se", "sane", "sane_se", "sane_net",
+    "sane_net_se", "converged",
 ]  # fmt: skip
 # the measures of a layer that are followed over training and averaged over seeds (the report's layer profiles,
 # a tracker's scalars)

@@ -1,5 +1,5 @@
 """Run folders written by earlier versions, read in today's layout: config keys added since (with the value a
-run written before them ran with) and hessian.csv's columns as they were."""
+run written before them ran with) and the columns of hessian.csv and layers.csv as they were."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .schema import HESSIAN_COLUMNS, config_value
+from .schema import HESSIAN_COLUMNS, LAYER_COLUMNS, config_value
 
 # keys added since 0.9, each with the value a run written before it ran with (checked as if it had been set)
 ADDED_KEYS = {"hessian.layers": False, "hessian.at_start": True, "dataset.label_noise": 0.0,
@@ -50,6 +50,30 @@ def upgrade_hessian_table(df: pd.DataFrame, summary: dict[str, Any]) -> pd.DataF
         df.insert(df.columns.get_loc("sane_se") + 1, "sane_bound", np.nan)
     if "weight_norm_sq" not in df.columns and "log_evidence" in df.columns:  # before 0.7
         df.insert(df.columns.get_loc("log_evidence") + 1, "weight_norm_sq", np.nan)
+    df = _negative_columns(df)
     if set(df.columns) == set(HESSIAN_COLUMNS):
         df = df[HESSIAN_COLUMNS]
+    return df
+
+
+def upgrade_layer_table(df: pd.DataFrame) -> pd.DataFrame:
+    """layers.csv of runs written by earlier versions, in today's columns (see :func:`_negative_columns`)."""
+    df = _negative_columns(df)
+    if set(df.columns) == set(LAYER_COLUMNS):
+        df = df[LAYER_COLUMNS]
+    return df
+
+
+def _negative_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Before 0.15 there was no n_negative_se or negative_below, and slq's n_negative counted the Gauss nodes
+    below 0 with no resolution (the mass of eigenvalues near 0 split across the sign at random): it is left empty.
+    The threshold of the exact counts then is unknown (0 before 0.11); their standard error is 0."""
+    if "n_negative_se" in df.columns or "n_negative" not in df.columns or "method" not in df.columns:
+        return df
+    estimated = df["method"].isin(["slq", "lanczos"])
+    df = df.copy()
+    df["n_negative"] = df["n_negative"].astype(object).where(~estimated, np.nan)
+    at = df.columns.get_loc("n_negative") + 1
+    df.insert(at, "n_negative_se", np.where(estimated, np.nan, 0.0))
+    df.insert(at + 1, "negative_below", np.nan)
     return df
