@@ -387,9 +387,12 @@ def precheck(argv: list[str]) -> None:
             check_against_data(cfg, n_train, model, input_shape)
 
 
+ROOM_BYTES = 64 * 1024  # besides the room a run keeps for its record: its first summary, CSV headers, a spectrum
+
+
 def _check_writable(words: list[str], multirun: bool) -> None:
     """The folder the run (or sweep) will be written to can be made: its nearest existing parent is a
-    writable folder (not a file, not on a read-only file system)."""
+    writable folder (not a file, not on a read-only file system) on a disk with room for a run to start."""
     key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
     given = next((word_value(w) for w in reversed(words) if w.startswith(key)), None)
     target = Path(given.split("${", 1)[0] if given else "outputs").expanduser()
@@ -403,6 +406,16 @@ def _check_writable(words: list[str], multirun: bool) -> None:
         os.rmdir(tempfile.mkdtemp(prefix=".sane-run-check-", dir=parent))
     except OSError as e:
         raise UsageError(f"cannot write the run to {target}: {parent} is not writable ({e.strerror}); {fix}") from None
+    import shutil
+
+    from .records.files import RESERVE_BYTES
+
+    free, needed = shutil.disk_usage(parent).free, RESERVE_BYTES + ROOM_BYTES
+    if free < needed:  # a run keeps room for its last record before it starts; below that it could not record
+        raise UsageError(
+            f"no room for a run in {target}: {free // 1024} KiB free on its disk, a run needs at least "
+            f"{needed // 1024} KiB to start; free some space, or {fix}"
+        )
 
 
 def _check_resume(words: list[str], multirun: bool) -> None:

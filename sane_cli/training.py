@@ -12,6 +12,7 @@ import copy
 import datetime as dt
 import json
 import logging
+import os
 import platform
 import signal
 import sys
@@ -66,6 +67,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # how idle threads wait (sane-run: PASSIVE)
         "device": str(device),
     }
     if device.type == "cuda":
@@ -145,25 +147,22 @@ def train(
 
     started = time.time()
     writer, summary = _open_run(cfg, run_dir, point, data, device, n_params)
-    if point is None and on_claimed is not None:
-        try:
-            on_claimed()
-        except BaseException:
-            writer.close()
-            raise
     earlier_seconds = float(summary.get("wall_seconds") or 0.0)  # a resumed run's time before this start
-    writer.write_summary(summary)
-    log.info(
-        "%s: %d train / %d test examples; %s (%d parameters); %s lr %g on %s%s",
-        data.name, len(data.y_train), len(data.y_test), describe(cfg.model), n_params, cfg.optim.name,
-        cfg.optim.lr, device,
-        "" if point is None else f"; resumed at step {point.step or 0}",
-    )  # fmt: skip
-    _announce_curvature(cfg.hessian, model, n_params, cfg.hessian.subset or len(data.y_train), data.input_shape)
     training, signals = None, Signals()
-    writer.tracker = Tracking(cfg.logger, run_dir, None if point is None else point.step or 0)
     with signals.installed():  # until the record is written: a further signal cannot cut its writing short
-        try:
+        try:  # from the claim on, whatever fails (a full disk as the .hydra files are written) is recorded
+            if point is None and on_claimed is not None:
+                on_claimed()
+            writer.write_summary(summary)
+            log.info(
+                "%s: %d train / %d test examples; %s (%d parameters); %s lr %g on %s%s",
+                data.name, len(data.y_train), len(data.y_test), describe(cfg.model), n_params, cfg.optim.name,
+                cfg.optim.lr, device,
+                "" if point is None else f"; resumed at step {point.step or 0}",
+            )  # fmt: skip
+            _announce_curvature(cfg.hessian, model, n_params, cfg.hessian.subset or len(data.y_train),
+                                data.input_shape)  # fmt: skip
+            writer.tracker = Tracking(cfg.logger, run_dir, None if point is None else point.step or 0)
             training = _Training(cfg, data, model, device, writer, signals)
             if point is not None and point.checkpoint is not None:
                 training.load_state_dict(point.checkpoint)
@@ -179,9 +178,12 @@ def train(
         finally:
             with signals.shielded():
                 summary["wall_seconds"] = round(earlier_seconds + time.time() - started, 3)
-                writer.write_summary(summary)
-                writer.close()
-                writer.tracker.close()
+                try:
+                    writer.write_summary(summary)
+                finally:  # the folder released and the tracker closed whatever the disk allowed
+                    writer.close()
+                    if writer.tracker is not None:
+                        writer.tracker.close()
     log.info("run %s after %.1fs: %s", summary["status"], summary["wall_seconds"], writer.dir)
     if signals.pending is not None:  # a signal while the ended run's record was written: stop here all the same
         stop = Interrupted(signals.pending)

@@ -42,6 +42,9 @@ def test_single_run(tmp_path):
         assert (path / name).is_file(), name
     log = (path / "run.log").read_text()
     assert log.count("curvature: lambda_max") == 3 and "(threshold 40)" in log
+    # OpenMP's idle threads sleep (unless the user chose otherwise): spinning ones collapse on a shared machine
+    expected = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    assert r.summary["environment"]["omp_wait_policy"] == expected
 
 
 def test_multirun_sweep(tmp_path):
@@ -433,3 +436,32 @@ def test_a_primary_config_of_the_users_own(tmp_path):
     out = run(tmp_path, "-cd", "cd", "-cn", "study", *TINY, "hydra.run.dir=study")
     assert out.returncode == 0, out.stderr
     assert load_run(tmp_path / "study").config["seed"] == 9
+
+
+@contextlib.contextmanager
+def small_disk(folder, kib: int, free_kib: int):
+    """A file system of ``kib`` KiB at ``folder`` with ``free_kib`` left free (a tmpfs: needs the right to mount)."""
+    folder.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(folder)], capture_output=True)
+    if made.returncode:
+        pytest.skip(f"cannot mount a small file system here ({made.stderr.decode().strip()[:80]})")
+    try:
+        (folder / "fill").write_bytes(b"\0" * ((kib - free_kib) * 1024))
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.mark.parametrize("free_kib", [0, 172, 272, 400])
+def test_a_nearly_full_disk_at_the_start(tmp_path, free_kib):
+    """A real nearly full disk: below the room a run needs to record its end, one line and exit 2 before any
+    folder is made; above it, a run that fills the disk ends with status failed and the error recorded."""
+    with small_disk(tmp_path / "disk", 480, free_kib) as disk:
+        out = run(tmp_path, *TINY, "model.width=200", "hessian.topk_vectors=20", f"hydra.run.dir={disk / 'run'}")
+        if free_kib < 320:
+            assert out.returncode == 2 and out.stderr.startswith("sane-run: error: no room for a run in "), out.stderr
+            assert len(out.stderr.strip().splitlines()) == 1 and not (disk / "run").exists()
+        else:
+            summary = json.loads((disk / "run" / "summary.json").read_text())
+            assert out.returncode == 1 and summary["status"] == "failed", (out.stderr, summary["status"])
+            assert "No space left on device" in summary["error"] and not (disk / "run" / ".summary.reserve").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 
 import pytest
@@ -328,3 +329,28 @@ def test_every_subpackage_is_installed():
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(root).parts) for p in (root / "sane_cli").rglob("__init__.py")}
     assert found - listed == set()
+
+
+def test_the_cores_a_run_may_use_count_the_cgroup_quota(tmp_path, monkeypatch):
+    """The default threads: the CPUs of the affinity, fewer where a cgroup quota (v2's cpu.max, v1's
+    cfs_quota_us / cfs_period_us) allows less time than that; no quota, or none readable, changes nothing."""
+    from sane_cli import devices
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert devices._cgroup_quota(str(v2)) == 1.5
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert devices._cgroup_quota(str(v2)) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert devices._cgroup_quota(str(v1)) == 0.5
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert devices._cgroup_quota(str(v1)) is None and devices._cgroup_quota(str(tmp_path / "none")) is None
+    affinity = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(devices, "_cgroup_quota", lambda: 0.5)
+    assert devices.usable_cores() == 1
+    monkeypatch.setattr(devices, "_cgroup_quota", lambda: affinity + 7.0)
+    assert devices.usable_cores() == affinity

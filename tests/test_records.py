@@ -170,3 +170,40 @@ def test_negative_counts_of_earlier_versions(tmp_path):
             assert before.n_negative[estimated].isna().all() and before.n_negative_se[estimated].isna().all()
             assert before.n_negative[~estimated].tolist() == new.n_negative[~estimated].tolist()
             assert (before.n_negative_se[~estimated] == 0).all()
+
+
+def _no_space(*_args, **_kwargs):
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["reserve", "claim"])
+def test_a_disk_too_full_to_claim_a_folder_leaves_nothing(tmp_path, monkeypatch, where):
+    """No room for the record a run keeps (its reserve) or for its claim: one line naming the room, and the
+    folder holds nothing of the run (no summary.json, no reserve, no temporary)."""
+    import sane_cli.records.writer as writer
+
+    if where == "reserve":
+        monkeypatch.setattr(writer, "reserve_room", _no_space)
+    else:
+        monkeypatch.setattr(writer, "summary_text", _no_space)
+    with pytest.raises(UsageError, match=r"no room for a run in .*run: \d+ KiB free on its disk"):
+        train(make_config(), tmp_path / "run")
+    assert list((tmp_path / "run").iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["opening", "hydra files"])
+def test_a_disk_full_just_after_the_claim_records_the_failure(tmp_path, monkeypatch, where):
+    """The disk fills between the claim and the first step (as the CSVs are opened, or sane-run's .hydra
+    files are written): summary.json says failed, with the error, not running."""
+    import sane_cli.records.writer as writer
+
+    on_claimed = None
+    if where == "opening":
+        monkeypatch.setattr(writer, "CsvLog", _no_space)
+    else:
+        on_claimed = _no_space
+    with pytest.raises(OSError, match="No space left"):
+        train(make_config(), tmp_path / "run", on_claimed=on_claimed)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "No space left" in summary["error"]
+    assert not (tmp_path / "run" / ".summary.reserve").exists()

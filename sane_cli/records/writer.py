@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
-from .files import RESERVE, CsvLog, atomic, lock, reserve_room, summary_text
+from .files import RESERVE, RESERVE_BYTES, CsvLog, atomic, lock, reserve_room, summary_text
 from .schema import HESSIAN_COLUMNS, LAYER_COLUMNS, LOSS_COLUMNS, METRICS_COLUMNS
 
 
@@ -31,17 +31,46 @@ class RunWriter:
         """
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        # room for the last summary first (a run that could not record its end is not started), under a name of
+        # this process's own until the folder is claimed
+        reserve = run_dir / f"{RESERVE}.{os.getpid()}.tmp"
+        try:
+            reserve_room(reserve)
+        except OSError as e:
+            reserve.unlink(missing_ok=True)
+            if e.errno != errno.ENOSPC:
+                raise
+            raise UsageError(no_room(run_dir)) from None
         # claimed atomically, and whole: summary.json is linked into place only if no file has that name, so of
         # two runs started into one folder the second is refused, and a kill leaves a readable claim
         tmp = run_dir / f".summary.json.{os.getpid()}.tmp"
         try:
-            tmp.write_text(summary_text(summary or {"status": "running"}))
+            try:
+                tmp.write_text(summary_text(summary or {"status": "running"}))
+            except OSError as e:  # the room kept is given up for the claim itself, then taken again
+                if e.errno != errno.ENOSPC:
+                    raise
+                reserve.unlink()
+                tmp.write_text(summary_text(summary or {"status": "running"}))
+                reserve_room(reserve)
             os.link(tmp, run_dir / "summary.json")
         except FileExistsError:
+            reserve.unlink(missing_ok=True)
             raise UsageError(f"{run_dir} already holds a run (summary.json); choose another output folder") from None
+        except OSError as e:
+            reserve.unlink(missing_ok=True)
+            if e.errno != errno.ENOSPC:
+                raise
+            raise UsageError(no_room(run_dir)) from None
         finally:
             tmp.unlink(missing_ok=True)
-        return cls(run_dir, None)
+        try:
+            return cls(run_dir, None, reserve)
+        except BaseException as e:  # claimed but not opened: the claim records why (in the room kept, now free)
+            failed = {**(summary or {}), "status": "failed", "error": f"{type(e).__name__}: {e}"}
+            with contextlib.suppress(OSError):
+                atomic(run_dir / "summary.json", lambda f: f.write(summary_text(failed).encode()))
+            raise
 
     @classmethod
     def reopen(cls, run_dir: str | Path, sizes: dict[str, int]) -> RunWriter:
@@ -49,9 +78,9 @@ class RunWriter:
         to nothing, the run starts over), to be continued."""
         return cls(Path(run_dir), sizes)
 
-    def __init__(self, run_dir: Path, sizes: dict[str, int] | None):
-        """Through :meth:`create` or :meth:`reopen`: the folder locked, cut back to ``sizes`` (None: a new
-        folder), its logs opened."""
+    def __init__(self, run_dir: Path, sizes: dict[str, int] | None, reserve: Path | None = None):
+        """Through :meth:`create` (``reserve``: the room it kept) or :meth:`reopen`: the folder locked, cut back
+        to ``sizes`` (None: a new folder), its logs opened."""
         self.dir = run_dir
         self.tracker = None  # a sane_cli.trackers.Tracking the rows are also handed to, once written here
         self._lock = lock(self.dir)
@@ -59,7 +88,16 @@ class RunWriter:
         try:
             if sizes is not None:
                 cut_back(self.dir, sizes)
-            reserve_room(self._reserve)
+            if reserve is not None:
+                reserve.replace(self._reserve)
+            else:
+                try:
+                    reserve_room(self._reserve)
+                except OSError as e:
+                    self._reserve.unlink(missing_ok=True)
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    raise UsageError(no_room(self.dir)) from None
             reserved = True
             (self.dir / "spectra").mkdir(exist_ok=True)
             append = bool(sizes)
@@ -133,6 +171,15 @@ class RunWriter:
             self._reserve.unlink(missing_ok=True)
         finally:
             os.close(self._lock)  # releases the lock
+
+
+def no_room(folder: Path) -> str:
+    """The one line for a run that cannot start for want of disk space in ``folder``."""
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    return (f"no room for a run in {folder}: {free // 1024} KiB free on its disk, and a run keeps "
+            f"{RESERVE_BYTES // 1024} KiB for its record; free some space or choose another folder")  # fmt: skip
 
 
 def cut_back(folder: Path, sizes: dict[str, int]) -> None:
