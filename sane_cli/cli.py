@@ -306,7 +306,6 @@ def precheck(argv: list[str]) -> None:
     Raises:
         UsageError: the first bad value.
     """
-    import torch
     from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -315,7 +314,7 @@ def precheck(argv: list[str]) -> None:
     from .config import check_against_data, validate
     from .data import check_files, dataset_sizes
     from .devices import resolve_device
-    from .models import build_model
+    from .models import sized_model
     from .records import is_run_dir
 
     argv, options = config_options(argv)
@@ -382,8 +381,7 @@ def precheck(argv: list[str]) -> None:
             resolve_device(cfg.device)  # device=cuda where there is none: before any job runs
             check_files(cfg.dataset)
             input_shape, n_classes, n_train = dataset_sizes(cfg.dataset)
-            with torch.device("meta"):  # the sizes without allocating the model
-                model = build_model(cfg.model, input_shape, n_classes)
+            model = sized_model(cfg.model, input_shape, n_classes)  # on the meta device where it can be
             check_against_data(cfg, n_train, model, input_shape)
 
 

@@ -24,11 +24,11 @@ methods alike.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from .conv_hessian import layers_of
 from .curvature import layer_sizes
@@ -82,16 +82,37 @@ def profile(model: nn.Module, input_shape: tuple[int, ...]) -> Profile:
                 macs.append(output.numel() * module.weight[0].numel())
                 conv.append(not isinstance(module, nn.Linear))
 
-    tensors = {k: torch.empty_like(v, device="meta") for k, v in [*model.named_parameters(), *model.named_buffers()]}
     leaves = [m for m in model.modules() if not list(m.children())]
     handles = [m.register_forward_hook(count) for m in leaves]
     try:
-        with torch.no_grad():
-            logits = functional_call(model, tensors, (torch.zeros(1, *input_shape, device="meta"),)).numel()
+        with torch.no_grad(), _on_meta(model):
+            logits = model(torch.zeros(1, *input_shape, device="meta")).numel()
     finally:
         for h in handles:
             h.remove()
     return Profile(tuple(macs), tuple(conv), outputs[0], logits)
+
+
+@contextlib.contextmanager
+def _on_meta(model: nn.Module):
+    """Each module's parameters and buffers swapped for meta tensors of their shapes while the block runs, and
+    put back after. By hand rather than by torch.func.functional_call, which leaves a module that the model uses
+    twice on the meta device (torch 2.14)."""
+    saved = [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
+    metas: dict[int, torch.Tensor] = {}  # one meta tensor for a tensor that two modules share
+
+    def meta(t):
+        return None if t is None else metas.setdefault(id(t), torch.empty_like(t, device="meta"))
+
+    try:
+        for m, params, buffers in saved:
+            m._parameters.update({k: meta(v) for k, v in params.items()})
+            m._buffers.update({k: meta(v) for k, v in buffers.items()})
+        yield
+    finally:
+        for m, params, buffers in saved:
+            m._parameters.update(params)
+            m._buffers.update(buffers)
 
 
 def _product(rates: tuple[float, ...], prof: Profile, n: int) -> float:

@@ -167,7 +167,7 @@ def _custom(cfg, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
     sizes = {k: v for k, v in (("input_shape", tuple(input_shape)), ("n_classes", out_dim)) if takes_all or k in params}
     try:
         module = factory(**sizes, **kwargs)
-    except Exception as e:  # noqa: BLE001 - any failure of the user's code, in one line
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - any failure of the user's code, in one line
         raise UsageError(
             f"model.factory={cfg.factory} failed with model.kwargs={kwargs}: {type(e).__name__}: {e}".splitlines()[0]
         ) from e
@@ -277,6 +277,54 @@ def build_model(model_cfg, input_shape: tuple[int, ...] | int, out_dim: int) -> 
     PyTorch initialisation."""
     shape = (input_shape,) if isinstance(input_shape, int) else tuple(int(s) for s in input_shape)
     return MODELS[str(model_cfg.name)].build(model_cfg, shape, out_dim)
+
+
+def sized_model(model_cfg, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+    """The model for the checks that need its sizes alone, its outputs checked (:func:`check_outputs`): built on
+    the meta device (nothing allocated, no arithmetic), or on the CPU where the user's factory or forward cannot
+    run there (``.item()``, code that depends on values)."""
+    try:
+        with torch.device("meta"):
+            model = build_model(model_cfg, input_shape, out_dim)
+        check_outputs(model, input_shape, out_dim, model_cfg)
+        return model
+    except (UsageError, NotImplementedError, RuntimeError):
+        if str(model_cfg.name) != "custom":
+            raise
+    model = build_model(model_cfg, input_shape, out_dim)
+    check_outputs(model, input_shape, out_dim, model_cfg)
+    return model
+
+
+def check_outputs(model: nn.Module, input_shape: tuple[int, ...] | int, out_dim: int, model_cfg) -> None:
+    """A batch of two examples through ``model`` (eval mode, on its device: no state changes) gives one output per
+    class, (2, out_dim), as the losses need.
+
+    Raises:
+        UsageError: the forward pass fails, or its output has another shape.
+    """
+    shape = (input_shape,) if isinstance(input_shape, int) else tuple(int(s) for s in input_shape)
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    name = f"model.factory={model_cfg.factory}" if str(model_cfg.name) == "custom" else f"model={model_cfg.name}"
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *shape, device=device))
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - any failure of the user's code, in one line
+        if device.type == "meta":
+            raise
+        raise UsageError(f"{name}: the model fails on a batch of inputs of shape {shape}: {type(e).__name__}: "
+                         f"{e}".splitlines()[0]) from e  # fmt: skip
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, out_dim):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UsageError(
+            f"{name} gives outputs of shape {got} for a batch of 2, not (2, {out_dim}): one score per class of the "
+            "dataset"
+        )
 
 
 def describe(model_cfg) -> str:

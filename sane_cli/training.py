@@ -12,6 +12,7 @@ import copy
 import datetime as dt
 import json
 import logging
+import math
 import os
 import platform
 import signal
@@ -36,7 +37,7 @@ from .errors import UsageError
 from .losses import loss_function
 from .measures import checkpoint_row
 from .methods import auto_choice, long_checkpoint, measure, preconditioned_sharpness, top_eigenvalue
-from .models import build_model, describe, n_parameters
+from .models import build_model, check_outputs, describe, n_parameters
 from .optim import build_optimizer, full_batch, is_preconditioned, preconditioner, stability_threshold
 from .records import FINAL_COLUMNS, RunWriter, json_default, resume_point
 from .schedule import Schedule
@@ -142,6 +143,7 @@ def train(
     data = load_data(cfg.dataset)
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg.model, data.input_shape, data.n_classes).to(device)
+    check_outputs(model, data.input_shape, data.n_classes, cfg.model)  # before the folder is claimed
     n_params = n_parameters(model)
     check_against_data(cfg, len(data.y_train), model, data.input_shape)
 
@@ -330,8 +332,9 @@ class _Training:
                     if kind is not None or step == 0:  # step 0: resumable from the start
                         self.save(top)
                     self.measure_pre_spike()  # found by the previous step's loss
-                    if kind is not None:
-                        self.measure(step, kind)
+                    if kind is not None and not self.measure_finite(step, kind):
+                        status = "diverged"
+                        break
                     if step % int(cfg.log_every) == 0 or step == self.steps:
                         metrics = self.log_metrics(step)
                         bar.set_postfix(loss=f"{metrics['train_loss']:.4g}", test_acc=f"{metrics['test_acc']:.3f}")
@@ -365,6 +368,20 @@ class _Training:
         """A curvature checkpoint of the model as it is."""
         self.last["curvature"] = self.probe.take(step, kind, self.model, preconditioner(self.opt, self.cfg.optim))
         self.schedule.measured.add(step)
+
+    def measure_finite(self, step: int, kind: str) -> bool:
+        """:meth:`measure`, or False where it fails on a state whose training loss is not finite (a model whose
+        outputs are NaN or infinite from the start: no step's loss has told the run it diverged yet), ended as
+        a divergence; a failure on a finite loss is the run's failure."""
+        try:
+            self.measure(step, kind)
+            return True
+        except Exception:
+            loss = evaluate(self.model, self.loss_fn, self.x_train, self.y_train)[0]
+            if math.isfinite(loss):
+                raise
+        self.diverge(step, loss)
+        return False
 
     def measure_pre_spike(self) -> None:
         """The curvature of the parameters kept from before a spike's step, where a spike asks for one."""

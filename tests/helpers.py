@@ -45,3 +45,50 @@ def reference_hessian(model, loss_fn, x, y) -> torch.Tensor:
         return loss_fn(functional_call(model, params, (x.double(),)), y)
 
     return torch.func.hessian(f)(theta)
+
+
+# custom models (model.factory=helpers:<name>) that a user's factory may be: tested in test_models
+
+
+def shared_layer_mlp(input_shape, n_classes, width=6):
+    """One hidden layer used twice (its weights tied): the parameters are counted once."""
+    from torch import nn
+
+    hidden = nn.Linear(width, width)
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), width), nn.Tanh(), hidden, nn.Tanh(),
+                         hidden, nn.Tanh(), nn.Linear(width, n_classes))  # fmt: skip
+
+
+def item_width_mlp(input_shape, n_classes):
+    """A factory that reads a tensor's value (``.item()``), which the meta device cannot give."""
+    from torch import nn
+
+    width = int(torch.tensor(5.0).item())
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), width), nn.Tanh(), nn.Linear(width, n_classes))
+
+
+def one_output_too_many(input_shape, n_classes):
+    from torch import nn
+
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), n_classes + 1))
+
+
+def nan_outputs(input_shape, n_classes):
+    """Outputs that are NaN from the start."""
+    from torch import nn
+
+    class NaN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(int(np.prod(input_shape)), n_classes)
+
+        def forward(self, x):
+            return self.linear(x.flatten(1)) * float("nan")
+
+    return NaN()
+
+
+def exits(input_shape, n_classes):
+    import sys
+
+    sys.exit(3)

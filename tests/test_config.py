@@ -95,6 +95,11 @@ BAD = [
     (["hessian.reorth=partial"], r"hessian.reorth='partial' is invalid: must be one of none, selective, full"),
     (["optim=sgd", "optim.momentum=1.0"], r"optim.momentum=1.0 is invalid: must be in \[0, 1\)"),
     (["-m", "lr=0.1,0.2,-3"], r"optim.lr=-3 is invalid"),  # the last job of a sweep, caught before the first
+    (
+        ["model=custom", "model.factory=helpers:one_output_too_many"],
+        r"model.factory=helpers:one_output_too_many gives outputs of shape \(2, 11\) for a batch of 2, not \(2, 10\)",
+    ),
+    (["model=custom", "model.factory=helpers:exits"], r"model.factory=helpers:exits failed .*: SystemExit: 3"),
 ]
 
 

@@ -151,3 +151,34 @@ def test_a_cnn_run_with_the_layer_ordered_methods(tmp_path):
     starts = np.cumsum([0, *layer_sizes(model)])
     blocks = [np.linalg.eigvalsh(ref[a:b, a:b].numpy()) for a, b in zip(starts[:-1], starts[1:], strict=True)]
     np.testing.assert_allclose(spectra["block_diag"], np.sort(np.concatenate(blocks))[::-1], rtol=1e-8, atol=1e-11)
+
+
+def test_custom_models_the_meta_device_cannot_build_or_that_share_a_layer(tmp_path):
+    """A factory that reads a tensor's value (not possible on the meta device the size checks build on) is
+    built on the CPU for them; a model that uses one layer twice trains, its curvature that of the dense float64
+    Hessian in its parameters counted once (the cost profile leaves its weights where they were)."""
+    from sane_cli.cli import precheck
+    from sane_cli.costs import profile
+
+    precheck(["model=custom", "model.factory=helpers:item_width_mlp", "steps=2"])
+    cfg = config("model=custom", "model.factory=helpers:shared_layer_mlp", "hessian=exact", "steps=10",
+                 "hessian.every=10", "dataset=synthetic", "dataset.n_train=64", "dataset.n_features=5",
+                 "dataset.n_classes=3", "device=cpu")  # fmt: skip
+    model = build_model(cfg.model, (5,), 3)
+    profile(model, (5,))
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    train(cfg, tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    assert run.status == "completed" and run.summary["n_params"] == 5 * 6 + 6 + 6 * 6 + 6 + 6 * 3 + 3
+    data = load_data(validate(cfg).dataset)
+    model.load_state_dict(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"])
+    ref = reference_hessian(copy.deepcopy(model), loss_function("cross_entropy", 3), data.x_train, data.y_train)
+    np.testing.assert_allclose(run.spectrum(10)[0], np.linalg.eigvalsh(ref.numpy())[::-1], rtol=1e-8, atol=1e-10)
+
+
+def test_a_model_whose_outputs_are_not_finite_from_the_start_diverges(tmp_path):
+    """NaN outputs at step 0: the run ends diverged (no curvature of a NaN loss), not failed."""
+    cfg = config("model=custom", "model.factory=helpers:nan_outputs", "steps=10", "hessian.every=5",
+                 "dataset=synthetic", "dataset.n_train=32", "device=cpu")  # fmt: skip
+    summary = train(cfg, tmp_path / "run", progress=False)
+    assert summary["status"] == "diverged" and load_run(tmp_path / "run").hessian.empty
