@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from helpers import make_config
@@ -207,3 +208,40 @@ def test_a_disk_full_just_after_the_claim_records_the_failure(tmp_path, monkeypa
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and "No space left" in summary["error"]
     assert not (tmp_path / "run" / ".summary.reserve").exists()
+
+
+def test_layer_rows_and_config_groups_that_do_not_match_the_run(tmp_path):
+    """layers.csv is checked against hessian.csv (a checkpoint's rows missing, a checkpoint hessian.csv lacks, a
+    layer short), rows after the last checkpoint (a write a stop cut short) are left out, and a config group that
+    is not a mapping is named: each a one-line error naming the file, not a report built on it."""
+    import shutil
+
+    import pandas as pd
+
+    good = tmp_path / "good"
+    train(make_config("hessian.layers=true"), good)
+    rows = pd.read_csv(good / "layers.csv")
+    assert sorted(set(rows.step)) == [0, 10, 20] and rows.layer.nunique() == 2
+
+    def damaged(name, change):
+        folder = tmp_path / name
+        shutil.copytree(good, folder)
+        change(folder)
+        return folder
+
+    def write(table):
+        return lambda d: table.to_csv(d / "layers.csv", index=False)
+
+    late = pd.concat([rows, rows.iloc[-1:].assign(step=999999)])
+    assert 999999 not in load_run(damaged("late", write(late))).layers.step.tolist()
+    cases = {
+        "no rows of the checkpoint at step 20 \\(scheduled\\)": write(rows[rows.step != 20]),
+        "rows of a checkpoint at step 5 \\(scheduled\\) that hessian.csv does not have": write(
+            pd.concat([rows.iloc[:2].assign(step=5), rows])),
+        "the checkpoint at step 10 \\(scheduled\\) has layers \\[1\\]": write(rows[(rows.step != 10) | (rows.layer == 1)]),
+        **{re.escape(f"config has hessian = {v!r}, not a mapping"): (lambda d, v=v: edit_summary(d, config={
+            **json.loads((d / "summary.json").read_text())["config"], "hessian": v})) for v in ([], "x", 5, None)},
+    }  # fmt: skip
+    for i, (message, change) in enumerate(cases.items()):
+        with pytest.raises(UsageError, match=message):
+            load_run(damaged(f"case{i}", change))

@@ -154,6 +154,9 @@ def _is_kind(value: Any, kind: str) -> bool:
     return kind == "a number" or float(value).is_integer()
 
 
+GROUP_KEYS = ("dataset", "model", "optim", "hessian")  # the config's groups that the report reads keys of
+
+
 def load_run(path: str | Path) -> Run:
     """Read a run folder.
 
@@ -178,6 +181,12 @@ def load_run(path: str | Path) -> Run:
             and (isinstance(value, bool) or not isinstance(value, int | float))
         ):
             raise UsageError(f"{path}: summary.json has a non-numeric {key} ({value!r}); the run folder is corrupt")
+    for group in GROUP_KEYS:  # a config group is a mapping wherever sane-run wrote one
+        if group in summary["config"] and not isinstance(summary["config"][group], dict):
+            raise UsageError(
+                f"{path}: summary.json's config has {group} = {summary['config'][group]!r}, not a mapping of its keys; "
+                "the run folder is corrupt (sane-run writes no such value)"
+            )
     for key, kind in REPORT_KEYS.values():
         value = config_value(summary["config"], key)
         if value is not None and not _is_kind(value, kind):
@@ -203,7 +212,46 @@ def load_run(path: str | Path) -> Run:
         if list(df.columns) != columns:
             raise UsageError(f"{path}: {name}.csv has columns {list(df.columns)}, expected {columns}")
         tables[name] = checked_rows(df, raw, path / f"{name}.csv")
+    if tables["layers"] is not None:
+        tables["layers"] = _matched_layers(tables["layers"], tables["hessian"], path / "layers.csv")
     return Run(path, summary, tables["metrics"], tables["hessian"], tables["loss"], tables["layers"])
+
+
+def _matched_layers(layers: pd.DataFrame, hessian: pd.DataFrame, file: Path) -> pd.DataFrame:
+    """layers.csv's rows checked against hessian.csv's checkpoints. A checkpoint's layer rows are written before
+    its hessian.csv row, so rows after the last checkpoint that has one are a checkpoint a stop cut short: left
+    out. Otherwise each checkpoint (step and kind) in layers.csv is one of hessian.csv's with the same layers as
+    the others, and every checkpoint from the first with layer rows on has them (layers.csv starts later in a
+    run resumed from a version before it).
+
+    Raises:
+        UsageError: naming the file and the checkpoint, where they do not match.
+    """
+    if layers.empty:
+        return layers
+    keys = list(zip(layers.step.tolist(), layers.kind.tolist(), strict=True))
+    measured = set(zip(hessian.step.tolist(), hessian.kind.tolist(), strict=True))
+    known = [k in measured for k in keys]
+    end = len(keys) - known[::-1].index(True) if any(known) else 0
+    layers = layers.iloc[:end]
+    for (step, kind), ok in zip(keys[:end], known[:end], strict=True):
+        if not ok:
+            raise UsageError(f"{file}: rows of a checkpoint at step {step} ({kind}) that hessian.csv does not have; "
+                             "the run folder is corrupt")  # fmt: skip
+    if layers.empty:
+        return layers
+    counts = layers.groupby(["step", "kind"], sort=False).layer.apply(lambda s: tuple(s.tolist()))
+    if counts.nunique() > 1:
+        (step, kind), ids = next(iter(counts[counts != counts.iloc[0]].items()))
+        raise UsageError(f"{file}: the checkpoint at step {step} ({kind}) has layers {list(ids)}, the first one "
+                         f"{list(counts.iloc[0])}; the run folder is corrupt")  # fmt: skip
+    first = next(i for i, k in enumerate(zip(hessian.step, hessian.kind, strict=True)) if k == keys[0])
+    have = set(counts.index)
+    for step, kind in zip(hessian.step.iloc[first:], hessian.kind.iloc[first:], strict=True):
+        if (step, kind) not in have:
+            raise UsageError(f"{file}: no rows of the checkpoint at step {step} ({kind}) that hessian.csv has; the run "
+                             "folder is corrupt")  # fmt: skip
+    return layers
 
 
 def checked_rows(df: pd.DataFrame, raw: bytes, file: Path) -> pd.DataFrame:
