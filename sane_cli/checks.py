@@ -21,6 +21,38 @@ T = TypeVar("T")
 FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: the parameters' precision
 
 
+def path_fits(path, what: str) -> None:
+    """``path`` can be a file system's: each of its names at most the bytes the file system allows (255 on most),
+    the whole at most its path length (4096).
+
+    Raises:
+        UsageError: naming ``what`` (``hydra.run.dir``, ``-o``) and the name too long.
+    """
+    import os
+    from pathlib import Path
+
+    path = Path(path).expanduser().absolute()
+    known = next((p for p in (path, *path.parents) if _exists(p)), Path("/"))
+    try:
+        name_max, path_max = os.pathconf(known, "PC_NAME_MAX"), os.pathconf(known, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    long = next((part for part in path.parts if len(os.fsencode(part)) > name_max), None)
+    if long is not None:
+        raise UsageError(f"{what}: the name {long[:40]!r}... is {len(os.fsencode(long))} bytes, more than the "
+                         f"{name_max} its file system allows; choose a shorter one")  # fmt: skip
+    if len(os.fsencode(str(path))) >= path_max:
+        raise UsageError(f"{what}: the path is {len(os.fsencode(str(path)))} bytes, more than the {path_max} its file "
+                         "system allows; choose a shorter one")  # fmt: skip
+
+
+def _exists(path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long
+        return False
+
+
 def fail(key: str, value: Any, allowed: str) -> None:
     """Raise the one-line error for ``key=value``; ``allowed`` says what would do."""
     raise UsageError(f"{key}={value!r} is invalid: {allowed}")

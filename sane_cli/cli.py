@@ -311,6 +311,7 @@ def precheck(argv: list[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from .checks import path_fits
     from .config import check_against_data, validate
     from .data import check_files, dataset_sizes
     from .devices import resolve_device
@@ -320,6 +321,9 @@ def precheck(argv: list[str]) -> None:
     argv, options = config_options(argv)
     words = [a for a in argv if not a.startswith("-")]
     multirun = any(a in ("-m", "--multirun") for a in argv)
+    for word in words:
+        if word.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "resume=")):
+            path_fits(word_value(word).split("${", 1)[0], word.split("=", 1)[0])
     if any(w.startswith("resume=") for w in words):
         _check_resume(words, multirun)
         return

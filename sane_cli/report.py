@@ -35,9 +35,13 @@ marked in the figures, never dropped; unreadable run folders are skipped with a 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import html
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -50,6 +54,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .basins import BASIN_COLUMNS
+from .checks import path_fits
 from .errors import UsageError
 from .records import FINISHED, STATUSES, Run, find_runs, load_run
 from .sensitivity import sensitivity_table
@@ -260,8 +265,67 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
         log.info("%d of %d runs have status %s", len(kept), len(runs), " or ".join(options.status))
         runs = kept
     out = Path(out) if out is not None else paths[0] / "report"
+    path_fits(out, "-o")
     _check_out(out, runs, paths)
-    _clear_earlier_report(out)
+    _check_earlier_report(out)
+    work = _work_folder(out)
+    try:
+        _write(paths, work, runs, skipped, options)
+        _swap_in(work, out)
+    except OSError as e:  # a full disk, a folder made read-only meanwhile: nothing half-written is left
+        shutil.rmtree(work, ignore_errors=True)
+        where = f": {e.filename}" if e.filename else ""
+        raise UsageError(f"cannot write the report to {out} ({e.strerror}{where}); nothing of it was left "
+                         "there and an earlier report there is untouched: free some space, or choose another "
+                         "folder (-o)") from None  # fmt: skip
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log.info("wrote %s in %.1f s", out / "report.html", time.perf_counter() - start)
+    return out / "report.html"
+
+
+def _work_folder(out: Path) -> Path:
+    """A new folder beside ``out`` that the report is written into before it takes ``out``'s place, so that a
+    report cut short (a full disk, Ctrl-C) leaves an earlier one whole, and two reports into one folder at once
+    each write their own (the later one stays)."""
+    parent = out.absolute().parent
+    blocking = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UsageError(f"cannot write the report to {out}: {blocking} is a file, not a folder; choose another "
+                         "folder with -o")  # fmt: skip
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+    except OSError as e:
+        raise UsageError(f"cannot write the report to {out}: {parent} is not a writable folder ({e.strerror}); "
+                         "choose another folder with -o") from None  # fmt: skip
+
+
+def _swap_in(work: Path, out: Path) -> None:
+    """``work`` renamed to ``out``, an earlier report there moved aside first and removed after. Two reports
+    finishing at once: each tries again until its rename holds (the later one stays)."""
+    for _ in range(20):
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.{os.getpid()}.old")
+            with contextlib.suppress(FileNotFoundError):  # another report moved it aside meanwhile
+                os.rename(out, old)
+        try:
+            os.rename(work, out)
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            continue  # another report took the place between the two renames
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        return
+    raise OSError(errno.EBUSY, "other reports kept replacing it", str(out))
+
+
+def _write(paths: list[Path], out: Path, runs: list[Run], skipped: list[str], options: Options) -> None:
+    """Every file of the report into ``out``."""
     (out / "figures").mkdir(parents=True, exist_ok=True)
     notes = []
     table = summary_table(runs, notes)
@@ -305,10 +369,7 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
         fig = figure.draw(context)
         if fig is not None:
             drawn[figure] = _save(fig, out / "figures" / figure.name, options.formats)
-    page = out / "report.html"
-    page.write_text(_html(context, drawn))
-    log.info("wrote %s in %.1f s", page, time.perf_counter() - start)
-    return page
+    (out / "report.html").write_text(_html(context, drawn))
 
 
 def _sensitivity(runs: list[Run], table: pd.DataFrame, options: Options, skipped: list[str]):
@@ -342,15 +403,13 @@ REPORT_FILES = ("report.html", "figures", "runs", "summary.csv", "groups.csv", "
                 "sensitivity.csv", "sensitivity_correlations.csv")  # fmt: skip
 
 
-def _clear_earlier_report(out: Path) -> None:
-    """``out`` ready for a report: new, empty, or holding an earlier report, whose files are removed (and
-    named in the log) so that none of them (a figure of a run no longer there) passes for this report's.
+def _check_earlier_report(out: Path) -> None:
+    """``out`` can take a report: new, empty, or holding an earlier report, which is replaced as a whole (and
+    named in the log) so that none of its files (a figure of a run no longer there) passes for this report's.
 
     Raises:
         UsageError: ``out`` is a file, or a folder holding files a report does not write.
     """
-    import shutil
-
     if out.exists() and not out.is_dir():
         raise UsageError(f"the output folder {out} is a file; choose a folder (-o), new or holding an earlier report")
     if not out.exists():
@@ -365,9 +424,6 @@ def _clear_earlier_report(out: Path) -> None:
         )
     if entries:
         log.info("replacing the earlier report in %s (%s)", out, ", ".join(entries))
-        for name in entries:
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 def _all_per_run(runs: list[Run], table: pd.DataFrame, out: Path, options: Options) -> list[tuple]:
@@ -484,6 +540,8 @@ def main(argv: list[str]) -> Path:
                                 ("--neff-alpha", "numbers > 0", "0.05,0.5,5")):  # fmt: skip
         parser.add_argument(flag, default=default, help=f"sensitivity: {kind}, comma separated (default {default})")
     args = parser.parse_args(argv)
+    for path in args.paths:
+        path_fits(path, "PATH")
     settings = {
         "sane_rho": _numbers("--sane-rho", args.sane_rho, float),
         "sane_k": _numbers("--sane-k", args.sane_k, int),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -56,7 +57,13 @@ def collect(paths: list[Path]) -> tuple[list[Run], list[str]]:
     for root in paths:
         if not root.exists():
             raise UsageError(f"{root} does not exist; give a folder that holds sane-run outputs (e.g. outputs/)")
-        found = find_runs(root)
+        found, unreadable = find_runs(root), []
+        for _ in os.walk(root, onerror=unreadable.append):  # folders that cannot be listed hide their runs
+            pass
+        for e in unreadable:
+            note = f"cannot read {e.filename} ({e.strerror}); any runs in it are left out"
+            log.warning("skipping: %s", note)
+            skipped.append(note)
         if not found:
             raise UsageError(f"{root} holds no sane-run run folders (none has a summary.json); check the path")
         for path in found:

@@ -770,3 +770,69 @@ def test_learning_rate_axes_carry_plain_numbers():
     fig.canvas.draw()
     labels = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels() if t.get_text()]
     assert labels and all(re.fullmatch(r"[0-9.]+", t) for t in labels), labels
+
+
+def test_file_system_faults_end_in_one_line_and_leave_no_part_of_a_report(sweep, tmp_path, monkeypatch, caplog):
+    """`-o` below a file, names too long, a disk that fills as the report is written (nothing of it left, the
+    earlier report whole), a folder that cannot be listed (named, not silently left out), a read-only input
+    folder as the default output's parent: each a one-line error or warning."""
+    import sane_cli.report as report_module
+
+    runs = tmp_path / "runs"
+    shutil.copytree(sweep, runs)
+    (tmp_path / "file.txt").write_text("")
+    with pytest.raises(UsageError, match=r"file.txt is a file, not a folder; choose another folder with -o"):
+        main([str(runs), "-o", str(tmp_path / "file.txt" / "sub")])
+    with pytest.raises(UsageError, match=r"^-o: the name 'x{40}'\.\.\. is 300 bytes, more than the \d+"):
+        main([str(runs), "-o", str(tmp_path / ("x" * 300))])
+    with pytest.raises(UsageError, match=r"^PATH: the name 'y{40}'\.\.\. is 300 bytes"):
+        main([str(tmp_path / ("y" * 300))])
+
+    out = tmp_path / "rep"
+    report([runs], out, Options(jobs=1))
+    earlier = digest(out)
+    real = report_module._html
+
+    def full(*args):
+        real(*args)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_module, "_html", full)
+    with pytest.raises(UsageError, match=rf"cannot write the report to {out} \(No space left on device\); nothing"):
+        report([runs], out, Options(jobs=1))
+    monkeypatch.undo()
+    assert digest(out) == earlier and sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "rep", "runs"]
+
+    hidden = next(p for p in runs.rglob("summary.json")).parent.parent  # a folder that holds runs
+    if os.getuid() == 0:  # root reads any folder: it is made unreadable by refusing to list it
+        scandir = os.scandir
+
+        def refuse(path="."):
+            if Path(path).resolve() == hidden.resolve():
+                raise PermissionError(13, "Permission denied", str(path))
+            return scandir(path)
+
+        monkeypatch.setattr(os, "scandir", refuse)
+    else:
+        hidden.chmod(0)
+    try:
+        with caplog.at_level(logging.WARNING):
+            with pytest.raises(UsageError, match="holds no sane-run run folders|no readable run folders"):
+                report([runs], tmp_path / "rep2", Options(jobs=1))
+    finally:
+        monkeypatch.undo()
+        hidden.chmod(0o755)
+    assert any(f"cannot read {hidden} (Permission denied)" in r.getMessage() for r in caplog.records)
+
+
+def test_two_reports_into_one_folder_at_once(sweep, tmp_path):
+    """Two sane-report commands writing the same -o at the same time: both succeed and the folder holds one
+    whole report (the later one), with no temporary folder left beside it."""
+    command = shutil.which("sane-report")
+    procs = [subprocess.Popen([command, str(sweep), "-o", str(tmp_path / "same"), "-j", "1"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    assert (tmp_path / "same" / "report.html").is_file() and (tmp_path / "same" / "summary.csv").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]
