@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import pickle
 import random
@@ -27,6 +28,8 @@ import torch
 
 from . import checks
 from .errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -185,10 +188,16 @@ def _mnist1d(cfg) -> Data:
             x, y = f["x"], f["y"]
     else:
         x, y = _generate_mnist1d(total, int(cfg.data_seed))
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, x=x, y=y)
-        os.replace(tmp, path)  # atomic, so parallel runs never read a half-written cache
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(tmp, x=x, y=y)
+            os.replace(tmp, path)  # atomic, so parallel runs never read a half-written cache
+        except OSError as e:  # a read-only or full cache folder: the run goes on, generating the data each time
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            log.warning("dataset=mnist1d: cannot cache the generated data in %s (%s); set dataset.cache_dir to a "
+                        "writable folder to keep it between runs", path.parent, e.strerror)  # fmt: skip
     x = torch.as_tensor(x, dtype=torch.float32)
     y = torch.as_tensor(y, dtype=torch.int64)
     return Data("mnist1d", x[:n_train], y[:n_train], x[n_train : n_train + n_test], y[n_train : n_train + n_test], 10)

@@ -84,27 +84,37 @@ LOCK = ".sane-run-download.lock"
 
 
 def _fetch(name: str, source: Source, mirrors: tuple[str, ...], root: Path, target: Path, files: list[str]) -> None:
-    with _locked(root / LOCK):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(_locked(root / LOCK))
+        except OSError as e:  # a read-only data folder
+            raise UsageError(
+                f"dataset={name}: cannot download into {root} ({e.strerror}); put the files ({', '.join(files)}) into "
+                f"{target} by hand, or set dataset.root to a folder you can write"
+            ) from None
         if all((target / f).is_file() for f in files):  # another job fetched them while this one waited
             return
+        for stale in root.glob(".download-*"):  # of a download killed before it could clean up (no one else holds
+            shutil.rmtree(stale, ignore_errors=True)  # the lock: none is under way)
         work = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
         try:
             failure = None
             for prefix in mirrors:
                 try:
                     for archive, md5 in source.archives:
+                        failure = (prefix, archive, None)
                         _download(prefix + archive, work, archive, md5)
                     failure = None
                     break
                 except (OSError, RuntimeError, ValueError) as e:  # URLError and socket timeouts are OSErrors
-                    failure = (prefix, e)
+                    failure = (failure[0], failure[1], e)
                     for archive, _ in source.archives:
                         (work / archive).unlink(missing_ok=True)
             if failure is not None:
-                prefix, e = failure
+                prefix, archive, e = failure
                 reason = str(getattr(e, "reason", None) or e).splitlines()[0] or type(e).__name__
                 raise UsageError(
-                    f"dataset={name}: could not download {prefix}{source.archives[0][0]} into {root} ({reason}); "
+                    f"dataset={name}: could not download {prefix}{archive} into {root} ({reason}); "
                     f"offline? put the files ({', '.join(files)}) into {target} by hand, or set dataset.mirror to a "
                     "mirror you can reach; dataset.download=false never downloads"
                 )

@@ -70,7 +70,9 @@ class CurvatureResult:
     dtype: str  # the precision it ran in
     eigenvalues: np.ndarray  # descending: every eigenvalue (exact, block_*) or the top Ritz values (lanczos, slq)
     eigenvectors: np.ndarray  # (P, topk_vectors) columns
-    row: dict  # lambda_max, lambda_min, trace, trace_se, n_negative (n_negative_se, negative_below), n_eff, n_eff_se, sane, sane_se, converged
+    # lambda_max, lambda_min, trace, trace_se, n_negative (n_negative_se, negative_below), n_eff, n_eff_se, sane,
+    # sane_se, converged
+    row: dict
     seconds: float
     arrays: dict = field(default_factory=dict)  # extra arrays for the spectra file (SLQ nodes and weights)
     layers: list[dict] = field(default_factory=list)  # one row per layer (layer_rows); empty unless asked for
@@ -294,8 +296,8 @@ def _lanczos_estimates(matvec, p: int, hcfg, dtype, device):
     trace, trace_se = hutchinson(matvec, p, probes=int(hcfg.probes), seed=int(hcfg.seed),
                                  deflate=_deflation(top, p, hcfg), dtype=dtype, device=device)  # fmt: skip
     nan = float("nan")
-    row.update(trace=trace, trace_se=trace_se, n_negative=nan, n_negative_se=nan, negative_below=nan, n_eff=nan, n_eff_se=nan, n_eff_bound=nan, sane=nan,
-               sane_se=nan, sane_bound=nan)  # fmt: skip
+    row.update(trace=trace, trace_se=trace_se, n_negative=nan, n_negative_se=nan, negative_below=nan, n_eff=nan,
+               n_eff_se=nan, n_eff_bound=nan, sane=nan, sane_se=nan, sane_bound=nan)  # fmt: skip
     return top, row
 
 
@@ -331,8 +333,8 @@ def _slq_estimates(matvec, p: int, hcfg, dtype, device):
     n_eff_bound = _bias_bound(quad, n_eff, float(hcfg.alpha), hcfg)
     sane_bound = _bias_bound(quad, sane, scale, hcfg) if scale > 0 else 0.0
     row.update(trace=trace, trace_se=trace_se, n_negative=n_neg, n_negative_se=n_neg_se, negative_below=below,
-               n_eff=n_eff, n_eff_se=n_eff_se, n_eff_bound=n_eff_bound, sane=sane, sane_se=sane_se, sane_bound=sane_bound,
-               reorth=hcfg.reorth)  # fmt: skip
+               n_eff=n_eff, n_eff_se=n_eff_se, n_eff_bound=n_eff_bound, sane=sane, sane_se=sane_se,
+               sane_bound=sane_bound, reorth=hcfg.reorth)  # fmt: skip
     return top, row, quad
 
 

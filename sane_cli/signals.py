@@ -1,6 +1,7 @@
 """Stops by signal at points a run can be resumed from: SIGTERM (what schedulers and `timeout` send), SIGINT
-(Ctrl-C) and SIGHUP (the terminal or ssh connection gone) raise :class:`Interrupted` in the training loop, at once while nothing of the training state changes,
-and at the end of a step or a file write otherwise (:meth:`Signals.hold`)."""
+(Ctrl-C) and SIGHUP (the terminal or ssh connection gone) raise :class:`Interrupted` in the training loop, at once
+while nothing of the training state changes, and at the end of a step or a file write otherwise
+(:meth:`Signals.hold`)."""
 
 from __future__ import annotations
 

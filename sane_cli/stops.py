@@ -136,8 +136,10 @@ def stop_at_start(signum, _frame):
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
     if controllers or multiprocessing.active_children():  # joblib's workers stop their jobs (guard_worker)
-        say(f"sane-run: the sweep stopped by {name}; each job in progress records where it got to (continue: run "
-            "the sweep again with the same hydra.sweep.dir)")
+        say(
+            f"sane-run: the sweep stopped by {name}; each job in progress records where it got to (continue: run "
+            "the sweep again with the same hydra.sweep.dir)"
+        )
     else:
         say(f"sane-run: stopped by {name} before training started")
     os._exit(128 + int(signum))

@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+
 import numpy as np
+import pytest
 import torch
 from hydra import compose, initialize_config_module
 from torch.func import functional_call
 
 from sane_cli.curvature import flatten_parameters
+
+
+@contextlib.contextmanager
+def read_only_folder(path):
+    """A folder that nothing can be written into: a read-only tmpfs where this process is root (file permissions
+    do not stop root), else a folder without write permission; the test is skipped where neither can be made."""
+    path.mkdir(parents=True)
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        try:
+            yield path
+        finally:
+            path.chmod(0o755)
+        return
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True)
+    if made.returncode:
+        pytest.skip(f"cannot mount a read-only file system here ({made.stderr.decode().strip()[:80]})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
 
 TINY = [
     "dataset=synthetic",
@@ -64,7 +91,8 @@ def item_width_mlp(input_shape, n_classes):
     from torch import nn
 
     width = int(torch.tensor(5.0).item())
-    return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), width), nn.Tanh(), nn.Linear(width, n_classes))
+    first = nn.Linear(int(np.prod(input_shape)), width)
+    return nn.Sequential(nn.Flatten(), first, nn.Tanh(), nn.Linear(width, n_classes))
 
 
 def one_output_too_many(input_shape, n_classes):

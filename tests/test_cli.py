@@ -424,7 +424,7 @@ def test_the_users_config_folder_composes_with_the_packaged_configs(tmp_path, mo
     precheck([*options, *TINY, "experiment=mine"])
     with pytest.raises(UsageError, match=r"--config-dir nowhere is not a folder"):
         precheck(["--config-dir", "nowhere", *TINY])
-    if options[0] in ("--config-dir", "hydra.searchpath=[file://{cd}]".format(cd=cd)):  # one of each through the command
+    if options[0] in ("--config-dir", f"hydra.searchpath=[file://{cd}]"):  # one of each through the command
         out = run(tmp_path, *options, *TINY, "experiment=mine", "hydra.run.dir=mine")
         assert out.returncode == 0, out.stderr
         assert load_run(tmp_path / "mine").config["seed"] == 7

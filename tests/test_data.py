@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import read_only_folder
 from omegaconf import OmegaConf
 
 from sane_cli.data import DATASETS, load_data
@@ -296,9 +297,10 @@ def test_a_failed_download_is_one_line_and_leaves_nothing_half_written(tmp_path,
     from sane_cli import downloads
 
     monkeypatch.setattr(downloads, "TIMEOUT", 1.0)
-    url = mirror.url
-    if fault == "checksum":
-        mirror.files["train-images-idx3-ubyte.gz"] = mirror.files["t10k-images-idx3-ubyte.gz"]
+    url, failing = mirror.url, "train-images-idx3-ubyte.gz"
+    if fault == "checksum":  # the last of the four: the message names it, not the first
+        failing = "t10k-labels-idx1-ubyte.gz"
+        mirror.files[failing] = mirror.files["train-labels-idx1-ubyte.gz"]
     elif fault in ("truncated", "silent"):
         mirror.mode = fault
     else:
@@ -312,10 +314,33 @@ def test_a_failed_download_is_one_line_and_leaves_nothing_half_written(tmp_path,
         load_data(_mnist(root, mirror=url) if fault == "refused" else _mnist(root))
     message = str(caught.value)
     assert len(message.splitlines()) == 1
-    assert message.startswith(f"dataset=mnist: could not download {url}train-images-idx3-ubyte.gz into {root} (")
+    assert message.startswith(f"dataset=mnist: could not download {url}{failing} into {root} (")
     assert "put the files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, " in message
     assert f"into {root / 'MNIST' / 'raw'} by hand" in message
     assert not root.exists()  # the folder it made for the download, removed with it
+
+
+def test_a_killed_downloads_leftovers_are_cleared_by_the_next(tmp_path, mirror):
+    """A download killed outright (SIGKILL, or a signal during start-up, which ends the process at once) leaves
+    its temporary folder with a part of a file; the next download, holding the lock, removes it."""
+    root = tmp_path / "data"
+    (root / ".download-killed").mkdir(parents=True)
+    (root / ".download-killed" / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b part")
+    load_data(_mnist(root))
+    assert _leftovers(root) == []
+
+
+def test_a_read_only_data_folder(tmp_path, mirror, caplog):
+    """dataset.root read-only with files to download: one line naming the folder and the fix; the default
+    dataset's cache folder read-only: the run goes on (the data generated, not cached) with a warning."""
+    with read_only_folder(tmp_path / "ro") as ro:
+        with pytest.raises(UsageError, match=rf"dataset=mnist: cannot download into {ro} \(Read-only file system|"
+                           r"Permission denied\); put the files .* by hand, or set dataset.root"):  # fmt: skip
+            load_data(_mnist(ro))
+        with caplog.at_level("WARNING"):
+            d = load_data(cfg(name="mnist1d", cache_dir=str(ro / "cache"), n_train=40, n_test=20, data_seed=0))
+        assert d.x_train.shape[0] == 40
+        assert any(f"cannot cache the generated data in {ro / 'cache'}" in r.getMessage() for r in caplog.records)
 
 
 def test_jobs_downloading_at_once_share_one_download(tmp_path, mirror):

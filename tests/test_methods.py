@@ -218,9 +218,9 @@ ALL_RUNS = (("float32", 0), ("float32", 1), ("float32", 2), ("float64", 3))
 def test_default_slq_is_unbiased_on_a_net_of_thousands_of_parameters(width, at_start, trained):
     """hessian=slq with its defaults on an MLP of 1,354 parameters (3,850 with the slow tests), at
     initialisation and after 300 steps of GD at lr 0.5: N_eff, SANE and the count of negative eigenvalues it can
-    resolve within 3 standard errors of the dense eigenvalues for every seed (in float32, as auto runs it above exact_max_params, and in float64), and within
-    the bias bound plus 3 standard errors. The default suite runs one seed a state (float32 at initialisation,
-    float64 trained); the slow tests four a state on the larger net."""
+    resolve within 3 standard errors of the dense eigenvalues for every seed (in float32, as auto runs it above
+    exact_max_params, and in float64), and within the bias bound plus 3 standard errors. The default suite runs
+    one seed a state (float32 at initialisation, float64 trained); the slow tests four a state on the larger net."""
     torch.manual_seed(0)
     x = torch.randn(128, 20)
     y = (x[:, :10].argmax(1) + (torch.rand(128) < 0.2) * torch.randint(0, 10, (128,))) % 10

@@ -238,7 +238,8 @@ def test_layer_rows_and_config_groups_that_do_not_match_the_run(tmp_path):
         "no rows of the checkpoint at step 20 \\(scheduled\\)": write(rows[rows.step != 20]),
         "rows of a checkpoint at step 5 \\(scheduled\\) that hessian.csv does not have": write(
             pd.concat([rows.iloc[:2].assign(step=5), rows])),
-        "the checkpoint at step 10 \\(scheduled\\) has layers \\[1\\]": write(rows[(rows.step != 10) | (rows.layer == 1)]),
+        "the checkpoint at step 10 \\(scheduled\\) has layers \\[1\\]": write(
+            rows[(rows.step != 10) | (rows.layer == 1)]),
         **{re.escape(f"config has hessian = {v!r}, not a mapping"): (lambda d, v=v: edit_summary(d, config={
             **json.loads((d / "summary.json").read_text())["config"], "hessian": v})) for v in ([], "x", 5, None)},
     }  # fmt: skip

@@ -17,8 +17,9 @@ A run folder holds::
                               (the top eigenvalue of the whole training loss; = lambda_max without a
                               subset), lambda_min, trace, trace_se, n_negative (the eigenvalues below
                               -negative_below: exact methods' rounding, P eps max|l|; slq's resolution,
-                              width / steps), n_negative_se, negative_below, n_eff, n_eff_se, n_eff_bound, sane, sane_se, sane_bound (standard errors of estimates and
-                              bounds on SLQ's quadrature error; 0 for exact values), log_evidence
+                              width / steps), n_negative_se, negative_below, n_eff, n_eff_se, n_eff_bound,
+                              sane, sane_se, sane_bound (standard errors of estimates and bounds on SLQ's
+                              quadrature error; 0 for exact values), log_evidence
                               (Laplace, exact method only; sane_cli.measures), weight_norm_sq (|theta|^2,
                               the squared norm of the parameters measured), alpha, rho, k,
                               eig_mode, preconditioned_sharpness (lambda_max(P^-1 H) of the training
@@ -65,7 +66,8 @@ METRICS_COLUMNS = ["step", "epoch", "train_loss", "train_acc", "test_loss", "tes
 HESSIAN_PARTS = {
     "step": "key", "lr": "key", "method": "key", "dtype": "key", "reorth": "key", "n_params": "key",
     "subset": "key", "lambda_max": "value", "lambda_max_train": "value", "lambda_min": "value", "trace": "value",
-    "trace_se": "value", "n_negative": "value", "n_negative_se": "value", "negative_below": "run", "n_eff": "value", "n_eff_se": "value", "n_eff_bound": "value",
+    "trace_se": "value", "n_negative": "value", "n_negative_se": "value", "negative_below": "run", "n_eff": "value",
+    "n_eff_se": "value", "n_eff_bound": "value",
     "sane": "value", "sane_se": "value", "sane_bound": "value", "log_evidence": "value", "weight_norm_sq": "value",
     "alpha": "setting", "rho": "setting", "k": "setting", "eig_mode": "setting", "preconditioned_sharpness": "value",
     "stability_threshold": "value", "sharpness_ratio": "value", "converged": "run", "seconds": "run",
