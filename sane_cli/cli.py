@@ -185,8 +185,9 @@ def _set_threads(threads: int | None, launcher) -> None:
     """CPU threads for this run: ``threads``, or else the cores this process may use
     (:func:`sane_cli.devices.usable_cores`: its CPU affinity and cgroup quota, a SLURM job's allocation) given to
     the launcher's jobs: a submitit job's ``cpus_per_task``, a share of joblib's ``n_jobs`` parallel jobs (-1: one
-    job per core), so that jobs x threads <= cores. Set for torch and for every BLAS in the process (scipy's too, behind the eigenvector solver), so that a run's numbers depend
-    on its thread count alone, not on the launcher that ran it."""
+    job per core), so that jobs x threads <= cores. Set for torch and for every BLAS in the process (scipy's too,
+    behind the eigenvector solver), so that a run's numbers depend on its thread count alone, not on the launcher
+    that ran it."""
     import torch
     from threadpoolctl import threadpool_limits
 
