@@ -535,9 +535,9 @@ def run_main() -> None:
     SIGTERM, Ctrl-C and SIGHUP at any moment end it with one line and the shell's status for that signal (128 + its
     number): during start-up (nothing written, no folder left), or in training (the run records where it
     stopped)."""
-    from .devices import passive_waits
+    from .devices import short_spin
 
-    passive_waits()  # before torch is imported
+    short_spin()  # before torch is imported
     for sig in stops.STOP_SIGNALS:
         if signal.getsignal(sig) is not signal.SIG_IGN:  # a signal the shell told this process to ignore stays so
             signal.signal(sig, stops.stop_at_start)

@@ -68,7 +68,9 @@ def environment(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # how idle threads wait (sane-run: PASSIVE)
+        # how OpenMP's idle threads wait (sane-run: a short spin, sane_cli.devices.short_spin)
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         "device": str(device),
     }
     if device.type == "cuda":
