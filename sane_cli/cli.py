@@ -80,6 +80,14 @@ def _hydra_app():
         if stops.in_sweep_worker():
             stops.guard_worker()
         try:
+            # a folder inside a run folder, however it was named (an interpolated hydra.run.dir, a sweep's job):
+            # that run's files are its record (the literal paths were refused before Hydra started)
+            inside = next((p for p in run_dir.absolute().parents if is_run_dir(p)), None)
+            if inside is not None:
+                if hydra_cfg.mode == RunMode.MULTIRUN:  # the sweep's folder too, made inside that run's
+                    stops.remove_unclaimed_sweep(Path(hydra_cfg.sweep.dir), inside)
+                raise UsageError(f"the run folder {run_dir} lies inside the run folder {inside}; its files are that "
+                                 "run's record: choose a folder outside it (hydra.run.dir, hydra.sweep.dir)")  # fmt: skip
             resume = _existing_run(cfg, run_dir, list(hydra_cfg.overrides.task), hydra_cfg.mode == RunMode.MULTIRUN)
             if resume is None:
                 return
@@ -560,6 +568,8 @@ def _run(argv: list[str]) -> None:
             sys.argv[1:] = resume_argv(argv)
         if any(a in ("-m", "--multirun") for a in argv):
             _keep_earlier_multirun(argv)
+            # first, where Hydra's parser takes it between overrides too (`sane-run depth=2 -m lr=0.1,0.5`)
+            sys.argv[1:] = ["-m", *(a for a in sys.argv[1:] if a not in ("-m", "--multirun"))]
     _hydra_app()()
 
 

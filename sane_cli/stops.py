@@ -28,11 +28,28 @@ job: dict[str, Path | None] = {"dir": None}  # the folder Hydra made for the job
 
 def remove_unclaimed(run_dir: Path) -> None:
     """The folder Hydra made for a job that never claimed it (no summary.json): its run.log, and the folder if
-    that leaves it empty. A folder that holds a run, another's or this one's, is left as it is."""
+    that leaves it empty (with the empty folders above it, where it lies inside another run's folder). A folder
+    that holds a run, another's or this one's, is left as it is."""
     if not (run_dir / "summary.json").exists():
         with contextlib.suppress(OSError):
             (run_dir / "run.log").unlink(missing_ok=True)
             run_dir.rmdir()  # only if empty
+            inside = next((p for p in run_dir.absolute().parents if (p / "summary.json").exists()), None)
+            for parent in run_dir.absolute().parents if inside is not None else ():
+                if parent == inside:  # the folders made for it inside another run's folder, where empty
+                    break
+                parent.rmdir()
+
+
+def remove_unclaimed_sweep(sweep_dir: Path, inside: Path) -> None:
+    """A sweep's folder that Hydra made inside the run folder ``inside``: its multirun.yaml, and the folders up
+    to ``inside`` where that leaves them empty (the jobs' own folders are removed by :func:`remove_unclaimed`)."""
+    with contextlib.suppress(OSError):
+        (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
+        for folder in (sweep_dir.absolute(), *sweep_dir.absolute().parents):
+            if folder == inside:
+                break
+            folder.rmdir()
 
 
 def in_sweep_worker() -> bool:

@@ -135,7 +135,7 @@ def test_a_signal_mid_run_is_recorded_in_one_line(tmp_path, sig):
     assert run.summary["steps_done"] >= run.metrics.step.iloc[-1] > 0
 
 
-def test_a_named_folder_that_holds_a_run_is_refused_untouched(tmp_path):
+def test_a_named_folder_that_holds_a_run_is_refused_untouched(tmp_path, monkeypatch):
     assert run(tmp_path, *TINY, "hydra.run.dir=done").returncode == 0
     before = {p: p.read_bytes() for p in sorted((tmp_path / "done").rglob("*")) if p.is_file()}
     out = run(tmp_path, *TINY, "hydra.run.dir=done", "lr=0.5")
@@ -152,6 +152,16 @@ def test_a_named_folder_that_holds_a_run_is_refused_untouched(tmp_path):
             f"sane-run: error: {key}={tmp_path / args[-1].split('=')[1]} lies inside the run folder {tmp_path / 'done'}"
         ), out.stderr
         assert {p: p.read_bytes() for p in sorted((tmp_path / "done").rglob("*")) if p.is_file()} == before
+    # named through an interpolation (refused as the job starts, nothing left inside the finished run)
+    monkeypatch.setenv("SANE_TEST_ROOT", str(tmp_path))
+    everything = sorted((tmp_path / "done").rglob("*"))
+    for args in (
+        ["hydra.run.dir=${oc.env:SANE_TEST_ROOT}/done/sub/deeper"],
+        ["-m", "lr=0.1,0.2", "hydra.sweep.dir=${oc.env:SANE_TEST_ROOT}/done/sw"],
+    ):
+        out = run(tmp_path, *TINY, *args)
+        assert out.returncode == 2 and f"lies inside the run folder {tmp_path / 'done'}" in out.stderr, out.stderr
+        assert sorted((tmp_path / "done").rglob("*")) == everything
 
 
 def test_two_runs_started_into_one_folder_leave_the_winners_record(tmp_path):
