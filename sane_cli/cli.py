@@ -86,8 +86,10 @@ def _hydra_app():
             if inside is not None:
                 if hydra_cfg.mode == RunMode.MULTIRUN:  # the sweep's folder too, made inside that run's
                     stops.remove_unclaimed_sweep(Path(hydra_cfg.sweep.dir), inside)
-                raise UsageError(f"the run folder {run_dir} lies inside the run folder {inside}; its files are that "
-                                 "run's record: choose a folder outside it (hydra.run.dir, hydra.sweep.dir)")  # fmt: skip
+                raise UsageError(
+                    f"the run folder {run_dir} lies inside the run folder {inside}; its files are that run's record: "
+                    "choose a folder outside it (hydra.run.dir, hydra.sweep.dir)"
+                )
             resume = _existing_run(cfg, run_dir, list(hydra_cfg.overrides.task), hydra_cfg.mode == RunMode.MULTIRUN)
             if resume is None:
                 return

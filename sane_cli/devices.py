@@ -60,8 +60,9 @@ def short_spin() -> None:
     node) the two sets of threads spin against each other. Measured with benchmarks/contention.py on 2 cores
     beside a 2-thread job: the default run 88.2 s with the runtime's spin, 50.4 s with this one, 54.4 s with
     threads that never spin (``OMP_WAIT_POLICY=PASSIVE``), which on a quiet machine cost 30.7 s against 22.4 s
-    (a wake-up is paid on every small parallel region); quiet, this spin costs nothing (22.4 s, 21.9 s). Read by the OpenMP runtime when it starts, so set
-    before torch is imported; the processes started from this one (a sweep's workers) inherit it."""
+    (a wake-up is paid on every small parallel region); quiet, this spin costs nothing (22.4 s, 21.9 s). Read
+    by the OpenMP runtime when it starts, so set before torch is imported; the processes started from this one
+    (a sweep's workers) inherit it."""
     import os
 
     if "OMP_WAIT_POLICY" not in os.environ:
