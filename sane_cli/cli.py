@@ -335,6 +335,11 @@ def precheck(argv: list[str]) -> None:
     for word in words:
         if word.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "resume=")):
             path_fits(word_value(word).split("${", 1)[0], word.split("=", 1)[0])
+        if word.split("=", 1)[0].lstrip("+~") == "hydra.output_subdir":
+            raise UsageError(
+                "hydra.output_subdir cannot be set: sane-run writes each run's .hydra/ files itself, for new runs "
+                "only, so that a run's record of how it started is never written over (a sweep started again)"
+            )
     if any(w.startswith("resume=") for w in words):
         _check_resume(words, multirun)
         return
@@ -572,7 +577,25 @@ def _run(argv: list[str]) -> None:
             _keep_earlier_multirun(argv)
             # first, where Hydra's parser takes it between overrides too (`sane-run depth=2 -m lr=0.1,0.5`)
             sys.argv[1:] = ["-m", *(a for a in sys.argv[1:] if a not in ("-m", "--multirun"))]
-    _hydra_app()()
+    # what fails outside a job (a launcher's submission: SLURM refusing it) reaches here rather than Hydra's
+    # printed traceback, and is said in one line
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        _hydra_app()()
+    except Exception as e:
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        what = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+        stops.say(
+            f"sane-run: error: {what}; the runs started before it keep their folders (run the sweep again with "
+            "the same hydra.sweep.dir to continue it)"
+            if _sweep(argv)
+            else f"sane-run: error: {what}"
+        )
+        sys.exit(1)
+
+
+def _sweep(argv: list[str]) -> bool:
+    return any(a in ("-m", "--multirun") for a in argv)
 
 
 def _keep_earlier_multirun(argv: list[str]) -> None:

@@ -13,9 +13,12 @@ with the package it needs (checked before a run starts); its tests reading back 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import math
+import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,11 +62,47 @@ class TensorBoard:
     def __init__(self, cfg, run_dir: Path, resume_step: int | None):
         from torch.utils.tensorboard import SummaryWriter
 
+        # the event file is written by a thread of TensorBoard's (from the writer's first event on); its failure
+        # (a full disk) is kept and raised by the next call here, for the one warning, rather than printed by the
+        # thread as a traceback
+        self.failure: BaseException | None = None
+        self._previous_hook = threading.excepthook
+        threading.excepthook = self._thread_failed
         folder = Path(cfg.dir) if cfg.get("dir") else run_dir / "tensorboard"
-        self.writer = SummaryWriter(log_dir=str(folder), purge_step=resume_step)
+        try:
+            self.writer = SummaryWriter(log_dir=str(folder), purge_step=resume_step)
+        except BaseException:
+            self.detach()
+            raise
         self.folder = folder
 
+    def _thread_failed(self, args) -> None:
+        frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback is not None else []
+        if any("tensorboard" in frame.filename for frame in frames):
+            self.failure = args.exc_value
+        else:
+            self._previous_hook(args)
+
+    def _check(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def detach(self) -> None:
+        """Stop watching TensorBoard's thread (the tracker is closed)."""
+        if threading.excepthook == self._thread_failed:
+            threading.excepthook = self._previous_hook
+
+    def abandon(self) -> None:
+        """The tracker dropped after a failure: its writer closed (its thread ended) with whatever that raises
+        kept quiet, then the thread no longer watched."""
+        try:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+        finally:
+            self.detach()
+
     def metrics(self, row: dict[str, Any]) -> None:
+        self._check()
         step = int(row["step"])
         for key, value in _scalars(row, METRIC_SCALARS).items():
             split, _, name = key.partition("_")
@@ -71,6 +110,7 @@ class TensorBoard:
         self.writer.flush()
 
     def curvature(self, row: dict[str, Any], layers: list[dict[str, Any]]) -> None:
+        self._check()
         step, group = int(row["step"]), _tag(row["kind"])
         for key, value in _scalars(row, CURVATURE_SCALARS).items():
             self.writer.add_scalar(f"{group}/{key}", value, step)
@@ -81,7 +121,11 @@ class TensorBoard:
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        try:
+            self.writer.close()
+            self._check()
+        finally:
+            self.detach()
 
 
 @dataclass(frozen=True)
@@ -130,6 +174,8 @@ class Tracking:
         except Exception as e:  # the run folder is the record: a tracker never stops the run
             log.warning("logger=%s failed (%s: %s); the run goes on without it, its folder holds every row",
                         self.name, type(e).__name__, e)  # fmt: skip
+            if hasattr(self.tracker, "abandon"):
+                self.tracker.abandon()
             self.tracker = None
 
     def metrics(self, row: dict[str, Any]) -> None:

@@ -326,6 +326,21 @@ def test_slurm_launcher_config_composes_with_its_documented_keys(tmp_path):
     assert launcher["max_num_timeout"] == 3 and launcher["timeout_min"] == 240 and launcher["mem_gb"] == 16
 
 
+def test_a_cluster_that_refuses_the_sweep_is_one_line(tmp_path, monkeypatch):
+    """SLURM's sbatch refusing the submission (a partition that does not exist): the sweep ends with exit 1 and
+    one line of sane-run's naming SLURM's reason, not submitit's traceback."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("sbatch", "srun"):
+        (bin_dir / name).write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: gpu' >&2\nexit 1\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    out = run(tmp_path, "-m", *TINY, "lr=0.1,0.2", "hydra/launcher=slurm", "hydra.launcher.partition=gpu")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    ours = [ln for ln in out.stderr.splitlines() if ln.startswith("sane-run:")]
+    assert ours == [ln for ln in ours if "sbatch: error: invalid partition specified: gpu" in ln] and len(ours) == 1
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
     reason="the Ray launcher is not installed (pip install -e '.[ray]'); not part of the test extra",

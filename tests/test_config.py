@@ -82,6 +82,7 @@ BAD = [
     ),
     (["lr=1e39"], r"optim.lr=1e\+39 is invalid: must be at most 3.403e\+38, the largest float32"),
     (["threads=0"], r"threads=0 is invalid: must be an integer >= 1"),
+    (["hydra.output_subdir=.hydra"], r"hydra.output_subdir cannot be set: sane-run writes each run's .hydra/"),
     (["threads=999999"], r"threads=999999 is invalid: must be at most this machine's \d+ CPUs"),
     (["optim.nesterov=true"], r"optim.nesterov=True is invalid: needs optim.momentum > 0"),
     (["hessian.subset=0"], r"hessian.subset=0 is invalid: must be an integer >= 1"),

@@ -70,6 +70,29 @@ def test_a_failing_tracker_is_dropped_and_the_run_goes_on(tmp_path, caplog):
     assert len(warnings) == 1 and "the run goes on without it" in warnings[0]
 
 
+def test_a_disk_that_fills_under_tensorboards_writer_thread_is_one_warning(tmp_path, caplog, monkeypatch):
+    """The event file is written by TensorBoard's own thread: a full disk there (its writes failing) ends in the
+    one warning and a completed run, with no thread traceback on stderr; the hook is put back after."""
+    import threading
+
+    from tensorboard.summary.writer import record_writer
+
+    def full(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", full)
+    printed = []  # what the thread would have printed as a traceback
+
+    def hook(args):
+        printed.append(args.exc_value)
+
+    monkeypatch.setattr(threading, "excepthook", hook)
+    summary = train(make_config("logger=tensorboard", "steps=40"), tmp_path / "run")
+    assert summary["status"] == "completed" and threading.excepthook is hook and printed == []
+    warnings = [r.getMessage() for r in caplog.records if "logger=tensorboard failed" in r.getMessage()]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0]
+
+
 def test_a_missing_tracker_package_is_one_line_before_any_work(monkeypatch):
     real = trackers.importlib.util.find_spec
     missing = lambda name: None if name == "tensorboard" else real(name)  # noqa: E731
