@@ -40,11 +40,18 @@ MOMENTUM = [
 ]
 
 
+def _default_signals() -> None:
+    """In the started process, SIGINT and SIGHUP as a shell leaves them for a command in the foreground (a
+    pytest-xdist worker ignores SIGHUP, and what a parent ignores its children inherit)."""
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _start(cwd: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [command("sane-run"), *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=_default_signals,
     )  # fmt: skip
 
 
@@ -379,6 +386,7 @@ def test_a_hang_up_stops_a_run_that_can_no_longer_write_to_its_terminal(tmp_path
     proc = subprocess.Popen(
         [command("sane-run"), *TINY, "steps=300", "hessian.every=100", "threads=1", f"hydra.run.dir={folder}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=_default_signals,
     )  # fmt: skip
     try:
         deadline = time.time() + 120
