@@ -305,6 +305,9 @@ def _work_folder(out: Path) -> Path:
 def _swap_in(work: Path, out: Path) -> None:
     """``work`` renamed to ``out``, an earlier report there moved aside first and removed after. Two reports
     finishing at once: each tries again until its rename holds (the later one stays)."""
+    if os.path.ismount(out):  # a mount point is not renamed: its contents are replaced instead
+        _replace_contents(work, out)
+        return
     for _ in range(20):
         old = None
         if out.exists():
@@ -322,6 +325,19 @@ def _swap_in(work: Path, out: Path) -> None:
                 shutil.rmtree(old, ignore_errors=True)
         return
     raise OSError(errno.EBUSY, "other reports kept replacing it", str(out))
+
+
+def _replace_contents(work: Path, out: Path) -> None:
+    """``out``'s earlier report files removed and ``work``'s moved in (``out`` a mount point)."""
+    for name in REPORT_FILES:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    for path in work.iterdir():
+        shutil.move(str(path), str(out / path.name))
+    work.rmdir()
 
 
 def _write(paths: list[Path], out: Path, runs: list[Run], skipped: list[str], options: Options) -> None:
