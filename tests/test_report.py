@@ -836,3 +836,21 @@ def test_two_reports_into_one_folder_at_once(sweep, tmp_path):
         assert p.returncode == 0, err
     assert (tmp_path / "same" / "report.html").is_file() and (tmp_path / "same" / "summary.csv").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]
+
+
+def test_a_report_into_a_mount_point(sweep, tmp_path):
+    """-o a mount point (a folder that cannot be renamed): the report is written, and written again over the
+    earlier one, in place."""
+    target = tmp_path / "mounted"
+    target.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(target)], capture_output=True)
+    if made.returncode:
+        pytest.skip(f"cannot mount a file system here ({made.stderr.decode().strip()[:80]})")
+    try:
+        report([sweep], target, Options(jobs=1))
+        (target / "runs" / "a-run-no-longer-there").mkdir()
+        report([sweep], target, Options(jobs=1))
+        assert (target / "report.html").is_file() and not (target / "runs" / "a-run-no-longer-there").exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["mounted"]
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
