@@ -290,6 +290,10 @@ def composing(options: dict[str, str], overrides: list[str] = ()):
     main = f"pkg://{CONFIG_MODULE}"
     if "path" in options:
         main = compute_search_path_dir(__file__, None, options["path"])
+        folder = main.removeprefix("file://")
+        if "://" not in folder and not Path(folder).is_dir():
+            raise UsageError(f"--config-path {options['path']} is not a folder; it replaces the packaged configs (to "
+                             "add yours beside them, use --config-dir)")  # fmt: skip
     search_path = create_config_search_path(main)
     if "dir" in options:
         folder = Path(options["dir"]).expanduser().absolute()
@@ -318,6 +322,7 @@ def precheck(argv: list[str]) -> None:
         UsageError: the first bad value.
     """
     from hydra import compose
+    from hydra.core.object_type import ObjectType
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -333,7 +338,7 @@ def precheck(argv: list[str]) -> None:
     words = [a for a in argv if not a.startswith("-")]
     multirun = any(a in ("-m", "--multirun") for a in argv)
     for word in words:
-        if word.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "resume=")):
+        if word.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "hydra.sweep.subdir=", "resume=")):
             path_fits(word_value(word).split("${", 1)[0], word.split("=", 1)[0])
         if word.split("=", 1)[0].lstrip("+~") == "hydra.output_subdir":
             raise UsageError(
@@ -373,8 +378,19 @@ def precheck(argv: list[str]) -> None:
                 "(https://hydra.cc/docs/advanced/override_grammar/basic/)"
             ) from e
     searchpath = [w for w in words if w.split("=", 1)[0].lstrip("+") == "hydra.searchpath"]
+    for word in searchpath:  # Hydra only warns of a folder that is not there, and runs without it
+        value = OverridesParser.create().parse_overrides([word])[0].value()
+        for entry in value if isinstance(value, list) else [value]:
+            if str(entry).startswith("file://") and not Path(str(entry).removeprefix("file://")).is_dir():
+                raise UsageError(f"hydra.searchpath: {entry} is not a folder; give the folders of your configs")
     name = options.get("name", "config")
     with composing(options) as loader:
+        primaries = [c for c in loader.get_group_options("", ObjectType.CONFIG, overrides=searchpath) if c[0] != "_"]
+        if name not in primaries:
+            raise UsageError(
+                f"--config-name {name} is unknown; choose one of {', '.join(primaries) or '(none)'}"
+                + ("" if "path" not in options else " (--config-path replaces the packaged configs)")
+            )
         per_key = []
         for o in overrides:
             key = o.get_key_element()
@@ -389,6 +405,10 @@ def precheck(argv: list[str]) -> None:
                 except (HydraException, OmegaConfBaseException) as e:
                     raise UsageError(_compose_error(e)) from e
                 for v in values:
+                    if v not in allowed and not allowed:
+                        raise UsageError(f"{o.key_or_group}={v!r} is unknown: the config search path has no "
+                                         f"{o.key_or_group} configs (--config-path replaces the packaged ones; to "
+                                         "add yours beside them, use --config-dir)")  # fmt: skip
                     if v not in allowed:
                         raise UsageError(f"{o.key_or_group}={v!r} is unknown; choose one of {', '.join(allowed)}")
             per_key.append([f"{key}={v}" for v in values])
@@ -396,7 +416,8 @@ def precheck(argv: list[str]) -> None:
             try:
                 cfg = compose(name, overrides=[*searchpath, *job])
             except (HydraException, OmegaConfBaseException) as e:
-                raise UsageError(_compose_error(e, job)) from e
+                hint = "" if "path" not in options else " (--config-path replaces the packaged configs)"
+                raise UsageError(_compose_error(e, job) + hint) from e
             cfg = validate(cfg)
             resolve_device(cfg.device)  # device=cuda where there is none: before any job runs
             check_files(cfg.dataset)
@@ -405,7 +426,9 @@ def precheck(argv: list[str]) -> None:
             check_against_data(cfg, n_train, model, input_shape)
 
 
-ROOM_BYTES = 64 * 1024  # besides the room a run keeps for its record: its first summary, CSV headers, a spectrum
+# besides the room a run keeps for its record: its first summary, CSV headers, a spectrum and checkpoint.pt with
+# its temporary (a file system's smallest block each; a run of 53 parameters needed 100 KiB beside the reserve)
+ROOM_BYTES = 128 * 1024
 
 
 def _check_writable(words: list[str], multirun: bool) -> None:

@@ -267,11 +267,13 @@ def report(paths: list[Path], out: Path | None = None, options: Options | None =
     out = Path(out) if out is not None else paths[0] / "report"
     path_fits(out, "-o")
     _check_out(out, runs, paths)
-    _check_earlier_report(out)
+    earlier = _check_earlier_report(out)
     work = _work_folder(out)
     try:
         _write(paths, work, runs, skipped, options)
         _swap_in(work, out)
+        if earlier:
+            log.info("replaced the earlier report in %s (%s)", out, ", ".join(earlier))
     except OSError as e:  # a full disk, a folder made read-only meanwhile: nothing half-written is left
         shutil.rmtree(work, ignore_errors=True)
         where = f": {e.filename}" if e.filename else ""
@@ -419,9 +421,10 @@ REPORT_FILES = ("report.html", "figures", "runs", "summary.csv", "groups.csv", "
                 "sensitivity.csv", "sensitivity_correlations.csv")  # fmt: skip
 
 
-def _check_earlier_report(out: Path) -> None:
-    """``out`` can take a report: new, empty, or holding an earlier report, which is replaced as a whole (and
-    named in the log) so that none of its files (a figure of a run no longer there) passes for this report's.
+def _check_earlier_report(out: Path) -> list[str]:
+    """``out`` can take a report: new, empty, or holding an earlier report, which is replaced as a whole (its
+    entries returned, for the log) so that none of its files (a figure of a run no longer there) passes for this
+    report's.
 
     Raises:
         UsageError: ``out`` is a file, or a folder holding files a report does not write.
@@ -429,7 +432,7 @@ def _check_earlier_report(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"the output folder {out} is a file; choose a folder (-o), new or holding an earlier report")
     if not out.exists():
-        return
+        return []
     entries = sorted(p.name for p in out.iterdir())
     foreign = [name for name in entries if name not in REPORT_FILES]
     if foreign:
@@ -438,8 +441,7 @@ def _check_earlier_report(out: Path) -> None:
             f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty folder (-o), or one holding an earlier "
             "report"
         )
-    if entries:
-        log.info("replacing the earlier report in %s (%s)", out, ", ".join(entries))
+    return entries
 
 
 def _all_per_run(runs: list[Run], table: pd.DataFrame, out: Path, options: Options) -> list[tuple]:

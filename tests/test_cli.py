@@ -450,8 +450,16 @@ def test_the_users_config_folder_composes_with_the_packaged_configs(tmp_path, mo
     with pytest.raises(UsageError, match=r"experiment='nope' is unknown; choose one of .*\blr_sweep\b.*\bmine\b"):
         precheck([*options, "experiment=nope"])
     precheck([*options, *TINY, "experiment=mine"])
-    with pytest.raises(UsageError, match=r"--config-dir nowhere is not a folder"):
-        precheck(["--config-dir", "nowhere", *TINY])
+    for argv, message in [
+        (["--config-dir", "nowhere"], r"--config-dir nowhere is not a folder"),
+        (["-cp", "/nowhere"], r"--config-path /nowhere is not a folder; it replaces the packaged configs"),
+        (["-cd", "cd", "-cn", "stduy"], r"--config-name stduy is unknown; choose one of config, study$"),
+        (["hydra.searchpath=[file:///nowhere]"], r"hydra.searchpath: file:///nowhere is not a folder"),
+        (["-cp", str(cd), "-cn", "study"], r"dataset='synthetic' is unknown: the config search path has no dataset"),
+        (["-cp", str(cd)], r"--config-name config is unknown; choose one of study \(--config-path replaces the"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            precheck([*argv, *TINY])
     if options[0] in ("--config-dir", f"hydra.searchpath=[file://{cd}]"):  # one of each through the command
         out = run(tmp_path, *options, *TINY, "experiment=mine", "hydra.run.dir=mine")
         assert out.returncode == 0, out.stderr

@@ -232,9 +232,14 @@ def test_layer_rows_and_config_groups_that_do_not_match_the_run(tmp_path):
     def write(table):
         return lambda d: table.to_csv(d / "layers.csv", index=False)
 
-    late = pd.concat([rows, rows.iloc[-1:].assign(step=999999)])
-    assert 999999 not in load_run(damaged("late", write(late))).layers.step.tolist()
+    late = pd.concat([rows, rows.iloc[-2:].assign(step=30)])  # a checkpoint a stop cut short: left out
+    assert 30 not in load_run(damaged("late", write(late))).layers.step.tolist()
     cases = {
+        "rows of a checkpoint at step -5": write(pd.concat([rows, rows.iloc[-1:].assign(step=-5)])),
+        "rows of a checkpoint at step 30 \\(scheduled\\).*": write(
+            pd.concat([rows, rows.iloc[-1:].assign(step=30), rows.iloc[-1:].assign(step=40)])),
+        "the last row has 7 fields, the header 21": lambda d: (d / "layers.csv").write_text(
+            (good / "layers.csv").read_text() + "20,scheduled,2,2,Linear,18,exa\n"),
         "no rows of the checkpoint at step 20 \\(scheduled\\)": write(rows[rows.step != 20]),
         "rows of a checkpoint at step 5 \\(scheduled\\) that hessian.csv does not have": write(
             pd.concat([rows.iloc[:2].assign(step=5), rows])),

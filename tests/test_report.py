@@ -703,7 +703,7 @@ def test_long_labels_make_short_distinct_file_names_and_the_output_folder_is_che
     with caplog.at_level(logging.INFO):
         report([tmp_path / "runs"], out, Options(jobs=1))
     assert not stale.exists()
-    assert any(f"replacing the earlier report in {out} (basins.csv" in r.getMessage() for r in caplog.records)
+    assert any(f"replaced the earlier report in {out} (basins.csv" in r.getMessage() for r in caplog.records)
     (out / "notes.txt").write_text("mine")
     with pytest.raises(UsageError, match=rf"the output folder {out} holds files a report does not write \(notes.txt\)"):
         report([tmp_path / "runs"], out, Options(jobs=1))

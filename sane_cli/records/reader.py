@@ -233,6 +233,12 @@ def _matched_layers(layers: pd.DataFrame, hessian: pd.DataFrame, file: Path) -> 
     measured = set(zip(hessian.step.tolist(), hessian.kind.tolist(), strict=True))
     known = [k in measured for k in keys]
     end = len(keys) - known[::-1].index(True) if any(known) else 0
+    last = max(hessian.step.tolist(), default=-1)
+    trailing = set(keys[end:])  # one checkpoint's rows, after the last measured step: a write a stop cut short
+    if len(trailing) > 1 or any(step <= last for step, _ in trailing):
+        step, kind = next(iter(sorted(trailing)))
+        raise UsageError(f"{file}: rows of a checkpoint at step {step} ({kind}) that hessian.csv does not have; "
+                         "the run folder is corrupt")  # fmt: skip
     layers = layers.iloc[:end]
     for (step, kind), ok in zip(keys[:end], known[:end], strict=True):
         if not ok:
@@ -254,6 +260,13 @@ def _matched_layers(layers: pd.DataFrame, hessian: pd.DataFrame, file: Path) -> 
     return layers
 
 
+def _fields(line: bytes) -> int:
+    """The fields of one CSV row (quoted fields with commas counted once)."""
+    import csv
+
+    return len(next(csv.reader([line.decode(errors="replace")]), []))
+
+
 def checked_rows(df: pd.DataFrame, raw: bytes, file: Path) -> pd.DataFrame:
     """``df`` (read from ``raw``, the bytes of ``file``) with every numeric column as numbers, or a UsageError
     naming the file and row: every row is written whole and ends in a newline, so a file that does not was cut
@@ -261,6 +274,10 @@ def checked_rows(df: pd.DataFrame, raw: bytes, file: Path) -> pd.DataFrame:
     not a number where one belongs, or a checkpoint kind that is not one, marks a damaged file too."""
     if raw and not raw.endswith(b"\n"):
         raise UsageError(f"{file}: the last row is cut off (no newline at the end); the run folder is corrupt")
+    header = _fields(raw.split(b"\n", 1)[0].rstrip(b"\r"))
+    fields = _fields(raw.rstrip(b"\r\n").rsplit(b"\n", 1)[-1]) if len(df) else header
+    if fields != header:  # a row cut short that a later write ended with a newline
+        raise UsageError(f"{file}: the last row has {fields} fields, the header {header}; the run folder is corrupt")
     for column in df.columns:
         if column in TEXT_COLUMNS:
             continue
