@@ -838,6 +838,7 @@ def test_two_reports_into_one_folder_at_once(sweep, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]
 
 
+@pytest.mark.slow
 def test_a_report_into_a_mount_point(sweep, tmp_path):
     """-o a mount point (a folder that cannot be renamed): the report is written, and written again over the
     earlier one, in place."""
