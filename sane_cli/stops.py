@@ -33,12 +33,8 @@ def remove_unclaimed(run_dir: Path) -> None:
     if not (run_dir / "summary.json").exists():
         with contextlib.suppress(OSError):
             (run_dir / "run.log").unlink(missing_ok=True)
-            run_dir.rmdir()  # only if empty
             inside = next((p for p in run_dir.absolute().parents if (p / "summary.json").exists()), None)
-            for parent in run_dir.absolute().parents if inside is not None else ():
-                if parent == inside:  # the folders made for it inside another run's folder, where empty
-                    break
-                parent.rmdir()
+            _remove_empty(run_dir, inside)
 
 
 def remove_unclaimed_sweep(sweep_dir: Path, inside: Path) -> None:
@@ -46,10 +42,18 @@ def remove_unclaimed_sweep(sweep_dir: Path, inside: Path) -> None:
     to ``inside`` where that leaves them empty (the jobs' own folders are removed by :func:`remove_unclaimed`)."""
     with contextlib.suppress(OSError):
         (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
-        for folder in (sweep_dir.absolute(), *sweep_dir.absolute().parents):
-            if folder == inside:
-                break
-            folder.rmdir()
+        _remove_empty(sweep_dir, inside)
+
+
+def _remove_empty(folder: Path, inside: Path | None) -> None:
+    """``folder`` if empty, then each folder above it up to ``inside`` (not itself) while empty; ``folder`` alone
+    where ``inside`` is None. Stops at the first that is not empty (OSError)."""
+    folder = folder.absolute()
+    folder.rmdir()
+    for parent in folder.parents if inside is not None else ():
+        if parent == inside:
+            break
+        parent.rmdir()
 
 
 def in_sweep_worker() -> bool:
