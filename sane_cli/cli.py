@@ -606,8 +606,13 @@ def _run(argv: list[str]) -> None:
     try:
         _hydra_app()()
     except Exception as e:
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
         lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
         what = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+        if isinstance(e, HydraException | OmegaConfBaseException):  # the config (an interpolation), before any job
+            _usage_exit("sane-run", UsageError(what))
         stops.say(
             f"sane-run: error: {what}; the runs started before it keep their folders (run the sweep again with "
             "the same hydra.sweep.dir to continue it)"

@@ -162,6 +162,12 @@ def test_a_named_folder_that_holds_a_run_is_refused_untouched(tmp_path, monkeypa
         out = run(tmp_path, *TINY, *args)
         assert out.returncode == 2 and f"lies inside the run folder {tmp_path / 'done'}" in out.stderr, out.stderr
         assert sorted((tmp_path / "done").rglob("*")) == everything
+    # an interpolation that cannot be resolved: one line, exit 2, nothing made
+    out = run(tmp_path, *TINY, "hydra.run.dir=${oc.env:SANE_TEST_UNSET_VARIABLE}/x")
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "sane-run: error: InterpolationResolutionError: KeyError raised while resolving interpolation: "
+        "\"Environment variable 'SANE_TEST_UNSET_VARIABLE' not found\""
+    ]
 
 
 def test_two_runs_started_into_one_folder_leave_the_winners_record(tmp_path):
