@@ -278,10 +278,10 @@ def config_options(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 @contextlib.contextmanager
-def composing(options: dict[str, str], overrides: list[str] = ()):
+def composing(options: dict[str, str]):
     """Hydra's compose API with the config search path ``sane-run`` itself will use: the packaged configs (or
-    ``--config-path``'s), the ``--config-dir`` folder before them, and ``hydra.searchpath`` among the
-    ``overrides``; yields the config loader (for a group's options)."""
+    ``--config-path``'s) and the ``--config-dir`` folder before them (``hydra.searchpath`` is an override, given
+    to each call); yields the config loader (for a group's options)."""
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import compute_search_path_dir, create_config_search_path
     from hydra.core.config_search_path import SearchPathQuery
@@ -300,8 +300,7 @@ def composing(options: dict[str, str], overrides: list[str] = ()):
         if not folder.is_dir():
             raise UsageError(f"--config-dir {options['dir']} is not a folder; give the folder of your config files")
         search_path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
-    state = GlobalHydra.instance().is_initialized()
-    if state:
+    if GlobalHydra.instance().is_initialized():
         raise RuntimeError("Hydra is initialised already")  # the app is not running yet when precheck is called
     hydra = Hydra.create_main_hydra2(task_name="sane-run", config_search_path=search_path)
     try:
@@ -336,7 +335,7 @@ def precheck(argv: list[str]) -> None:
 
     argv, options = config_options(argv)
     words = [a for a in argv if not a.startswith("-")]
-    multirun = any(a in ("-m", "--multirun") for a in argv)
+    multirun = _sweep(argv)
     for word in words:
         if word.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "hydra.sweep.subdir=", "resume=")):
             path_fits(word_value(word).split("${", 1)[0], word.split("=", 1)[0])
@@ -384,13 +383,11 @@ def precheck(argv: list[str]) -> None:
             if str(entry).startswith("file://") and not Path(str(entry).removeprefix("file://")).is_dir():
                 raise UsageError(f"hydra.searchpath: {entry} is not a folder; give the folders of your configs")
     name = options.get("name", "config")
+    hint = " (--config-path replaces the packaged configs)" if "path" in options else ""
     with composing(options) as loader:
         primaries = [c for c in loader.get_group_options("", ObjectType.CONFIG, overrides=searchpath) if c[0] != "_"]
         if name not in primaries:
-            raise UsageError(
-                f"--config-name {name} is unknown; choose one of {', '.join(primaries) or '(none)'}"
-                + ("" if "path" not in options else " (--config-path replaces the packaged configs)")
-            )
+            raise UsageError(f"--config-name {name} is unknown; choose one of {', '.join(primaries) or '(none)'}{hint}")
         per_key = []
         for o in overrides:
             key = o.get_key_element()
@@ -404,11 +401,11 @@ def precheck(argv: list[str]) -> None:
                     allowed = loader.get_group_options(o.key_or_group, config_name=name, overrides=searchpath)
                 except (HydraException, OmegaConfBaseException) as e:
                     raise UsageError(_compose_error(e)) from e
+                if not allowed:
+                    raise UsageError(f"{o.key_or_group}={values[0]!r} is unknown: the config search path has no "
+                                     f"{o.key_or_group} configs (--config-path replaces the packaged ones; to add "
+                                     "yours beside them, use --config-dir)")  # fmt: skip
                 for v in values:
-                    if v not in allowed and not allowed:
-                        raise UsageError(f"{o.key_or_group}={v!r} is unknown: the config search path has no "
-                                         f"{o.key_or_group} configs (--config-path replaces the packaged ones; to "
-                                         "add yours beside them, use --config-dir)")  # fmt: skip
                     if v not in allowed:
                         raise UsageError(f"{o.key_or_group}={v!r} is unknown; choose one of {', '.join(allowed)}")
             per_key.append([f"{key}={v}" for v in values])
@@ -416,7 +413,6 @@ def precheck(argv: list[str]) -> None:
             try:
                 cfg = compose(name, overrides=[*searchpath, *job])
             except (HydraException, OmegaConfBaseException) as e:
-                hint = "" if "path" not in options else " (--config-path replaces the packaged configs)"
                 raise UsageError(_compose_error(e, job) + hint) from e
             cfg = validate(cfg)
             resolve_device(cfg.device)  # device=cuda where there is none: before any job runs
@@ -596,7 +592,7 @@ def _run(argv: list[str]) -> None:
             _usage_exit("sane-run", e)
         if any(a.startswith("resume=") for a in argv):
             sys.argv[1:] = resume_argv(argv)
-        if any(a in ("-m", "--multirun") for a in argv):
+        if _sweep(argv):
             _keep_earlier_multirun(argv)
             # first, where Hydra's parser takes it between overrides too (`sane-run depth=2 -m lr=0.1,0.5`)
             sys.argv[1:] = ["-m", *(a for a in sys.argv[1:] if a not in ("-m", "--multirun"))]

@@ -34,13 +34,7 @@ class RunWriter:
         # room for the last summary first (a run that could not record its end is not started), under a name of
         # this process's own until the folder is claimed
         reserve = run_dir / f"{RESERVE}.{os.getpid()}.tmp"
-        try:
-            reserve_room(reserve)
-        except OSError as e:
-            reserve.unlink(missing_ok=True)
-            if e.errno != errno.ENOSPC:
-                raise
-            raise UsageError(no_room(run_dir)) from None
+        _keep_room(reserve)
         # claimed atomically, and whole: summary.json is linked into place only if no file has that name, so of
         # two runs started into one folder the second is refused, and a kill leaves a readable claim
         tmp = run_dir / f".summary.json.{os.getpid()}.tmp"
@@ -91,13 +85,7 @@ class RunWriter:
             if reserve is not None:
                 reserve.replace(self._reserve)
             else:
-                try:
-                    reserve_room(self._reserve)
-                except OSError as e:
-                    self._reserve.unlink(missing_ok=True)
-                    if e.errno != errno.ENOSPC:
-                        raise
-                    raise UsageError(no_room(self.dir)) from None
+                _keep_room(self._reserve)
             reserved = True
             (self.dir / "spectra").mkdir(exist_ok=True)
             append = bool(sizes)
@@ -171,6 +159,18 @@ class RunWriter:
             self._reserve.unlink(missing_ok=True)
         finally:
             os.close(self._lock)  # releases the lock
+
+
+def _keep_room(path: Path) -> None:
+    """The room a run keeps for its last record, at ``path``; on a disk without it, nothing is left there and the
+    one line says so (UsageError)."""
+    try:
+        reserve_room(path)
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        if e.errno != errno.ENOSPC:
+            raise
+        raise UsageError(no_room(path.parent)) from None
 
 
 def no_room(folder: Path) -> str:
