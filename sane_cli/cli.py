@@ -68,61 +68,115 @@ def _hydra_app():
     from omegaconf import DictConfig
 
     _register_resolvers()
+    from hydra_plugins.sane_run import register
+
+    register()  # the sweeper and launchers, also where Hydra's plugin scan does not see them (an editable install)
 
     @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
-    def app(cfg: DictConfig) -> None:
-        from .records import is_run_dir, status_of
-        from .training import train
+    def app(cfg: DictConfig) -> dict[str, str] | None:
+        """One run; in a sweep, the job's outcome (:func:`sane_cli.sweeps.outcome`) rather than an exit, so that
+        a job that fails, or is stopped alone, leaves the others to run."""
+        from .records import status_of
+        from .sweeps import outcome
 
         hydra_cfg = HydraConfig.get()
         run_dir = Path(hydra_cfg.runtime.output_dir)
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN
         stops.job["dir"] = run_dir
         if stops.in_sweep_worker():
             stops.guard_worker()
         try:
-            # a folder inside a run folder, however it was named (an interpolated hydra.run.dir, a sweep's job):
-            # that run's files are its record (the literal paths were refused before Hydra started)
-            inside = next((p for p in run_dir.absolute().parents if is_run_dir(p)), None)
-            if inside is not None:
-                if hydra_cfg.mode == RunMode.MULTIRUN:  # the sweep's folder too, made inside that run's
-                    stops.remove_unclaimed_sweep(Path(hydra_cfg.sweep.dir), inside)
-                raise UsageError(
-                    f"the run folder {run_dir} lies inside the run folder {inside}; its files are that run's record: "
-                    "choose a folder outside it (hydra.run.dir, hydra.sweep.dir)"
-                )
-            resume = _existing_run(cfg, run_dir, list(hydra_cfg.overrides.task), hydra_cfg.mode == RunMode.MULTIRUN)
-            if resume is None:
-                return
-            if resume is not False:
-                cfg = resume
-            _set_threads(cfg.get("threads"), hydra_cfg.launcher)
-            composed = cfg
-            train(cfg, run_dir, resume=resume is not False, on_claimed=lambda: _save_hydra_files(run_dir, composed))
+            ran = _job(cfg, hydra_cfg, run_dir, multirun)
+            return outcome(run_dir, status_of(run_dir) or "not run") if ran is None else ran
         except UsageError as e:  # to stderr only: the folder may be another run's, whose run.log is its own
             stops.remove_unclaimed(run_dir)
-            _usage_exit("sane-run", e)
+            if not multirun:
+                _usage_exit("sane-run", e)
+            print(f"sane-run: error: {e}", file=sys.stderr, flush=True)
+            return _failed(hydra_cfg, run_dir, str(e), "refused")
         except KeyboardInterrupt as e:
+            alone = multirun and not _runs_in_sweep_process(hydra_cfg)  # a job stopped alone: the others go on
+            signum = int(getattr(e, "signum", signal.SIGINT))
             if getattr(e, "step", None) is None:  # before training started
                 stops.remove_unclaimed(run_dir)
-                stops.end_job(128 + int(getattr(e, "signum", signal.SIGINT)))
+                stops.end_job(128 + signum)
+                if alone:
+                    stops.say(f"sane-run: stopped by {signal.Signals(signum).name} before training started")
+                    return outcome(run_dir, "not run", f"stopped by {signal.Signals(signum).name} before it started")
                 raise
             # one line, and the shell's code for a death by that signal (submitit reads it)
             again = continue_command(run_dir)
-            if hydra_cfg.mode == RunMode.MULTIRUN:
+            if multirun:
                 sweep = shell_quote("hydra.sweep.dir=" + hydra_quote(str(hydra_cfg.sweep.dir)))
                 again = f"run the sweep again with {sweep}"
             stops.say(f"sane-run: stopped by {e} at step {e.step}; {run_dir} keeps all it logged (continue: {again})")
-            stops.end_job(128 + int(e.signum))  # a worker whose sweep was stopped takes no further job
-            sys.exit(128 + int(e.signum))
+            stops.end_job(128 + signum)  # a worker whose sweep was stopped takes no further job
+            if alone:
+                return outcome(run_dir, "interrupted", f"stopped by {e} at step {e.step}")
+            sys.exit(128 + signum)
         except Exception as e:  # one line; the traceback is in summary.json where the run got that far
-            recorded = is_run_dir(run_dir) and status_of(run_dir) == "failed"
+            recorded = status_of(run_dir) == "failed"
             where = f"{run_dir}/summary.json records it, with the traceback" if recorded else f"in {run_dir}"
-            print(f"sane-run: error: the run failed ({type(e).__name__}: {e}); {where}", file=sys.stderr)
-            sys.exit(1)
+            print(f"sane-run: error: the run failed ({type(e).__name__}: {e}); {where}", file=sys.stderr, flush=True)
+            if not multirun:
+                sys.exit(1)
+            return _failed(hydra_cfg, run_dir, f"{type(e).__name__}: {e}".splitlines()[0])
         finally:
             stops.job["dir"] = None  # between jobs
 
     return app
+
+
+def _job(cfg, hydra_cfg, run_dir: Path, multirun: bool) -> dict[str, str] | None:
+    """Train the job in ``run_dir``: a new run, a stopped one continued, or none (an ended run there, a sweep
+    stopped at a failure: that outcome is returned). None once trained."""
+    from hydra.types import RunMode
+
+    from .records import is_run_dir
+    from .sweeps import outcome, stopped_by_failure
+    from .training import train
+
+    # a folder inside a run folder, however it was named (an interpolated hydra.run.dir, a sweep's job): that run's
+    # files are its record (the literal paths were refused before Hydra started)
+    inside = next((p for p in run_dir.absolute().parents if is_run_dir(p)), None)
+    if inside is not None:
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # the sweep's folder too, made inside that run's
+            stops.remove_unclaimed_sweep(Path(hydra_cfg.sweep.dir), inside)
+        raise UsageError(
+            f"the run folder {run_dir} lies inside the run folder {inside}; its files are that run's record: "
+            "choose a folder outside it (hydra.run.dir, hydra.sweep.dir)"
+        )
+    failed = stopped_by_failure(Path(hydra_cfg.sweep.dir)) if multirun else None
+    if failed is not None:  # hydra.sweeper.stop_on_failure: a job failed before this one started
+        stops.remove_unclaimed(run_dir)
+        return outcome(run_dir, "not run", f"the sweep stopped at the failure of {failed} (stop_on_failure)")
+    resume = _existing_run(cfg, run_dir, list(hydra_cfg.overrides.task), multirun, hydra_cfg)
+    if isinstance(resume, dict):  # an ended run there: its outcome
+        return resume
+    if resume is not False:
+        cfg = resume
+    _set_threads(cfg.get("threads"), hydra_cfg.launcher)
+    composed = cfg
+    train(cfg, run_dir, resume=resume is not False, on_claimed=lambda: _save_hydra_files(run_dir, composed))
+    return None
+
+
+def _runs_in_sweep_process(hydra_cfg) -> bool:
+    """Whether the jobs of this sweep run in the sweep's own process, one after another (Hydra's basic launcher):
+    a signal there stops the sweep, not one job."""
+    from .sweeps import in_sweep_process
+
+    return in_sweep_process() or str(hydra_cfg.launcher.get("_target_", "")).endswith(".BasicLauncher")
+
+
+def _failed(hydra_cfg, run_dir: Path, line: str, status: str = "failed") -> dict[str, str]:
+    """A failed (or refused) job's outcome; with ``hydra.sweeper.stop_on_failure``, the jobs that start after it do
+    not run."""
+    from .sweeps import mark_stop, outcome
+
+    if hydra_cfg.sweeper.get("stop_on_failure", False):
+        mark_stop(Path(hydra_cfg.sweep.dir), run_dir)
+    return outcome(run_dir, status, line)
 
 
 def _top_key(override: str) -> str:
@@ -130,9 +184,10 @@ def _top_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~").split(".")[0]
 
 
-def _existing_run(cfg, run_dir: Path, overrides: list[str], multirun: bool):
-    """What to do in ``run_dir``: False, start a new run; None, nothing (it holds a run that has ended);
-    otherwise the config to resume the run there with: its own, with ``threads`` and ``device`` from this
+def _existing_run(cfg, run_dir: Path, overrides: list[str], multirun: bool, hydra_cfg=None):
+    """What to do in ``run_dir``: False, start a new run; an outcome (:func:`sane_cli.sweeps.outcome`), nothing
+    (a sweep started again: the job's run there has ended, or failed and ``hydra.sweeper.retry_failed`` is not
+    set); otherwise the config to resume the run there with: its own, with ``threads`` and ``device`` from this
     command line (``resume=<folder>``), or the composed one (a sweep started again, checked to be the same)."""
     from omegaconf import OmegaConf, open_dict
 
@@ -154,18 +209,29 @@ def _existing_run(cfg, run_dir: Path, overrides: list[str], multirun: bool):
     if cfg.get("resume") is None and not multirun:  # claimed since precheck looked: by a run started with this one
         raise UsageError(f"{run_dir} already holds a run (summary.json); choose another folder (hydra.run.dir)")
     if cfg.get("resume") is None:  # a sweep started again into the same hydra.sweep.dir
+        from .sweeps import outcome
+
         status = status_of(run_dir)
         if status in ENDED:  # its files untouched, its run.log too
             stored = as_it_ran(read_summary(run_dir)["config"])
             now = OmegaConf.to_container(validate(cfg.copy()), resolve=True)
             key = first_difference(now, stored)
             if key is not None:
-                print(f"sane-run: {run_dir} holds a {status} run of another config ({key}: "
-                      f"{config_value(stored, key)!r} there, {config_value(now, key)!r} now); skipped, not run: give "
+                other = f"{key}: {config_value(stored, key)!r} there, {config_value(now, key)!r} now"
+                print(f"sane-run: {run_dir} holds a {status} run of another config ({other}); skipped, not run: give "
                       "this sweep another hydra.sweep.dir", file=sys.stderr, flush=True)  # fmt: skip
-            else:
-                print(f"sane-run: {run_dir} already holds a {status} run; skipped", flush=True)
-            return None
+                return outcome(
+                    run_dir,
+                    "not run",
+                    f"it holds a {status} run of another config ({other}): use another hydra.sweep.dir",
+                )
+            print(f"sane-run: {run_dir} already holds a {status} run; skipped", flush=True)
+            return outcome(run_dir, status)
+        if status == "failed" and not (hydra_cfg is not None and hydra_cfg.sweeper.get("retry_failed", False)):
+            error = read_summary(run_dir).get("error") or "an error"
+            print(f"sane-run: {run_dir} holds a run that failed ({error}); not retried (retry it with "
+                  "hydra.sweeper.retry_failed=true)", file=sys.stderr, flush=True)  # fmt: skip
+            return outcome(run_dir, "failed", f"{error} (an earlier start's; not retried)")
         return cfg  # train(resume=True) checks that the run there has this job's config
     # resume=<folder>: checked before Hydra started (precheck); the config its checkpoint.pt was trained with
     stored = OmegaConf.create(resume_point(run_dir).summary["config"])
@@ -300,6 +366,9 @@ def composing(options: dict[str, str]):
         if not folder.is_dir():
             raise UsageError(f"--config-dir {options['dir']} is not a folder; give the folder of your config files")
         search_path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
+    from hydra_plugins.sane_run import register
+
+    register()  # the sweeper's and launchers' configs, as the app will compose them
     if GlobalHydra.instance().is_initialized():
         raise RuntimeError("Hydra is initialised already")  # the app is not running yet when precheck is called
     hydra = Hydra.create_main_hydra2(task_name="sane-run", config_search_path=search_path)
@@ -599,6 +668,8 @@ def _run(argv: list[str]) -> None:
     # what fails outside a job (a launcher's submission: SLURM refusing it) reaches here rather than Hydra's
     # printed traceback, and is said in one line
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    from .sweeps import account, outcomes
+
     try:
         _hydra_app()()
     except Exception as e:
@@ -616,6 +687,10 @@ def _run(argv: list[str]) -> None:
             else f"sane-run: error: {what}"
         )
         sys.exit(1)
+    if outcomes:  # a sweep's account: a line per job that did not end, a count, and the exit status
+        lines, code = account(outcomes)
+        print("\n".join(lines), file=sys.stderr if code else sys.stdout, flush=True)
+        sys.exit(code)
 
 
 def _sweep(argv: list[str]) -> bool:

@@ -120,3 +120,33 @@ def exits(input_shape, n_classes):
     import sys
 
     sys.exit(3)
+
+
+def fails_in_training(input_shape, n_classes, fail=False, hang=None, width=4):
+    """A model that fails on its first training step where ``fail`` (as an out-of-memory error or a bad
+    combination of keys shows only at run time; the checks before a run, on an evaluation batch, pass), or whose
+    training steps each take half a second where ``hang`` names a file, into which it writes its process id."""
+    import os
+    import time
+
+    from torch import nn
+
+    class Failing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), width), nn.Tanh(),
+                                     nn.Linear(width, n_classes))  # fmt: skip
+
+        def forward(self, x):
+            if not self.training or x.device.type == "meta":  # the checks before a run, its cost counted
+                return self.net(x)
+            if fail:
+                raise RuntimeError("a simulated failure in training")
+            if hang:
+                if not os.path.exists(hang):
+                    with open(hang, "w") as f:
+                        f.write(str(os.getpid()))
+                time.sleep(0.5)
+            return self.net(x)
+
+    return Failing()

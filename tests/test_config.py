@@ -236,6 +236,8 @@ def test_a_model_and_an_optimiser_are_added_by_their_registry_entry_and_config_a
         optim.OPTIMISERS, "rms", optim.OptimiserSpec(rms, lambda cfg: 2 / float(cfg.lr), lambda c: None)
     )
     store = ConfigStore.instance()
+    for group, name in (("model", "wide"), ("optim", "rms")):  # taken out of the store again after the test
+        monkeypatch.setitem(store.repo.setdefault(group, {}), f"{name}.yaml", None)
     store.store(group="model", name="wide", node={"name": "wide", "depth": "${depth}", "factor": 2,
                                                    "activation": "tanh", "bias": True})  # fmt: skip
     store.store(group="optim", name="rms", node={"name": "rms", "default_lr": 0.01, "lr": "${lr}", "alpha": 0.9,

@@ -1,0 +1,149 @@
+"""A sweep that survives its failures: a job that fails, or whose process is stopped or killed alone, leaves the
+other jobs to run to their end; the sweep's account at the end (a line per job that did not end, a count) and its
+exit status; a sweep started again; stop_on_failure. Real processes, through the command."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from helpers import TINY
+from test_cli import command
+
+from sane_cli.records import find_runs, load_run
+from sane_cli.sweeps import account, outcome
+
+TESTS = Path(__file__).parent
+BASE = [w for w in TINY if not w.startswith("model.width=")]  # the custom model takes its width in model.kwargs
+FLAKY = ["model=custom", "model.factory=helpers:fails_in_training", "threads=1"]
+JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+SUBMITIT = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"]
+SAME = ("metrics.csv", "loss.csv", "spectra/step_0.npz", "spectra/step_20.npz")
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(TESTS)}
+
+
+def sweep(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([command("sane-run"), "-m", *BASE, *FLAKY, *args], cwd=cwd, capture_output=True, text=True,
+                          env=env(), timeout=300)  # fmt: skip
+
+
+def by_width(folder: Path) -> dict:
+    """The runs below ``folder`` by their model's width (the jobs that neither fail nor hang)."""
+    runs = [load_run(p) for p in find_runs(folder)]
+    return {r.config["model"]["kwargs"].get("width"): r for r in runs if set(r.config["model"]["kwargs"]) == {"width"}}
+
+
+def assert_same_as_alone(tmp_path: Path, folder: Path) -> None:
+    """The completed jobs' files are byte-identical to those of the same jobs swept without the failures."""
+    ref = sweep(tmp_path, "model.kwargs={width:3},{width:5}", "hydra.sweep.dir=ref")
+    assert ref.returncode == 0, ref.stderr
+    assert "sane-run: the sweep ran 2 jobs: 2 completed" in ref.stdout
+    got, want = by_width(folder), by_width(tmp_path / "ref")
+    assert sorted(got) == sorted(want) == [3, 5]
+    for width in want:
+        assert got[width].status == "completed"
+        for name in SAME:
+            assert (got[width].path / name).read_bytes() == (want[width].path / name).read_bytes(), (width, name)
+        untimed = [pd.read_csv(r.path / "hessian.csv").drop(columns="seconds") for r in (got[width], want[width])]
+        pd.testing.assert_frame_equal(*untimed, check_exact=True)
+
+
+def test_the_account_counts_each_outcome_and_exits_1_where_a_job_did_not_end():
+    ended = [outcome("a", "completed"), outcome("b", "diverged"), outcome("c", "converged")]
+    lines, code = account(ended)
+    assert lines == ["sane-run: the sweep ran 3 jobs: 1 completed, 1 converged, 1 diverged"] and code == 0
+    lines, code = account([*ended, outcome("d", "killed", "its process was killed (SIGKILL)"), outcome("e", "not run")])
+    assert code == 1 and lines[0] == "sane-run: killed: d: its process was killed (SIGKILL)"
+    assert lines[2] == "sane-run: the sweep ran 5 jobs: 1 completed, 1 converged, 1 diverged, 1 killed, 1 not run"
+    assert "hydra.sweeper.retry_failed=true" in lines[3]
+
+
+def test_a_failed_job_leaves_the_sequential_sweep_going_and_is_retried_only_when_asked(tmp_path):
+    out = sweep(tmp_path, "model.kwargs={width:3},{fail:true},{width:5}", "hydra.sweep.dir=sw")
+    assert out.returncode == 1, out.stderr
+    (failed,) = [p for p in find_runs(tmp_path / "sw") if load_run(p).status == "failed"]
+    assert f"sane-run: failed: {failed}: RuntimeError: a simulated failure in training" in out.stderr.splitlines()
+    assert "sane-run: the sweep ran 3 jobs: 2 completed, 1 failed" in out.stderr
+    assert_same_as_alone(tmp_path, tmp_path / "sw")
+
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "sw").rglob("*") if p.is_file()}
+    again = sweep(tmp_path, "model.kwargs={width:3},{fail:true},{width:5}", "hydra.sweep.dir=sw")
+    assert again.returncode == 1, again.stderr
+    assert "not retried (retry it with hydra.sweeper.retry_failed=true)" in again.stderr
+    assert "sane-run: the sweep ran 3 jobs: 2 completed, 1 failed" in again.stderr
+    assert "the run failed" not in again.stderr  # nothing ran
+    changed = [p for p, t in before.items() if p.stat().st_mtime_ns != t and p.name != "multirun.yaml"]
+    assert changed == []
+
+    retried = sweep(tmp_path, "model.kwargs={width:3},{fail:true},{width:5}", "hydra.sweep.dir=sw",
+                    "hydra.sweeper.retry_failed=true")  # fmt: skip
+    assert retried.returncode == 1
+    assert retried.stderr.count("sane-run: error: the run failed (RuntimeError: a simulated failure") == 1
+
+
+def test_stop_on_failure_runs_no_job_after_the_first_failure(tmp_path):
+    out = sweep(tmp_path, "model.kwargs={fail:true},{width:3}", "hydra.sweep.dir=sw",
+                "hydra.sweeper.stop_on_failure=true")  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert "sane-run: the sweep ran 2 jobs: 1 failed, 1 not run" in out.stderr
+    assert "(stop_on_failure)" in out.stderr
+    assert [load_run(p).status for p in find_runs(tmp_path / "sw")] == ["failed"]  # the job not run left no folder
+    again = sweep(tmp_path, "model.kwargs={fail:true},{width:3}", "hydra.sweep.dir=sw")  # off again: it runs
+    assert "sane-run: the sweep ran 2 jobs: 1 completed, 1 failed" in again.stderr
+
+
+def test_a_failed_job_does_not_stop_a_parallel_sweep(tmp_path):
+    out = sweep(tmp_path, "model.kwargs={width:3},{fail:true},{width:5}", "hydra.sweep.dir=sw", *JOBLIB)
+    assert out.returncode == 1, out.stderr
+    assert "sane-run: the sweep ran 3 jobs: 2 completed, 1 failed" in out.stderr
+    assert_same_as_alone(tmp_path, tmp_path / "sw")
+
+
+@pytest.mark.parametrize(
+    "launcher,sig,ended",
+    [
+        (JOBLIB, signal.SIGTERM, "interrupted"),
+        (JOBLIB, signal.SIGKILL, "killed"),
+        pytest.param(SUBMITIT, signal.SIGTERM, "interrupted", marks=pytest.mark.slow),
+        pytest.param(SUBMITIT, signal.SIGKILL, "killed", marks=pytest.mark.slow),
+    ],
+    ids=["joblib-term", "joblib-kill", "submitit-term", "submitit-kill"],
+)
+def test_a_job_stopped_alone_leaves_the_others_to_end(tmp_path, launcher, sig, ended):
+    """One job fails by its config and another's process is stopped alone (SIGTERM, as a scheduler's preemption
+    of one task; SIGKILL, as the out-of-memory killer) while it trains: the other jobs, queued behind them too,
+    run to their end with the same files as without the failures; the sweep accounts for each and exits 1."""
+    pid_file = tmp_path / "hanging.pid"
+    jobs = f"model.kwargs={{fail:true}},{{hang:'{pid_file}'}},{{width:3}},{{width:5}}"
+    proc = subprocess.Popen(
+        [command("sane-run"), "-m", *BASE, *FLAKY, jobs, "hydra.sweep.dir=sw", *launcher], cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.time() < deadline and proc.poll() is None, "the hanging job did not start training"
+            time.sleep(0.1)
+        time.sleep(1.0)  # in training: its steps take half a second each
+        os.kill(int(pid_file.read_text()), sig)
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, stderr
+    runs = {p.name.split("_")[0]: p for p in (tmp_path / "sw").iterdir() if p.is_dir() and p.name[0].isdigit()}
+    stopped = runs["1"]
+    assert f"sane-run: {ended}: {stopped}" in stderr
+    assert f"sane-run: the sweep ran 4 jobs: 2 completed, 1 failed, 1 {ended}" in stderr
+    assert load_run(stopped).status == ("interrupted" if sig == signal.SIGTERM else "running")
+    assert load_run(runs["0"]).status == "failed"
+    assert_same_as_alone(tmp_path, tmp_path / "sw")
