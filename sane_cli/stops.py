@@ -116,8 +116,8 @@ def _worker_stop(signum, _frame):
     if job.get("dir") is not None:
         remove_unclaimed(job["dir"])
         say(f"sane-run: stopped by {signal.Signals(signum).name} before training started")
-    # a worker ending while the sweep's process lives breaks its pool, which then kills the other workers at once,
-    # jobs and all: with a Ctrl-C the sweep's process goes first
+    # with a Ctrl-C the sweep's process goes first (its account of the jobs is not wanted then); a worker stopped
+    # alone ends, and the sweep counts its job as killed and goes on with a new worker (sweeps.run_apart)
     sweep_gone(wait=2.0)
     end_worker(128 + int(signum))
 

@@ -36,6 +36,10 @@ ORDER = ("completed", "converged", "diverged", "refused", "failed", "interrupted
 # start with the same hydra.sweep.dir takes them up
 UNFINISHED = ("refused", "failed", "interrupted", "killed", "not run")
 
+# the thread pools' sizes joblib sets in its workers' environment
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS", "NUMEXPR_NUM_THREADS")  # fmt: skip
+
 _sweep: dict[str, Any] = {"pid": None, "dir": None}  # the sweep being run in this process (the sweeper's)
 outcomes: list[dict[str, str]] = []  # the last sweep's outcomes, in job order, for the command's account
 
@@ -113,6 +117,13 @@ def run_apart(calls: Sequence[Callable[[], Any]], n_workers: int, lost: Callable
     from joblib.externals.loky import ProcessPoolExecutor
     from joblib.externals.loky.process_executor import BrokenProcessPool
 
+    from .devices import usable_cores
+
+    # as joblib starts its workers: every thread pool's size (OpenMP's, BLAS's) set to the cores shared among them
+    # before anything in the worker creates one, unless this process's environment sets it
+    share = str(max(1, usable_cores() // max(1, n_workers)))
+    env = {var: os.environ.get(var, share) for var in THREAD_VARIABLES}
+
     results: list[Any] = [None] * len(calls)
     queue = iter(range(len(calls)))
     lock = threading.Lock()
@@ -126,7 +137,7 @@ def run_apart(calls: Sequence[Callable[[], Any]], n_workers: int, lost: Callable
                     i = next(queue, None)
                 if i is None or errors:
                     return
-                pool = pool or ProcessPoolExecutor(max_workers=1)
+                pool = pool or ProcessPoolExecutor(max_workers=1, env=env)
                 try:
                     results[i] = pool.submit(calls[i]).result()
                 except BrokenProcessPool as e:  # its worker died: this job alone is lost
