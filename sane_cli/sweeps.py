@@ -59,6 +59,12 @@ def begin(sweep_dir: Path) -> None:
         (Path(sweep_dir) / STOP_MARK).unlink()
 
 
+def end(sweep_dir: Path) -> None:
+    """The sweep's jobs have ended: the stop mark a failed job left (``stop_on_failure``) is not kept."""
+    with contextlib.suppress(OSError):
+        (Path(sweep_dir) / STOP_MARK).unlink()
+
+
 def in_sweep_process() -> bool:
     """Whether this process is the sweep's own (Hydra's basic launcher runs the jobs one after another in it): a
     signal it receives stops the sweep, not one job."""
@@ -85,7 +91,7 @@ def account(found: Sequence[dict[str, str]]) -> tuple[list[str], int]:
     gets), else 1 where any job did not end, else 0.
 
     >>> lines, code = account([outcome("sw/0_lr=0.1", "completed"), outcome("sw/1_lr=9", "failed", "ValueError: x")])
-    >>> lines[-1], code
+    >>> lines[-2], code
     ('sane-run: the sweep ran 2 jobs: 1 completed, 1 failed', 1)
     """
     lines = [f"sane-run: {o['status']}: {o['dir']}: {o['line']}" for o in found if o["status"] in UNFINISHED]

@@ -42,12 +42,19 @@ def by_width(folder: Path) -> dict:
     return {r.config["model"]["kwargs"].get("width"): r for r in runs if set(r.config["model"]["kwargs"]) == {"width"}}
 
 
-def assert_same_as_alone(tmp_path: Path, folder: Path) -> None:
-    """The completed jobs' files are byte-identical to those of the same jobs swept without the failures."""
-    ref = sweep(tmp_path, "model.kwargs={width:3},{width:5}", "hydra.sweep.dir=ref")
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory) -> dict:
+    """The jobs that neither fail nor hang, swept without the failures (once for the module's tests)."""
+    folder = tmp_path_factory.mktemp("alone")
+    ref = sweep(folder, "model.kwargs={width:3},{width:5}", "hydra.sweep.dir=ref")
     assert ref.returncode == 0, ref.stderr
     assert "sane-run: the sweep ran 2 jobs: 2 completed" in ref.stdout
-    got, want = by_width(folder), by_width(tmp_path / "ref")
+    return by_width(folder / "ref")
+
+
+def assert_same_as_alone(want: dict, folder: Path) -> None:
+    """The completed jobs' files are byte-identical to those of the same jobs swept without the failures."""
+    got = by_width(folder)
     assert sorted(got) == sorted(want) == [3, 5]
     for width in want:
         assert got[width].status == "completed"
@@ -67,13 +74,13 @@ def test_the_account_counts_each_outcome_and_exits_1_where_a_job_did_not_end():
     assert "hydra.sweeper.retry_failed=true" in lines[3]
 
 
-def test_a_failed_job_leaves_the_sequential_sweep_going_and_is_retried_only_when_asked(tmp_path):
+def test_a_failed_job_leaves_the_sequential_sweep_going_and_is_retried_only_when_asked(tmp_path, alone):
     out = sweep(tmp_path, "model.kwargs={width:3},{fail:true},{width:5}", "hydra.sweep.dir=sw")
     assert out.returncode == 1, out.stderr
     (failed,) = [p for p in find_runs(tmp_path / "sw") if load_run(p).status == "failed"]
     assert f"sane-run: failed: {failed}: RuntimeError: a simulated failure in training" in out.stderr.splitlines()
     assert "sane-run: the sweep ran 3 jobs: 2 completed, 1 failed" in out.stderr
-    assert_same_as_alone(tmp_path, tmp_path / "sw")
+    assert_same_as_alone(alone, tmp_path / "sw")
 
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "sw").rglob("*") if p.is_file()}
     again = sweep(tmp_path, "model.kwargs={width:3},{fail:true},{width:5}", "hydra.sweep.dir=sw")
@@ -97,15 +104,17 @@ def test_stop_on_failure_runs_no_job_after_the_first_failure(tmp_path):
     assert "sane-run: the sweep ran 2 jobs: 1 failed, 1 not run" in out.stderr
     assert "(stop_on_failure)" in out.stderr
     assert [load_run(p).status for p in find_runs(tmp_path / "sw")] == ["failed"]  # the job not run left no folder
+    assert not (tmp_path / "sw" / ".sane-run-stop").exists()
     again = sweep(tmp_path, "model.kwargs={fail:true},{width:3}", "hydra.sweep.dir=sw")  # off again: it runs
     assert "sane-run: the sweep ran 2 jobs: 1 completed, 1 failed" in again.stderr
 
 
-def test_a_failed_job_does_not_stop_a_parallel_sweep(tmp_path):
+@pytest.mark.slow  # the parallel tests below have a failed job too
+def test_a_failed_job_does_not_stop_a_parallel_sweep(tmp_path, alone):
     out = sweep(tmp_path, "model.kwargs={width:3},{fail:true},{width:5}", "hydra.sweep.dir=sw", *JOBLIB)
     assert out.returncode == 1, out.stderr
     assert "sane-run: the sweep ran 3 jobs: 2 completed, 1 failed" in out.stderr
-    assert_same_as_alone(tmp_path, tmp_path / "sw")
+    assert_same_as_alone(alone, tmp_path / "sw")
 
 
 @pytest.mark.parametrize(
@@ -118,7 +127,7 @@ def test_a_failed_job_does_not_stop_a_parallel_sweep(tmp_path):
     ],
     ids=["joblib-term", "joblib-kill", "submitit-term", "submitit-kill"],
 )
-def test_a_job_stopped_alone_leaves_the_others_to_end(tmp_path, launcher, sig, ended):
+def test_a_job_stopped_alone_leaves_the_others_to_end(tmp_path, alone, launcher, sig, ended):
     """One job fails by its config and another's process is stopped alone (SIGTERM, as a scheduler's preemption
     of one task; SIGKILL, as the out-of-memory killer) while it trains: the other jobs, queued behind them too,
     run to their end with the same files as without the failures; the sweep accounts for each and exits 1."""
@@ -146,4 +155,4 @@ def test_a_job_stopped_alone_leaves_the_others_to_end(tmp_path, launcher, sig, e
     assert f"sane-run: the sweep ran 4 jobs: 2 completed, 1 failed, 1 {ended}" in stderr
     assert load_run(stopped).status == ("interrupted" if sig == signal.SIGTERM else "running")
     assert load_run(runs["0"]).status == "failed"
-    assert_same_as_alone(tmp_path, tmp_path / "sw")
+    assert_same_as_alone(alone, tmp_path / "sw")

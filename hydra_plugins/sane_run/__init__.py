@@ -44,13 +44,16 @@ class SaneSweeper(BasicSweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         sweeps.begin(sweep_dir)
         returns, first = [], 0
-        while not self.is_done():
-            batch = self.get_job_batch()
-            self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=first)
-            sweeps.outcomes.extend(_outcome(r) for r in results)
-            first += len(batch)
-            returns.append(results)
+        try:
+            while not self.is_done():
+                batch = self.get_job_batch()
+                self.validate_batch_is_legal(batch)
+                results = self.launcher.launch(batch, initial_job_idx=first)
+                sweeps.outcomes.extend(_outcome(r) for r in results)
+                first += len(batch)
+                returns.append(results)
+        finally:
+            sweeps.end(sweep_dir)
         return returns
 
 
