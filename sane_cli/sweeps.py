@@ -101,11 +101,14 @@ def account(found: Sequence[dict[str, str]]) -> tuple[list[str], int]:
     lines.append(f"sane-run: the sweep ran {total} job{'s' * (total != 1)}: " +
                  ", ".join(f"{counts[s]} {s}" for s in known))  # fmt: skip
     code = 2 if counts["refused"] else int(any(o["status"] in UNFINISHED for o in found))
-    if code:
+    if any(counts[s] for s in UNFINISHED if s != "refused"):
         lines.append(
             "sane-run: run the sweep again with the same hydra.sweep.dir to continue the jobs that did not end "
             "(failed ones are retried with hydra.sweeper.retry_failed=true)"
         )
+    elif counts["refused"]:
+        lines.append("sane-run: fix what each refused job's line names, then run the sweep again with the same "
+                     "hydra.sweep.dir")  # fmt: skip
     return lines, code
 
 

@@ -72,6 +72,9 @@ def test_the_account_counts_each_outcome_and_exits_1_where_a_job_did_not_end():
     assert code == 1 and lines[0] == "sane-run: killed: d: its process was killed (SIGKILL)"
     assert lines[2] == "sane-run: the sweep ran 5 jobs: 1 completed, 1 converged, 1 diverged, 1 killed, 1 not run"
     assert "hydra.sweeper.retry_failed=true" in lines[3]
+    lines, code = account([*ended, outcome("f", "refused", "f holds no readable run (summary.json: ...)")])
+    assert code == 2 and lines[0] == "sane-run: refused: f: f holds no readable run (summary.json: ...)"
+    assert lines[-1].startswith("sane-run: fix what each refused job's line names")
 
 
 def test_a_failed_job_leaves_the_sequential_sweep_going_and_is_retried_only_when_asked(tmp_path, alone):
