@@ -17,7 +17,7 @@ from helpers import TINY
 from test_cli import command
 
 from sane_cli.records import find_runs, load_run
-from sane_cli.sweeps import account, outcome
+from sane_cli.sweeps import account, died, outcome, run_apart
 
 TESTS = Path(__file__).parent
 BASE = [w for w in TINY if not w.startswith("model.width=")]  # the custom model takes its width in model.kwargs
@@ -75,6 +75,17 @@ def test_the_account_counts_each_outcome_and_exits_1_where_a_job_did_not_end():
     lines, code = account([*ended, outcome("f", "refused", "f holds no readable run (summary.json: ...)")])
     assert code == 2 and lines[0] == "sane-run: refused: f: f holds no readable run (summary.json: ...)"
     assert lines[-1].startswith("sane-run: fix what each refused job's line names")
+
+
+def test_a_worker_that_dies_loses_its_job_alone():
+    """run_apart: n workers at most, each job's result in order, and a worker that dies (here by SIGABRT) gives
+    its job to ``lost`` while the jobs queued behind it run in a new worker."""
+    calls = [os.getpid, os.getpid, os.abort, os.getpid, os.getpid, os.getpid]
+    lost = []
+    results = run_apart(calls, 2, lambda i, e: lost.append(i) or died(e))
+    assert lost == [2] and results[2] == "its process was killed (SIGABRT)"
+    pids = [r for i, r in enumerate(results) if i != 2]
+    assert os.getpid() not in pids and len(set(pids)) <= 3  # two workers at most, one of them replaced
 
 
 def test_a_failed_job_leaves_the_sequential_sweep_going_and_is_retried_only_when_asked(tmp_path, alone):

@@ -27,7 +27,8 @@ class SaneSweeper(BasicSweeper):
     the first failure, and keeps them for ``sane-run``'s account (:data:`sane_cli.sweeps.outcomes`).
 
     ``stop_on_failure``: the first failed job stops the sweep (jobs not yet started do not run; those running
-    finish). ``retry_failed``: a sweep started again retries its failed jobs (from their last checkpoint)."""
+    finish). ``retry_failed``: a sweep started again retries its failed jobs (from their last checkpoint). Both are
+    read by each job from the sweep's config (``hydra.sweeper``), wherever it runs."""
 
     def __init__(self, max_batch_size=None, params=None, stop_on_failure: bool = False, retry_failed: bool = False):
         super().__init__(max_batch_size=max_batch_size, params=params)
@@ -94,9 +95,10 @@ def _lost(launcher: Launcher, overrides: list[str], num: int, status: str, line:
 
 
 class JoblibLauncher(Launcher):
-    """``hydra/launcher=joblib``: Hydra's joblib launcher (its keys; ``n_jobs`` jobs at a time in loky's worker
-    processes, each job run by its ``execute_job``), with each worker a pool of its own, so that a worker killed
-    alone takes only its job and a new worker goes on with the queue (:func:`sane_cli.sweeps.run_apart`)."""
+    """``hydra/launcher=joblib``: Hydra's joblib launcher's jobs (``n_jobs`` at a time, -1 one per usable core, in
+    loky's worker processes, each job run by the plugin's ``execute_job``), with each worker a pool of its own, so
+    that a worker killed alone takes only its job and a new worker goes on with the queue
+    (:func:`sane_cli.sweeps.run_apart`)."""
 
     def __init__(self, **kwargs: Any) -> None:
         self.config = self.task_function = self.hydra_context = None
@@ -107,17 +109,18 @@ class JoblibLauncher(Launcher):
 
     def launch(self, job_overrides, initial_job_idx: int):
         import functools
-        import os
 
         from hydra.core.singleton import Singleton
         from hydra.core.utils import configure_log, filter_overrides, setup_globals
         from hydra_plugins.hydra_joblib_launcher._core import execute_job
 
+        from sane_cli.devices import usable_cores
+
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         n_jobs = int(self.joblib.get("n_jobs") or 1)
-        n_jobs = os.cpu_count() or 1 if n_jobs < 0 else n_jobs
+        n_jobs = usable_cores() if n_jobs < 0 else n_jobs  # -1: one job per core, as _set_threads counts them
         log.info(
             f"Launching {len(job_overrides)} jobs, {n_jobs} at a time, sweep output dir: {self.config.hydra.sweep.dir}"
         )
