@@ -113,9 +113,23 @@ def account(found: Sequence[dict[str, str]]) -> tuple[list[str], int]:
 
 
 def died(error: BaseException) -> str:
-    """What a worker's death is called, from the error its pool raised (the signal, where joblib names it)."""
-    found = re.search(r"\{(SIG\w+)", str(error))
-    return f"its process was killed ({found.group(1)})" if found else f"its process died ({type(error).__name__})"
+    """What a worker's death is called, from the error its pool raised: the signal that killed it, or that it
+    ended itself on (exit 128 + the signal: a worker stopped before its job trained), where loky names them.
+
+    >>> died(RuntimeError("The exit codes of the workers are {SIGKILL(-9)}"))
+    'its process was killed (SIGKILL)'
+    >>> died(RuntimeError("The exit codes of the workers are {EXIT(143)}"))
+    'its process was stopped (SIGTERM) before the job trained'
+    """
+    import signal
+
+    killed = re.search(r"\{(SIG\w+)", str(error))
+    if killed:
+        return f"its process was killed ({killed.group(1)})"
+    code = re.search(r"\{EXIT\((\d+)\)", str(error))
+    if code and 128 < int(code.group(1)) < 128 + signal.NSIG:
+        return f"its process was stopped ({signal.Signals(int(code.group(1)) - 128).name}) before the job trained"
+    return f"its process died ({type(error).__name__})"
 
 
 def run_apart(calls: Sequence[Callable[[], Any]], n_workers: int, lost: Callable[[int, BaseException], Any]) -> list:
