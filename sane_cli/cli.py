@@ -146,19 +146,27 @@ def _job(cfg, hydra_cfg, run_dir: Path, multirun: bool) -> dict[str, str] | None
             f"the run folder {run_dir} lies inside the run folder {inside}; its files are that run's record: "
             "choose a folder outside it (hydra.run.dir, hydra.sweep.dir)"
         )
+    resume = _existing_run(cfg, run_dir, list(hydra_cfg.overrides.task), multirun, hydra_cfg)
+    if isinstance(resume, dict):  # an ended run there (or one not to be run again): its outcome
+        return resume
     failed = stopped_by_failure(Path(hydra_cfg.sweep.dir)) if multirun else None
     if failed is not None:  # hydra.sweeper.stop_on_failure: a job failed before this one started
         stops.remove_unclaimed(run_dir)
         return outcome(run_dir, "not run", f"the sweep stopped at the failure of {failed} (stop_on_failure)")
-    resume = _existing_run(cfg, run_dir, list(hydra_cfg.overrides.task), multirun, hydra_cfg)
-    if isinstance(resume, dict):  # an ended run there: its outcome
-        return resume
     if resume is not False:
         cfg = resume
     _set_threads(cfg.get("threads"), hydra_cfg.launcher)
     composed = cfg
     train(cfg, run_dir, resume=resume is not False, on_claimed=lambda: _save_hydra_files(run_dir, composed))
     return None
+
+
+SWEEPER_FLAGS = ("stop_on_failure", "retry_failed")  # hydra.sweeper's switches (conf/hydra/sweeper/sane.yaml)
+
+
+def sweeper_flag(hydra_cfg, key: str) -> bool:
+    """``hydra.sweeper.<key>``: true only where it is the boolean true (precheck refuses any other word)."""
+    return hydra_cfg.sweeper.get(key, False) is True
 
 
 def _runs_in_sweep_process(hydra_cfg) -> bool:
@@ -174,7 +182,7 @@ def _failed(hydra_cfg, run_dir: Path, line: str, status: str = "failed") -> dict
     not run."""
     from .sweeps import mark_stop, outcome
 
-    if hydra_cfg.sweeper.get("stop_on_failure", False):
+    if sweeper_flag(hydra_cfg, "stop_on_failure"):
         mark_stop(Path(hydra_cfg.sweep.dir), run_dir)
     return outcome(run_dir, status, line)
 
@@ -220,14 +228,11 @@ def _existing_run(cfg, run_dir: Path, overrides: list[str], multirun: bool, hydr
                 other = f"{key}: {config_value(stored, key)!r} there, {config_value(now, key)!r} now"
                 print(f"sane-run: {run_dir} holds a {status} run of another config ({other}); skipped, not run: give "
                       "this sweep another hydra.sweep.dir", file=sys.stderr, flush=True)  # fmt: skip
-                return outcome(
-                    run_dir,
-                    "not run",
-                    f"it holds a {status} run of another config ({other}): use another hydra.sweep.dir",
-                )
+                return outcome(run_dir, "refused", f"it holds a {status} run of another config ({other}): use "
+                               "another hydra.sweep.dir")  # fmt: skip
             print(f"sane-run: {run_dir} already holds a {status} run; skipped", flush=True)
             return outcome(run_dir, status)
-        if status == "failed" and not (hydra_cfg is not None and hydra_cfg.sweeper.get("retry_failed", False)):
+        if status == "failed" and not (hydra_cfg is not None and sweeper_flag(hydra_cfg, "retry_failed")):
             error = read_summary(run_dir).get("error") or "an error"
             print(f"sane-run: {run_dir} holds a run that failed ({error}); not retried (retry it with "
                   "hydra.sweeper.retry_failed=true)", file=sys.stderr, flush=True)  # fmt: skip
@@ -274,9 +279,9 @@ def _set_threads(threads: int | None, launcher) -> None:
         if launcher.get("cpus_per_task"):
             threads = min(int(launcher.cpus_per_task), cores)
         else:
-            jobs = int(launcher.get("n_jobs", 1) or 1)
-            jobs = cores if jobs < 0 else jobs
-            threads = max(1, cores // max(1, jobs))
+            from .sweeps import workers
+
+            threads = max(1, cores // workers(int(launcher.get("n_jobs", 1) or 1), cores))
     torch.set_num_threads(int(threads))
     threadpool_limits(limits=int(threads))
 
@@ -408,6 +413,12 @@ def precheck(argv: list[str]) -> None:
     for word in words:
         if word.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "hydra.sweep.subdir=", "resume=")):
             path_fits(word_value(word).split("${", 1)[0], word.split("=", 1)[0])
+        key, _, value = word.partition("=")
+        if key in (f"hydra.sweeper.{k}" for k in SWEEPER_FLAGS) and value not in ("true", "false"):
+            raise UsageError(f"{key}={value} is invalid: must be true or false")
+        if key == "hydra.launcher.n_jobs" and not re.fullmatch(r"-?[1-9][0-9]*", value):
+            raise UsageError(f"{key}={value} is invalid: must be a whole number of jobs at a time, not 0 (-1: one per "
+                             "core, -2: all cores but one)")  # fmt: skip
         if word.split("=", 1)[0].lstrip("+~") == "hydra.output_subdir":
             raise UsageError(
                 "hydra.output_subdir cannot be set: sane-run writes each run's .hydra/ files itself, for new runs "

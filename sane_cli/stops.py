@@ -76,8 +76,17 @@ def guard_worker() -> None:
             signal.signal(sig, _worker_stop)
 
     forget_stop()  # a new job: no stop under way
+    watch_sweep()
+
+
+def watch_sweep() -> None:
+    """In a sweep worker, from its start (the initializer of each worker's pool, and again as a job starts): a
+    thread that stops the worker by SIGTERM once the sweep's process is gone, so that a worker whose sweep was
+    stopped before it took a job does not wait for one for ever, nor start one. The sweep's process is the one
+    that started the worker (its pid from multiprocessing, not the parent now: a worker may be orphaned already)."""
     if "parent" not in _worker:
-        _worker["parent"] = os.getppid()
+        parent = multiprocessing.parent_process()
+        _worker["parent"] = parent.pid if parent is not None and parent.pid else os.getppid()
         threading.Thread(target=_watch_sweep, daemon=True, name="sane-run sweep watch").start()
 
 

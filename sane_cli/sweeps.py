@@ -101,15 +101,26 @@ def account(found: Sequence[dict[str, str]]) -> tuple[list[str], int]:
     lines.append(f"sane-run: the sweep ran {total} job{'s' * (total != 1)}: " +
                  ", ".join(f"{counts[s]} {s}" for s in known))  # fmt: skip
     code = 2 if counts["refused"] else int(any(o["status"] in UNFINISHED for o in found))
-    if any(counts[s] for s in UNFINISHED if s != "refused"):
-        lines.append(
-            "sane-run: run the sweep again with the same hydra.sweep.dir to continue the jobs that did not end "
-            "(failed ones are retried with hydra.sweeper.retry_failed=true)"
-        )
-    elif counts["refused"]:
-        lines.append("sane-run: fix what each refused job's line names, then run the sweep again with the same "
-                     "hydra.sweep.dir")  # fmt: skip
+    hints = []
+    if counts["refused"]:
+        hints.append("fix what each refused job's line names")
+    if counts["interrupted"] or counts["killed"] or counts["not run"]:
+        hints.append("run the sweep again with the same hydra.sweep.dir to continue the jobs that did not end")
+    if counts["failed"]:
+        hints.append("failed jobs are retried when the sweep is run again with hydra.sweeper.retry_failed=true")
+    if hints:
+        lines.append("sane-run: " + "; ".join(hints))
     return lines, code
+
+
+def workers(n_jobs: int, cores: int) -> int:
+    """The jobs run at a time for joblib's ``n_jobs``, counted as joblib counts them: -1 one per core, -2 all
+    cores but one, and so on (0 is refused before the sweep starts).
+
+    >>> workers(2, 16), workers(-1, 16), workers(-2, 16), workers(-40, 16)
+    (2, 16, 15, 1)
+    """
+    return n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
 
 
 def died(error: BaseException) -> str:
@@ -141,6 +152,7 @@ def run_apart(calls: Sequence[Callable[[], Any]], n_workers: int, lost: Callable
     from joblib.externals.loky.process_executor import BrokenProcessPool
 
     from .devices import usable_cores
+    from .stops import watch_sweep
 
     # as joblib starts its workers: every thread pool's size (OpenMP's, BLAS's) set to the cores shared among them
     # before anything in the worker creates one, unless this process's environment sets it
@@ -160,7 +172,7 @@ def run_apart(calls: Sequence[Callable[[], Any]], n_workers: int, lost: Callable
                     i = next(queue, None)
                 if i is None or errors:
                     return
-                pool = pool or ProcessPoolExecutor(max_workers=1, env=env)
+                pool = pool or ProcessPoolExecutor(max_workers=1, env=env, initializer=watch_sweep)
                 try:
                     results[i] = pool.submit(calls[i]).result()
                 except BrokenProcessPool as e:  # its worker died: this job alone is lost

@@ -207,8 +207,8 @@ def test_a_sweep_started_again_with_another_config_says_so_per_job(tmp_path):
     jobs = find_runs(tmp_path / "sw")
     before = {p: p.read_bytes() for p in sorted((tmp_path / "sw").rglob("*")) if p.is_file()}
     out = run(tmp_path, *sweep[:-1], "dataset.noise=0.2")
-    assert out.returncode == 1, out.stderr  # none of the jobs asked for ran
-    assert "sane-run: the sweep ran 2 jobs: 2 not run" in out.stderr
+    assert out.returncode == 2, out.stderr  # none of the jobs asked for ran: refused, as the command asks too much
+    assert "sane-run: the sweep ran 2 jobs: 2 refused" in out.stderr
     said = [ln for ln in out.stderr.splitlines() if "of another config" in ln and "skipped" in ln]
     assert len(said) == 2 and all(
         "run of another config (dataset.noise: 0.1 there, 0.2 now); skipped, not run" in ln for ln in said

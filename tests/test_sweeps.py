@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -71,10 +72,31 @@ def test_the_account_counts_each_outcome_and_exits_1_where_a_job_did_not_end():
     lines, code = account([*ended, outcome("d", "killed", "its process was killed (SIGKILL)"), outcome("e", "not run")])
     assert code == 1 and lines[0] == "sane-run: killed: d: its process was killed (SIGKILL)"
     assert lines[2] == "sane-run: the sweep ran 5 jobs: 1 completed, 1 converged, 1 diverged, 1 killed, 1 not run"
-    assert "hydra.sweeper.retry_failed=true" in lines[3]
+    assert (
+        lines[3] == "sane-run: run the sweep again with the same hydra.sweep.dir to continue the jobs that did not end"
+    )
     lines, code = account([*ended, outcome("f", "refused", "f holds no readable run (summary.json: ...)")])
     assert code == 2 and lines[0] == "sane-run: refused: f: f holds no readable run (summary.json: ...)"
-    assert lines[-1].startswith("sane-run: fix what each refused job's line names")
+    assert lines[-1] == "sane-run: fix what each refused job's line names"
+    lines, code = account([outcome("g", "failed", "RuntimeError: x"), outcome("h", "refused", "...")])
+    assert code == 2 and lines[-1] == ("sane-run: fix what each refused job's line names; failed jobs are retried when "
+                                       "the sweep is run again with hydra.sweeper.retry_failed=true")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "word,error",
+    [
+        ("hydra.sweeper.stop_on_failure=no", "hydra.sweeper.stop_on_failure=no is invalid: must be true or false"),
+        ("hydra.sweeper.retry_failed=maybe", "hydra.sweeper.retry_failed=maybe is invalid: must be true or false"),
+        ("hydra.launcher.n_jobs=0", "hydra.launcher.n_jobs=0 is invalid: must be a whole number of jobs at a time"),
+    ],
+)
+def test_the_sweeps_switches_take_only_their_values(word, error):
+    from sane_cli.cli import precheck
+    from sane_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match=re.escape(error)):
+        precheck(["-m", *TINY, "lr=0.1,0.2", word])
 
 
 def test_a_worker_that_dies_loses_its_job_alone():
@@ -121,6 +143,10 @@ def test_stop_on_failure_runs_no_job_after_the_first_failure(tmp_path):
     assert not (tmp_path / "sw" / ".sane-run-stop").exists()
     again = sweep(tmp_path, "model.kwargs={fail:true},{width:3}", "hydra.sweep.dir=sw")  # off again: it runs
     assert "sane-run: the sweep ran 2 jobs: 1 completed, 1 failed" in again.stderr
+    # a failure again, with stop_on_failure: the job that ended is counted as it ended, not as stopped
+    retried = sweep(tmp_path, "model.kwargs={fail:true},{width:3}", "hydra.sweep.dir=sw",
+                    "hydra.sweeper.stop_on_failure=true", "hydra.sweeper.retry_failed=true")  # fmt: skip
+    assert "sane-run: the sweep ran 2 jobs: 1 completed, 1 failed" in retried.stderr, retried.stderr
 
 
 @pytest.mark.slow  # the parallel tests below have a failed job too

@@ -119,8 +119,7 @@ class JoblibLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        n_jobs = int(self.joblib.get("n_jobs") or 1)
-        n_jobs = usable_cores() if n_jobs < 0 else n_jobs  # -1: one job per core, as _set_threads counts them
+        n_jobs = sweeps.workers(int(self.joblib.get("n_jobs", -1)), usable_cores())
         log.info(
             f"Launching {len(job_overrides)} jobs, {n_jobs} at a time, sweep output dir: {self.config.hydra.sweep.dir}"
         )
