@@ -130,8 +130,6 @@ def _hydra_app():
 def _job(cfg, hydra_cfg, run_dir: Path, multirun: bool) -> dict[str, str] | None:
     """Train the job in ``run_dir``: a new run, a stopped one continued, or none (an ended run there, a sweep
     stopped at a failure: that outcome is returned). None once trained."""
-    from hydra.types import RunMode
-
     from .records import is_run_dir
     from .sweeps import outcome, stopped_by_failure
     from .training import train
@@ -140,7 +138,7 @@ def _job(cfg, hydra_cfg, run_dir: Path, multirun: bool) -> dict[str, str] | None
     # files are its record (the literal paths were refused before Hydra started)
     inside = next((p for p in run_dir.absolute().parents if is_run_dir(p)), None)
     if inside is not None:
-        if hydra_cfg.mode == RunMode.MULTIRUN:  # the sweep's folder too, made inside that run's
+        if multirun:  # the sweep's folder too, made inside that run's
             stops.remove_unclaimed_sweep(Path(hydra_cfg.sweep.dir), inside)
         raise UsageError(
             f"the run folder {run_dir} lies inside the run folder {inside}; its files are that run's record: "
