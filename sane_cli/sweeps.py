@@ -40,7 +40,7 @@ UNFINISHED = ("refused", "failed", "interrupted", "killed", "not run")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS", "NUMEXPR_NUM_THREADS")  # fmt: skip
 
-_sweep: dict[str, Any] = {"pid": None, "dir": None}  # the sweep being run in this process (the sweeper's)
+_sweep: dict[str, Any] = {"pid": None}  # the process the sweep being run was started in (the sweeper's)
 outcomes: list[dict[str, str]] = []  # the last sweep's outcomes, in job order, for the command's account
 
 
@@ -53,10 +53,9 @@ def outcome(run_dir: Path | str, status: str, line: str = "") -> dict[str, str]:
 def begin(sweep_dir: Path) -> None:
     """The sweep's process starts a sweep into ``sweep_dir``: a stop mark an earlier start left is removed (this
     start runs the jobs that one did not), and jobs run in this process are known to be the sweep's own."""
-    _sweep.update(pid=os.getpid(), dir=Path(sweep_dir))
+    _sweep["pid"] = os.getpid()
     outcomes.clear()
-    with contextlib.suppress(OSError):
-        (Path(sweep_dir) / STOP_MARK).unlink()
+    end(sweep_dir)
 
 
 def end(sweep_dir: Path) -> None:

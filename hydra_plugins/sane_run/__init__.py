@@ -169,9 +169,9 @@ if _Local is not None:
             from submitit.core.utils import FailedJobError
 
             init_keys = {"max_num_timeout", "submitit_folder"}
-            init = {
-                f"{self._EXECUTOR}_max_num_timeout": self.params[k] for k in ("max_num_timeout",) if k in self.params
-            }
+            init = {}
+            if "max_num_timeout" in self.params:
+                init[f"{self._EXECUTOR}_max_num_timeout"] = self.params["max_num_timeout"]
             executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=self.params["submitit_folder"], **init)
             base = set(OmegaConf.structured(BaseQueueConf).keys())
             executor.update_parameters(**{k if k in base else f"{self._EXECUTOR}_{k}": v
