@@ -76,6 +76,7 @@ def _hydra_app():
     def app(cfg: DictConfig) -> dict[str, str] | None:
         """One run; in a sweep, the job's outcome (:func:`sane_cli.sweeps.outcome`) rather than an exit, so that
         a job that fails, or is stopped alone, leaves the others to run."""
+        from . import distributed
         from .records import status_of
         from .sweeps import outcome
 
@@ -114,11 +115,17 @@ def _hydra_app():
             if alone:
                 return outcome(run_dir, "interrupted", f"stopped by {e} at step {e.step}")
             sys.exit(128 + signum)
+        except distributed.RankLost as e:  # another rank of a data-parallel job stopped: resumable
+            again = continue_command(run_dir)
+            if multirun:
+                again = "run the sweep again with " + shell_quote("hydra.sweep.dir=" + hydra_quote(str(hydra_cfg.sweep.dir)))
+            stops.say(f"sane-run: stopped: {e}; {run_dir} keeps all it logged (continue: {again})")
+            sys.exit(1)
         except Exception as e:  # one line; the traceback is in summary.json where the run got that far
             recorded = status_of(run_dir) == "failed"
             where = f"{run_dir}/summary.json records it, with the traceback" if recorded else f"in {run_dir}"
             print(f"sane-run: error: the run failed ({type(e).__name__}: {e}); {where}", file=sys.stderr, flush=True)
-            if not multirun:
+            if not multirun or distributed.current().in_job:  # a data-parallel job's failure ends its sweep
                 sys.exit(1)
             return _failed(hydra_cfg, run_dir, f"{type(e).__name__}: {e}".splitlines()[0])
         finally:
@@ -272,9 +279,13 @@ def _set_threads(threads: int | None, launcher) -> None:
 
     from .devices import usable_cores
 
+    from . import distributed
+
     if threads is None:
         cores = usable_cores()
-        if launcher.get("cpus_per_task"):
+        if distributed.current().size > 1:  # the ranks of a data-parallel job share their machine's cores
+            threads = max(1, cores // distributed.current().local_size)
+        elif launcher.get("cpus_per_task"):
             threads = min(int(launcher.cpus_per_task), cores)
         else:
             from .sweeps import workers
@@ -647,18 +658,30 @@ def run_main() -> None:
     SIGTERM, Ctrl-C and SIGHUP at any moment end it with one line and the shell's status for that signal (128 + its
     number): during start-up (nothing written, no folder left), or in training (the run records where it
     stopped)."""
+    from . import distributed
     from .devices import short_spin
 
     short_spin()  # before torch is imported
     for sig in stops.STOP_SIGNALS:
         if signal.getsignal(sig) is not signal.SIG_IGN:  # a signal the shell told this process to ignore stays so
             signal.signal(sig, stops.stop_at_start)
+    status = 0
     try:
+        world = distributed.start()  # one rank of a data-parallel job (torchrun, a multi-task SLURM job)?
+        if not world.main:  # rank 0 composes the config and sends each job; this rank runs them with it
+            status = distributed.follow(prepare=lambda cfg: _set_threads(cfg.get("threads"), {}))
+            sys.exit(status)
         _run(sys.argv[1:])
     except KeyboardInterrupt as e:  # before a run folder was claimed
         signum = getattr(e, "signum", signal.SIGINT)
+        status = 128 + int(signum)
         stops.say(f"sane-run: stopped by {signal.Signals(signum).name} before training started")
-        sys.exit(128 + int(signum))
+        sys.exit(status)
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else 1
+        raise
+    finally:
+        distributed.finish(status)
 
 
 def _run(argv: list[str]) -> None:

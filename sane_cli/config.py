@@ -13,7 +13,7 @@ import os
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import checks, data, methods, models, optim, trackers
-from .devices import DEVICES
+from .devices import DEVICES, PRECISIONS
 from .errors import UsageError
 from .losses import LOSSES
 
@@ -55,6 +55,8 @@ def _check_run(cfg: DictConfig) -> None:
     checks.number(cfg, "log_every", minimum=1, integer=True)
     checks.number(cfg, "seed", minimum=0, integer=True)
     checks.choice(cfg, "device", DEVICES)
+    if "precision" in cfg:  # an older run config lacks it (records.ADDED_KEYS: float32)
+        checks.choice(cfg, "precision", PRECISIONS)
     checks.number(cfg, "threads", minimum=1, integer=True, optional=True)
     cpus = os.cpu_count() or 1
     if cfg.get("threads") is not None and cfg.threads > cpus:  # more threads than CPUs only wait on each other

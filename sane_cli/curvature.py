@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vjp, vmap
 
+from . import distributed
 from .losses import LossFn
 from .models import activation_derivatives, is_layered
 
@@ -84,6 +85,7 @@ def layer_hessian(
     h = torch.zeros(starts[-1], starts[-1], dtype=dtype, device=next(model.parameters()).device)
     pairs = _pairs(len(starts) - 1, band)
     _build(model)(lambda j, m: (h, starts[j], starts[m]), model, loss_fn, x, y, dtype, pairs, max_rows, max_elements)
+    distributed.current().pool(h, len(y))  # a data-parallel job: the mean over every rank's examples
     for j, m in pairs:  # the blocks above the diagonal by symmetry
         if j > m:
             h[starts[m] : starts[m + 1], starts[j] : starts[j + 1]] = h[
@@ -121,6 +123,11 @@ def layer_hessian_blocks(
     pairs = _pairs(len(sizes), band)
     blocks = {(j, m): torch.zeros(sizes[j], sizes[m], dtype=dtype, device=device) for j, m in pairs}
     _build(model)(lambda j, m: (blocks[j, m], 0, 0), model, loss_fn, x, y, dtype, pairs, max_rows, max_elements)
+    world = distributed.current()
+    if world.size > 1:  # a data-parallel job: the mean over every rank's examples, the blocks in one message
+        flat = world.pool(torch.cat([b.reshape(-1) for b in blocks.values()]), len(y))
+        for b, t in zip(blocks.values(), flat.split([b.numel() for b in blocks.values()]), strict=True):
+            b.copy_(t.view_as(b))
     return blocks
 
 
@@ -350,7 +357,10 @@ def hvp_operator(
     The gradient's graph of a chunk is recorded once and reused by every product while the graphs kept stay
     within ``keep_bytes`` (512 MiB by default; estimated from the model's activations); the chunks beyond are
     recorded afresh at each product and dropped, so memory stays flat however many examples there are
-    (each product then also pays one gradient per such chunk)."""
+    (each product then also pays one gradient per such chunk).
+
+    In a data-parallel job (sane_cli.distributed) (x, y) is this rank's shard and each product is summed over
+    the ranks, weighted by their shares: the products of the mean loss over every rank's examples."""
     net = _copy_for_curvature(model, dtype)
     names = [k for k, p in net.named_parameters() if p.requires_grad]
     params = [p for p in net.parameters() if p.requires_grad]
@@ -374,6 +384,8 @@ def hvp_operator(
     keep = max(1, min(len(starts), keep_bytes // max(1, _graph_bytes(net, x[:1]) * max_rows)))
     kept = [pullback(start) for start in starts[:keep]]
     kept_batched = [vmap(pb) for pb in kept]
+    world = distributed.current()
+    share = world.share(n)  # a data-parallel job: this rank's share of the examples, its products summed
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
         v = v.to(dtype)
@@ -383,7 +395,7 @@ def hvp_operator(
                 out[0] += (kept[i] if i < keep else pullback(start))(v[0])[0]
             else:
                 out += (kept_batched[i] if i < keep else vmap(pullback(start)))(v)[0]
-        return out
+        return out if world.size == 1 else world.sum(out.mul_(share))
 
     return matvec, theta.numel()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("float32", "float64")  # training's (the top-level ``precision``)
 
 
 def resolve_device(name: str):

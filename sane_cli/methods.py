@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checks, costs
+from . import checks, costs, distributed
 from .curvature import (
     dense_operator,
     hessian,
@@ -157,7 +157,9 @@ def measure(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
     statistical and quadrature errors of a few percent). The precision used is recorded in ``dtype``."""
     start = time.perf_counter()
     n_params = n_parameters(model)
-    method = resolve_method(hcfg, model, n_params, n=len(y), input_shape=tuple(x.shape[1:]))
+    world = distributed.current()  # a data-parallel job: (x, y) is this rank's shard, the choice rank 0's
+    n = int(world.total(len(y)))
+    method = world.broadcast(resolve_method(hcfg, model, n_params, n=n, input_shape=tuple(x.shape[1:])))
     dtype_name = precision(hcfg, method)
     wanted = layers_wanted(hcfg, method)
     out = METHODS[method].run(model, loss_fn, x, y, hcfg, DTYPES[dtype_name], wanted)
@@ -222,7 +224,9 @@ def _log_evidence(model: nn.Module, loss_fn: LossFn, x, y, eigenvalues: np.ndarr
     net = copy.deepcopy(model).double()
     total = sum(float(loss_fn(net(x[i : i + 4096].double()), y[i : i + 4096])) * len(y[i : i + 4096])
                 for i in range(0, len(y), 4096))  # fmt: skip
-    return laplace_log_evidence(eigenvalues, len(y), total / len(y), weight_norm_sq(model), prior_precision)
+    world = distributed.current()  # a data-parallel job: the sums over every rank's examples
+    total, n = world.total(total), int(world.total(len(y)))
+    return laplace_log_evidence(eigenvalues, n, total / n, weight_norm_sq(model), prior_precision)
 
 
 def weight_norm_sq(model: nn.Module) -> float:

@@ -306,12 +306,13 @@ def check_outputs(model: nn.Module, input_shape: tuple[int, ...] | int, out_dim:
     shape = (input_shape,) if isinstance(input_shape, int) else tuple(int(s) for s in input_shape)
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     name = f"model.factory={model_cfg.factory}" if str(model_cfg.name) == "custom" else f"model={model_cfg.name}"
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, *shape, device=device))
+            out = model(torch.zeros(2, *shape, device=device, dtype=dtype))
     except (Exception, SystemExit) as e:  # noqa: BLE001 - any failure of the user's code, in one line
         if device.type == "meta":
             raise

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import __version__
+from . import __version__, distributed
 from .config import check_against_data, validate
 from .data import Data, load_data
 from .devices import resolve_device
@@ -75,33 +75,46 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
+    world = distributed.current()
+    if world.size > 1:  # a data-parallel job
+        env.update(ranks=world.size, ranks_per_node=world.local_size, backend=world.backend)
     return env
 
 
 class _Batches:
-    """Training batches: the whole set for GD; seeded shuffles without replacement for SGD."""
+    """Training batches: the whole set for GD; seeded shuffles without replacement for SGD.
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None, seed: int):
-        self.x, self.y, self.n = x, y, len(y)
+    In a data-parallel job (x, y) is this rank's shard, the examples ``offset`` to ``offset + len(y)`` of the
+    ``n`` of the training set: every rank draws the same batches of the whole set and takes the examples of its
+    shard, so that the ranks together take each step that a single process takes (and a resumed run goes on
+    with the same batches whatever the number of ranks)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int | None, seed: int, n: int | None = None,
+                 offset: int = 0):  # fmt: skip
+        self.x, self.y, self.n, self.offset = x, y, len(y) if n is None else n, offset
         self.batch_size = self.n if batch_size is None else int(batch_size)
         self.gen = torch.Generator().manual_seed(seed + 1)  # independent of the init and Hessian-subset draws
         self.order, self.pos = None, self.n
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The next batch's examples (of this rank's shard) and their share of the batch."""
         if self.batch_size >= self.n:
-            return self.x, self.y
+            return self.x, self.y, len(self.y) / self.n
         if self.pos + self.batch_size > self.n:  # drop the ragged end so every step sees batch_size examples
             self.order, self.pos = torch.randperm(self.n, generator=self.gen).to(self.x.device), 0
         idx = self.order[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
-        return self.x[idx], self.y[idx]
+        if len(self.y) < self.n:  # a shard: the batch's examples that it holds
+            idx = idx[(idx >= self.offset) & (idx < self.offset + len(self.y))] - self.offset
+        return self.x[idx], self.y[idx], len(idx) / self.batch_size
 
 
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192
 ) -> tuple[float, float]:
-    """Mean loss and accuracy of the model (eval mode) on (x, y)."""
+    """Mean loss and accuracy of the model (eval mode) on (x, y); in a data-parallel job, over every rank's
+    shard."""
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
@@ -110,7 +123,10 @@ def evaluate(
         total_loss += float(loss_fn(out, y[i : i + chunk])) * len(out)
         correct += int((out.argmax(1) == y[i : i + chunk]).sum())
     model.train(was_training)
-    return total_loss / len(y), correct / len(y)
+    world, n = distributed.current(), len(y)
+    if world.size > 1:
+        total_loss, correct, n = world.sum(torch.tensor([total_loss, correct, n], dtype=torch.float64)).tolist()
+    return total_loss / n, correct / n
 
 
 def train(
@@ -144,7 +160,7 @@ def train(
     device = resolve_device(cfg.device)
     data = load_data(cfg.dataset)
     torch.manual_seed(int(cfg.seed))
-    model = build_model(cfg.model, data.input_shape, data.n_classes).to(device)
+    model = build_model(cfg.model, data.input_shape, data.n_classes).to(device, _precision(cfg))
     check_outputs(model, data.input_shape, data.n_classes, cfg.model)  # before the folder is claimed
     n_params = n_parameters(model)
     check_against_data(cfg, len(data.y_train), model, data.input_shape)
@@ -158,6 +174,8 @@ def train(
             if point is None and on_claimed is not None:
                 on_claimed()
             writer.write_summary(summary)
+            # a data-parallel job: the other ranks run this job with this config (and checkpoint) from here
+            distributed.send_job(OmegaConf.to_container(cfg, resolve=True), None if point is None else point.checkpoint)
             log.info(
                 "%s: %d train / %d test examples; %s (%d parameters); %s lr %g on %s%s",
                 data.name, len(data.y_train), len(data.y_test), describe(cfg.model), n_params, cfg.optim.name,
@@ -171,11 +189,16 @@ def train(
             if point is not None and point.checkpoint is not None:
                 training.load_state_dict(point.checkpoint)
             summary.update(training.run(progress))
+            distributed.end_job()
         except KeyboardInterrupt as e:
             stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
             stop.step = 0 if training is None else training.step
             summary.update(status="interrupted", error=f"{stop} at step {stop.step}", steps_done=stop.step)
             raise stop from None
+        except distributed.RankLost as e:  # stopped where a signal would stop it: resumable from its checkpoint
+            summary.update(status="interrupted", error=f"{e} at step {training.step if training else 0}",
+                           steps_done=training.step if training else 0)  # fmt: skip
+            raise
         except Exception as e:
             summary.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
             raise
@@ -194,6 +217,43 @@ def train(
         stop.step = training.step if training is not None else 0
         raise stop
     return summary
+
+
+def follow_job(config: dict[str, Any], checkpoint: dict | None, prepare: Callable | None = None) -> None:
+    """A rank other than 0 of a data-parallel job: the job rank 0 runs (:func:`train`), with its ``config`` and
+    the ``checkpoint`` it resumes from, its shard of the examples, and no file written (rank 0 writes the run's).
+    ``prepare(cfg)``: called before any work."""
+    cfg = validate(OmegaConf.create(config))
+    if prepare is not None:
+        prepare(cfg)
+    device = resolve_device(cfg.device)
+    data = load_data(cfg.dataset)
+    torch.manual_seed(int(cfg.seed))
+    model = build_model(cfg.model, data.input_shape, data.n_classes).to(device, _precision(cfg))
+    signals = Signals()
+    with signals.installed():
+        training = _Training(cfg, data, model, device, _NoFiles(), signals)
+        if checkpoint is not None:
+            training.load_state_dict(checkpoint)
+        training.run(progress=False)
+
+
+class _NoFiles:
+    """The writer of a rank other than 0: the run folder is rank 0's alone."""
+
+    tracker = None
+
+    def sizes(self) -> dict[str, int]:
+        return {}
+
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        pass
+
+    def log_step_loss(self, step: int, loss: float) -> None:
+        pass
+
+    def log_curvature(self, row: dict[str, Any], *args, **arrays) -> None:
+        pass
 
 
 def _announce_curvature(hcfg, model, n_params: int, n: int, input_shape) -> None:
@@ -241,13 +301,16 @@ class _Probe:
         """``train``: the training set's inputs and labels, already on the run's device (one copy of them there)."""
         self.cfg, self.loss_fn, self.steps, self.writer, self.signals = cfg, loss_fn, steps, writer, signals
         self.lr, self.threshold = float(cfg.optim.lr), stability_threshold(cfg.optim)
-        self.x_train, self.y_train = train
+        self.x_train, self.y_train = train  # in a data-parallel job, this rank's shard (sane_cli.distributed)
         device = self.x_train.device
         # the Hessian of the training loss itself, unless the user asks for a subset (then lambda_max_train too)
-        self.subset = cfg.hessian.subset is not None and int(cfg.hessian.subset) < len(self.y_train)
+        self.subset = cfg.hessian.subset is not None and int(cfg.hessian.subset) < len(data.y_train)
         self.hx, self.hy = self.x_train, self.y_train
+        self.n_hessian = len(data.y_train)  # the examples of the Hessian, over every rank
         if self.subset:
-            self.hx, self.hy = (t.to(device) for t in data.hessian_subset(int(cfg.hessian.subset), int(cfg.seed)))
+            hx, hy = data.hessian_subset(int(cfg.hessian.subset), int(cfg.seed))
+            shard = distributed.current().shard(len(hy))
+            self.hx, self.hy, self.n_hessian = hx[shard].to(device), hy[shard].to(device), len(hy)
         # Adam's sharpness is read through its preconditioner (sane_cli.optim), kept with the parameters
         self.preconditioned = is_preconditioned(cfg.optim)
 
@@ -266,7 +329,7 @@ class _Probe:
                                                      float(self.cfg.optim.weight_decay))  # fmt: skip
         row = checkpoint_row(
             step=step, kind=kind, lr=self.lr, result=result, hcfg=hcfg, n_params=n_parameters(net),
-            subset=len(self.hy), threshold=self.threshold, lambda_max_train=lambda_max_train,
+            subset=self.n_hessian, threshold=self.threshold, lambda_max_train=lambda_max_train,
             preconditioned_sharpness=sharpness, seconds=time.perf_counter() - start,
         )  # fmt: skip
         with self.signals.hold():
@@ -274,7 +337,7 @@ class _Probe:
         log.info(
             "step %d/%d %scurvature: lambda_max %.4g%s%s (threshold %.4g), N_eff %.4g, SANE %.4g, trace %.4g [%.1fs]",
             step, self.steps, "" if kind == "scheduled" else kind.replace("_", "-") + " ", row["lambda_max"],
-            f" on {len(self.hy)} examples, {row['lambda_max_train']:.4g} on the training set" if self.subset else "",
+            f" on {self.n_hessian} examples, {row['lambda_max_train']:.4g} on the training set" if self.subset else "",
             f", preconditioned {row['preconditioned_sharpness']:.4g}" if self.preconditioned else "",
             self.threshold, row["n_eff"], row["sane"], row["trace"], row["seconds"],
         )  # fmt: skip
@@ -292,13 +355,16 @@ class _Training:
         self.config = json.dumps(OmegaConf.to_container(cfg, resolve=True), default=json_default)
         self.loss_fn = loss_function(cfg.loss, data.n_classes)
         self.opt = build_optimizer(model.parameters(), cfg.optim)
-        self.x_train, self.y_train = data.x_train.to(device), data.y_train.to(device)
-        self.x_test, self.y_test = data.x_test.to(device), data.y_test.to(device)
+        # in a data-parallel job each rank holds a shard of the examples (sane_cli.distributed)
+        self.world = distributed.current()
+        train, test = self.world.shard(len(data.y_train)), self.world.shard(len(data.y_test))
+        dtype = _precision(cfg)
+        self.x_train, self.y_train = data.x_train[train].to(device, dtype), data.y_train[train].to(device)
+        self.x_test, self.y_test = data.x_test[test].to(device, dtype), data.y_test[test].to(device)
         batch_size = None if full_batch(cfg.optim) else cfg.optim.batch_size
-        self.batches = _Batches(self.x_train, self.y_train, batch_size, int(cfg.seed))
-        self.steps = total_steps(cfg, len(self.y_train))
-        train = (self.x_train, self.y_train)
-        self.probe = _Probe(cfg, data, train, self.loss_fn, writer, signals, self.steps)
+        self.batches = _Batches(self.x_train, self.y_train, batch_size, int(cfg.seed), len(data.y_train), train.start)
+        self.steps = total_steps(cfg, len(data.y_train))
+        self.probe = _Probe(cfg, data, (self.x_train, self.y_train), self.loss_fn, writer, signals, self.steps)
         hcfg = cfg.hessian
         # (spike checkpoints for full-batch runs only: a mini-batch loss jumps from batch to batch without any
         # change of basin)
@@ -347,10 +413,10 @@ class _Training:
                     if step == self.steps:
                         break
                     with self.signals.hold():  # the step changes the state: a signal waits for the next step's top
-                        loss = self.forward(step)
-                        if _diverged(loss, float(cfg.max_loss)):
+                        loss, value = self.forward(step)
+                        if _diverged(value, float(cfg.max_loss)):
                             status = "diverged"
-                            self.diverge(step, loss.item())
+                            self.diverge(step, value)
                             break
                         self.update(loss)
                         self.step = step + 1
@@ -409,13 +475,20 @@ class _Training:
         self.last["metrics"] = row
         return row
 
-    def forward(self, step: int) -> torch.Tensor:
-        """The loss of ``step``'s batch before its update, observed (:meth:`observe`)."""
-        xb, yb = self.batches.next()
+    def forward(self, step: int) -> tuple[torch.Tensor, float]:
+        """The loss of ``step``'s batch before its update (to differentiate: in a data-parallel job, this rank's
+        part of it), and its value, observed (:meth:`observe`)."""
+        xb, yb, share = self.batches.next()
         self.model.train()
-        loss = self.loss_fn(self.model(xb), yb)
-        self.observe(step, loss.item())
-        return loss
+        out = self.model(xb)
+        if self.world.size == 1:
+            loss = self.loss_fn(out, yb)
+            value = loss.item()
+        else:  # the batch's mean loss is the sum of the ranks' parts (a rank may hold none of a batch)
+            loss = self.loss_fn(out, yb) * share if len(yb) else out.sum() * 0.0
+            value = self.world.total(loss.item())
+        self.observe(step, value)
+        return loss, value
 
     def observe(self, step: int, loss: float) -> None:
         """A step's batch loss: logged to loss.csv and watched for spikes; the parameters at this step's top are
@@ -429,6 +502,12 @@ class _Training:
         """The optimiser step on ``loss``."""
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.world.size > 1:  # the batch's gradient: the sum of the ranks' parts, in one message
+            params = list(self.model.parameters())
+            grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+            flat = self.world.sum(torch.cat([g.reshape(-1) for g in grads]))
+            for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
+                p.grad = g.view_as(p)
         self.opt.step()
 
     def converge(self, step: int, top) -> None:
@@ -452,9 +531,11 @@ class _Training:
         the run as interrupted; any other exception is the run's failure, re-raised as it is."""
         # a signal raised inside torch's own interpreter (torch.func's decompositions) comes out as a
         # RuntimeError: a stop all the same
-        if not isinstance(e, KeyboardInterrupt) and self.signals.received is None:
+        if not isinstance(e, KeyboardInterrupt | distributed.RankLost) and self.signals.received is None:
             raise e
         self.save(top)
+        if isinstance(e, distributed.RankLost):  # another rank stopped: resumable like a stop by signal
+            raise e
         if isinstance(e, KeyboardInterrupt):
             raise e
         raise Interrupted(self.signals.received) from None
@@ -479,7 +560,7 @@ class _Training:
 
     def save(self, top) -> None:
         """checkpoint.pt as at the top of a step (``top``, from :meth:`top`), unless save_checkpoint is off."""
-        if self.cfg.save_checkpoint:
+        if self.cfg.save_checkpoint and self.world.main:
             with self.signals.hold():
                 self.writer.save_checkpoint(self.state_dict(*top))
 
@@ -525,6 +606,11 @@ class _Training:
         self.step, self.last = int(r["step"]), json.loads(r["last"])
 
 
+def _precision(cfg) -> torch.dtype:
+    """Training's dtype: the top-level ``precision`` (float32 for configs written before the key)."""
+    return torch.float64 if cfg.get("precision", "float32") == "float64" else torch.float32
+
+
 def _stop_criterion_met(stop, metrics: dict[str, Any]) -> bool:
     """Whether the training loss and accuracy of a metrics row meet ``stop`` (every criterion set; none set:
     never)."""
@@ -535,9 +621,9 @@ def _stop_criterion_met(stop, metrics: dict[str, Any]) -> bool:
     return loss_ok and acc_ok
 
 
-def _diverged(loss: torch.Tensor, max_loss: float) -> bool:
+def _diverged(loss: float, max_loss: float) -> bool:
     """Whether a step's batch loss ends the run: not finite, or above ``max_loss``."""
-    return not torch.isfinite(loss) or loss.item() > max_loss
+    return not math.isfinite(loss) or loss > max_loss
 
 
 def _with_parameters(model: torch.nn.Module, parameters: list[torch.Tensor]) -> torch.nn.Module:

@@ -150,3 +150,29 @@ def fails_in_training(input_shape, n_classes, fail=False, hang=None, width=4):
             return self.net(x)
 
     return Failing()
+
+
+def dies_in_training(input_shape, n_classes, rank=1, step=7, width=4):
+    """A small MLP (tanh) whose process kills itself (SIGKILL) at its ``step``-th training forward pass where it is
+    rank ``rank`` of a data-parallel job (the ``RANK`` that torchrun sets): a rank that dies, as one the OOM killer
+    takes. Anywhere else it trains as any model."""
+    import os
+    import signal
+
+    from torch import nn
+
+    class Dying(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), width), nn.Tanh(),
+                                     nn.Linear(width, n_classes))  # fmt: skip
+            self.forwards = 0
+
+        def forward(self, x):
+            if self.training and x.device.type != "meta":
+                self.forwards += 1
+                if self.forwards == step and os.environ.get("RANK") == str(rank):
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return self.net(x)
+
+    return Dying()
