@@ -270,8 +270,9 @@ def _save_hydra_files(run_dir: Path, cfg) -> None:
 def _set_threads(threads: int | None, launcher) -> None:
     """CPU threads for this run: ``threads``, or else the cores this process may use
     (:func:`sane_cli.devices.usable_cores`: its CPU affinity and cgroup quota, a SLURM job's allocation) given to
-    the launcher's jobs: a submitit job's ``cpus_per_task``, a share of joblib's ``n_jobs`` parallel jobs (-1: one
-    job per core), so that jobs x threads <= cores. Set for torch and for every BLAS in the process (scipy's too,
+    the launcher's jobs: a submitit job's ``cpus_per_task``, a share among the ranks of a data-parallel job on this
+    machine (torchrun's ``--nproc_per_node``), a share of joblib's ``n_jobs`` parallel jobs (-1: one job per core),
+    so that jobs x threads <= cores. Set for torch and for every BLAS in the process (scipy's too,
     behind the eigenvector solver), so that a run's numbers depend on its thread count alone, not on the launcher
     that ran it."""
     import torch
@@ -283,10 +284,10 @@ def _set_threads(threads: int | None, launcher) -> None:
 
     if threads is None:
         cores = usable_cores()
-        if distributed.current().size > 1:  # the ranks of a data-parallel job share their machine's cores
-            threads = max(1, cores // distributed.current().local_size)
-        elif launcher.get("cpus_per_task"):
+        if launcher.get("cpus_per_task"):
             threads = min(int(launcher.cpus_per_task), cores)
+        elif distributed.current().size > 1:  # the ranks of a data-parallel job (torchrun) share their machine's cores
+            threads = max(1, cores // distributed.current().local_size)
         else:
             from .sweeps import workers
 
@@ -305,8 +306,16 @@ LAUNCHERS = {  # hydra/launcher options: the plugin package each needs, and the 
 
 
 def _check_launcher(name: str) -> None:
-    """``hydra/launcher=<name>``: a launcher this package knows, with its plugin installed."""
+    """``hydra/launcher=<name>``: a launcher this package knows, with its plugin installed; none but the basic one
+    in a data-parallel job (started by torchrun), whose ranks run the sweep's jobs together, one after another."""
     import importlib.util
+
+    from . import distributed
+
+    if name != "basic" and distributed.launched():
+        raise UsageError(f"hydra/launcher={name} cannot start jobs from a data-parallel job (torchrun): its ranks run "
+                         "a sweep's jobs one after another; drop hydra/launcher, or start the sweep without torchrun "
+                         "with hydra/launcher=submitit_slurm hydra.launcher.tasks_per_node=<ranks>")  # fmt: skip
 
     if name == "basic":
         return
@@ -667,10 +676,8 @@ def run_main() -> None:
             signal.signal(sig, stops.stop_at_start)
     status = 0
     try:
-        world = distributed.start()  # one rank of a data-parallel job (torchrun, a multi-task SLURM job)?
-        if not world.main:  # rank 0 composes the config and sends each job; this rank runs them with it
-            status = distributed.follow(prepare=lambda cfg: _set_threads(cfg.get("threads"), {}))
-            sys.exit(status)
+        if not distributed.start().main:  # a rank of a data-parallel job (torchrun) other than 0
+            sys.exit(_follow())
         _run(sys.argv[1:])
     except KeyboardInterrupt as e:  # before a run folder was claimed
         signum = getattr(e, "signum", signal.SIGINT)
@@ -682,6 +689,17 @@ def run_main() -> None:
         raise
     finally:
         distributed.finish(status)
+
+
+def _follow() -> int:
+    """A rank other than 0 of a data-parallel job: it runs the jobs rank 0 composes and sends, with the same config,
+    and says nothing (rank 0 speaks for the job); its exit status."""
+    from . import distributed
+
+    try:
+        return distributed.follow(prepare=lambda cfg: _set_threads(cfg.get("threads"), {}))
+    except KeyboardInterrupt as e:  # a second signal while it stopped
+        return 128 + int(getattr(e, "signum", signal.SIGINT))
 
 
 def _run(argv: list[str]) -> None:

@@ -206,7 +206,7 @@ def finish(status: int) -> None:
     """Rank 0, leaving: tell the other ranks to end with ``status``, where they wait for a job; within a job
     (rank 0 failed alone) they learn of it from their next collective, which fails."""
     world = current()
-    if world.size == 1:
+    if world.size == 1 or not world.main:
         return
     import torch.distributed as dist
 

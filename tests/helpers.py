@@ -152,10 +152,10 @@ def fails_in_training(input_shape, n_classes, fail=False, hang=None, width=4):
     return Failing()
 
 
-def dies_in_training(input_shape, n_classes, rank=1, step=7, width=4):
-    """A small MLP (tanh) whose process kills itself (SIGKILL) at its ``step``-th training forward pass where it is
-    rank ``rank`` of a data-parallel job (the ``RANK`` that torchrun sets): a rank that dies, as one the OOM killer
-    takes. Anywhere else it trains as any model."""
+def dies_in_training(input_shape, n_classes, step=7, width=4):
+    """A small MLP (tanh) whose process kills itself (SIGKILL) at its ``step``-th training forward pass where the
+    environment's ``DIE_ON_RANK`` names its rank (the ``RANK`` that torchrun sets; 0 in a single process): a rank
+    that dies, as one the OOM killer takes. Anywhere else it trains as any model."""
     import os
     import signal
 
@@ -171,7 +171,7 @@ def dies_in_training(input_shape, n_classes, rank=1, step=7, width=4):
         def forward(self, x):
             if self.training and x.device.type != "meta":
                 self.forwards += 1
-                if self.forwards == step and os.environ.get("RANK") == str(rank):
+                if self.forwards == step and os.environ.get("DIE_ON_RANK") == os.environ.get("RANK", "0"):
                     os.kill(os.getpid(), signal.SIGKILL)
             return self.net(x)
 

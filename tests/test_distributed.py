@@ -30,17 +30,18 @@ METHODS = "hessian=exact,block_diag,block_band,lanczos,slq"
 TABLES = ("hessian.csv", "metrics.csv", "loss.csv", "layers.csv")
 
 
-def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(TESTS)}
-
-
-def sane_run(cwd: Path, *args: str, ranks: int = 1) -> subprocess.CompletedProcess:
-    """``sane-run args``, in one process or as ``ranks`` ranks started by torchrun (gloo on the CPU)."""
+def sane_run(cwd: Path, *args: str, ranks: int = 1, die_on: int | None = None) -> subprocess.CompletedProcess:
+    """``sane-run args``, in one process or as ``ranks`` ranks started by torchrun (gloo on the CPU); ``die_on``:
+    the rank whose process the model ``helpers:dies_in_training`` kills."""
     start = [command("sane-run")]
     if ranks > 1:
         start = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
                  "--no-python", *start]  # fmt: skip
-    return subprocess.run([*start, *args], cwd=cwd, capture_output=True, text=True, env=env(), timeout=600)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(TESTS)}
+    env.pop("DIE_ON_RANK", None)
+    if die_on is not None:
+        env["DIE_ON_RANK"] = str(die_on)
+    return subprocess.run([*start, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
 
 
 def assert_same_numbers(a: Path, b: Path) -> None:
@@ -87,61 +88,114 @@ def test_the_ranks_batches_make_up_the_single_process_batch():
         assert sum(s for _, _, s in parts) == pytest.approx(1.0)
 
 
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
-    """Every method under GD, SGD and Adam (15 jobs), swept in one process and on 2 ranks."""
-    folder = tmp_path_factory.mktemp("swept")
-    args = ["-m", *BASE, METHODS, "optim=gd,sgd,adam", "hessian.layers=true"]
-    one = sane_run(folder, *args, "hydra.sweep.dir=one")
+def test_two_ranks_give_the_numbers_of_one_for_every_method_and_rank_0_alone_writes(tmp_path):
+    """Every method under mini-batch SGD and full-batch Adam (10 jobs), swept in one process and on 2 ranks: the
+    same numbers, the same files, nothing else written, one log."""
+    args = ["-m", *BASE, METHODS, "optim=sgd,adam", "hessian.layers=true"]
+    one = sane_run(tmp_path, *args, "hydra.sweep.dir=one")
     assert one.returncode == 0, one.stderr[-3000:]
-    (folder / "two").mkdir()
-    two = sane_run(folder / "two", *args, "hydra.sweep.dir=sweep", ranks=2)
+    (tmp_path / "two").mkdir()
+    two = sane_run(tmp_path / "two", *args, "hydra.sweep.dir=sweep", ranks=2)
     assert two.returncode == 0, two.stderr[-3000:]
-    return folder / "one", folder / "two", two
-
-
-def test_two_ranks_give_the_numbers_of_one_for_every_method_and_optimiser(swept):
-    one, two, _ = swept
-    single, double = by_job(one), by_job(two / "sweep")
-    assert len(single) == 15 and sorted(single) == sorted(double)
+    assert two.stdout.count("sane-run: the sweep ran 10 jobs: 10 completed") == 1
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["sweep"]
+    single, double = by_job(tmp_path / "one"), by_job(tmp_path / "two" / "sweep")
+    assert len(single) == 10 and sorted(single) == sorted(double)
     for job, run in single.items():
+        got = double[job].path
         assert run.status == double[job].status == "completed", job
-        assert_same_numbers(run.path, double[job].path)
-        summary = read_summary(double[job].path)
+        assert_same_numbers(run.path, got)
+        summary = read_summary(got)
         assert summary["environment"]["ranks"] == 2 and summary["environment"]["backend"] == "gloo"
-        assert summary["n_train"] == 197 and (pd.read_csv(double[job].path / "hessian.csv")["subset"] == 150).all()
-
-
-def test_rank_0_alone_writes_and_logs(swept):
-    """The 2-rank sweep's folders hold the files of the single process's, and nothing else was written."""
-    one, two, proc = swept
-    assert sorted(p.name for p in two.iterdir()) == ["sweep"]
-    for job, run in by_job(one).items():
-        got = by_job(two / "sweep")[job].path
+        assert summary["n_train"] == 197 and (pd.read_csv(got / "hessian.csv")["subset"] == 150).all()
         want = sorted(str(p.relative_to(run.path)) for p in run.path.rglob("*"))
         assert sorted(str(p.relative_to(got)) for p in got.rglob("*")) == want, job
         assert (got / "run.log").read_text().count("run completed") == 1
-    assert proc.stdout.count("sane-run: the sweep ran 15 jobs: 15 completed") == 1
 
 
-def test_a_rank_that_dies_stops_the_run_resumably_and_it_resumes_on_one_rank(tmp_path):
+DYING = [w for w in BASE if not w.startswith("model.width=")] + [
+    "model=custom", "model.factory=helpers:dies_in_training", "hessian=exact", "steps=16", "hessian.every=4",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory) -> Path:
+    """The run of :data:`DYING` in one process, never stopped."""
+    folder = tmp_path_factory.mktemp("whole")
+    done = sane_run(folder, *DYING, "hydra.run.dir=whole")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder / "whole"
+
+
+def test_a_rank_that_dies_stops_the_run_resumably_and_it_resumes_on_one_rank(tmp_path, whole):
     """Rank 1 is killed (SIGKILL) in its 7th step: rank 0 records where the run stopped and keeps its checkpoint;
     continued by one process, the run ends with the numbers of a run that was never stopped."""
-    dying = [w for w in BASE if not w.startswith("model.width=")] + [
-        "model=custom", "model.factory=helpers:dies_in_training", "hessian=exact", "steps=16", "hessian.every=4",
-    ]  # fmt: skip
-    whole = sane_run(tmp_path, *dying, "hydra.run.dir=whole")  # one process: no rank 1, nothing dies
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    cut = sane_run(tmp_path, *dying, "hydra.run.dir=cut", ranks=2)
+    cut = sane_run(tmp_path, *DYING, "hydra.run.dir=cut", ranks=2, die_on=1)
     assert cut.returncode != 0
     summary = read_summary(tmp_path / "cut")
     assert summary["status"] == "interrupted", summary.get("error")
     # rank 0 learns of it from its next collective (or, where torchrun is quicker, from the SIGTERM it sends)
     assert summary["steps_done"] == 6 and ("a rank of the 2-rank job stopped" in summary["error"]
                                            or "SIGTERM" in summary["error"]), summary  # fmt: skip
-    assert (tmp_path / "cut" / "checkpoint.pt").is_file()
     assert "sane-run: stopped" in cut.stderr, cut.stderr[-3000:]
     again = sane_run(tmp_path, f"resume={tmp_path / 'cut'}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert read_summary(tmp_path / "cut")["status"] == "completed"
+    assert_same_numbers(whole, tmp_path / "cut")
+
+
+def test_a_killed_single_run_resumes_on_two_ranks(tmp_path, whole):
+    """A run in one process killed (SIGKILL) in its 7th step continues on 2 ranks from its last checkpoint (step 4)
+    to the numbers of the run that was never stopped."""
+    cut = sane_run(tmp_path, *DYING, "hydra.run.dir=cut", die_on=0)
+    assert cut.returncode == -9 and read_summary(tmp_path / "cut")["status"] == "running"
+    again = sane_run(tmp_path, f"resume={tmp_path / 'cut'}", ranks=2)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = read_summary(tmp_path / "cut")
+    assert summary["status"] == "completed" and summary["resumed"][0]["step"] == 4
+    assert summary["resumed"][0]["environment"]["ranks"] == 2
+    assert_same_numbers(whole, tmp_path / "cut")
+
+
+@pytest.mark.slow
+def test_a_multi_task_submitit_job_gives_the_numbers_of_one_process(tmp_path):
+    """hydra/launcher=submitit_local with tasks_per_node=2: each job is a 2-rank job (task 0 writes its folder)."""
+    args = ["-m", *BASE, "hessian=exact,slq", "hessian.layers=true"]
+    one = sane_run(tmp_path, *args, "hydra.sweep.dir=one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = sane_run(tmp_path, *args, "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+                   "hydra.launcher.timeout_min=5", "hydra.sweep.dir=two")  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    single, double = by_job(tmp_path / "one"), by_job(tmp_path / "two")
+    assert len(single) == 2 and sorted(single) == sorted(double)
+    for job, run in single.items():
+        assert read_summary(double[job].path)["environment"]["ranks"] == 2
+        assert_same_numbers(run.path, double[job].path)
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_every_rank_and_the_run_resumes(tmp_path):
+    """SIGTERM to torchrun (what a scheduler sends) in training: rank 0 records where the run stopped, in one line;
+    started again on 2 ranks, the run ends with the numbers of a run that was never stopped."""
+    import signal
+    import time
+
+    longer = [*DYING, "steps=400", "hessian.every=200"]
+    done = sane_run(tmp_path, *longer, "hydra.run.dir=whole")
+    assert done.returncode == 0, done.stderr[-3000:]
+    start = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python",
+             command("sane-run"), *longer, "hydra.run.dir=cut"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(TESTS)}
+    proc = subprocess.Popen(start, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = tmp_path / "cut" / "metrics.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or metrics.read_text().count("\n") < 4):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    summary = read_summary(tmp_path / "cut")
+    assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"], summary
+    assert err.count("sane-run: stopped by SIGTERM at step") == 1, err[-3000:]
+    again = sane_run(tmp_path, f"resume={tmp_path / 'cut'}", ranks=2)
+    assert again.returncode == 0, again.stderr[-3000:]
     assert_same_numbers(tmp_path / "whole", tmp_path / "cut")

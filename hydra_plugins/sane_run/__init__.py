@@ -196,6 +196,32 @@ if _Local is not None:
 
             return sweeps.gathered(jobs, lost)
 
+        def __call__(self, *args: Any) -> Any:
+            """A job in submitit's process; with ``tasks_per_node`` (times ``nodes``) above 1, one rank of a
+            data-parallel job (sane_cli.distributed): task 0 runs Hydra's job and owns its folder, the others
+            follow it and write nothing."""
+            import submitit
+            from submitit.helpers import TorchDistributedEnvironment
+
+            from sane_cli import distributed
+
+            if submitit.JobEnvironment().num_tasks == 1:
+                return super().__call__(*args)
+            TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+            world = distributed.start()
+            if not world.main:
+                from sane_cli.cli import _set_threads
+
+                launcher = self.config.hydra.launcher
+                return distributed.follow(prepare=lambda cfg: _set_threads(cfg.get("threads"), launcher))
+            status = 1
+            try:
+                ret = super().__call__(*args)
+                status = 0
+                return ret
+            finally:
+                distributed.finish(status)
+
     class SubmititLocalLauncher(_Gathering, _Local):
         """``hydra/launcher=submitit_local``: Hydra's submitit launcher on this machine, results gathered per job."""
 
