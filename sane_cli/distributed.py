@@ -34,14 +34,14 @@ class RankLost(RuntimeError):
 @dataclass
 class World:
     """The processes of one data-parallel job: this one's ``rank`` among ``size``, ``local_rank`` among the
-    ``local_size`` of its machine; ``device`` the device its tensors for collectives live on."""
+    ``local_size`` of its machine, and the ``backend`` of its collectives (gloo; with GPUs, NCCL for tensors on
+    them and gloo for those on the CPU)."""
 
     rank: int = 0
     size: int = 1
     local_rank: int = 0
     local_size: int = 1
     backend: str | None = None
-    device: Any = None
     in_job: bool = False  # the ranks run a job together (rank 0 has sent it): their collectives are paired
 
     @property
@@ -59,10 +59,7 @@ class World:
             return t
         import torch.distributed as dist
 
-        moved = t.to(self.device)
-        _collective(dist.all_reduce, moved)
-        if moved is not t:
-            t.copy_(moved)
+        _collective(dist.all_reduce, t)  # on its device: NCCL for a GPU's tensors, gloo for the CPU's
         return t
 
     def total(self, count: float) -> float:
@@ -71,7 +68,7 @@ class World:
             return count
         import torch
 
-        return float(self.sum(torch.tensor([float(count)], dtype=torch.float64, device=self.device))[0])
+        return float(self.sum(torch.tensor([float(count)], dtype=torch.float64))[0])
 
     def share(self, n_local: int) -> float:
         """This rank's share of the examples: ``n_local`` over their total."""
@@ -91,7 +88,7 @@ class World:
         import torch
         import torch.distributed as dist
 
-        t = torch.tensor([int(value)], dtype=torch.int64, device=self.device)
+        t = torch.tensor([int(value)], dtype=torch.int64)
         _collective(dist.all_reduce, t, op=dist.ReduceOp.MAX)
         return int(t[0])
 
@@ -99,10 +96,11 @@ class World:
         """Rank 0's ``obj`` on every rank (pickled)."""
         if self.size == 1:
             return obj
+        import torch
         import torch.distributed as dist
 
         box = [obj if self.main else None]
-        _collective(dist.broadcast_object_list, box, src=0, device=self.device)
+        _collective(dist.broadcast_object_list, box, src=0, device=torch.device("cpu"))
         return box[0]
 
 
@@ -125,8 +123,9 @@ def launched() -> bool:
 
 
 def start() -> World:
-    """Join the job this process was launched into (:func:`launched`), over gloo on the CPU or NCCL where the
-    rank has a GPU; this rank's GPU is its local rank's. :data:`SINGLE` otherwise."""
+    """Join the job this process was launched into (:func:`launched`): gloo on the CPU; where there are GPUs, NCCL
+    for the tensors on them (one GPU a rank: this rank's is its local rank's) and gloo for those on the CPU.
+    :data:`SINGLE` otherwise."""
     global _world
     if not launched():
         return _world
@@ -138,14 +137,13 @@ def start() -> World:
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
-    cuda = torch.cuda.is_available() and os.environ.get("SANE_RUN_BACKEND", "") != "gloo"
-    if cuda:
+    backend = "gloo"
+    if torch.cuda.is_available():
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
-    backend = "nccl" if cuda else "gloo"
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        backend = "cpu:gloo,cuda:nccl"
     # long enough for rank 0 to download a dataset while the others wait for the job
     dist.init_process_group(backend, rank=rank, world_size=size, timeout=dt.timedelta(minutes=60))
-    _world = World(rank, size, local_rank, local_size, backend, device)
+    _world = World(rank, size, local_rank, local_size, backend)
     return _world
 
 
