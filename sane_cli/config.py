@@ -77,7 +77,10 @@ def check_against_data(cfg: DictConfig, n_train: int, model, input_shape: tuple[
     n_params = models.n_parameters(model)
     if cfg.hessian.subset is not None and cfg.hessian.subset > n_train:
         checks.fail("hessian.subset", cfg.hessian.subset, f"must be at most the training set size ({n_train})")
-    methods.check_memory(cfg.hessian, model, cfg.hessian.subset or n_train, tuple(input_shape))
+    from .devices import resolve_device
+
+    methods.check_memory(cfg.hessian, model, cfg.hessian.subset or n_train, tuple(input_shape),
+                         resolve_device(cfg.device))  # fmt: skip
     if cfg.hessian.k > n_params:
         checks.fail("hessian.k", cfg.hessian.k, f"must be at most the number of parameters ({n_params})")
     if cfg.optim.batch_size is not None and cfg.optim.batch_size > n_train:

@@ -42,6 +42,7 @@ def lanczos(
     values_only: bool = False,
     dtype=torch.float64,
     device="cpu",
+    store=None,
 ) -> LanczosResult:
     """Lanczos with full reorthogonalisation for the k largest eigenpairs (and the k largest magnitudes).
 
@@ -52,21 +53,24 @@ def lanczos(
     ``values_only``: only the eigenvalues are wanted, so a pair also counts as converged when its
     eigenvalue error bound residual^2 / gap (gap: the distance to the nearest other Ritz value) is within
     ``tol * |theta|_max``; eigenvalues converge about twice as fast as eigenvectors.
+
+    ``store``: the dtype the Lanczos vectors are kept in (default ``dtype``): float32 halves the memory of a
+    float64 run, whose arithmetic stays float64; the vectors are then orthogonal to float32's rounding.
     """
     k = min(k, p)
     max_iter = min(max_iter, p)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     q = torch.randn(p, generator=gen, dtype=dtype).to(device)
     q /= q.norm()
-    basis = torch.zeros(min(max_iter + 1, 2 * k + 32), p, dtype=dtype, device=device)  # grows by doubling
-    basis[0] = q
+    basis = _Rows(p, min(max_iter + 1, 2 * k + 32), max_iter + 1, dtype if store is None else store, device)
+    basis.append(q)
     alphas, betas = [], []
     converged = False
     for i in range(max_iter):
-        w = matvec(basis[i][None])[0]
-        alphas.append(float(w @ basis[i]))
+        w = matvec(q[None])[0]
+        alphas.append(float(w @ q))
         for _ in range(2):  # twice is enough (Parlett's "twice is enough")
-            w -= basis[: i + 1].T @ (basis[: i + 1] @ w)
+            w -= basis.project(w)
         beta = float(w.norm())
         betas.append(beta)
         m = i + 1
@@ -84,16 +88,67 @@ def lanczos(
                 break
         if beta < 1e-12:
             break
-        if i + 1 == len(basis):
-            basis = torch.cat([basis, torch.zeros_like(basis[: min(len(basis), max_iter + 1 - len(basis))])])
-        basis[i + 1] = w / beta
+        q = w / beta
+        basis.append(q)
     m = len(alphas)
     theta, s = _ritz(alphas, betas[: m - 1])
     res = np.abs(betas[m - 1] * s[-1, :])
     top = np.argsort(theta)[::-1][:k]
-    vectors = (basis[:m].T @ torch.as_tensor(s[:, top], dtype=dtype, device=device)).double().cpu().numpy()
+    vectors = basis.combine(torch.as_tensor(s[:, top], dtype=dtype, device=device)).double().cpu().numpy()
     mags = np.sort(np.abs(theta))[::-1][:k]
     return LanczosResult(theta[top], vectors, res[top], mags, float(theta.min()), converged or m == p, m)
+
+
+CHUNK = 2**26  # elements of a stored basis converted to the arithmetic's dtype at a time (512 MiB in float64)
+
+
+class _Rows:
+    """Lanczos's vectors as rows, kept in blocks that are added as it goes (the first of ``first`` rows, each next
+    as many as there are, at most ``most`` in all), so that the kept rows are never copied into a larger
+    tensor; in the dtype ``store``, converted to the arithmetic's dtype a chunk at a time where narrower."""
+
+    def __init__(self, p: int, first: int, most: int, store, device):
+        self.p, self.first, self.most, self.store, self.device = p, first, most, store, device
+        self.blocks: list[torch.Tensor] = []
+        self.n, self.room = 0, 0  # rows kept, rows the blocks hold
+
+    def append(self, q: torch.Tensor) -> None:
+        if self.n == self.room:
+            size = min(self.room or self.first, self.most - self.room)
+            self.blocks.append(torch.zeros(size, self.p, dtype=self.store, device=self.device))
+            self.room += size
+        self.blocks[-1][self.n - (self.room - len(self.blocks[-1]))] = q
+        self.n += 1
+
+    def _parts(self, dtype, n: int):
+        """The first ``n`` kept rows, as (first row, a block of them in ``dtype``)."""
+        start = 0
+        for block in self.blocks:
+            rows = block[: min(len(block), n - start)]
+            if rows.dtype == dtype:
+                yield start, rows
+            else:
+                step = max(1, CHUNK // max(1, self.p))
+                for i in range(0, len(rows), step):
+                    yield start + i, rows[i : i + step].to(dtype)
+            start += len(rows)
+            if start >= n:
+                return
+
+    def project(self, w: torch.Tensor) -> torch.Tensor:
+        """V^T (V w) for the kept rows V (orthonormal): w's component in their span, in w's dtype."""
+        out = None
+        for _, rows in self._parts(w.dtype, self.n):
+            part = rows.T @ (rows @ w)
+            out = part if out is None else out + part
+        return out
+
+    def combine(self, coef: torch.Tensor) -> torch.Tensor:
+        """V^T coef, (P, k), for the first len(coef) kept rows V and coef (rows, k)."""
+        out = torch.zeros(self.p, coef.shape[1], dtype=coef.dtype, device=coef.device)
+        for start, rows in self._parts(coef.dtype, len(coef)):
+            out += rows.T @ coef[start : start + len(rows)]
+        return out
 
 
 def _ritz(alphas: list[float], betas: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -244,6 +299,8 @@ def slq(
     reproject: bool = True,
     dtype=torch.float64,
     device="cpu",
+    group: int | None = None,
+    store=None,
 ) -> Quadrature:
     """Stochastic Lanczos quadrature with Rademacher probes, run in lockstep (one batched Hessian-vector
     product per step). Reproducible for a given seed.
@@ -262,43 +319,77 @@ def slq(
     eigenvectors are projected out of every Lanczos vector too (k x P a step): rounding puts their
     directions back into the Krylov space, where Lanczos finds them at once and the quadrature would
     count the deflated eigenvalues a second time.
+
+    Memory: ``group`` probes run at a time (default all: one batched product a step for them all), each group's
+    Lanczos vectors kept in ``store`` (default ``dtype``; float32 halves a float64 run's, whose arithmetic stays
+    float64, the vectors then orthogonal to float32's rounding). The probes, their seeds and the result do not
+    depend on the grouping but for rounding.
     """
     steps = min(steps, p)
     v, values, d = _probes(p, probes, seed, dtype, device, deflate)
     scales = (v.norm(dim=1) ** 2).double().cpu().numpy()
     v /= v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)  # a probe inside span(V) stays 0
-    basis = torch.zeros(steps if reorthogonalize else 2, probes, p, dtype=dtype, device=device)
-    basis[0] = v
-    alphas = torch.zeros(probes, steps, dtype=dtype)
-    betas = torch.zeros(probes, steps, dtype=dtype)
-    m, exhausted = steps, steps == p
-    for i in range(steps):
-        q = basis[i] if reorthogonalize else basis[i % 2]
-        w = matvec(q)
-        alpha = (w * q).sum(1)
-        alphas[:, i] = alpha.cpu()
-        if reorthogonalize:
-            for _ in range(2):
-                coef = torch.einsum("jbp,bp->jb", basis[: i + 1], w)
-                w -= torch.einsum("jb,jbp->bp", coef, basis[: i + 1])
-        else:  # the three-term recurrence: w -= alpha_i q_i + beta_(i-1) q_(i-1)
-            w -= alpha[:, None] * q
-            if i > 0:
-                w -= betas[:, i - 1].to(device=device, dtype=dtype)[:, None] * basis[(i - 1) % 2]
-            if reproject and d is not None:  # keep the deflated directions out (see the docstring)
-                w -= (w @ d) @ d.T
-        norms = w.norm(dim=1)
-        betas[:, i] = norms.cpu()
-        if i + 1 < steps:
-            if bool((norms < 1e-10).any()):  # an invariant subspace: that probe's quadrature is exact already
-                m, exhausted = i + 1, bool((norms < 1e-10).all())
-                break
-            basis[i + 1 if reorthogonalize else (i + 1) % 2] = w / norms[:, None]
-    alphas, betas = alphas[:, :m].double().numpy(), betas[:, : m - 1].double().numpy()
+    runs = [_lanczos_lockstep(matvec, part, steps, reorthogonalize, reproject, d, store or dtype)
+            for part in v.split(group or probes)]  # fmt: skip
+    m = min(len(a) for a, _, _ in runs)  # every probe's rule of the same length: the shortest run's
+    alphas = np.concatenate([a[:m].T for a, _, _ in runs])
+    betas = np.concatenate([b[: m - 1].T for _, b, _ in runs])
+    exhausted = steps == p or all(e for _, _, e in runs)
     nodes, weights = np.zeros((probes, m)), np.zeros((probes, m))
     for b in range(probes):
         nodes[b], weights[b] = _gauss(alphas[b], betas[b])
     return Quadrature(nodes, weights, scales, values, alphas, betas, exhausted=exhausted)
+
+
+def _lanczos_lockstep(
+    matvec: MatVec, v: torch.Tensor, steps: int, reorthogonalize: bool, reproject: bool, d, store
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Lanczos from the unit rows of ``v`` in lockstep, one batched product a step: (alphas (m, b), betas
+    (m, b), whether every probe's Krylov space was exhausted); m < steps where a probe's space was exhausted."""
+    probes, p = v.shape
+    dtype, device = v.dtype, v.device
+    basis = torch.zeros(steps if reorthogonalize else 2, probes, p, dtype=store, device=device)
+    basis[0] = v
+    alphas = torch.zeros(steps, probes, dtype=torch.float64)
+    betas = torch.zeros(steps, probes, dtype=torch.float64)
+    m, exhausted, q, previous = steps, False, v, None
+    for i in range(steps):
+        w = matvec(q)
+        alpha = (w * q).sum(1)
+        alphas[i] = alpha.double().cpu()
+        if reorthogonalize:
+            for _ in range(2):
+                w -= _project_each(basis[: i + 1], w)
+        else:  # the three-term recurrence: w -= alpha_i q_i + beta_(i-1) q_(i-1)
+            w -= alpha[:, None] * q
+            if previous is not None:
+                w -= betas[i - 1].to(device=device, dtype=dtype)[:, None] * previous
+            if reproject and d is not None:  # keep the deflated directions out (see slq's docstring)
+                w -= (w @ d) @ d.T
+        norms = w.norm(dim=1)
+        betas[i] = norms.double().cpu()
+        if i + 1 < steps:
+            if bool((norms < 1e-10).any()):  # an invariant subspace: that probe's quadrature is exact already
+                m, exhausted = i + 1, bool((norms < 1e-10).all())
+                break
+            previous, q = q, w / norms[:, None]
+            basis[i + 1 if reorthogonalize else (i + 1) % 2] = q
+    return alphas[:m].numpy(), betas[:m].numpy(), exhausted
+
+
+def _project_each(basis: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """For each probe b, basis[:, b]^T (basis[:, b] w[b]): the component of w's row b in the span of that probe's
+    Lanczos vectors (``basis`` (steps, probes, P)), in w's dtype, a chunk of steps at a time where the basis is
+    kept narrower."""
+    if basis.dtype == w.dtype:
+        coef = torch.einsum("jbp,bp->jb", basis, w)
+        return torch.einsum("jb,jbp->bp", coef, basis)
+    out = torch.zeros_like(w)
+    rows = max(1, CHUNK // max(1, basis.shape[1] * basis.shape[2]))
+    for part in basis.split(rows):
+        part = part.to(w.dtype)
+        out += torch.einsum("jb,jbp->bp", torch.einsum("jbp,bp->jb", part, w), part)
+    return out
 
 
 def hutchinson(

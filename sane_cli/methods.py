@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checks, costs, distributed
+from . import budget, checks, costs, distributed
 from .curvature import (
     dense_operator,
     hessian,
@@ -237,10 +237,12 @@ def weight_norm_sq(model: nn.Module) -> float:
 def top_eigenvalue(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, hcfg) -> float:
     """The largest eigenvalue of the Hessian of the mean loss over (x, y), by Lanczos on Hessian-vector
     products in ``hcfg.dtype`` to ``hcfg.tol`` (a few dozen products; the data streamed in chunks)."""
-    matvec, p = hvp_operator(model, loss_fn, x, y, dtype=DTYPES[hcfg.dtype])
+    dtype = DTYPES[hcfg.dtype]
+    matvec, p = hvp_operator(model, loss_fn, x, y, dtype=dtype)
     device = next(model.parameters()).device
-    top = lanczos(matvec, p, 1, tol=float(hcfg.tol), max_iter=int(hcfg.max_iter), seed=int(hcfg.seed),
-                  values_only=True, dtype=DTYPES[hcfg.dtype], device=device)  # fmt: skip
+    plan = _plan(hcfg, p, dtype, device, slq=False)
+    top = lanczos(matvec, p, 1, tol=float(hcfg.tol), max_iter=plan.max_iter, seed=int(hcfg.seed), values_only=True,
+                  dtype=dtype, device=device, store=plan.store)  # fmt: skip
     return float(top.values[0])
 
 
@@ -266,16 +268,23 @@ def preconditioned_sharpness(
         u = v * scale
         return (matvec(u) + weight_decay * u) * scale
 
-    top = lanczos(scaled, p, 1, tol=float(hcfg.tol), max_iter=int(hcfg.max_iter), seed=int(hcfg.seed),
-                  values_only=True, dtype=dtype, device=device)  # fmt: skip
+    plan = _plan(hcfg, p, dtype, device, slq=False)
+    top = lanczos(scaled, p, 1, tol=float(hcfg.tol), max_iter=plan.max_iter, seed=int(hcfg.seed), values_only=True,
+                  dtype=dtype, device=device, store=plan.store)  # fmt: skip
     return float(top.values[0])
 
 
-def _top(matvec, p: int, hcfg, dtype, device):
+def _plan(hcfg, p: int, dtype, device, *, slq: bool) -> budget.Plan:
+    """The memory plan of a checkpoint's Lanczos (and SLQ) on an operator of size P (sane_cli.budget); in a
+    data-parallel job rank 0's, so that every rank runs the same steps."""
+    return distributed.current().broadcast(budget.checkpoint_plan(hcfg, p, dtype, device, slq=slq))
+
+
+def _top(matvec, p: int, hcfg, dtype, device, plan: budget.Plan):
     """(the top eigenpairs of the operator by Lanczos, the row's extremes) shared by lanczos and slq."""
     wanted = max(int(hcfg.topk_vectors), int(hcfg.k), int(hcfg.topk))
-    top = lanczos(matvec, p, wanted, tol=float(hcfg.tol), max_iter=int(hcfg.max_iter), seed=int(hcfg.seed),
-                  dtype=dtype, device=device)  # fmt: skip
+    top = lanczos(matvec, p, wanted, tol=float(hcfg.tol), max_iter=plan.max_iter, seed=int(hcfg.seed), dtype=dtype,
+                  device=device, store=plan.store)  # fmt: skip
     row = {"lambda_max": float(top.values[0]), "lambda_min": top.lambda_min, "converged": top.converged}
     return top, row
 
@@ -296,7 +305,7 @@ def _lanczos(model, loss_fn, x, y, hcfg, dtype, layers=False) -> Measured:
 
 def _lanczos_estimates(matvec, p: int, hcfg, dtype, device):
     """(the top eigenpairs, the row) of lanczos on an operator of size P."""
-    top, row = _top(matvec, p, hcfg, dtype, device)
+    top, row = _top(matvec, p, hcfg, dtype, device, _plan(hcfg, p, dtype, device, slq=False))
     trace, trace_se = hutchinson(matvec, p, probes=int(hcfg.probes), seed=int(hcfg.seed),
                                  deflate=_deflation(top, p, hcfg), dtype=dtype, device=device)  # fmt: skip
     nan = float("nan")
@@ -324,11 +333,13 @@ def _slq(model, loss_fn, x, y, hcfg, dtype, layers=False) -> Measured:
 
 
 def _slq_estimates(matvec, p: int, hcfg, dtype, device):
-    """(the top eigenpairs, the row, the quadrature) of slq on an operator of size P."""
-    top, row = _top(matvec, p, hcfg, dtype, device)
-    quad = slq(matvec, p, probes=int(hcfg.probes), steps=int(hcfg.steps), seed=int(hcfg.seed),
+    """(the top eigenpairs, the row, the quadrature) of slq on an operator of size P, within the memory plan."""
+    plan = _plan(hcfg, p, dtype, device, slq=True)
+    top, row = _top(matvec, p, hcfg, dtype, device, plan)
+    quad = slq(matvec, p, probes=int(hcfg.probes), steps=plan.steps, seed=int(hcfg.seed),
                reorthogonalize=hcfg.reorth == "full", reproject=hcfg.reorth == "selective",
-               deflate=_deflation(top, p, hcfg), dtype=dtype, device=device)  # fmt: skip
+               deflate=_deflation(top, p, hcfg), dtype=dtype, device=device, group=plan.group,
+               store=plan.store)  # fmt: skip
     mode, scale = hcfg.eig_mode, _top_scale(top, hcfg)
     trace, trace_se = quad.trace_of(lambda t: t)
     n_eff, n_eff_se = quad.trace_of(lambda t: _ratio(t, float(hcfg.alpha), mode))
@@ -487,14 +498,6 @@ def _block_memory(hcfg, model, n_params: int, have: int) -> tuple[int, str, str]
         "use hessian=auto or hessian=slq"  # fmt: skip
 
 
-def _slq_memory(hcfg, model, n_params: int, have: int) -> tuple[int, str, str]:
-    if hcfg.reorth != "full":  # only full reorthogonalisation keeps every probe's Lanczos vectors
-        return 0, "", ""
-    steps = min(int(hcfg.steps), n_params)
-    size = DTYPES[precision(hcfg, "slq")].itemsize
-    return size * steps * int(hcfg.probes) * n_params, \
-        f"SLQ's Lanczos vectors ({steps} steps x {hcfg.probes} probes x {n_params} parameters)", \
-        "lower hessian.steps or hessian.probes, or use hessian.reorth=none (no bias bounds then)"  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -515,7 +518,7 @@ METHODS = checks.Registry("hessian.method", {
     "block_diag": MethodSpec(_block_diag, _block_memory, layered=True, whole=True),
     "block_band": MethodSpec(_block_band, _dense_memory, layered=True, whole=True),
     "lanczos": MethodSpec(_lanczos),
-    "slq": MethodSpec(_slq, _slq_memory),
+    "slq": MethodSpec(_slq),
 })  # fmt: skip
 CHOICES = ("auto", *METHODS)  # hessian.method: a method, or auto's choice between exact and slq
 
@@ -525,16 +528,22 @@ def physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_memory(hcfg, model: nn.Module, n: int, input_shape: tuple[int, ...]) -> None:
+def check_memory(hcfg, model: nn.Module, n: int, input_shape: tuple[int, ...], device=None) -> None:
     """The method (auto resolved for ``n`` examples of ``input_shape``) fits in this machine's memory: the dense
-    Hessian (exact, block_band), its layer blocks (block_diag) or SLQ's kept Lanczos vectors. ``model`` may
-    live on the meta device (sizes only).
+    Hessian (exact, block_band), its layer blocks (block_diag), or Lanczos's and SLQ's vectors in some plan
+    within ``hessian.memory_gb`` or the free memory of ``device`` (the CPU by default; sane_cli.budget).
+    ``model`` may live on the meta device (sizes only).
 
     Raises:
         UsageError: naming the method, the memory it needs, what for, and the fix.
     """
     n_params = n_parameters(model)
     method = resolve_method(hcfg, model, n_params, n=n, input_shape=input_shape)
+    if method in ("lanczos", "slq"):  # the Lanczos vectors within hessian.memory_gb (sane_cli.budget)
+        dtype, device = DTYPES[precision(hcfg, method)], device or torch.device("cpu")
+        limit = budget.budget(hcfg, device)
+        if budget.plan(hcfg, n_params, dtype, limit, slq=method == "slq") is None:
+            raise UsageError(budget.refusal(hcfg, n_params, dtype, limit, slq=method == "slq"))
     memory = METHODS[method].memory
     if memory is None:
         return
@@ -570,6 +579,8 @@ def check_config(cfg) -> None:
         checks.number(cfg, f"hessian.{key}", minimum=0, strict=True)
     checks.number(cfg, "hessian.probes", minimum=2, integer=True)
     checks.number(cfg, "hessian.steps", minimum=1, integer=True)
+    if "memory_gb" in cfg.hessian:  # an older run config lacks it (records.ADDED_KEYS: the free memory)
+        checks.number(cfg, "hessian.memory_gb", minimum=0, strict=True, optional=True)
     checks.choice(cfg, "hessian.dtype", DTYPES)
     checks.choice(cfg, "hessian.auto_slq_dtype", DTYPES)
     checks.choice(cfg, "hessian.eig_mode", MODES)

@@ -13,7 +13,8 @@ from .schema import HESSIAN_COLUMNS, LAYER_COLUMNS, config_value
 
 # keys added since 0.9, each with the value a run written before it ran with (checked as if it had been set)
 ADDED_KEYS = {"hessian.layers": False, "hessian.at_start": True, "dataset.label_noise": 0.0,
-              "dataset.label_noise_seed": 0, "precision": "float32"}  # fmt: skip
+              "dataset.label_noise_seed": 0, "precision": "float32",
+              "hessian.memory_gb": None}  # fmt: skip
 
 
 def as_it_ran(config: dict[str, Any]) -> dict[str, Any]:
