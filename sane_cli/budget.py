@@ -149,12 +149,12 @@ def checkpoint_plan(hcfg, p: int, dtype: torch.dtype, device, *, slq: bool = Tru
 
 def refusal(hcfg, p: int, dtype: torch.dtype, limit: int, *, slq: bool = True) -> str:
     """The one line that refuses a run whose Lanczos vectors fit no plan."""
-    what = "SLQ's and Lanczos's" if slq else "Lanczos's"
+    what = f"SLQ's {hcfg.probes} probes and the Lanczos vectors" if slq else "Lanczos's vectors"
     given = hcfg.get("memory_gb")
     where = f"hessian.memory_gb={given}" if given is not None else f"{SHARE:.0%} of the free memory, {_gib(limit)}"
-    return (f"hessian.method={hcfg.method} needs at least {_gib(least(hcfg, p, dtype, slq=slq))} for {what} "
-            f"Lanczos vectors of {p:,} parameters ({MIN_STEPS} steps, one probe at a time, kept in float32); the "
-            f"budget is {where}: raise hessian.memory_gb (or free memory)")  # fmt: skip
+    return (f"hessian.method={'slq' if slq else 'lanczos'} needs at least {_gib(least(hcfg, p, dtype, slq=slq))} "
+            f"for {what} of {p:,} parameters ({MIN_STEPS} steps, one probe at a time, kept in float32); the budget "
+            f"is {where}: raise hessian.memory_gb (or free memory), or lower hessian.probes")  # fmt: skip
 
 
 def _gib(n: int) -> str:

@@ -221,8 +221,8 @@ def test_dense_hessian_too_large_for_memory_is_refused(tmp_path):
     with pytest.raises(UsageError, match=r"hessian.method=exact needs about [\d,]+ GiB .* use hessian=auto"):
         train(make_config("hessian=exact", "depth=3", "model.width=4000"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
-    # SLQ keeps steps x probes x P numbers with full reorthogonalisation (auto: in float32)
-    message = r"hessian.method=slq needs about [\d,]+ GiB for SLQ's Lanczos vectors .* hessian.reorth=none"
+    # SLQ's probes (P numbers each) and, at the least, one probe's 40 Lanczos vectors (sane_cli.budget)
+    message = r"hessian.method=slq needs at least [\d,.]+ GiB for SLQ's 100000 probes .* raise hessian.memory_gb"
     with pytest.raises(UsageError, match=message):
         train(make_config("depth=3", "model.width=4000", "hessian.probes=100000"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
