@@ -51,12 +51,18 @@ def main() -> None:
     _, row, _ = _slq_estimates(matvec, p, cfg.hessian, torch.float64, torch.device("cpu"))
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(f"{p:,} parameters, hessian.memory_gb={args.memory_gb:g}: plan {', '.join(plan.changes) or 'as configured'}"
-          f" ({plan.need / 2**30:.1f} GiB counted)")
-    print(f"peak resident memory {peak / 2**30:.1f} GiB, {(peak - before) / 2**30:.1f} GiB above the model, data and"
-          f" operator ({before / 2**30:.1f} GiB); {seconds:.0f} s")
-    print(f"lambda_max {row['lambda_max']:.6g} (converged {row['converged']}), trace {row['trace']:.6g} +- "
-          f"{row['trace_se']:.3g}, N_eff {row['n_eff']:.6g} +- {row['n_eff_se']:.3g} (bound {row['n_eff_bound']:.3g})")
+    print(
+        f"{p:,} parameters, hessian.memory_gb={args.memory_gb:g}: plan {', '.join(plan.changes) or 'as configured'}"
+        f" ({plan.need / 2**30:.1f} GiB counted)"
+    )
+    print(
+        f"peak resident memory {peak / 2**30:.1f} GiB, {(peak - before) / 2**30:.1f} GiB above the model, data and"
+        f" operator ({before / 2**30:.1f} GiB); {seconds:.0f} s"
+    )
+    print(
+        f"lambda_max {row['lambda_max']:.6g} (converged {row['converged']}), trace {row['trace']:.6g} +- "
+        f"{row['trace_se']:.3g}, N_eff {row['n_eff']:.6g} +- {row['n_eff_se']:.3g} (bound {row['n_eff_bound']:.3g})"
+    )
 
 
 if __name__ == "__main__":

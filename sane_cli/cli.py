@@ -106,19 +106,14 @@ def _hydra_app():
                     return outcome(run_dir, "not run", f"stopped by {signal.Signals(signum).name} before it started")
                 raise
             # one line, and the shell's code for a death by that signal (submitit reads it)
-            again = continue_command(run_dir)
-            if multirun:
-                sweep = shell_quote("hydra.sweep.dir=" + hydra_quote(str(hydra_cfg.sweep.dir)))
-                again = f"run the sweep again with {sweep}"
+            again = _again(run_dir, hydra_cfg, multirun)
             stops.say(f"sane-run: stopped by {e} at step {e.step}; {run_dir} keeps all it logged (continue: {again})")
             stops.end_job(128 + signum)  # a worker whose sweep was stopped takes no further job
             if alone:
                 return outcome(run_dir, "interrupted", f"stopped by {e} at step {e.step}")
             sys.exit(128 + signum)
         except distributed.RankLost as e:  # another rank of a data-parallel job stopped: resumable
-            again = continue_command(run_dir)
-            if multirun:
-                again = "run the sweep again with " + shell_quote("hydra.sweep.dir=" + hydra_quote(str(hydra_cfg.sweep.dir)))
+            again = _again(run_dir, hydra_cfg, multirun)
             stops.say(f"sane-run: stopped: {e}; {run_dir} keeps all it logged (continue: {again})")
             sys.exit(1)
         except Exception as e:  # one line; the traceback is in summary.json where the run got that far
@@ -132,6 +127,13 @@ def _hydra_app():
             stops.job["dir"] = None  # between jobs
 
     return app
+
+
+def _again(run_dir: Path, hydra_cfg, multirun: bool) -> str:
+    """How to continue a stopped run: its resume command, or a sweep's command with its hydra.sweep.dir."""
+    if multirun:
+        return "run the sweep again with " + shell_quote("hydra.sweep.dir=" + hydra_quote(str(hydra_cfg.sweep.dir)))
+    return continue_command(run_dir)
 
 
 def _job(cfg, hydra_cfg, run_dir: Path, multirun: bool) -> dict[str, str] | None:
@@ -278,9 +280,8 @@ def _set_threads(threads: int | None, launcher) -> None:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from .devices import usable_cores
-
     from . import distributed
+    from .devices import usable_cores
 
     if threads is None:
         cores = usable_cores()

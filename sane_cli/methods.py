@@ -498,8 +498,6 @@ def _block_memory(hcfg, model, n_params: int, have: int) -> tuple[int, str, str]
         "use hessian=auto or hessian=slq"  # fmt: skip
 
 
-
-
 @dataclass(frozen=True)
 class MethodSpec:
     """A curvature method: what it computes, the memory it needs (checked before a run starts), whether it needs
