@@ -16,3 +16,23 @@ echo "== sane-run device=cuda"
 out="$(mktemp -d)"
 sane-run device=cuda steps=200 hessian.every=100 hydra.run.dir="$out/run"
 "$py" -c "import json, sys; s = json.load(open(sys.argv[1])); print(s['status'], s['environment']['device'], s.get('environment', {}).get('device_name'))" "$out/run/summary.json"
+echo "== data-parallel: 2 ranks against 1 process (NCCL for GPU tensors where there are 2 GPUs, else gloo on the CPU)"
+args="steps=100 hessian.every=50 hessian=slq precision=float64"
+gpus="$("$py" -c "import torch; print(torch.cuda.device_count())")"
+where="device=cuda"
+if [[ "$gpus" -lt 2 ]]; then where="device=cpu"; fi  # NCCL does not put two ranks on one GPU
+sane-run $args $where hydra.run.dir="$out/one" >/dev/null
+torchrun --standalone --nproc_per_node 2 --no-python sane-run $args $where hydra.run.dir="$out/two" >/dev/null
+"$py" - "$out/one" "$out/two" <<'PY'
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+
+a, b = (pd.read_csv(f"{d}/hessian.csv") for d in sys.argv[1:])
+cols = ["lambda_max", "trace", "n_eff", "sane"]
+worst = float((np.abs(a[cols] - b[cols]) / np.abs(a[cols]).max()).max().max())
+env = json.load(open(f"{sys.argv[2]}/summary.json"))["environment"]
+print(f"2 ranks ({env['backend']}, {env['device']}) against 1 process: largest difference {worst:.1e} of scale")
+PY
