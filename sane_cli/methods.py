@@ -277,7 +277,8 @@ def preconditioned_sharpness(
 def _plan(hcfg, p: int, dtype, device, *, slq: bool) -> budget.Plan:
     """The memory plan of a checkpoint's Lanczos (and SLQ) on an operator of size P (sane_cli.budget); in a
     data-parallel job rank 0's, so that every rank runs the same steps."""
-    return distributed.current().broadcast(budget.checkpoint_plan(hcfg, p, dtype, device, slq=slq))
+    world = distributed.current()
+    return world.broadcast(budget.checkpoint_plan(hcfg, p, dtype, device, slq=slq) if world.main else None)
 
 
 def _top(matvec, p: int, hcfg, dtype, device, plan: budget.Plan):
