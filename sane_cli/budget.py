@@ -7,8 +7,9 @@ million parameters and 300 steps in float64), Lanczos's up to ``max_iter + 1`` o
 1. as configured: every probe at once (one batched Hessian-vector product a step for all of them);
 2. fewer probes at a time (groups of the same probes, the same seeds: the same numbers but for rounding, at the
    cost of less batching);
-3. the vectors kept in float32, the arithmetic in float64 (a float64 run's vectors at half the memory; they are
-   then orthogonal to float32's rounding, 6e-8, far below SLQ's statistical error);
+3. the vectors kept in float32, the recurrence in float64 and the reorthogonalisation against them in float32 (a
+   float64 run's vectors at half the memory; they are then orthogonal to float32's rounding, 6e-8, far below
+   SLQ's statistical error);
 4. fewer steps (down to :data:`MIN_STEPS`): a quadrature of lower degree, whose bias bound (reported, as ever)
    is then wider; Lanczos's top eigenpairs get fewer iterations (its ``converged`` says whether they sufficed).
 

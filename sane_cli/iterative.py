@@ -55,7 +55,8 @@ def lanczos(
     ``tol * |theta|_max``; eigenvalues converge about twice as fast as eigenvectors.
 
     ``store``: the dtype the Lanczos vectors are kept in (default ``dtype``): float32 halves the memory of a
-    float64 run, whose arithmetic stays float64; the vectors are then orthogonal to float32's rounding.
+    float64 run, whose recurrence stays float64 (the reorthogonalisation against the kept vectors runs in
+    float32); the vectors are then orthogonal to float32's rounding.
     """
     k = min(k, p)
     max_iter = min(max_iter, p)
@@ -99,7 +100,7 @@ def lanczos(
     return LanczosResult(theta[top], vectors, res[top], mags, float(theta.min()), converged or m == p, m)
 
 
-CHUNK = 2**26  # elements of a stored basis converted to the arithmetic's dtype at a time (512 MiB in float64)
+CHUNK = 2**26  # elements of a narrower-kept basis converted to the Ritz vectors' dtype at a time (512 MiB in float64)
 
 
 class _Rows:
@@ -136,10 +137,13 @@ class _Rows:
                 return
 
     def project(self, w: torch.Tensor) -> torch.Tensor:
-        """V^T (V w) for the kept rows V (orthonormal): w's component in their span, in w's dtype."""
+        """V^T (V w) for the kept rows V (orthonormal): w's component in their span, in w's dtype. Rows kept
+        narrower are projected in their own dtype (w rounded to it): their directions are known to that
+        rounding only, and the projection then reads them once, without a wider copy."""
         out = None
-        for _, rows in self._parts(w.dtype, self.n):
-            part = rows.T @ (rows @ w)
+        narrow = w.to(self.store)
+        for _, rows in self._parts(self.store, self.n):
+            part = (rows.T @ (rows @ narrow)).to(w.dtype)
             out = part if out is None else out + part
         return out
 
@@ -321,7 +325,7 @@ def slq(
     count the deflated eigenvalues a second time.
 
     Memory: ``group`` probes run at a time (default all: one batched product a step for them all), each group's
-    Lanczos vectors kept in ``store`` (default ``dtype``; float32 halves a float64 run's, whose arithmetic stays
+    Lanczos vectors kept in ``store`` (default ``dtype``; float32 halves a float64 run's, whose recurrence stays
     float64, the vectors then orthogonal to float32's rounding). The probes, their seeds and the result do not
     depend on the grouping but for rounding.
     """
@@ -379,17 +383,10 @@ def _lanczos_lockstep(
 
 def _project_each(basis: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """For each probe b, basis[:, b]^T (basis[:, b] w[b]): the component of w's row b in the span of that probe's
-    Lanczos vectors (``basis`` (steps, probes, P)), in w's dtype, a chunk of steps at a time where the basis is
-    kept narrower."""
-    if basis.dtype == w.dtype:
-        coef = torch.einsum("jbp,bp->jb", basis, w)
-        return torch.einsum("jb,jbp->bp", coef, basis)
-    out = torch.zeros_like(w)
-    rows = max(1, CHUNK // max(1, basis.shape[1] * basis.shape[2]))
-    for part in basis.split(rows):
-        part = part.to(w.dtype)
-        out += torch.einsum("jb,jbp->bp", torch.einsum("jbp,bp->jb", part, w), part)
-    return out
+    Lanczos vectors (``basis`` (steps, probes, P)), in w's dtype."""
+    narrow = w.to(basis.dtype)  # a basis kept narrower: projected in its own dtype (see _Rows.project)
+    coef = torch.einsum("jbp,bp->jb", basis, narrow)
+    return torch.einsum("jb,jbp->bp", coef, basis).to(w.dtype)
 
 
 def hutchinson(
