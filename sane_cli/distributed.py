@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import pickle
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,7 +190,7 @@ def send_job(config: dict, checkpoint: dict | None) -> None:
     """Rank 0: the next job, to be run by every rank (:func:`follow`)."""
     world = current()
     if world.size > 1:
-        world.broadcast(("job", pickle.dumps((config, checkpoint))))
+        world.broadcast(("job", (config, checkpoint)))
         world.in_job = True
 
 
@@ -206,14 +205,12 @@ def finish(status: int) -> None:
     world = current()
     if world.size == 1 or not world.main:
         return
-    import torch.distributed as dist
-
     try:
         if not world.in_job:
             world.broadcast(("end", int(status)))
-        dist.destroy_process_group()
-    except (RuntimeError, ValueError):
+    except RuntimeError:  # the others are gone already
         pass
+    _leave()
 
 
 def follow(prepare=None) -> int:
@@ -231,7 +228,7 @@ def follow(prepare=None) -> int:
         if kind == "end":
             _leave()
             return int(body)
-        config, checkpoint = pickle.loads(body)
+        config, checkpoint = body
         world.in_job = True
         try:
             follow_job(config, checkpoint, prepare)
