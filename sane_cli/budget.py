@@ -70,11 +70,6 @@ def budget(hcfg, device) -> int:
     return int(float(given) * 2**30) if given is not None else int(SHARE * free_memory(device))
 
 
-def _lanczos_peak(p: int, k: int, max_iter: int, size: int) -> int:
-    """Bytes of Lanczos's kept vectors at their most: max_iter + 1 rows (its blocks are never copied)."""
-    return (max_iter + 1) * p * size
-
-
 def need(hcfg, p: int, dtype: torch.dtype, group: int, store: torch.dtype, steps: int, max_iter: int,
          slq: bool = True) -> int:  # fmt: skip
     """Bytes of one checkpoint's Lanczos vectors: the larger of Lanczos's for the top eigenpairs (and their Ritz
@@ -83,7 +78,7 @@ def need(hcfg, p: int, dtype: torch.dtype, group: int, store: torch.dtype, steps
     k = max(int(hcfg.topk_vectors), int(hcfg.k), int(hcfg.topk))
     item, kept = dtype.itemsize, store.itemsize
     ritz = p * k * (8 + item)
-    top = _lanczos_peak(p, k, max_iter, kept) + ritz
+    top = (max_iter + 1) * p * kept + ritz  # Lanczos's rows at their most (its blocks are never copied)
     if not slq:
         return top
     probes = int(hcfg.probes)

@@ -80,17 +80,6 @@ class World:
             return t
         return self.sum(t.mul_(self.share(n_local)))
 
-    def largest(self, value: int) -> int:
-        """The largest of the ranks' integers (a signal number, 0 for none)."""
-        if self.size == 1:
-            return value
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor([int(value)], dtype=torch.int64)
-        _collective(dist.all_reduce, t, op=dist.ReduceOp.MAX)
-        return int(t[0])
-
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (pickled)."""
         if self.size == 1:
@@ -185,7 +174,7 @@ def _first_sentence(e: BaseException) -> str:
     return re.sub(r"^\[[^\]]*\]\s*", "", line).split(". ")[0].rstrip(".")
 
 
-# rank 0 to the others, between jobs: ("job", config, checkpoint) or ("end", exit status)
+# rank 0 to the others, between jobs: ("job", (config, checkpoint)) or ("end", exit status)
 def send_job(config: dict, checkpoint: dict | None) -> None:
     """Rank 0: the next job, to be run by every rank (:func:`follow`)."""
     world = current()

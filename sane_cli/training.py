@@ -157,10 +157,7 @@ def train(
     cfg = validate(cfg.copy())
     run_dir = Path(run_dir)
     point = resume_point(run_dir, OmegaConf.to_container(cfg, resolve=True)) if resume else None
-    device = resolve_device(cfg.device)
-    data = load_data(cfg.dataset)
-    torch.manual_seed(int(cfg.seed))
-    model = build_model(cfg.model, data.input_shape, data.n_classes).to(device, _precision(cfg))
+    device, data, model = _setup(cfg)
     check_outputs(model, data.input_shape, data.n_classes, cfg.model)  # before the folder is claimed
     n_params = n_parameters(model)
     check_against_data(cfg, len(data.y_train), model, data.input_shape)
@@ -226,16 +223,21 @@ def follow_job(config: dict[str, Any], checkpoint: dict | None, prepare: Callabl
     cfg = validate(OmegaConf.create(config))
     if prepare is not None:
         prepare(cfg)
-    device = resolve_device(cfg.device)
-    data = load_data(cfg.dataset)
-    torch.manual_seed(int(cfg.seed))
-    model = build_model(cfg.model, data.input_shape, data.n_classes).to(device, _precision(cfg))
+    device, data, model = _setup(cfg)
     signals = Signals()
     with signals.installed():
         training = _Training(cfg, data, model, device, _NoFiles(), signals)
         if checkpoint is not None:
             training.load_state_dict(checkpoint)
         training.run(progress=False)
+
+
+def _setup(cfg) -> tuple[torch.device, Data, torch.nn.Module]:
+    """A run's device, data and freshly seeded model, in training's precision."""
+    device = resolve_device(cfg.device)
+    data = load_data(cfg.dataset)
+    torch.manual_seed(int(cfg.seed))
+    return device, data, build_model(cfg.model, data.input_shape, data.n_classes).to(device, _precision(cfg))
 
 
 class _NoFiles:
