@@ -61,6 +61,17 @@ class World:
         _collective(dist.all_reduce, t)  # on its device: NCCL for a GPU's tensors, gloo for the CPU's
         return t
 
+    def sum_differentiable(self, t):
+        """``t`` summed over the ranks, as a new tensor whose gradient is summed over the ranks too (statistics
+        of the whole batch inside a forward pass: synchronised batch normalisation)."""
+        if self.size == 1:
+            return t
+        import torch.distributed.nn.functional as dist_nn
+
+        out = []
+        _collective(lambda: out.append(dist_nn.all_reduce(t)))
+        return out[0]
+
     def total(self, count: float) -> float:
         """A number summed over the ranks (counts, losses), in float64."""
         if self.size == 1:

@@ -1,4 +1,5 @@
-"""Models, chosen by ``model.name``: a fully connected net (``mlp``) and a small convolutional net (``cnn``).
+"""Models, chosen by ``model.name``: a fully connected net (``mlp``), a small convolutional net (``cnn``), the
+CIFAR residual net (``resnet``; ResNet-20 at depth 20) and the user's own (``custom``).
 
 Each is built from its config group (conf/model/<name>.yaml) and the data's input shape (without the batch
 axis: (features,) for MNIST-1D, (channels, height, width) for image sets) by :func:`build_model`.
@@ -22,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from . import checks
+from . import checks, distributed
 from .errors import UsageError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -118,6 +119,109 @@ class CNN(nn.Sequential):
         return super().forward(x.flatten(1))
 
 
+class ResNet(nn.Module):
+    """The CIFAR residual net of He et al. (2016, section 4.2): a 3x3 convolution of ``channels`` filters, three
+    stages of (depth - 2) / 6 basic blocks (two 3x3 convolutions, each with batch normalisation, and a shortcut
+    around them) of ``channels``, 2x and 4x as many filters, the second and third stage halving the resolution,
+    then global average pooling and a linear layer to the classes. Depth 20 (ResNet-20) with 16 channels has
+    269,722 parameters for 3-channel images and 10 classes.
+
+    Shortcuts are identities, subsampled and zero-padded in channels where a stage begins (the paper's option
+    A): every parameter is in a convolution, a normalisation or the last layer. Convolutions are initialised as
+    He et al. do (Kaiming normal), the rest as PyTorch does. 1-D convolutions for inputs of shape (length,) or
+    (channels, length), 2-D for (channels, height, width).
+
+    Batch normalisation normalises by the batch's statistics in training (every rank's, in a data-parallel job)
+    and by the running ones in eval mode, the mode in which sane-run measures every Hessian.
+
+    >>> net = ResNet((3, 32, 32), 10, depth=20)
+    >>> net(torch.zeros(2, 3, 32, 32)).shape, sum(p.numel() for p in net.parameters())
+    (torch.Size([2, 10]), 269722)
+    """
+
+    layered = False  # residual: its Hessian is built from Hessian-vector products (no block methods)
+
+    def __init__(self, input_shape: tuple[int, ...], out_dim: int, depth: int = 20, channels: int = 16,
+                 batchnorm: bool = True, activation: str = "relu"):  # fmt: skip
+        shape = (1, *input_shape) if len(input_shape) == 1 else tuple(input_shape)
+        if len(shape) not in (2, 3):
+            raise ValueError(f"a ResNet takes inputs of 1 or 2 spatial dimensions, not shape {tuple(input_shape)}")
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"a CIFAR ResNet's depth is 6n + 2 (8, 14, 20, 32, ...), not {depth}")
+        super().__init__()
+        self.shape, spatial = shape, len(shape) - 1
+        conv = nn.Conv1d if spatial == 1 else nn.Conv2d
+        norm = (BatchNorm1d if spatial == 1 else BatchNorm2d) if batchnorm else (lambda c: nn.Identity())
+        self.stem = nn.Sequential(conv(shape[0], channels, 3, padding=1, bias=False), norm(channels),
+                                  ACTIVATIONS[activation]())  # fmt: skip
+        blocks, c = [], channels
+        for stage in range(3):
+            for i in range((depth - 2) // 6):
+                out, stride = channels * 2**stage, 2 if stage > 0 and i == 0 else 1
+                blocks.append(_Block(conv, norm, activation, c, out, stride, spatial))
+                c = out
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(c, out_dim)
+        for m in self.modules():
+            if isinstance(m, nn.Conv1d | nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(self.stem(x.reshape(len(x), *self.shape)))
+        return self.head(h.flatten(2).mean(2))
+
+
+class _Block(nn.Module):
+    """Two convolutions with normalisation, the activation after the first and after the sum with the
+    shortcut."""
+
+    def __init__(self, conv, norm, activation: str, c_in: int, c_out: int, stride: int, spatial: int):
+        super().__init__()
+        self.conv1, self.norm1 = conv(c_in, c_out, 3, stride=stride, padding=1, bias=False), norm(c_out)
+        self.conv2, self.norm2 = conv(c_out, c_out, 3, padding=1, bias=False), norm(c_out)
+        self.act1, self.act2 = ACTIVATIONS[activation](), ACTIVATIONS[activation]()
+        self.stride, self.extra, self.spatial = stride, c_out - c_in, spatial
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
+        if self.stride > 1 or self.extra:  # option A: subsample, pad the new channels with zeros
+            x = x[(slice(None), slice(None), *[slice(None, None, self.stride)] * self.spatial)]
+            x = nn.functional.pad(x, (0, 0) * self.spatial + (self.extra // 2, self.extra - self.extra // 2))
+        return self.act2(h + x)
+
+
+class _SyncedNorm:
+    """Batch normalisation whose training-mode statistics are the whole batch's in a data-parallel job (summed
+    over the ranks, the gradient too), so that N ranks train as one process does; otherwise PyTorch's own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        world = distributed.current()
+        if not self.training or world.size == 1:
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        count = x.new_tensor([x.numel() // max(1, x.shape[1]) if len(x) else 0])
+        sums = world.sum_differentiable(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        c, n = x.shape[1], sums[-1]
+        mean, var = sums[:c] / n, sums[c : 2 * c] / n - (sums[:c] / n) ** 2
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
+        view = (1, c) + (1,) * (x.dim() - 2)
+        out = (x - mean.view(view)) / torch.sqrt(var.view(view) + self.eps)
+        return out * self.weight.view(view) + self.bias.view(view) if self.affine else out
+
+
+class BatchNorm1d(_SyncedNorm, nn.BatchNorm1d):
+    """nn.BatchNorm1d, synchronised in a data-parallel job."""
+
+
+class BatchNorm2d(_SyncedNorm, nn.BatchNorm2d):
+    """nn.BatchNorm2d, synchronised in a data-parallel job."""
+
+
 POOLS_1D = {"max": nn.MaxPool1d, "avg": nn.AvgPool1d}
 POOLS_2D = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 POOLINGS = ("max", "avg", "none")
@@ -132,6 +236,21 @@ def _mlp(cfg, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
 def _cnn(cfg, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
     return CNN(input_shape, out_dim, depth=int(cfg.depth), channels=int(cfg.channels), kernel=int(cfg.kernel),
                pooling=str(cfg.pooling), activation=str(cfg.activation), bias=bool(cfg.bias))  # fmt: skip
+
+
+def _resnet(cfg, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+    return ResNet(input_shape, out_dim, depth=int(cfg.depth), channels=int(cfg.channels),
+                  batchnorm=bool(cfg.batchnorm), activation=str(cfg.activation))  # fmt: skip
+
+
+def _check_resnet(cfg) -> None:
+    """Depth 6n + 2 (three stages of n blocks of two layers, the first and the last layer), a channel count,
+    batch normalisation on or off."""
+    depth = cfg.model.depth
+    if depth < 8 or (depth - 2) % 6:
+        checks.fail("depth", depth, "model=resnet takes depth 6n + 2: 8, 14, 20 (ResNet-20), 32, 44, 56, 110")
+    checks.number(cfg, "model.channels", minimum=1, integer=True)
+    checks.flag(cfg, "model.batchnorm")
 
 
 def _check_mlp(cfg) -> None:
@@ -243,9 +362,10 @@ MODELS = checks.Registry("model.name", {
                      build_cost=_later("costs", "mlp_build_seconds")),
     "cnn": ModelSpec(CNN, _cnn, _check_cnn, ("depth", "channels", "kernel", "pooling"),
                      hessian_build=_later("curvature", "cnn_build"), build_cost=_later("costs", "cnn_build_seconds")),
+    "resnet": ModelSpec(ResNet, _resnet, _check_resnet, ("depth", "channels", "batchnorm")),
     "custom": ModelSpec(nn.Module, _custom, _check_custom, ("factory",)),
 })  # fmt: skip
-BUILT_IN = ("mlp", "cnn")  # the models with depth and activation keys
+BUILT_IN = ("mlp", "cnn", "resnet")  # the models with depth and activation keys
 
 
 def spec_of(model: nn.Module) -> ModelSpec:

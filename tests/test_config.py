@@ -14,7 +14,8 @@ from sane_cli.cli import GROUPS, group_options, precheck
 from sane_cli.config import validate
 from sane_cli.errors import UsageError
 
-REQUIRED = {"model=custom": ["model.factory=sane_cli.examples:residual_mlp"]}  # options with a key to give
+# options with a key to give (the top-level depth's default, 3, is an MLP's: a ResNet's is 6n + 2)
+REQUIRED = {"model=custom": ["model.factory=sane_cli.examples:residual_mlp"], "model=resnet": ["depth=20"]}
 
 
 def test_every_config_file_composes():
@@ -36,7 +37,7 @@ def test_config_files_are_installed_with_the_package():
     root = resources.files("sane_cli.conf")
     assert (root / "config.yaml").is_file()
     assert group_options("dataset") == ["cifar10", "digits", "fashion_mnist", "mnist", "mnist1d", "synthetic"]
-    assert group_options("model") == ["cnn", "custom", "mlp"] and group_options("hydra/launcher") == ["slurm"]
+    assert group_options("model") == ["cnn", "custom", "mlp", "resnet"] and group_options("hydra/launcher") == ["slurm"]
 
 
 def test_shortcuts_reach_the_groups():
@@ -197,8 +198,8 @@ def test_every_registry_refuses_an_unknown_name_with_the_known_ones():
         build_optimizer([], SimpleNamespace(name="rmsprop"))
     with pytest.raises(UsageError, match="optim.name='rmsprop' is unknown"):
         stability_threshold(SimpleNamespace(name="rmsprop"))
-    with pytest.raises(UsageError, match="model.name='resnet' is unknown"):
-        build_model(SimpleNamespace(name="resnet"), (4,), 2)
+    with pytest.raises(UsageError, match="model.name='vit' is unknown"):
+        build_model(SimpleNamespace(name="vit"), (4,), 2)
     with pytest.raises(UsageError, match="dataset.name='imagenet' is unknown"):
         load_data(SimpleNamespace(name="imagenet"))
     with pytest.raises(UsageError, match="loss='hinge' is unknown"):

@@ -113,6 +113,23 @@ def test_two_ranks_give_the_numbers_of_one_for_every_method_and_rank_0_alone_wri
         assert (got / "run.log").read_text().count("run completed") == 1
 
 
+def test_a_resnet_with_batch_normalisation_trains_on_two_ranks_as_in_one_process(tmp_path):
+    """A ResNet's batch normalisation takes its training statistics over the whole batch, every rank's part of it
+    (mini-batch SGD: each rank holds a part of each batch), so that 2 ranks give one process's numbers."""
+    args = [*[w for w in BASE if not w.startswith(("model.width=", "depth="))], "model=resnet", "depth=8",
+            "model.channels=2", "optim=sgd", "hessian=exact", "steps=8", "hessian.every=4"]  # fmt: skip
+    one = sane_run(tmp_path, *args, "hydra.run.dir=one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = sane_run(tmp_path, *args, "hydra.run.dir=two", ranks=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert read_summary(tmp_path / "two")["environment"]["ranks"] == 2
+    assert_same_numbers(tmp_path / "one", tmp_path / "two")
+    # the running statistics (in the checkpoint) too: they are what every Hessian is measured with
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=False)["model"] for d in ("one", "two"))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-10, atol=1e-12, msg=key)
+
+
 DYING = [w for w in BASE if not w.startswith("model.width=")] + [
     "model=custom", "model.factory=helpers:dies_in_training", "hessian=exact", "steps=16", "hessian.every=4",
 ]  # fmt: skip

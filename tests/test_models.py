@@ -182,3 +182,84 @@ def test_a_model_whose_outputs_are_not_finite_from_the_start_diverges(tmp_path):
                  "dataset=synthetic", "dataset.n_train=32", "device=cpu")  # fmt: skip
     summary = train(cfg, tmp_path / "run", progress=False)
     assert summary["status"] == "diverged" and load_run(tmp_path / "run").hessian.empty
+
+
+def test_resnet20_has_the_papers_size_and_refuses_other_depths():
+    """ResNet-20 for CIFAR-10 with option-A shortcuts has 0.27M parameters (He et al. 2016, table 6): 269,722,
+    counted by hand: 3x3x3x16 stem, 2x16 norm, 9 blocks of two 3x3 convolutions and two norms at 16/32/64
+    filters (the first of stages 2 and 3 from half as many), 64x10 + 10 head."""
+    from sane_cli.models import ResNet
+
+    conv = 3 * 9 * 16 + 2 * 16
+    for c_in, c in [(16, 16)] * 3 + [(16, 32)] + [(32, 32)] * 2 + [(32, 64)] + [(64, 64)] * 2:
+        conv += 9 * c_in * c + 9 * c * c + 4 * c
+    assert conv + 64 * 10 + 10 == 269722
+    assert sum(p.numel() for p in ResNet((3, 32, 32), 10, depth=20).parameters()) == 269722
+    with pytest.raises(ValueError, match=r"depth is 6n \+ 2"):
+        ResNet((3, 32, 32), 10, depth=21)
+    with pytest.raises(UsageError, match=r"^depth=3 is invalid: model=resnet takes depth 6n \+ 2: 8, 14, 20"):
+        validate(config("model=resnet"))
+    with pytest.raises(UsageError, match=r"model.channels=0 is invalid"):
+        validate(config("model=resnet", "depth=8", "model.channels=0"))
+
+
+@pytest.mark.parametrize("shape,batchnorm", [((12,), True), ((2, 5, 5), True), ((12,), False)])
+def test_resnet_hessian_is_the_eval_mode_models_and_matches_dense_reference(shape, batchnorm):
+    """The Hessian of a ResNet (Hessian-vector products, as any model without a layer-structured build) is that of
+    the model in eval mode, its batch normalisation by the running statistics: the dense torch.func Hessian of the
+    eval-mode model to 1e-10, and not the training mode's (batch statistics), which differs."""
+    from sane_cli.models import ResNet
+
+    torch.manual_seed(2)
+    model = ResNet(shape, 3, depth=8, channels=2, batchnorm=batchnorm).double()
+    x, y = torch.randn(17, *shape, dtype=torch.float64), torch.randint(0, 3, (17,))
+    for _ in range(3):  # running statistics away from their start
+        model(x + torch.randn_like(x))
+    loss_fn = loss_function("cross_entropy", 3)
+    ref = reference_hessian(copy.deepcopy(model).eval(), loss_fn, x, y)
+    h = hessian(model, loss_fn, x, y)
+    assert model.training  # measuring leaves the model's mode alone
+    torch.testing.assert_close(h, ref, rtol=1e-10, atol=1e-12)
+    if batchnorm:
+        training = copy.deepcopy(model).train()
+        for m in training.modules():  # batch statistics, the running ones left as they are
+            m.track_running_stats = False
+        batch_stats = reference_hessian(training, loss_fn, x, y)
+        assert (batch_stats - ref).abs().max() > 1e-3 * ref.abs().max()
+
+
+def write_cifar10(root, n_per_batch: int = 6, seed: int = 1) -> None:
+    """A CIFAR-10 folder in the official python format: five training batches and a test batch of random
+    images."""
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": [(i + j) % 10 for j in range(n_per_batch)]}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{k}" for k in range(10)]}, f)
+
+
+def test_a_resnet_trains_on_cifar10_files_and_its_spectrum_is_the_eval_mode_models(tmp_path):
+    """model=resnet on CIFAR-10-format files (6 training images): trained with batch statistics, measured exactly
+    at its last checkpoint; that checkpoint's eigenvalues are those of the dense Hessian of the saved model in
+    eval mode on the same images."""
+    write_cifar10(tmp_path / "data", n_per_batch=2)
+    cfg = config("model=resnet", "depth=8", "model.channels=1", "dataset=cifar10", f"dataset.root={tmp_path / 'data'}",
+                 "dataset.download=false", "dataset.n_train=6", "dataset.n_test=4", "steps=4", "hessian.every=4",
+                 "hessian.at_start=false", "hessian=exact", "lr=0.05", "precision=float64", "device=cpu")  # fmt: skip
+    train(cfg, tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    model = build_model(cfg.model, (3, 32, 32), 10).double()
+    assert run.status == "completed" and run.summary["n_params"] == sum(p.numel() for p in model.parameters())
+    model.load_state_dict(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"])
+    data = load_data(cfg.dataset)
+    ev = np.linalg.eigvalsh(reference_hessian(model.eval(), loss_function("cross_entropy", 10), data.x_train,
+                                              data.y_train).numpy())  # fmt: skip
+    last = run.hessian.iloc[-1]
+    assert last["step"] == 4 and last["lambda_max"] == pytest.approx(ev[-1], rel=1e-9)
+    assert last["trace"] == pytest.approx(ev.sum(), rel=1e-9)
