@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # On a machine with a CUDA GPU, in under 10 minutes: the test suite with its CUDA cases (tests that take the
 # `device` fixture run on every device present), then CUDA against the CPU (benchmarks/gpu_check.py:
-# exact and Lanczos spectra compared in float64, and a timing table), then one short `sane-run device=cuda`.
+# exact and Lanczos spectra compared in float64, and a timing table), then one short `sane-run device=cuda`, 2 ranks
+# against 1 process, and one ResNet-20 checkpoint (top-10 eigenvalues, trace, SLQ's N_eff and SANE with their bias
+# bounds) over 50,000 CIFAR-10-format training images (random images in the official format, written here: the
+# machine may be offline); the target is at most 5 minutes.
 #   bash benchmarks/gpu_check.sh          (PYTHON=... to name the interpreter; python3 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,4 +38,19 @@ cols = ["lambda_max", "trace", "n_eff", "sane"]
 worst = float((np.abs(a[cols] - b[cols]) / np.abs(a[cols]).max()).max().max())
 env = json.load(open(f"{sys.argv[2]}/summary.json"))["environment"]
 print(f"2 ranks ({env['backend']}, {env['device']}) against 1 process: largest difference {worst:.1e} of scale")
+PY
+echo "== ResNet-20, one SLQ checkpoint over 50,000 CIFAR-10-format images"
+"$py" -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import resnet; resnet.write_cifar10(Path(sys.argv[1]), per_batch=10000)" "$out/cifar"
+sane-run model=resnet depth=20 dataset=cifar10 dataset.root="$out/cifar" dataset.download=false dataset.n_train=null \
+  dataset.n_test=1000 optim=sgd steps=1 hessian=slq hessian.at_start=false hessian.every=1 device=cuda \
+  hydra.run.dir="$out/resnet" >/dev/null
+"$py" - "$out/resnet" <<'PY'
+import sys
+
+import pandas as pd
+
+row = pd.read_csv(f"{sys.argv[1]}/hessian.csv").iloc[-1]
+print(f"ResNet-20 checkpoint over {int(row['subset'])} images: "
+      f"{row['seconds']:.0f} s (target: 300 s); lambda_max {row['lambda_max']:.4g}, trace {row['trace']:.4g}, "
+      f"N_eff {row['n_eff']:.4g}, SANE {row['sane']:.4g}")
 PY

@@ -4,14 +4,16 @@ Models (random data of the real shapes; the timing does not depend on the values
 
   mlp-78k    MLP depth 3 width 256 on MNIST-1D inputs (78,858 parameters), 4,000 examples
   resnet-270k  ResNet-20 on CIFAR-10-shaped images (269,722), 512 examples
-  mlp-1m     MLP depth 3 width 975 on MNIST-1D inputs (999,335), 4,000 examples
+  mlp-1m     MLP depth 3 width 975 on MNIST-1D inputs (1,001,335), 4,000 examples
 
 For each, in float32 and float64, seconds of:
 
   gradient       the mean loss's gradient over the examples (a forward and a backward pass)
   kept           sane_cli.curvature.hvp_operator, one vector: reverse-over-reverse on the gradient's graph,
                  recorded once and kept (sane-run's path)
-  kept x8        the same, per vector of a vmapped batch of 8 (SLQ's probes)
+  kept x8        the same operator given 8 vectors (SLQ's probes), per vector: vectorised or one at a time, as
+                 the operator chooses
+  vjp            reverse-over-reverse by torch.func (vjp of grad on the kept graph: sane-run's path before 0.18)
   fresh          reverse-over-reverse recording the graph at each product (PyHessian's path)
   fwd-rev        forward-over-reverse (torch.func.jvp of torch.func.grad)
   compiled       fwd-rev under torch.compile (the first call's compilation reported apart)
@@ -63,6 +65,19 @@ def paths(model, x, y, loss_fn, dtype, compile_: bool) -> tuple[dict[str, float]
     _, t8 = timed(lambda: matvec(v8), 2)
     seconds["kept x8"] = t8 / 8
 
+    from torch.func import vjp
+
+    names = [n for n, _ in net.named_parameters()]
+    theta = torch.cat([q.detach().reshape(-1) for q in params])
+
+    def flat_loss(t):
+        parts = dict(zip(names, [a.view_as(q) for a, q in zip(t.split([q.numel() for q in params]), params,
+                                                                strict=True)], strict=True))  # fmt: skip
+        return loss_fn(functional_call(net, parts, (x,)), y)
+
+    pullback = vjp(grad(flat_loss), theta)[1]
+    products["vjp"], seconds["vjp"] = timed(lambda: pullback(v[0])[0])
+
     def fresh():
         g = torch.autograd.grad(loss_fn(net(x), y), params, create_graph=True)
         parts = v[0].split([q.numel() for q in params])
@@ -71,7 +86,6 @@ def paths(model, x, y, loss_fn, dtype, compile_: bool) -> tuple[dict[str, float]
 
     products["fresh"], seconds["fresh"] = timed(fresh)
 
-    names = [n for n, _ in net.named_parameters()]
     theta = {n: q.detach() for n, q in net.named_parameters()}
     tangent = dict(zip(names, [t.view_as(q) for t, q in zip(v[0].split([q.numel() for q in params]), params,
                                                                    strict=True)], strict=True))  # fmt: skip

@@ -115,24 +115,25 @@ def main() -> None:
         )
         print(f"top-{k:<3} ours (Lanczos, tol 1e-3){'':<15}{t_ours:>9.1f}{error(ours.values, k):>12.1e}"
               f"{ours.iterations:>7}")  # fmt: skip
-        rows = {"ours": t_ours}
+        rows = {}  # each peer's (seconds, error)
         for tol in (1e-3, 1e-4):
             torch.manual_seed(0)
             (values, _), t = timed(lambda k=k, tol=tol: ph.eigenvalues(top_n=k, tol=tol, maxIter=1000))
-            rows[f"PyHessian tol {tol:g}"] = t
+            rows[f"PyHessian tol {tol:g}"] = (t, error(values, k))
             print(f"top-{k:<3} PyHessian (power iteration, tol {tol:g}){'':<5}{t:>9.1f}{error(values, k):>12.1e}")
         steps = max(ours.iterations, 2 * k)
         res, t = timed(lambda k=k, s=steps: et_lanczos(et_op, k=k, max_iter=s, tol=1e-3, which="LA", seed=0,
                                                         reorthogonalize=True))  # fmt: skip
-        rows["eigenthings lanczos"] = t
+        rows["eigenthings lanczos"] = (t, error(res.eigenvalues.cpu().numpy(), k))
         print(f"top-{k:<3} hessian-eigenthings lanczos ({steps} steps){'':<4}{t:>9.1f}"
               f"{error(res.eigenvalues.cpu().numpy(), k):>12.1e}{steps:>7}")  # fmt: skip
         res, t = timed(lambda k=k: deflated_power_iteration(et_op, k=k, max_iter=100, tol=1e-3, seed=0))
-        rows["eigenthings power"] = t
+        rows["eigenthings power"] = (t, error(res.eigenvalues.cpu().numpy(), k))
         print(f"top-{k:<3} hessian-eigenthings power (tol 1e-3){'':<6}{t:>9.1f}"
               f"{error(res.eigenvalues.cpu().numpy(), k):>12.1e}")  # fmt: skip
-        fastest = min((t, name) for name, t in rows.items() if name != "ours")
-        print(f"top-{k}: the fastest peer ({fastest[1]}) / ours = {fastest[0] / t_ours:.1f}x\n")
+        # at equal accuracy: the peers whose error is within the 1e-3 asked of every one
+        fastest = min([(t, name) for name, (t, err) in rows.items() if err <= 1e-3], default=(float("nan"), "none"))
+        print(f"top-{k}: the fastest peer within 1e-3 ({fastest[1]}) / ours = {fastest[0] / t_ours:.1f}x\n")
 
     if "trace" not in skip:
         (tr, se), t_ours = timed(lambda: hutchinson(matvec, p, probes=100, seed=0, dtype=torch.float32))

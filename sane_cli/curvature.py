@@ -15,7 +15,7 @@ Three ways to build the exact Hessian, each tested against a dense torch.func re
 * ``layer_hessian`` for :class:`sane_cli.models.CNN`: the same structure for convolutions, whose weights are
   shared across positions (sane_cli.conv_hessian).
 * ``generic_hessian``, for any model: Hessian-vector products with the unit vectors by reverse-over-reverse
-  differentiation, vmapped over a block of unit vectors.
+  differentiation, a block of unit vectors at a time.
 
 Parameters are ordered as ``model.parameters()`` yields them, which for the MLP and the CNN is layer by layer,
 input to output (weight row-major, then bias).
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vjp, vmap
+from torch.func import grad
 
 from . import distributed
 from .losses import LossFn
@@ -321,9 +321,7 @@ def generic_hessian(
 ) -> torch.Tensor:
     """The exact Hessian of any model by Hessian-vector products with the unit vectors.
 
-    ``block`` unit vectors are processed at once, through :func:`hvp_operator` (8: for convolutions, larger
-    vmapped batches are slower per vector: 24 s for 64, 9 s for 8, 12 s one at a time, a depth-3 CNN of 842
-    parameters on 1,000 MNIST-1D examples, 2 cores).
+    ``block`` unit vectors are passed at once to :func:`hvp_operator`, which vectorises them where that pays.
     """
     matvec, n_params = hvp_operator(model, loss_fn, x, y, dtype=dtype, max_rows=max_rows)
     return dense_operator(matvec, n_params, dtype=dtype, device=next(model.parameters()).device, block=block)
@@ -351,63 +349,77 @@ def hvp_operator(
     max_rows: int = 4096,
     keep_bytes: int = 2**29,
 ) -> tuple[MatVec, int]:
-    """(matvec, P): batched Hessian-vector products of the mean loss over (x, y), by reverse-over-reverse
-    differentiation, the data taken ``max_rows`` examples at a time.
+    """(matvec, P): Hessian-vector products of the mean loss over (x, y), by reverse-over-reverse
+    differentiation, the data taken ``max_rows`` examples at a time; ``matvec`` takes a batch of vectors (B, P).
 
-    The gradient's graph of a chunk is recorded once and reused by every product while the graphs kept stay
-    within ``keep_bytes`` (512 MiB by default; estimated from the model's activations); the chunks beyond are
-    recorded afresh at each product and dropped, so memory stays flat however many examples there are
-    (each product then also pays one gradient per such chunk).
+    The gradient's graph of a chunk is recorded once (``create_graph``) and each product is one backward pass
+    through it (``retain_graph``), while the graphs kept stay within ``keep_bytes`` (512 MiB by default;
+    estimated from the model's activations); the chunks beyond are recorded afresh at each product and dropped,
+    so memory stays flat however many examples there are (each product then also pays one gradient per such
+    chunk). A batch of vectors goes through in one vectorised backward pass only where that pays: a product of
+    little work (no convolution, fewer than 3e7 multiply-adds over the examples), where the fixed cost of a pass
+    dominates; otherwise one vector at a time (vectorised convolutions and large products run slower per vector
+    than single ones: ``benchmarks/hvp.py``).
 
     In a data-parallel job (sane_cli.distributed) (x, y) is this rank's shard and each product is summed over
     the ranks, weighted by their shares: the products of the mean loss over every rank's examples."""
     net = _copy_for_curvature(model, dtype)
-    names = [k for k, p in net.named_parameters() if p.requires_grad]
     params = [p for p in net.parameters() if p.requires_grad]
     shapes, sizes = [p.shape for p in params], [p.numel() for p in params]
-    theta = torch.cat([p.detach().reshape(-1) for p in params])
-    x, y, n = x.to(device=theta.device, dtype=dtype), y.to(theta.device), len(y)
+    p_total = sum(sizes)
+    x, y, n = x.to(device=params[0].device, dtype=dtype), y.to(params[0].device), len(y)
 
-    def unflatten(t: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {k: v.view(s) for k, v, s in zip(names, t.split(sizes), shapes, strict=True)}
-
-    def pullback(start: int):
+    def gradient(start: int) -> tuple[torch.Tensor, ...]:
+        """The chunk's share of the mean loss's gradient, its graph recorded."""
         xb, yb = x[start : start + max_rows], y[start : start + max_rows]
-        weight = len(yb) / n  # the chunk's share of the mean loss
+        with torch.enable_grad():
+            return torch.autograd.grad(loss_fn(net(xb), yb) * (len(yb) / n), params, create_graph=True)
 
-        def chunk_loss(t):
-            return loss_fn(functional_call(net, unflatten(t), (xb,)), yb) * weight
-
-        return vjp(grad(chunk_loss), theta)[1]
+    def pull(grads, v: torch.Tensor, keep: bool) -> torch.Tensor:
+        """(B, P) products of the chunk's Hessian with the rows of ``v``."""
+        batched = len(v) > 1
+        parts = [t.reshape(len(v), *s) if batched else t.reshape(s) for t, s in zip(v.split(sizes, 1), shapes,
+                                                                                      strict=True)]  # fmt: skip
+        out = torch.autograd.grad(grads, params, grad_outputs=parts, retain_graph=keep, is_grads_batched=batched)
+        return torch.cat([h.reshape(len(v), -1) for h in out], 1)
 
     starts = list(range(0, n, max_rows))
-    keep = max(1, min(len(starts), keep_bytes // max(1, _graph_bytes(net, x[:1]) * max_rows)))
-    kept = [pullback(start) for start in starts[:keep]]
-    kept_batched = [vmap(pb) for pb in kept]
+    graph, macs, conv = _one_example(net, x[:1])
+    keep = max(1, min(len(starts), keep_bytes // max(1, graph * max_rows)))
+    kept = [gradient(start) for start in starts[:keep]]
+    vectorise = not conv and n * macs < 3e7
     world = distributed.current()
     share = world.share(n)  # a data-parallel job: this rank's share of the examples, its products summed
 
-    def matvec(v: torch.Tensor) -> torch.Tensor:
-        v = v.to(dtype)
+    def product(v: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(v)
         for i, start in enumerate(starts):
-            if len(v) == 1:  # a single vector (Lanczos) skips vmap's overhead, about 15 % of the product
-                out[0] += (kept[i] if i < keep else pullback(start))(v[0])[0]
-            else:
-                out += (kept_batched[i] if i < keep else vmap(pullback(start)))(v)[0]
+            out += pull(kept[i], v, keep=True) if i < keep else pull(gradient(start), v, keep=False)
+        return out
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        v = v.to(dtype).reshape(-1, p_total)
+        if vectorise or len(v) == 1:
+            out = product(v)
+        else:
+            out = torch.cat([product(row[None]) for row in v])
         return out if world.size == 1 else world.sum(out.mul_(share))
 
-    return matvec, theta.numel()
+    return matvec, p_total
 
 
-def _graph_bytes(net: nn.Module, x1: torch.Tensor) -> int:
-    """Bytes that the recorded second-order graph of one example holds, estimated as 6 x the outputs of every
-    leaf module (measured: 5-9 x for MLPs)."""
-    total = [0]
+def _one_example(net: nn.Module, x1: torch.Tensor) -> tuple[int, int, bool]:
+    """One example through the model: the bytes its recorded second-order graph holds (estimated as 6 x the
+    outputs of every leaf module; measured: 5-9 x for MLPs), its linear and convolutional multiply-adds, and
+    whether it has convolutions."""
+    total, macs, conv = [0], [0], [False]
 
-    def hook(_module, _inputs, output):
+    def hook(module, _inputs, output):
         if isinstance(output, torch.Tensor):
             total[0] += output.numel() * output.element_size()
+            if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+                macs[0] += output.numel() * module.weight[0].numel()
+                conv[0] |= not isinstance(module, nn.Linear)
 
     leaves = [m for m in net.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
@@ -417,7 +429,7 @@ def _graph_bytes(net: nn.Module, x1: torch.Tensor) -> int:
     finally:
         for h in handles:
             h.remove()
-    return 6 * (total[0] + x1.numel() * x1.element_size())
+    return 6 * (total[0] + x1.numel() * x1.element_size()), macs[0], conv[0]
 
 
 def _copy_for_curvature(model: nn.Module, dtype: torch.dtype) -> nn.Module:

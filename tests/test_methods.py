@@ -72,10 +72,20 @@ def test_lanczos_top_k_to_1e6(device):
     assert top.lambda_min == pytest.approx(ev[-1], rel=1e-3)
 
 
-@pytest.mark.parametrize("keep_bytes", [2**29, 1])
-def test_hvp_operator_streams_chunks_beyond_its_memory(keep_bytes):
+@pytest.mark.parametrize("keep_bytes,vectorise", [(2**29, True), (1, True), (2**29, False), (1, False)])
+def test_hvp_operator_streams_chunks_beyond_its_memory(keep_bytes, vectorise, monkeypatch):
     """Products with recorded chunk graphs and with chunks recomputed at each product (keep_bytes=1 keeps only
-    the first) both equal the dense reference, for single vectors and batches."""
+    the first) both equal the dense reference, for single vectors and batches, the batches vectorised or taken
+    one vector at a time (the operator's choice, forced here both ways)."""
+    from sane_cli import curvature
+
+    real = curvature._one_example
+
+    def sized(net, x1):  # the work per product: small (vectorised) or, with a convolution, not
+        graph, macs, _ = real(net, x1)
+        return graph, macs, not vectorise
+
+    monkeypatch.setattr(curvature, "_one_example", sized)
     model, loss_fn, x, y, ref = problem(depth=3, width=8)
     matvec, p = hvp_operator(model, loss_fn, x, y, max_rows=17, keep_bytes=keep_bytes)
     v = torch.randn(5, p, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
