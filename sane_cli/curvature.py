@@ -387,7 +387,7 @@ def hvp_operator(
     graph, macs, conv = _one_example(net, x[:1])
     keep = max(1, min(len(starts), keep_bytes // max(1, graph * max_rows)))
     kept = [gradient(start) for start in starts[:keep]]
-    vectorise = not conv and n * macs < 3e7
+    vectorise = vectorises(n, macs, conv)
     world = distributed.current()
     share = world.share(n)  # a data-parallel job: this rank's share of the examples, its products summed
 
@@ -406,6 +406,15 @@ def hvp_operator(
         return out if world.size == 1 else world.sum(out.mul_(share))
 
     return matvec, p_total
+
+
+VECTORISE_MACS = 3e7  # below this many multiply-adds over the examples a product's fixed cost dominates
+
+
+def vectorises(n: int, macs: int, conv: bool) -> bool:
+    """Whether :func:`hvp_operator` takes several vectors in one vectorised pass (else one at a time): for a
+    product of little work, ``n`` examples of ``macs`` multiply-adds each, without convolutions."""
+    return not conv and n * macs < VECTORISE_MACS
 
 
 def _one_example(net: nn.Module, x1: torch.Tensor) -> tuple[int, int, bool]:
