@@ -30,6 +30,7 @@ import argparse
 import time
 
 import torch
+from common import best_time
 from torch.func import functional_call, grad, jvp
 
 from sane_cli.curvature import hvp_operator
@@ -42,13 +43,8 @@ MODELS = {
 }
 
 
-def timed(fn, repeats: int = 3) -> tuple[object, float]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return out, best
+def best_time_3(fn):
+    return best_time(fn, 3)
 
 
 def paths(model, x, y, loss_fn, dtype, compile_: bool) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
@@ -56,13 +52,13 @@ def paths(model, x, y, loss_fn, dtype, compile_: bool) -> tuple[dict[str, float]
     x = x.to(dtype)
     params = [p for p in net.parameters()]
     seconds, products = {}, {}
-    _, seconds["gradient"] = timed(lambda: torch.autograd.grad(loss_fn(net(x), y), params))
+    _, seconds["gradient"] = best_time_3(lambda: torch.autograd.grad(loss_fn(net(x), y), params))
 
     matvec, p = hvp_operator(net, loss_fn, x, y, dtype=dtype)
     v = torch.randn(1, p, dtype=dtype, generator=torch.Generator().manual_seed(0))
-    products["kept"], seconds["kept"] = timed(lambda: matvec(v)[0])
+    products["kept"], seconds["kept"] = best_time_3(lambda: matvec(v)[0])
     v8 = torch.randn(8, p, dtype=dtype)
-    _, t8 = timed(lambda: matvec(v8), 2)
+    _, t8 = best_time(lambda: matvec(v8), 2)
     seconds["kept x8"] = t8 / 8
 
     from torch.func import vjp
@@ -76,7 +72,7 @@ def paths(model, x, y, loss_fn, dtype, compile_: bool) -> tuple[dict[str, float]
         return loss_fn(functional_call(net, parts, (x,)), y)
 
     pullback = vjp(grad(flat_loss), theta)[1]
-    products["vjp"], seconds["vjp"] = timed(lambda: pullback(v[0])[0])
+    products["vjp"], seconds["vjp"] = best_time_3(lambda: pullback(v[0])[0])
 
     def fresh():
         g = torch.autograd.grad(loss_fn(net(x), y), params, create_graph=True)
@@ -84,7 +80,7 @@ def paths(model, x, y, loss_fn, dtype, compile_: bool) -> tuple[dict[str, float]
         dot = sum((gi.reshape(-1) * vi).sum() for gi, vi in zip(g, parts, strict=True))
         return torch.cat([h.reshape(-1) for h in torch.autograd.grad(dot, params)])
 
-    products["fresh"], seconds["fresh"] = timed(fresh)
+    products["fresh"], seconds["fresh"] = best_time_3(fresh)
 
     theta = {n: q.detach() for n, q in net.named_parameters()}
     tangent = dict(zip(names, [t.view_as(q) for t, q in zip(v[0].split([q.numel() for q in params]), params,
@@ -95,13 +91,13 @@ def paths(model, x, y, loss_fn, dtype, compile_: bool) -> tuple[dict[str, float]
         out = jvp(g, (theta,), (tangent,))[1]
         return torch.cat([out[n].reshape(-1) for n in names])
 
-    products["fwd-rev"], seconds["fwd-rev"] = timed(fwd_rev)
+    products["fwd-rev"], seconds["fwd-rev"] = best_time_3(fwd_rev)
     if compile_:
         compiled = torch.compile(fwd_rev)
         start = time.perf_counter()
         compiled()
         seconds["compile (first call)"] = time.perf_counter() - start
-        products["compiled"], seconds["compiled"] = timed(compiled)
+        products["compiled"], seconds["compiled"] = best_time_3(compiled)
     return seconds, products
 
 
