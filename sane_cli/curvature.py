@@ -350,7 +350,9 @@ def hvp_operator(
     keep_bytes: int = 2**29,
 ) -> tuple[MatVec, int]:
     """(matvec, P): Hessian-vector products of the mean loss over (x, y), by reverse-over-reverse
-    differentiation, the data taken ``max_rows`` examples at a time; ``matvec`` takes a batch of vectors (B, P).
+    differentiation, the data taken ``max_rows`` examples at a time, or fewer where one chunk's recorded graph
+    would exceed ``keep_bytes`` (a ResNet-20 on CIFAR-10 images: a few dozen); ``matvec`` takes a batch of vectors
+    (B, P).
 
     The gradient's graph of a chunk is recorded once (``create_graph``) and each product is one backward pass
     through it (``retain_graph``), while the graphs kept stay within ``keep_bytes`` (512 MiB by default;
@@ -369,9 +371,12 @@ def hvp_operator(
     p_total = sum(sizes)
     x, y, n = x.to(device=params[0].device, dtype=dtype), y.to(params[0].device), len(y)
 
+    graph, macs, conv = _one_example(net, x[:1])
+    rows = max(1, min(max_rows, keep_bytes // max(1, graph)))  # a chunk's graph within keep_bytes
+
     def gradient(start: int) -> tuple[torch.Tensor, ...]:
         """The chunk's share of the mean loss's gradient, its graph recorded."""
-        xb, yb = x[start : start + max_rows], y[start : start + max_rows]
+        xb, yb = x[start : start + rows], y[start : start + rows]
         with torch.enable_grad():
             return torch.autograd.grad(loss_fn(net(xb), yb) * (len(yb) / n), params, create_graph=True)
 
@@ -383,9 +388,8 @@ def hvp_operator(
         out = torch.autograd.grad(grads, params, grad_outputs=parts, retain_graph=keep, is_grads_batched=batched)
         return torch.cat([h.reshape(len(v), -1) for h in out], 1)
 
-    starts = list(range(0, n, max_rows))
-    graph, macs, conv = _one_example(net, x[:1])
-    keep = max(1, min(len(starts), keep_bytes // max(1, graph * max_rows)))
+    starts = list(range(0, n, rows))
+    keep = max(1, min(len(starts), keep_bytes // max(1, graph * rows)))
     kept = [gradient(start) for start in starts[:keep]]
     vectorise = vectorises(n, macs, conv)
     world = distributed.current()
