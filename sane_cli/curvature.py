@@ -347,19 +347,23 @@ def hvp_operator(
     *,
     dtype=torch.float64,
     max_rows: int = 4096,
-    keep_bytes: int = 2**29,
+    chunk_bytes: int = 2**31,
+    keep_bytes: int | None = None,
 ) -> tuple[MatVec, int]:
     """(matvec, P): Hessian-vector products of the mean loss over (x, y), by reverse-over-reverse
     differentiation, the data taken ``max_rows`` examples at a time, or fewer where one chunk's recorded graph
-    would exceed ``keep_bytes`` (a ResNet-20 on CIFAR-10 images: a few dozen); ``matvec`` takes a batch of vectors
-    (B, P).
+    would exceed ``chunk_bytes`` (2 GiB; a ResNet-20 on CIFAR-10 images: 157); ``matvec`` takes a batch of
+    vectors (B, P).
 
     The gradient's graph of a chunk is recorded once (``create_graph``) and each product is one backward pass
-    through it (``retain_graph``), while the graphs kept stay within ``keep_bytes`` (512 MiB by default;
-    estimated from the model's activations); the chunks beyond are recorded afresh at each product and dropped,
-    so memory stays flat however many examples there are (each product then also pays one gradient per such
-    chunk). A batch of vectors goes through in one vectorised backward pass only where that pays: a product of
-    little work (no convolution, fewer than 3e7 multiply-adds over the examples), where the fixed cost of a pass
+    through it (``retain_graph``), while the graphs kept stay within ``keep_bytes`` (None: a quarter of the
+    device's free memory, at least one chunk; estimated from the model's activations); the chunks beyond are
+    recorded afresh at each product and dropped, so memory stays bounded however many examples there are (each
+    product then also pays one gradient per such chunk). A kept and a recorded-afresh chunk give the same
+    products to the bit, so the memory free changes the speed, never the numbers.
+
+    A batch of vectors goes through in one vectorised backward pass only where that pays: a product of little
+    work (no convolution, fewer than 3e7 multiply-adds over the examples), where the fixed cost of a pass
     dominates; otherwise one vector at a time (vectorised convolutions and large products run slower per vector
     than single ones: ``benchmarks/hvp.py``).
 
@@ -372,7 +376,11 @@ def hvp_operator(
     x, y, n = x.to(device=params[0].device, dtype=dtype), y.to(params[0].device), len(y)
 
     graph, macs, conv = _one_example(net, x[:1])
-    rows = max(1, min(max_rows, keep_bytes // max(1, graph)))  # a chunk's graph within keep_bytes
+    rows = max(1, min(max_rows, chunk_bytes // max(1, graph)))  # a chunk's graph within chunk_bytes
+    if keep_bytes is None:
+        from .budget import free_memory
+
+        keep_bytes = free_memory(params[0].device) // 4
 
     def gradient(start: int) -> tuple[torch.Tensor, ...]:
         """The chunk's share of the mean loss's gradient, its graph recorded."""
