@@ -388,12 +388,12 @@ def hvp_operator(
         with torch.enable_grad():
             return torch.autograd.grad(loss_fn(net(xb), yb) * (len(yb) / n), params, create_graph=True)
 
-    def pull(grads, v: torch.Tensor, keep: bool) -> torch.Tensor:
+    def pull(grads, v: torch.Tensor, retain: bool) -> torch.Tensor:
         """(B, P) products of the chunk's Hessian with the rows of ``v``."""
         batched = len(v) > 1
         parts = [t.reshape(len(v), *s) if batched else t.reshape(s) for t, s in zip(v.split(sizes, 1), shapes,
                                                                                       strict=True)]  # fmt: skip
-        out = torch.autograd.grad(grads, params, grad_outputs=parts, retain_graph=keep, is_grads_batched=batched)
+        out = torch.autograd.grad(grads, params, grad_outputs=parts, retain_graph=retain, is_grads_batched=batched)
         return torch.cat([h.reshape(len(v), -1) for h in out], 1)
 
     starts = list(range(0, n, rows))
@@ -406,7 +406,7 @@ def hvp_operator(
     def product(v: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(v)
         for i, start in enumerate(starts):
-            out += pull(kept[i], v, keep=True) if i < keep else pull(gradient(start), v, keep=False)
+            out += pull(kept[i], v, retain=True) if i < keep else pull(gradient(start), v, retain=False)
         return out
 
     def matvec(v: torch.Tensor) -> torch.Tensor:

@@ -199,7 +199,7 @@ class _SyncedNorm:
         if not self.training or world.size == 1:
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
-        count = x.new_tensor([x.numel() // max(1, x.shape[1]) if len(x) else 0])
+        count = x.new_tensor([x.numel() // x.shape[1]])  # values a channel: 0 where this rank holds none
         sums = world.sum_differentiable(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
         c, n = x.shape[1], sums[-1]
         mean, var = sums[:c] / n, sums[c : 2 * c] / n - (sums[:c] / n) ** 2

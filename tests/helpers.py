@@ -176,3 +176,19 @@ def dies_in_training(input_shape, n_classes, step=7, width=4):
             return self.net(x)
 
     return Dying()
+
+
+def write_cifar10(root, n_per_batch: int = 6, seed: int = 1) -> None:
+    """A CIFAR-10 folder in the official python format under ``root``: five training batches and a test batch of
+    ``n_per_batch`` random images each, batch i's j-th label (i + j) % 10."""
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": [(i + j) % 10 for j in range(n_per_batch)]}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{k}" for k in range(10)]}, f)

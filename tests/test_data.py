@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import read_only_folder
+from helpers import read_only_folder, write_cifar10
 from omegaconf import OmegaConf
 
 from sane_cli.data import DATASETS, load_data
@@ -107,18 +107,8 @@ def test_mnist_formats_from_local_folder(tmp_path, name, sub):
 
 
 def test_cifar10_batches_from_local_folder(tmp_path):
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    rng = np.random.default_rng(1)
-    labels = []
-    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
-        data = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
-        lab = [(i + j) % 10 for j in range(4)]
-        labels.append(lab)
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": data, "labels": lab}, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"c{k}" for k in range(10)]}, f)
+    write_cifar10(tmp_path, n_per_batch=4)
+    labels = [[(i + j) % 10 for j in range(4)] for i in range(6)]
     d = load_data(cfg(name="cifar10", root=str(tmp_path), n_train=None, n_test=None, per_class=None))
     assert d.x_train.shape == (20, 3, 32, 32) and d.x_test.shape == (4, 3, 32, 32) and d.in_dim == 3072
     assert d.y_train.tolist() == sum(labels[:5], []) and d.y_test.tolist() == labels[5]

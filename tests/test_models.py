@@ -8,7 +8,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from helpers import make_config, reference_hessian
+from helpers import make_config, reference_hessian, write_cifar10
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -226,22 +226,6 @@ def test_resnet_hessian_is_the_eval_mode_models_and_matches_dense_reference(shap
             m.track_running_stats = False
         batch_stats = reference_hessian(training, loss_fn, x, y)
         assert (batch_stats - ref).abs().max() > 1e-3 * ref.abs().max()
-
-
-def write_cifar10(root, n_per_batch: int = 6, seed: int = 1) -> None:
-    """A CIFAR-10 folder in the official python format: five training batches and a test batch of random
-    images."""
-    import pickle
-
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
-        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": data, "labels": [(i + j) % 10 for j in range(n_per_batch)]}, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"c{k}" for k in range(10)]}, f)
 
 
 def test_a_resnet_trains_on_cifar10_files_and_its_spectrum_is_the_eval_mode_models(tmp_path):
