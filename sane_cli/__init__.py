@@ -4,4 +4,4 @@ Reproduces the studies of Wang & Roberts, "SANE: The phases of gradient descent 
 Adjusted Number of Effective parameters" (arXiv 2305.18490).
 """
 
-__version__ = "0.18.0"
+__version__ = "0.19.0"

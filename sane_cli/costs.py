@@ -8,11 +8,12 @@ The rates being fixed, a config gets the same choice on every machine; a faster 
 methods alike.
 
 * SLQ: its top eigenpairs by Lanczos, up to ``max_iter`` single Hessian-vector products, then ``steps``
-  products of all ``probes`` vectors at once (vmapped), and the reorthogonalisation of the probes' Lanczos
-  vectors (with ``reorth=full`` probes x steps^2 x P multiply-adds, which dominate when n is small). A
-  product's time is a fixed cost plus the model's linear and convolutional multiply-adds and its
-  activations, each at its own rate: vmapped convolutions run at a small fraction of a linear layer's rate,
-  and the activations (read and written several times) cost more than the multiply-adds of a small net.
+  products of ``probes`` vectors each (in one vectorised pass where ``curvature.vectorises``: a small product
+  without convolutions; else one vector at a time, as ``curvature.hvp_operator`` takes them), and the
+  reorthogonalisation of the probes' Lanczos vectors (with ``reorth=full`` probes x steps^2 x P multiply-adds,
+  which dominate when n is small). A product's time is a fixed cost plus the model's linear and convolutional
+  multiply-adds and its activations, each at its own rate: the activations (read and written several times)
+  cost more than the multiply-adds of a small net.
 * exact: the build, then ``eigvalsh`` (P^3). The builds, by model (sane_cli.curvature, sane_cli.conv_hessian):
   the MLP's one product over examples per block (n P_j P_m each); the CNN with a piecewise-linear activation
   (relu, linear: the Gauss-Newton split) its Gram matrix of the convolutions' Jacobians (C n P_conv^2 / 2, C
@@ -31,12 +32,15 @@ import torch
 from torch import nn
 
 from .conv_hessian import layers_of
-from .curvature import layer_sizes
+from .curvature import layer_sizes, vectorises
 from .models import activation_derivatives, n_parameters, spec_of
 
-# Seconds per unit, 2 cores (benchmarks/auto_cost.py). Hessian-vector products in float32 (auto's SLQ dtype):
-SINGLE = (1.0e-3, 2.5e-11, 0.0, 3.8e-9)  # one product: fixed, per linear and per conv multiply-add, per activation
-BATCHED = (4.2e-4, 2.5e-11, 4.3e-10, 3.0e-9)  # the same per vector of a vmapped batch
+# Seconds per unit, 2 cores (benchmarks/auto_cost.py; products: --products). Hessian-vector products in float32
+# (auto's SLQ dtype), fixed, per linear and per convolutional multiply-add, per activation:
+# one product, and each vector of a batch taken one at a time; the fixed cost from whole checkpoints (a Lanczos
+# step's own work beside its product: a product alone measured 0.46 ms)
+SINGLE = (1.0e-3, 2.2e-11, 1.2e-10, 2.2e-9)
+BATCHED = (4.2e-4, 2.5e-11, 4.3e-10, 3.0e-9)  # each vector of a batch in one vectorised pass (small, no conv)
 REORTH = 8e-10  # per multiply-add of SLQ's reorthogonalisation (probes x steps^2 x P in all, full), float32
 EIGVALSH = 2.8e-11  # per P^3, float64
 GEMM = 1 / 30e9  # per multiply-add of the builds' products over examples, float64
@@ -120,13 +124,19 @@ def _product(rates: tuple[float, ...], prof: Profile, n: int) -> float:
     return fixed + n * (linear * prof.linear_macs + conv * prof.conv_macs + act * prof.outputs)
 
 
+def _per_vector(prof: Profile, n: int) -> float:
+    """Seconds of each vector of a batch of products, as ``curvature.hvp_operator`` takes them."""
+    vectorised = vectorises(n, prof.linear_macs + prof.conv_macs, any(prof.conv))
+    return _product(BATCHED if vectorised else SINGLE, prof, n)
+
+
 def slq_seconds(prof: Profile, n: int, p: int, hcfg, dtype: str | None = None) -> float:
     """SLQ in ``dtype`` (by default ``hcfg.auto_slq_dtype``, as auto runs it) on P parameters: up to
     ``max_iter`` single products for the top eigenpairs, then ``steps`` batches of ``probes``, and the
     reorthogonalisation of each probe's Lanczos vectors (full: against every earlier one, twice; selective:
     against the ``topk`` deflated ones); float64 about twice float32's time."""
     probes, steps = int(hcfg.probes), int(hcfg.steps)
-    seconds = int(hcfg.max_iter) * _product(SINGLE, prof, n) + steps * probes * _product(BATCHED, prof, n)
+    seconds = int(hcfg.max_iter) * _product(SINGLE, prof, n) + steps * probes * _per_vector(prof, n)
     against = {"full": steps, "selective": 2 * int(hcfg.topk)}.get(hcfg.reorth, 0)
     seconds += REORTH * probes * steps * against * p
     return seconds * (2 if (dtype or hcfg.auto_slq_dtype) == "float64" else 1)
@@ -147,7 +157,7 @@ def build_seconds(model: nn.Module, prof: Profile, n: int, p: int) -> float:
     cost = spec_of(model).build_cost
     if cost is not None:
         return cost(model, prof, n, p)
-    return 2 * p * _product(BATCHED, prof, n)  # P products in float64, about twice float32's time
+    return 2 * p * _per_vector(prof, n)  # P products in float64, about twice float32's time
 
 
 def mlp_build_seconds(model: nn.Module, prof: Profile, n: int, p: int) -> float:

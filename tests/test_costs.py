@@ -67,6 +67,22 @@ def test_estimates_scale_with_examples_and_size():
     assert costs.estimate(curved, (40,), 4000, hcfg).exact > e4.exact
 
 
+def test_slq_prices_the_probes_as_the_operator_takes_them():
+    """A batch of probes goes through in one vectorised pass only where curvature.vectorises says the
+    operator takes it so (a small product, no convolution); else at the single product's rate, per vector."""
+    from sane_cli.curvature import vectorises
+
+    hcfg = auto_config(reorth="none")
+    cases = [(MLP(40, 10, depth=2, width=14), 4000, True), (MLP(40, 10, depth=3, width=256), 4000, False),
+             (CNN((40,), 10, depth=3, channels=8), 50, False)]  # fmt: skip
+    for model, n, vectorised in cases:
+        prof = costs.profile(model, (40,))
+        assert vectorises(n, prof.linear_macs + prof.conv_macs, any(prof.conv)) == vectorised
+        per_vector = costs._product(costs.BATCHED if vectorised else costs.SINGLE, prof, n)
+        expected = hcfg.max_iter * costs._product(costs.SINGLE, prof, n) + hcfg.probes * hcfg.steps * per_vector
+        assert costs.slq_seconds(prof, n, n_params(model), hcfg) == pytest.approx(expected)
+
+
 def choice(model, n=4000, shape=(40,), **overrides):
     return auto_choice(auto_config(**overrides), model, n_params(model), n=n, input_shape=shape)
 
@@ -123,12 +139,14 @@ def test_a_run_says_what_auto_chose(tmp_path, caplog):
 
 def test_a_long_checkpoint_is_announced_with_the_keys_that_shorten_it():
     from sane_cli.methods import long_checkpoint
+    from sane_cli.models import ResNet
 
-    cnn = CNN((40,), 10, depth=3, channels=32)  # SLQ in float64 on 4,000 examples: about 20 minutes
-    warning = long_checkpoint(auto_config(method="slq"), cnn, "slq", n=4000, input_shape=(40,))
-    assert warning.startswith("each curvature checkpoint (slq, 4,000 examples) is estimated at about 20 min")
+    resnet = ResNet((40,), 10, depth=8)  # SLQ in float64 on 4,000 examples: about 26 minutes
+    warning = long_checkpoint(auto_config(method="slq"), resnet, "slq", n=4000, input_shape=(40,))
+    assert warning.startswith("each curvature checkpoint (slq, 4,000 examples) is estimated at about 26 min")
     assert "hessian.subset" in warning and "hessian.every" in warning
-    assert long_checkpoint(auto_config(method="slq"), cnn, "slq", n=200, input_shape=(40,)) is None
+    assert long_checkpoint(auto_config(method="slq"), resnet, "slq", n=200, input_shape=(40,)) is None
+    cnn = CNN((40,), 10, depth=3, channels=32)
     assert long_checkpoint(auto_config(), cnn, "exact", n=4000, input_shape=(40,)) is None  # about a minute
     assert long_checkpoint(auto_config(), cnn, "block_diag", n=4000, input_shape=(40,)) is None  # not estimated
 
