@@ -77,6 +77,13 @@ class Profile:
 def profile(model: nn.Module, input_shape: tuple[int, ...]) -> Profile:
     """Count one example of ``input_shape`` through ``model`` with its parameters and buffers on the meta device
     (no copy of the model, no memory, no arithmetic)."""
+    with _on_meta(model):
+        return profile_example(model, torch.zeros(1, *input_shape, device="meta"))
+
+
+def profile_example(model: nn.Module, x1: torch.Tensor) -> Profile:
+    """Count the example ``x1`` (a batch of one) through ``model`` where they are (:func:`profile` on the meta
+    device; ``curvature.hvp_operator`` on the real one, which any model runs on)."""
     macs, conv, outputs = [], [], [0]
 
     def count(module, _inputs, output) -> None:
@@ -89,8 +96,8 @@ def profile(model: nn.Module, input_shape: tuple[int, ...]) -> Profile:
     leaves = [m for m in model.modules() if not list(m.children())]
     handles = [m.register_forward_hook(count) for m in leaves]
     try:
-        with torch.no_grad(), _on_meta(model):
-            logits = model(torch.zeros(1, *input_shape, device="meta")).numel()
+        with torch.no_grad():
+            logits = model(x1).numel()
     finally:
         for h in handles:
             h.remove()

@@ -375,7 +375,13 @@ def hvp_operator(
     p_total = sum(sizes)
     x, y, n = x.to(device=params[0].device, dtype=dtype), y.to(params[0].device), len(y)
 
-    graph, macs, conv = _one_example(net, x[:1])
+    from .costs import profile_example
+
+    prof = profile_example(net, x[:1])
+    # the recorded second-order graph of one example: about 6 x the outputs of every leaf module and the input
+    # (measured: 5-9 x for MLPs)
+    graph = 6 * (prof.outputs + x[0].numel()) * x.element_size()
+    macs, conv = prof.linear_macs + prof.conv_macs, any(prof.conv)
     rows = max(1, min(max_rows, chunk_bytes // max(1, graph)))  # a chunk's graph within chunk_bytes
     if keep_bytes is None:
         from .budget import free_memory
@@ -427,30 +433,6 @@ def vectorises(n: int, macs: int, conv: bool) -> bool:
     """Whether :func:`hvp_operator` takes several vectors in one vectorised pass (else one at a time): for a
     product of little work, ``n`` examples of ``macs`` multiply-adds each, without convolutions."""
     return not conv and n * macs < VECTORISE_MACS
-
-
-def _one_example(net: nn.Module, x1: torch.Tensor) -> tuple[int, int, bool]:
-    """One example through the model: the bytes its recorded second-order graph holds (estimated as 6 x the
-    outputs of every leaf module; measured: 5-9 x for MLPs), its linear and convolutional multiply-adds, and
-    whether it has convolutions."""
-    total, macs, conv = [0], [0], [False]
-
-    def hook(module, _inputs, output):
-        if isinstance(output, torch.Tensor):
-            total[0] += output.numel() * output.element_size()
-            if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
-                macs[0] += output.numel() * module.weight[0].numel()
-                conv[0] |= not isinstance(module, nn.Linear)
-
-    leaves = [m for m in net.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        with torch.no_grad():
-            net(x1)
-    finally:
-        for h in handles:
-            h.remove()
-    return 6 * (total[0] + x1.numel() * x1.element_size()), macs[0], conv[0]
 
 
 def _copy_for_curvature(model: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -79,13 +79,7 @@ def test_hvp_operator_streams_chunks_beyond_its_memory(keep_bytes, vectorise, mo
     one vector at a time (the operator's choice, forced here both ways)."""
     from sane_cli import curvature
 
-    real = curvature._one_example
-
-    def sized(net, x1):  # the work per product: small (vectorised) or, with a convolution, not
-        graph, macs, _ = real(net, x1)
-        return graph, macs, not vectorise
-
-    monkeypatch.setattr(curvature, "_one_example", sized)
+    monkeypatch.setattr(curvature, "vectorises", lambda n, macs, conv: vectorise)
     model, loss_fn, x, y, ref = problem(depth=3, width=8)
     matvec, p = hvp_operator(model, loss_fn, x, y, max_rows=17, keep_bytes=keep_bytes)
     v = torch.randn(5, p, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
