@@ -131,9 +131,10 @@ def main() -> None:
         rows["eigenthings power"] = (t, error(res.eigenvalues.cpu().numpy(), k))
         print(f"top-{k:<3} hessian-eigenthings power (tol 1e-3){'':<6}{t:>9.1f}"
               f"{error(res.eigenvalues.cpu().numpy(), k):>12.1e}")  # fmt: skip
-        # at equal accuracy: the peers whose error is within the 1e-3 asked of every one
-        fastest = min([(t, name) for name, (t, err) in rows.items() if err <= 1e-3], default=(float("nan"), "none"))
-        print(f"top-{k}: the fastest peer within 1e-3 ({fastest[1]}) / ours = {fastest[0] / t_ours:.1f}x\n")
+        # at equal accuracy: the peers whose error is within the 1e-3 asked of every one, or within ours
+        within = max(1e-3, error(ours.values, k))
+        fastest = min([(t, name) for name, (t, err) in rows.items() if err <= within], default=(float("nan"), "none"))
+        print(f"top-{k}: the fastest peer within {within:.2g} ({fastest[1]}) / ours = {fastest[0] / t_ours:.1f}x\n")
 
     if "trace" not in skip:
         (tr, se), t_ours = timed(lambda: hutchinson(matvec, p, probes=100, seed=0, dtype=torch.float32))

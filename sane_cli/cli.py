@@ -766,6 +766,16 @@ def _keep_earlier_multirun(argv: list[str]) -> None:
         print(f"sane-run: {earlier.parent} holds a sweep; its multirun.yaml is kept as multirun.{k}.yaml", flush=True)
 
 
+def measure_main() -> None:
+    """``sane-measure MODEL [KEY=VALUE ...]``: see :mod:`sane_cli.saved`."""
+    from .saved import main
+
+    try:
+        main(sys.argv[1:])
+    except UsageError as e:
+        _usage_exit("sane-measure", e)
+
+
 def report_main() -> None:
     """``sane-report PATH [PATH...]``: see :func:`sane_cli.report.main`."""
     from .report import main

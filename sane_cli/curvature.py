@@ -377,11 +377,14 @@ def hvp_operator(
 
     from .costs import profile_example
 
-    prof = profile_example(net, x[:1])
-    # the recorded second-order graph of one example: about 6 x the outputs of every leaf module and the input
-    # (measured: 5-9 x for MLPs)
-    graph = 6 * (prof.outputs + x[0].numel()) * x.element_size()
-    macs, conv = prof.linear_macs + prof.conv_macs, any(prof.conv)
+    try:
+        prof = profile_example(net, x[:1])
+        # the recorded second-order graph of one example: about 6 x the outputs of every leaf module and the input
+        # (measured: 5-9 x for MLPs)
+        graph = 6 * (prof.outputs + x[0].numel()) * x.element_size()
+        macs, conv = prof.linear_macs + prof.conv_macs, any(prof.conv)
+    except RuntimeError:  # a TorchScript module takes no hooks: chunks of max_rows, one vector at a time
+        graph, macs, conv = 0, 0, True
     rows = max(1, min(max_rows, chunk_bytes // max(1, graph)))  # a chunk's graph within chunk_bytes
     if keep_bytes is None:
         from .budget import free_memory

@@ -1,0 +1,485 @@
+"""sane-run's curvature from any training loop: measure a model's Hessian on a dataset, and write a run folder
+that ``sane-report`` reads, at the steps the caller chooses.
+
+    from sane_cli import CurvatureProbe, measure_curvature
+
+    c = measure_curvature(model, (x, y))                 # one checkpoint: c.lambda_max, c.n_eff, c.sane, ...
+    with CurvatureProbe("outputs/mine", model, (x, y), optimizer=opt, test_data=(xt, yt)) as probe:
+        for step in range(steps + 1):
+            if step % 100 == 0:
+                probe.measure(step)                       # hessian.csv, layers.csv, spectra/step_<step>.npz
+                probe.log_metrics(step)                   # metrics.csv
+            if step < steps:
+                ...                                       # the loop's own step
+
+The curvature is that of the mean loss over every example given (tensors, or all the batches of a DataLoader),
+of the model in eval mode, by the methods of ``sane-run``'s ``hessian`` group (:func:`hessian_config`). The
+sharpness is read against the stability threshold of the optimiser given, taken from the optimiser itself at
+each checkpoint (:func:`stability_threshold`: SGD with or without momentum, dampening or Nesterov's, Adam,
+AdamW; a learning-rate schedule's current rate), so a rate changed by a scheduler moves the threshold with it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .errors import UsageError
+from .losses import LOSSES, LossFn, loss_function
+from .measures import checkpoint_row
+from .methods import CHOICES, measure, preconditioned_sharpness, top_eigenvalue
+from .methods import check_config as check_hessian
+from .models import BUILT_IN, MODELS, n_parameters, spec_of
+from .records.schema import FINAL_COLUMNS
+
+log = logging.getLogger(__name__)
+
+Data = tuple[torch.Tensor, torch.Tensor] | Iterable
+
+
+def hessian_config(method: str = "auto", **overrides: Any) -> DictConfig:
+    """The ``hessian`` config of ``method`` (conf/hessian/<method>.yaml: every key of ``sane-run``'s group, with
+    its defaults) with ``overrides`` (e.g. ``probes=16``, ``dtype="float32"``, ``layers=False``).
+
+    Raises:
+        UsageError: an unknown method or key, or a bad value, in one line naming it.
+    """
+    if method not in CHOICES:
+        raise UsageError(f"hessian method {method!r} is unknown; choose one of {', '.join(CHOICES)}")
+    folder = resources.files("sane_cli.conf") / "hessian"
+    base = OmegaConf.load(folder / "exact.yaml")
+    own = OmegaConf.load(folder / f"{method}.yaml")
+    own.pop("defaults", None)
+    hcfg = OmegaConf.merge(base, own)
+    OmegaConf.set_struct(hcfg, True)
+    try:
+        hcfg = OmegaConf.merge(hcfg, overrides)
+    except Exception as e:  # omegaconf's ConfigKeyError: a key the group does not have
+        raise UsageError(f"hessian config: {str(e).splitlines()[0]}; the keys are {', '.join(base)}") from None
+    return hcfg
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """What an optimiser's sharpness is read against: the ``value`` of its stability threshold (NaN where
+    unknown), the learning rate, and for an adaptive optimiser its diagonal preconditioner (a function of the
+    optimiser, None before its first step) and the weight decay that its preconditioned curvature includes."""
+
+    value: float
+    lr: float
+    preconditioner: Callable[[torch.optim.Optimizer], list[torch.Tensor] | None] | None = None
+    weight_decay: float = 0.0
+    why: str = ""  # where the value is NaN: why
+
+
+def _groups_agree(opt: torch.optim.Optimizer, keys: tuple[str, ...]) -> str:
+    """'' where every parameter group has the same ``keys``; else which one differs."""
+    first = opt.param_groups[0]
+    for key in keys:
+        if any(g.get(key) != first.get(key) for g in opt.param_groups[1:]):
+            return f"its parameter groups have different {key}s (one threshold needs one value)"
+    return ""
+
+
+def _sgd(opt: torch.optim.Optimizer) -> Threshold:
+    """torch.optim.SGD: 2/lr, heavy-ball (2 + 2 beta)/((1 - dampening) lr), Nesterov (2 + 2 beta)/((1 + 2 beta)
+    lr), each less the weight decay (sane_cli.optim's docstring; dampening tau scales the step of the momentum
+    buffer by 1 - tau, which is heavy ball at the rate (1 - tau) lr)."""
+    g = opt.param_groups[0]
+    lr, beta, tau, wd = float(g["lr"]), float(g["momentum"]), float(g.get("dampening", 0.0)), float(g["weight_decay"])
+    if g.get("nesterov") and beta > 0:
+        limit = (2 + 2 * beta) / ((1 + 2 * beta) * lr)
+    elif beta > 0:
+        limit = (2 + 2 * beta) / ((1 - tau) * lr) if tau < 1 else float("inf")
+    else:
+        limit = 2 / lr
+    return Threshold(limit - wd, lr)
+
+
+def _adam_diagonal(opt: torch.optim.Optimizer) -> list[torch.Tensor] | None:
+    """Adam's and AdamW's diagonal preconditioner after the latest step, (1 - beta1^t) (sqrt(v_t / (1 -
+    beta2^t)) + eps) per parameter (sane_cli.optim's docstring; with amsgrad, the running maximum of v)."""
+    diagonal = []
+    for group in opt.param_groups:
+        beta1, beta2 = group["betas"]
+        for p in group["params"]:
+            state = opt.state.get(p)
+            key = "max_exp_avg_sq" if group.get("amsgrad") else "exp_avg_sq"
+            if not state or key not in state:
+                return None
+            t = float(state["step"])
+            v_hat = state[key].double() / (1 - beta2**t)
+            diagonal.append((1 - beta1**t) * (v_hat.sqrt() + group["eps"]))
+    return diagonal
+
+
+def _adam(opt: torch.optim.Optimizer) -> Threshold:
+    """Adam (weight decay in the gradient, L2): (2 + 2 beta1)/((1 - beta1) lr) on lambda_max(P^-1 (H + wd I)).
+    AdamW (or Adam with decoupled_weight_decay): the weights shrink by 1 - lr wd outside the moving average,
+    which lowers the threshold on lambda_max(P^-1 H) to (1 + beta1)(2 - lr wd)/((1 - beta1) lr) (the linearised
+    update's eigenvalue reaches -1 there; tests/test_api.py runs torch's AdamW either side of it)."""
+    g = opt.param_groups[0]
+    lr, beta1, wd = float(g["lr"]), float(g["betas"][0]), float(g["weight_decay"])
+    if isinstance(opt, torch.optim.AdamW) or g.get("decoupled_weight_decay"):
+        return Threshold((1 + beta1) * (2 - lr * wd) / ((1 - beta1) * lr), lr, _adam_diagonal)
+    return Threshold((2 + 2 * beta1) / ((1 - beta1) * lr), lr, _adam_diagonal, wd)
+
+
+OPTIMISERS: dict[type, tuple[Callable[[torch.optim.Optimizer], Threshold], tuple[str, ...]]] = {
+    torch.optim.SGD: (_sgd, ("lr", "momentum", "dampening", "nesterov", "weight_decay")),
+    torch.optim.Adam: (_adam, ("lr", "betas", "eps", "weight_decay", "amsgrad")),
+    torch.optim.AdamW: (_adam, ("lr", "betas", "eps", "weight_decay", "amsgrad")),
+}
+
+
+def threshold_of(optimizer: torch.optim.Optimizer | None) -> Threshold:
+    """The stability threshold of ``optimizer`` as it is now (its current learning rate), or a NaN one saying why
+    (no optimiser, an unknown class, parameter groups that disagree)."""
+    if optimizer is None:
+        return Threshold(float("nan"), float("nan"), why="no optimiser given")
+    lr = float(optimizer.param_groups[0].get("lr", float("nan")))
+    entry = next((v for cls, v in OPTIMISERS.items() if type(optimizer) is cls), None)
+    if entry is None:
+        known = ", ".join(f"torch.optim.{c.__name__}" for c in OPTIMISERS)
+        return Threshold(float("nan"), lr, why=f"{type(optimizer).__name__} has no known threshold ({known} have)")
+    read, keys = entry
+    differ = _groups_agree(optimizer, keys)
+    if differ:
+        return Threshold(float("nan"), lr, why=differ)
+    return read(optimizer)
+
+
+def stability_threshold(optimizer: torch.optim.Optimizer) -> float:
+    """The largest sharpness for which ``optimizer``'s update is stable, read from the optimiser itself (its
+    class and its first parameter group, as it is now): 2/lr for SGD, (2 + 2 beta)/lr with heavy-ball
+    momentum, and so on (:func:`threshold_of`); NaN for an optimiser without a known one. Adam's and AdamW's
+    is on the preconditioned sharpness lambda_max(P^-1 H).
+
+    >>> w = [torch.nn.Parameter(torch.zeros(2))]
+    >>> stability_threshold(torch.optim.SGD(w, lr=0.1))
+    20.0
+    >>> round(stability_threshold(torch.optim.SGD(w, lr=0.1, momentum=0.9)), 10)
+    38.0
+    >>> round(stability_threshold(torch.optim.Adam(w, lr=0.01)), 10)
+    3800.0
+    """
+    return threshold_of(optimizer).value
+
+
+def as_tensors(data: Data, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) of ``data``: a pair of tensors as they are, or every batch of a DataLoader (or any iterable of
+    (inputs, labels) pairs) concatenated in order, on ``device``.
+
+    Raises:
+        UsageError: ``data`` is neither, or its parts do not pair up.
+    """
+    if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+    else:
+        try:
+            batches = [(b[0], b[1]) for b in data]
+        except (TypeError, IndexError, KeyError) as e:
+            raise UsageError(
+                f"data must be a pair of tensors (x, y) or a DataLoader of (inputs, labels) batches, not "
+                f"{type(data).__name__} ({e})"
+            ) from None
+        if not batches:
+            raise UsageError("data holds no examples (an empty DataLoader); give it the examples to measure on")
+        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    if len(x) != len(y) or len(y) == 0:
+        raise UsageError(f"data must hold as many labels as inputs, at least one: {len(x)} inputs, {len(y)} labels")
+    return (x, y) if device is None else (x.to(device), y.to(device))
+
+
+def _loss(loss: str | LossFn, classes: int) -> LossFn:
+    if callable(loss):
+        return loss
+    if loss not in LOSSES:
+        raise UsageError(f"loss {loss!r} is unknown; choose one of {', '.join(LOSSES)} or give a function "
+                         "(logits, labels) -> the mean loss")  # fmt: skip
+    return loss_function(loss, classes)
+
+
+def _model_name(model: nn.Module) -> str:
+    """The registry name of the model's structure (mlp, cnn, resnet: a layer-structured build) or custom."""
+    spec = spec_of(model)
+    return next((n for n, s in MODELS.items() if s is spec and n in BUILT_IN), "custom")
+
+
+def _checked(hcfg: DictConfig, model: nn.Module) -> DictConfig:
+    """``hcfg`` checked as sane-run checks its hessian group (a bad value: one line)."""
+    check_hessian(OmegaConf.create({"hessian": hcfg, "model": {"name": _model_name(model)}}))
+    return hcfg
+
+
+@dataclass
+class Curvature:
+    """One curvature checkpoint: ``row`` (hessian.csv's columns: lambda_max, trace, n_eff, sane and the rest,
+    with the optimiser's threshold and sharpness ratio where an optimiser was given), the ``eigenvalues``
+    (descending: all of them for exact, block_diag and block_band; the top Ritz values for lanczos and slq),
+    the top ``eigenvectors`` (P, hessian.topk_vectors), one row per layer where measured (layers.csv's
+    columns), and the arrays the spectrum file keeps beside (SLQ's nodes and weights)."""
+
+    row: dict[str, Any]
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def lambda_max(self) -> float:
+        return float(self.row["lambda_max"])
+
+    @property
+    def trace(self) -> float:
+        return float(self.row["trace"])
+
+    @property
+    def n_eff(self) -> float:
+        return float(self.row["n_eff"])
+
+    @property
+    def sane(self) -> float:
+        return float(self.row["sane"])
+
+    @property
+    def sharpness_ratio(self) -> float:
+        return float(self.row["sharpness_ratio"])
+
+
+class _Measurer:
+    """What a checkpoint needs, fixed once: the model's loss on its data, the Hessian's examples, the config."""
+
+    def __init__(self, model, data, *, loss, method, hessian, subset, classes, warn):
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise UsageError("the model has no trainable parameters: nothing to take the Hessian of")
+        self.device = params[0].device
+        self.x, self.y = as_tensors(data, self.device)
+        if not self.x.is_floating_point():
+            raise UsageError(f"the inputs must be floating point, not {self.x.dtype}")
+        self.x = self.x.to(params[0].dtype)
+        self.classes = int(classes) if classes is not None else int(self.y.max()) + 1
+        self.loss_fn = _loss(loss, self.classes)
+        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
+        self.hcfg = _checked(hessian_config(method, **dict(hessian or {})), model)
+        self.hx, self.hy, self.subset = self.x, self.y, None
+        subset = self.hcfg.subset if subset is None else subset  # the argument, else hessian.subset
+        if subset is not None:
+            if not isinstance(subset, int) or isinstance(subset, bool) or not 1 <= subset:
+                raise UsageError(f"subset={subset!r} must be a positive number of examples (None: all of them)")
+            if subset < len(self.y):  # a fixed seeded subset, as sane-run's hessian.subset draws it
+                gen = torch.Generator().manual_seed(int(self.hcfg.seed))
+                idx = torch.randperm(len(self.y), generator=gen)[:subset].sort().values.to(self.device)
+                self.hx, self.hy, self.subset = self.x[idx], self.y[idx], subset
+        self.warn, self.warned = warn, set()
+
+    def checkpoint(self, model, step: int, kind: str, optimizer) -> Curvature:
+        start = time.perf_counter()
+        threshold = threshold_of(optimizer)
+        if optimizer is not None and threshold.why and threshold.why not in self.warned:
+            self.warned.add(threshold.why)
+            self.warn(f"the sharpness ratio is left empty: {threshold.why}")
+        was_training = model.training
+        try:
+            result = measure(model, self.loss_fn, self.hx, self.hy, self.hcfg)
+            lambda_max_train = None
+            if self.subset is not None:
+                lambda_max_train = top_eigenvalue(model, self.loss_fn, self.x, self.y, self.hcfg)
+            sharpness = None
+            if threshold.preconditioner is not None:
+                sharpness = float("nan")
+                diagonal = threshold.preconditioner(optimizer)
+                if diagonal is not None and all(bool(torch.isfinite(d).all()) for d in diagonal):
+                    sharpness = preconditioned_sharpness(model, self.loss_fn, self.x, self.y, self.hcfg, diagonal,
+                                                         threshold.weight_decay)  # fmt: skip
+        finally:
+            model.train(was_training)
+        row = checkpoint_row(
+            step=int(step), kind=kind, lr=threshold.lr, result=result, hcfg=self.hcfg, n_params=n_parameters(model),
+            subset=len(self.hy), threshold=threshold.value, lambda_max_train=lambda_max_train,
+            preconditioned_sharpness=sharpness, seconds=time.perf_counter() - start,
+        )  # fmt: skip
+        return Curvature(row, result.eigenvalues, result.eigenvectors, result.layers, dict(result.arrays))
+
+
+def measure_curvature(
+    model: nn.Module,
+    data: Data,
+    *,
+    loss: str | LossFn = "cross_entropy",
+    method: str = "auto",
+    hessian: Mapping[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    subset: int | None = None,
+    classes: int | None = None,
+    step: int = 0,
+) -> Curvature:
+    """One curvature checkpoint of ``model`` (in eval mode, as it is now) on ``data``: the Hessian of the mean
+    ``loss`` over every example by ``method`` (exact, block_diag, block_band, lanczos, slq, auto) with the
+    ``hessian`` config's keys overridden (:func:`hessian_config`), on a seeded ``subset`` of the examples if
+    given (the top eigenvalue of the whole loss then beside it); the sharpness against ``optimizer``'s
+    stability threshold where one is given.
+
+    ``loss``: ``"cross_entropy"``, ``"mse"`` (0.5 squared error against one-hot labels), or a function
+    (logits, labels) -> the mean loss over the batch. ``classes``: the number of classes (default: the largest
+    label + 1). The numbers are those ``sane-run`` logs for the same model, data and config.
+
+    Raises:
+        UsageError: bad input (a model without parameters, data that are not examples, an unknown method, key
+        or loss), in one line.
+    """
+    measurer = _Measurer(model, data, loss=loss, method=method, hessian=hessian, subset=subset, classes=classes,
+                         warn=log.warning)  # fmt: skip
+    return measurer.checkpoint(model, step, "scheduled", optimizer)
+
+
+class CurvatureProbe:
+    """A run folder written from the caller's own training loop, in ``sane-run``'s layout, so that
+    ``sane-report`` reads it beside sane-run's: :meth:`measure` writes a curvature checkpoint (hessian.csv,
+    layers.csv, spectra/step_<step>.npz), :meth:`log_metrics` a metrics.csv row, :meth:`close` the final
+    summary.json (also on leaving a ``with`` block: completed, or failed / interrupted with the error).
+
+    ``model``, ``data``, ``loss``, ``method``, ``hessian``, ``subset`` and ``classes`` as for
+    :func:`measure_curvature`; ``optimizer`` (optional) gives each checkpoint its stability threshold, read
+    from it at that step; ``test_data`` (optional) the test columns of metrics.csv. ``config``: entries merged
+    into the config that summary.json records and the report groups runs by (e.g. ``{"seed": 1, "model":
+    {"width": 64}, "dataset": {"name": "cifar10"}}``); the model's, optimiser's and loss's names and the
+    optimiser's learning rate, momentum and weight decay are filled in from the objects.
+
+    Raises:
+        UsageError: as :func:`measure_curvature`, or ``run_dir`` already holds a run.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        model: nn.Module,
+        data: Data,
+        *,
+        loss: str | LossFn = "cross_entropy",
+        method: str = "auto",
+        hessian: Mapping[str, Any] | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        test_data: Data | None = None,
+        subset: int | None = None,
+        classes: int | None = None,
+        config: Mapping[str, Any] | None = None,
+    ):
+        from .records.writer import RunWriter
+        from .training import environment
+
+        self.model, self.optimizer = model, optimizer
+        self._measurer = _Measurer(model, data, loss=loss, method=method, hessian=hessian, subset=subset,
+                                   classes=classes, warn=log.warning)  # fmt: skip
+        m = self._measurer
+        self.test = None if test_data is None else as_tensors(test_data, m.device)
+        if self.test is not None:
+            self.test = (self.test[0].to(m.x.dtype), self.test[1])
+        self.config = _run_config(model, optimizer, m, config)
+        started = dt.datetime.now().isoformat(timespec="seconds")
+        self.summary: dict[str, Any] = {
+            "status": "running", "error": None, "started": started, "command": sys.argv, "source": "sane_cli.api",
+            "n_params": n_parameters(model), "n_train": len(m.y),
+            "n_test": 0 if self.test is None else len(self.test[1]), "environment": environment(m.device),
+            "config": self.config,
+        }  # fmt: skip
+        self.writer = RunWriter.create(run_dir, self.summary)
+        self.dir = self.writer.dir
+        self.last: dict[str, dict[str, Any]] = {}
+        self.closed = False
+
+    def measure(self, step: int, kind: str = "scheduled") -> Curvature:
+        """A curvature checkpoint of the model as it is now, recorded as ``step`` (steps increase from one
+        checkpoint to the next), written to the run folder; returns it."""
+        self._open()
+        if "curvature" in self.last and int(step) <= int(self.last["curvature"]["step"]):
+            raise UsageError(f"step {step} comes after step {self.last['curvature']['step']}: each checkpoint's step "
+                             "must be larger than the one before")  # fmt: skip
+        c = self._measurer.checkpoint(self.model, step, kind, self.optimizer)
+        self.writer.log_curvature(c.row, c.eigenvalues, c.eigenvectors, c.layers, **c.arrays)
+        self.last["curvature"] = c.row
+        return c
+
+    def log_metrics(self, step: int, *, epoch: float | None = None, train_loss: float | None = None) -> dict[str, Any]:
+        """A metrics.csv row at ``step``: the loss and accuracy of the model (eval mode) on the data and the test
+        data (empty without), ``epoch`` as given, the optimiser's current learning rate. ``train_loss``: a
+        value of the caller's in place of the one computed."""
+        from .training import evaluate
+
+        self._open()
+        m = self._measurer
+        tr_loss, tr_acc = evaluate(self.model, m.loss_fn, m.x, m.y)
+        te_loss, te_acc = (float("nan"),) * 2 if self.test is None else evaluate(self.model, m.loss_fn, *self.test)
+        lr = float("nan") if self.optimizer is None else float(self.optimizer.param_groups[0]["lr"])
+        row = {"step": int(step), "epoch": float("nan") if epoch is None else epoch,
+               "train_loss": tr_loss if train_loss is None else float(train_loss), "train_acc": tr_acc,
+               "test_loss": te_loss, "test_acc": te_acc, "lr": lr}  # fmt: skip
+        self.writer.log_metrics(row)
+        self.last["metrics"] = row
+        return row
+
+    def close(self, status: str = "completed", error: str | None = None) -> None:
+        """summary.json's final entries (the latest metrics and curvature as final_<column>) and status
+        (completed, converged, diverged, failed, interrupted); the folder released. Closing twice does
+        nothing."""
+        if self.closed:
+            return
+        self.closed = True
+        final = {f"final_{k}": v for k, v in self.last.get("metrics", {}).items() if k not in ("lr", "epoch")}
+        if "curvature" in self.last:
+            final.update({f"final_{k}": self.last["curvature"][k] for k in FINAL_COLUMNS})
+            final["final_curvature_step"] = self.last["curvature"]["step"]
+        steps = max([int(r["step"]) for r in self.last.values()], default=0)
+        self.summary.update(status=status, error=error, steps_done=steps, finished=dt.datetime.now().isoformat(
+            timespec="seconds"), **final)  # fmt: skip
+        try:
+            self.writer.write_summary(self.summary)
+        finally:
+            self.writer.close()
+
+    def _open(self) -> None:
+        if self.closed:
+            raise UsageError(f"{self.dir}: the probe is closed; open a new CurvatureProbe on another folder")
+
+    def __enter__(self) -> CurvatureProbe:
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        if error is None:
+            self.close("completed")
+        elif isinstance(error, KeyboardInterrupt):
+            self.close("interrupted", "KeyboardInterrupt")
+        else:
+            self.close("failed", f"{type(error).__name__}: {error}")
+
+
+def _run_config(model: nn.Module, optimizer, m: _Measurer, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The config summary.json records: what the objects say, then the caller's ``extra`` entries over it."""
+    group = optimizer.param_groups[0] if optimizer is not None else {}
+    optim = {"name": type(optimizer).__name__.lower() if optimizer is not None else None,
+             "lr": group.get("lr"), "momentum": group.get("momentum"),
+             "weight_decay": group.get("weight_decay"), "batch_size": None}  # fmt: skip
+    config = {
+        "model": {"name": _model_name(model) if _model_name(model) != "custom" else type(model).__name__},
+        "optim": {k: (float(v) if isinstance(v, int | float) and k != "name" else v) for k, v in optim.items()},
+        "dataset": {"name": "custom"}, "loss": m.loss_name, "seed": None,
+        "hessian": OmegaConf.to_container(m.hcfg, resolve=True),
+    }  # fmt: skip
+    if extra:
+        config = OmegaConf.to_container(OmegaConf.merge(config, dict(extra)), resolve=True)
+    return config
