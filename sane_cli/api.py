@@ -273,6 +273,9 @@ class _Measurer:
         if not self.x.is_floating_point():
             raise UsageError(f"the inputs must be floating point, not {self.x.dtype}")
         self.x = self.x.to(params[0].dtype)
+        if isinstance(loss, str) and (self.y.is_floating_point() or self.y.is_complex() or self.y.ndim != 1):
+            raise UsageError(f"loss={loss!r} takes integer class labels, one per example, not {self.y.dtype} labels "
+                             f"of shape {tuple(self.y.shape)}; give a loss function for other targets")  # fmt: skip
         self.classes = int(classes) if classes is not None else int(self.y.max()) + 1
         self.loss_fn = _loss(loss, self.classes)
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
@@ -282,6 +285,8 @@ class _Measurer:
         if subset is not None:
             if not isinstance(subset, int) or isinstance(subset, bool) or not 1 <= subset:
                 raise UsageError(f"subset={subset!r} must be a positive number of examples (None: all of them)")
+            if subset > len(self.y):
+                raise UsageError(f"subset={subset} is more than the {len(self.y)} examples given")
             if subset < len(self.y):  # a fixed seeded subset, as sane-run's hessian.subset draws it
                 gen = torch.Generator().manual_seed(int(self.hcfg.seed))
                 idx = torch.randperm(len(self.y), generator=gen)[:subset].sort().values.to(self.device)

@@ -289,6 +289,8 @@ def test_bad_input_is_one_line(tmp_path):
         (lambda: measure_curvature(model, (x, y), hessian={"probes": 1}), "hessian.probes"),
         (lambda: measure_curvature(model, (x, y), loss="hinge"), "cross_entropy"),
         (lambda: measure_curvature(model, (x, y), subset=0), "subset"),
+        (lambda: measure_curvature(model, (x, y), subset=21), "more than the 20 examples"),
+        (lambda: measure_curvature(model, (x, y.double())), "integer class labels"),
         (lambda: measure_curvature(model, (x, y), method="block_diag"), "layer blocks"),
         (lambda: measure_curvature(torch.nn.ReLU(), (x, y)), "no trainable parameters"),
     ]
