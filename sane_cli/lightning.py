@@ -133,6 +133,15 @@ class SaneCallback(Callback):
             return
         self.measured = step
         c = self.probe.measure(step)
-        self.probe.log_metrics(step, epoch=float(trainer.current_epoch))
+        self.probe.log_metrics(step, epoch=_passes(trainer, step))
         if self.log_to_logger and trainer.logger is not None:
             trainer.logger.log_metrics({f"sane/{k}": float(c.row[k]) for k in LOGGED}, step=step)
+
+
+def _passes(trainer, step: int) -> float:
+    """metrics.csv's epoch: the passes over the training set at ``step`` (optimiser steps over the steps of an
+    epoch), or the trainer's epoch where its dataloader has no length."""
+    batches = trainer.num_training_batches
+    if not isinstance(batches, int) or batches < 1:
+        return float(trainer.current_epoch)
+    return round(step / max(1, batches // max(1, int(trainer.accumulate_grad_batches))), 4)

@@ -82,6 +82,10 @@ def test_the_callback_writes_what_a_plain_loop_writes(tmp_path):
     rows = logged.dropna(subset=["sane/lambda_max"])
     assert rows.step.tolist() == [0, 4, 8, 12]
     assert rows["sane/lambda_max"].tolist() == ours.hessian.lambda_max.tolist()
+    from sane_cli.report import report  # sane-report reads both folders, one row each, the same final SANE
+
+    table = pd.read_csv(report([tmp_path / "lit", tmp_path / "loop"], tmp_path / "report").parent / "summary.csv")
+    assert len(table) == 2 and (table.sane == ours.hessian.sane.iloc[-1]).all()
 
 
 def test_every_epoch_on_a_subset_of_a_shuffled_loader(tmp_path):
@@ -93,6 +97,7 @@ def test_every_epoch_on_a_subset_of_a_shuffled_loader(tmp_path):
     trainer(tmp_path, [callback], steps=8).fit(Module(net, lr=0.1), loader)
     run = load_run(tmp_path / "lit")
     assert run.hessian.step.tolist() == [0, 4, 8] and (run.hessian.subset == 40).all()
+    assert run.metrics.epoch.tolist() == [0.0, 1.0, 2.0]  # passes over the training set
     assert run.summary["config"]["model"]["name"] == "Module" and run.summary["config"]["optim"]["name"] == "sgd"
     assert run.summary["config"]["trainer"]["max_steps"] == 8
     c = SaneCallback(tmp_path / "other")  # by default every epoch
