@@ -440,8 +440,11 @@ def vectorises(n: int, macs: int, conv: bool) -> bool:
 
 def _copy_for_curvature(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     import copy
+    import warnings
 
-    net = copy.deepcopy(model).to(dtype)
+    with warnings.catch_warnings():  # a TorchScript module's .to() reads each parameter's .grad, and warns
+        warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf")
+        net = copy.deepcopy(model).to(dtype)
     net.eval()
     return net
 

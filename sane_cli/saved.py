@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,9 @@ def measure_saved(model_path: str, overrides: list[str], out: str | None = None,
     data = load_data(cfg.dataset)
     if kind == "torchscript":
         try:
-            model = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # torch 2.9+ marks TorchScript deprecated, in favour of torch.export
+                warnings.simplefilter("ignore", FutureWarning)
+                model = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
             raise UsageError(
                 f"{path} is not a TorchScript file torch can load: {str(e).splitlines()[0][:200]}"
@@ -147,7 +150,9 @@ def measure_saved(model_path: str, overrides: list[str], out: str | None = None,
             raise UsageError(f"{path} does not fit model={cfg.model.name} as configured ({first[:200]}); give the "
                              "model's config: model=, depth=, width=, or model.factory=") from None  # fmt: skip
         name = None
-    model = model.to(device, dtype)
+    with warnings.catch_warnings():  # a TorchScript module's .to() reads each parameter's .grad, and warns
+        warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf")
+        model = model.to(device, dtype)
     optimizer = None
     named = any(o.split("=", 1)[0] in ("lr", "optim") or o.startswith("optim.") for o in overrides)
     if checkpoint or named:

@@ -372,6 +372,14 @@ def test_sane_measure_of_a_state_dict_and_a_torchscript_file(tmp_path):
     folder, c = measure_saved(str(tmp_path / "net.ts"), tiny, out=str(tmp_path / "b"))
     assert c.lambda_max == pytest.approx(ref.lambda_max, rel=1e-12) and math.isnan(c.row["sharpness_ratio"])
     assert load_run(folder).summary["config"]["model"]["name"] == "torchscript"
+    from sane_cli.examples import residual_mlp  # a model of one's own, by its factory
+
+    torch.manual_seed(3)
+    own = residual_mlp((6,), 3, width=5, blocks=1).double()
+    torch.save(own.state_dict(), tmp_path / "own.pt")
+    factory = ["model=custom", "model.factory=sane_cli.examples:residual_mlp", "model.kwargs={width: 5, blocks: 1}"]
+    _, c = measure_saved(str(tmp_path / "own.pt"), [*tiny, *factory], out=str(tmp_path / "c"))
+    assert c.lambda_max == measure_curvature(own, (data.x_train.double(), data.y_train), method="exact").lambda_max
     (tmp_path / "garbage.pt").write_bytes(b"\x00not a model" * 10)
     torch.save(model, tmp_path / "whole.pt")
     for file, extra, words in [
