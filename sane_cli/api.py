@@ -224,6 +224,11 @@ def _checked(hcfg: DictConfig, model: nn.Module) -> DictConfig:
     return hcfg
 
 
+def _column(name: str) -> property:
+    """A read-only float attribute for the row's column ``name``."""
+    return property(lambda self: float(self.row[name]), doc=f"the row's {name}, a float")
+
+
 @dataclass
 class Curvature:
     """One curvature checkpoint: ``row`` (hessian.csv's columns: lambda_max, trace, n_eff, sane and the rest,
@@ -238,25 +243,11 @@ class Curvature:
     layers: list[dict[str, Any]] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
-    @property
-    def lambda_max(self) -> float:
-        return float(self.row["lambda_max"])
-
-    @property
-    def trace(self) -> float:
-        return float(self.row["trace"])
-
-    @property
-    def n_eff(self) -> float:
-        return float(self.row["n_eff"])
-
-    @property
-    def sane(self) -> float:
-        return float(self.row["sane"])
-
-    @property
-    def sharpness_ratio(self) -> float:
-        return float(self.row["sharpness_ratio"])
+    lambda_max = _column("lambda_max")
+    trace = _column("trace")
+    n_eff = _column("n_eff")
+    sane = _column("sane")
+    sharpness_ratio = _column("sharpness_ratio")
 
 
 class _Measurer:
