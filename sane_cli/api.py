@@ -41,15 +41,15 @@ from .losses import LOSSES, LossFn, loss_function
 from .measures import checkpoint_row
 from .methods import CHOICES, measure, preconditioned_sharpness, top_eigenvalue
 from .methods import check_config as check_hessian
-from .models import BUILT_IN, MODELS, n_parameters, spec_of
-from .records.schema import FINAL_COLUMNS
+from .models import BUILT_IN, MODELS, eval_mode, n_parameters, spec_of
+from .records.schema import FINAL_COLUMNS, STATUSES
 
 log = logging.getLogger(__name__)
 
 Data = tuple[torch.Tensor, torch.Tensor] | Iterable
 
 
-def hessian_config(method: str = "auto", **overrides: Any) -> DictConfig:
+def hessian_config(method: str = "auto", /, **overrides: Any) -> DictConfig:
     """The ``hessian`` config of ``method`` (conf/hessian/<method>.yaml: every key of ``sane-run``'s group, with
     its defaults) with ``overrides`` (e.g. ``probes=16``, ``dtype="float32"``, ``layers=False``).
 
@@ -58,6 +58,9 @@ def hessian_config(method: str = "auto", **overrides: Any) -> DictConfig:
     """
     if method not in CHOICES:
         raise UsageError(f"hessian method {method!r} is unknown; choose one of {', '.join(CHOICES)}")
+    overrides = dict(overrides)
+    if overrides.pop("method", method) != method:
+        raise UsageError(f"hessian's method {overrides} differs from method={method!r}; give it once, as method=")
     folder = resources.files("sane_cli.conf") / "hessian"
     base = OmegaConf.load(folder / "exact.yaml")
     own = OmegaConf.load(folder / f"{method}.yaml")
@@ -68,7 +71,16 @@ def hessian_config(method: str = "auto", **overrides: Any) -> DictConfig:
         hcfg = OmegaConf.merge(hcfg, overrides)
     except Exception as e:  # omegaconf's ConfigKeyError: a key the group does not have
         raise UsageError(f"hessian config: {str(e).splitlines()[0]}; the keys are {', '.join(base)}") from None
+    check_hessian(OmegaConf.create({"hessian": hcfg, "model": {"name": "mlp"}}))  # each value (sane-run's checks)
     return hcfg
+
+
+def hessian_of(method: str, hessian: Mapping[str, Any] | None) -> DictConfig:
+    """:func:`hessian_config` of ``method`` with the mapping ``hessian`` of keys over it (None: none)."""
+    if hessian is not None and not isinstance(hessian, Mapping):
+        raise UsageError(f"hessian must be a mapping of the hessian group's keys (e.g. {{'probes': 16}}), not "
+                         f"{type(hessian).__name__}")  # fmt: skip
+    return hessian_config(method, **dict(hessian or {}))
 
 
 @dataclass(frozen=True)
@@ -79,7 +91,7 @@ class Threshold:
 
     value: float
     lr: float
-    preconditioner: Callable[[torch.optim.Optimizer], list[torch.Tensor] | None] | None = None
+    preconditioner: Callable[[torch.optim.Optimizer, list[torch.Tensor]], list[torch.Tensor] | None] | None = None
     weight_decay: float = 0.0
     why: str = ""  # where the value is NaN: why
 
@@ -99,6 +111,8 @@ def _sgd(opt: torch.optim.Optimizer) -> Threshold:
     buffer by 1 - tau, which is heavy ball at the rate (1 - tau) lr)."""
     g = opt.param_groups[0]
     lr, beta, tau, wd = float(g["lr"]), float(g["momentum"]), float(g.get("dampening", 0.0)), float(g["weight_decay"])
+    if lr <= 0:  # a step of nothing is stable along any curvature
+        return Threshold(float("inf"), lr)
     if g.get("nesterov") and beta > 0:
         limit = (2 + 2 * beta) / ((1 + 2 * beta) * lr)
     elif beta > 0:
@@ -108,20 +122,21 @@ def _sgd(opt: torch.optim.Optimizer) -> Threshold:
     return Threshold(limit - wd, lr)
 
 
-def _adam_diagonal(opt: torch.optim.Optimizer) -> list[torch.Tensor] | None:
+def _adam_diagonal(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> list[torch.Tensor] | None:
     """Adam's and AdamW's diagonal preconditioner after the latest step, (1 - beta1^t) (sqrt(v_t / (1 -
-    beta2^t)) + eps) per parameter (sane_cli.optim's docstring; with amsgrad, the running maximum of v)."""
+    beta2^t)) + eps), for each of ``params`` (the model's, in its order, matched to the optimiser's state by
+    identity; sane_cli.optim's docstring; with amsgrad, the running maximum of v). None before a first step."""
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
     diagonal = []
-    for group in opt.param_groups:
+    for p in params:
+        group, state = group_of[id(p)], opt.state.get(p)
         beta1, beta2 = group["betas"]
-        for p in group["params"]:
-            state = opt.state.get(p)
-            key = "max_exp_avg_sq" if group.get("amsgrad") else "exp_avg_sq"
-            if not state or key not in state:
-                return None
-            t = float(state["step"])
-            v_hat = state[key].double() / (1 - beta2**t)
-            diagonal.append((1 - beta1**t) * (v_hat.sqrt() + group["eps"]))
+        key = "max_exp_avg_sq" if group.get("amsgrad") else "exp_avg_sq"
+        if not state or key not in state:
+            return None
+        t = float(state["step"])
+        v_hat = state[key].double() / (1 - beta2**t)
+        diagonal.append((1 - beta1**t) * (v_hat.sqrt() + group["eps"]))
     return diagonal
 
 
@@ -132,6 +147,8 @@ def _adam(opt: torch.optim.Optimizer) -> Threshold:
     update's eigenvalue reaches -1 there; tests/test_api.py runs torch's AdamW either side of it)."""
     g = opt.param_groups[0]
     lr, beta1, wd = float(g["lr"]), float(g["betas"][0]), float(g["weight_decay"])
+    if lr <= 0:  # a step of nothing is stable along any curvature
+        return Threshold(float("inf"), lr)
     if isinstance(opt, torch.optim.AdamW) or g.get("decoupled_weight_decay"):
         return Threshold((1 + beta1) * (2 - lr * wd) / ((1 - beta1) * lr), lr, _adam_diagonal)
     return Threshold((2 + 2 * beta1) / ((1 - beta1) * lr), lr, _adam_diagonal, wd)
@@ -144,12 +161,18 @@ OPTIMISERS: dict[type, tuple[Callable[[torch.optim.Optimizer], Threshold], tuple
 }
 
 
-def threshold_of(optimizer: torch.optim.Optimizer | None) -> Threshold:
+def threshold_of(optimizer: torch.optim.Optimizer | None, params: list[torch.Tensor] | None = None) -> Threshold:
     """The stability threshold of ``optimizer`` as it is now (its current learning rate), or a NaN one saying why
-    (no optimiser, an unknown class, parameter groups that disagree)."""
+    (no optimiser, an unknown class, parameter groups that disagree, or one that does not hold exactly the
+    model's trainable ``params``, where given)."""
     if optimizer is None:
         return Threshold(float("nan"), float("nan"), why="no optimiser given")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise UsageError(f"optimizer must be a torch.optim.Optimizer, not {type(optimizer).__name__}")
     lr = float(optimizer.param_groups[0].get("lr", float("nan")))
+    held = {id(p) for g in optimizer.param_groups for p in g["params"] if p.requires_grad}
+    if params is not None and held != {id(p) for p in params}:
+        return Threshold(float("nan"), lr, why="the optimiser does not train exactly the model's trainable parameters")
     entry = next((v for cls, v in OPTIMISERS.items() if type(optimizer) is cls), None)
     if entry is None:
         known = ", ".join(f"torch.optim.{c.__name__}" for c in OPTIMISERS)
@@ -175,7 +198,10 @@ def stability_threshold(optimizer: torch.optim.Optimizer) -> float:
     >>> round(stability_threshold(torch.optim.Adam(w, lr=0.01)), 10)
     3800.0
     """
-    return threshold_of(optimizer).value
+    t = threshold_of(optimizer)
+    if t.why:
+        log.warning("no stability threshold: %s", t.why)
+    return t.value
 
 
 def as_tensors(data: Data, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,22 +211,58 @@ def as_tensors(data: Data, device: torch.device | None = None) -> tuple[torch.Te
     Raises:
         UsageError: ``data`` is neither, or its parts do not pair up.
     """
-    if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        x, y = data
+    arrays = torch.Tensor | np.ndarray
+    if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, arrays) for t in data):
+        x, y = (torch.as_tensor(t) for t in data)
     else:
         try:
-            batches = [(b[0], b[1]) for b in data]
-        except (TypeError, IndexError, KeyError) as e:
+            batches = [(torch.as_tensor(b[0]), torch.as_tensor(b[1])) for b in data]
+        except (TypeError, IndexError, KeyError, ValueError, RuntimeError) as e:
             raise UsageError(
                 f"data must be a pair of tensors (x, y) or a DataLoader of (inputs, labels) batches, not "
-                f"{type(data).__name__} ({e})"
+                f"{type(data).__name__} ({type(e).__name__}: {str(e).splitlines()[0][:80]}); for batches of "
+                "another form give the examples as data=(x, y)"
             ) from None
         if not batches:
             raise UsageError("data holds no examples (an empty DataLoader); give it the examples to measure on")
-        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        try:
+            x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        except RuntimeError as e:
+            raise UsageError(f"data's batches do not stack into one set ({str(e).splitlines()[0][:120]}); give the "
+                             "examples as data=(x, y)") from None  # fmt: skip
     if len(x) != len(y) or len(y) == 0:
         raise UsageError(f"data must hold as many labels as inputs, at least one: {len(x)} inputs, {len(y)} labels")
     return (x, y) if device is None else (x.to(device), y.to(device))
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> int:
+    """The model's outputs per example, from a forward pass of two examples (eval mode, no gradient).
+
+    Raises:
+        UsageError: the model does not take these inputs, or does not return a (n, outputs) tensor.
+    """
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(x[:2])
+    except Exception as e:
+        raise UsageError(f"the model does not take the data's inputs of shape {tuple(x.shape[1:])} per example "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None  # fmt: skip
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or len(out) != len(x[:2]):
+        kind = type(out).__name__ if not isinstance(out, torch.Tensor) else f"a tensor of shape {tuple(out.shape)}"
+        raise UsageError(f"model(x) must return logits, a tensor (n, outputs), not {kind}; wrap the model so that "
+                         "it does")  # fmt: skip
+    return int(out.shape[1])
+
+
+def _check_labels(loss: str, y: torch.Tensor, outputs: int, classes: int) -> None:
+    """A built-in loss's labels: integer classes, one per example, 0 to the model's outputs - 1."""
+    if y.is_floating_point() or y.is_complex() or y.ndim != 1:
+        raise UsageError(f"loss={loss!r} takes integer class labels, one per example, not {y.dtype} labels of shape "
+                         f"{tuple(y.shape)}; give a loss function for other targets")  # fmt: skip
+    low, high = int(y.min()), int(y.max())
+    if classes != outputs or low < 0 or high >= outputs:
+        raise UsageError(f"loss={loss!r} needs labels 0 to {outputs - 1} for the model's {outputs} outputs "
+                         f"(classes={classes}); the labels run {low} to {high}")  # fmt: skip
 
 
 def _loss(loss: str | LossFn, classes: int) -> LossFn:
@@ -264,13 +326,18 @@ class _Measurer:
         if not self.x.is_floating_point():
             raise UsageError(f"the inputs must be floating point, not {self.x.dtype}")
         self.x = self.x.to(params[0].dtype)
-        if isinstance(loss, str) and (self.y.is_floating_point() or self.y.is_complex() or self.y.ndim != 1):
-            raise UsageError(f"loss={loss!r} takes integer class labels, one per example, not {self.y.dtype} labels "
-                             f"of shape {tuple(self.y.shape)}; give a loss function for other targets")  # fmt: skip
-        self.classes = int(classes) if classes is not None else int(self.y.max()) + 1
+        if not bool(torch.isfinite(self.x).all()):
+            raise UsageError("the inputs hold NaN or infinite values; a Hessian of them is not defined")
+        self.params = params
+        outputs = _logits(model, self.x)
+        if classes is not None and (not isinstance(classes, int) or isinstance(classes, bool) or classes < 1):
+            raise UsageError(f"classes={classes!r} must be a positive number (None: the model's outputs, {outputs})")
+        self.classes = outputs if classes is None else classes
+        if isinstance(loss, str):
+            _check_labels(loss, self.y, outputs, self.classes)
         self.loss_fn = _loss(loss, self.classes)
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
-        self.hcfg = _checked(hessian_config(method, **dict(hessian or {})), model)
+        self.hcfg = _checked(hessian_of(method, hessian), model)
         self.hx, self.hy, self.subset = self.x, self.y, None
         subset = self.hcfg.subset if subset is None else subset  # the argument, else hessian.subset
         if subset is not None:
@@ -282,16 +349,28 @@ class _Measurer:
                 gen = torch.Generator().manual_seed(int(self.hcfg.seed))
                 idx = torch.randperm(len(self.y), generator=gen)[:subset].sort().values.to(self.device)
                 self.hx, self.hy, self.subset = self.x[idx], self.y[idx], subset
+        if int(self.hcfg.k) > n_parameters(model):
+            raise UsageError(f"hessian's k={self.hcfg.k} is more than the model's {n_parameters(model)} parameters")
         self.warn, self.warned = warn, set()
+
+    def check_test(self, model, test: Data) -> tuple[torch.Tensor, torch.Tensor]:
+        """The test examples on the model's device and dtype, checked as the data are."""
+        x, y = as_tensors(test, self.device)
+        x = x.to(self.x.dtype)
+        if tuple(x.shape[1:]) != tuple(self.x.shape[1:]):
+            raise UsageError(f"test_data's inputs have shape {tuple(x.shape[1:])} per example, the data's "
+                             f"{tuple(self.x.shape[1:])}")  # fmt: skip
+        if self.loss_name in LOSSES:
+            _check_labels(self.loss_name, y, self.classes, self.classes)
+        return x, y
 
     def checkpoint(self, model, step: int, kind: str, optimizer) -> Curvature:
         start = time.perf_counter()
-        threshold = threshold_of(optimizer)
+        threshold = threshold_of(optimizer, self.params)
         if optimizer is not None and threshold.why and threshold.why not in self.warned:
             self.warned.add(threshold.why)
             self.warn(f"the sharpness ratio is left empty: {threshold.why}")
-        was_training = model.training
-        try:
+        with eval_mode(model):  # each module back in its own mode after
             result = measure(model, self.loss_fn, self.hx, self.hy, self.hcfg)
             lambda_max_train = None
             if self.subset is not None:
@@ -299,12 +378,10 @@ class _Measurer:
             sharpness = None
             if threshold.preconditioner is not None:
                 sharpness = float("nan")
-                diagonal = threshold.preconditioner(optimizer)
+                diagonal = threshold.preconditioner(optimizer, self.params)
                 if diagonal is not None and all(bool(torch.isfinite(d).all()) for d in diagonal):
                     sharpness = preconditioned_sharpness(model, self.loss_fn, self.x, self.y, self.hcfg, diagonal,
                                                          threshold.weight_decay)  # fmt: skip
-        finally:
-            model.train(was_training)
         row = checkpoint_row(
             step=int(step), kind=kind, lr=threshold.lr, result=result, hcfg=self.hcfg, n_params=n_parameters(model),
             subset=len(self.hy), threshold=threshold.value, lambda_max_train=lambda_max_train,
@@ -339,6 +416,8 @@ def measure_curvature(
         UsageError: bad input (a model without parameters, data that are not examples, an unknown method, key
         or loss), in one line.
     """
+    if not isinstance(step, int | np.integer) or isinstance(step, bool) or step < 0:
+        raise UsageError(f"step={step!r} must be a whole number >= 0")
     measurer = _Measurer(model, data, loss=loss, method=method, hessian=hessian, subset=subset, classes=classes,
                          warn=log.warning)  # fmt: skip
     return measurer.checkpoint(model, step, "scheduled", optimizer)
@@ -383,10 +462,15 @@ class CurvatureProbe:
         self._measurer = _Measurer(model, data, loss=loss, method=method, hessian=hessian, subset=subset,
                                    classes=classes, warn=log.warning)  # fmt: skip
         m = self._measurer
-        self.test = None if test_data is None else as_tensors(test_data, m.device)
-        if self.test is not None:
-            self.test = (self.test[0].to(m.x.dtype), self.test[1])
-        self.config = _run_config(model, optimizer, m, config)
+        self.test = None if test_data is None else m.check_test(model, test_data)
+        if Path(run_dir).exists() and not Path(run_dir).is_dir():
+            raise UsageError(f"{run_dir} is a file; give a folder for the run")
+        if config is not None and not isinstance(config, Mapping):
+            raise UsageError(f"config must be a mapping of config entries, not {type(config).__name__}")
+        try:
+            self.config = _run_config(model, optimizer, m, config)
+        except Exception as e:  # omegaconf: a value it cannot hold
+            raise UsageError(f"config: {str(e).splitlines()[0]}") from None
         started = dt.datetime.now().isoformat(timespec="seconds")
         self.summary: dict[str, Any] = {
             "status": "running", "error": None, "started": started, "command": sys.argv, "source": "sane_cli.api",
@@ -403,9 +487,7 @@ class CurvatureProbe:
         """A curvature checkpoint of the model as it is now, recorded as ``step`` (steps increase from one
         checkpoint to the next), written to the run folder; returns it."""
         self._open()
-        if "curvature" in self.last and int(step) <= int(self.last["curvature"]["step"]):
-            raise UsageError(f"step {step} comes after step {self.last['curvature']['step']}: each checkpoint's step "
-                             "must be larger than the one before")  # fmt: skip
+        self._after(step, "curvature")
         c = self._measurer.checkpoint(self.model, step, kind, self.optimizer)
         self.writer.log_curvature(c.row, c.eigenvalues, c.eigenvectors, c.layers, **c.arrays)
         self.last["curvature"] = c.row
@@ -418,9 +500,11 @@ class CurvatureProbe:
         from .training import evaluate
 
         self._open()
+        self._after(step, "metrics")
         m = self._measurer
-        tr_loss, tr_acc = evaluate(self.model, m.loss_fn, m.x, m.y)
-        te_loss, te_acc = (float("nan"),) * 2 if self.test is None else evaluate(self.model, m.loss_fn, *self.test)
+        with eval_mode(self.model):  # each module back in its own mode after
+            tr_loss, tr_acc = evaluate(self.model, m.loss_fn, m.x, m.y)
+            te_loss, te_acc = (float("nan"),) * 2 if self.test is None else evaluate(self.model, m.loss_fn, *self.test)
         lr = float("nan") if self.optimizer is None else float(self.optimizer.param_groups[0]["lr"])
         row = {"step": int(step), "epoch": float("nan") if epoch is None else epoch,
                "train_loss": tr_loss if train_loss is None else float(train_loss), "train_acc": tr_acc,
@@ -435,6 +519,8 @@ class CurvatureProbe:
         nothing."""
         if self.closed:
             return
+        if status not in STATUSES or status == "running":
+            raise UsageError(f"status={status!r} must be one of {', '.join(s for s in STATUSES if s != 'running')}")
         self.closed = True
         final = {f"final_{k}": v for k, v in self.last.get("metrics", {}).items() if k not in ("lr", "epoch")}
         if "curvature" in self.last:
@@ -447,6 +533,14 @@ class CurvatureProbe:
             self.writer.write_summary(self.summary)
         finally:
             self.writer.close()
+
+    def _after(self, step: int, table: str) -> None:
+        """``step`` is a whole number >= 0 after the last row of ``table`` (curvature, metrics)."""
+        if not isinstance(step, int | np.integer) or isinstance(step, bool) or step < 0:
+            raise UsageError(f"step={step!r} must be a whole number >= 0")
+        if table in self.last and int(step) <= int(self.last[table]["step"]):
+            raise UsageError(f"step {step} comes after step {self.last[table]['step']}: each {table} row's step must "
+                             "be larger than the one before")  # fmt: skip
 
     def _open(self) -> None:
         if self.closed:

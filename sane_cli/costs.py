@@ -33,7 +33,7 @@ from torch import nn
 
 from .conv_hessian import layers_of
 from .curvature import layer_sizes, vectorises
-from .models import activation_derivatives, n_parameters, spec_of
+from .models import activation_derivatives, eval_mode, n_parameters, spec_of
 
 # Seconds per unit, 2 cores (benchmarks/auto_cost.py; products: --products). Hessian-vector products in float32
 # (auto's SLQ dtype), fixed, per linear and per convolutional multiply-add, per activation:
@@ -77,7 +77,7 @@ class Profile:
 def profile(model: nn.Module, input_shape: tuple[int, ...]) -> Profile:
     """Count one example of ``input_shape`` through ``model`` with its parameters and buffers on the meta device
     (no copy of the model, no memory, no arithmetic)."""
-    with _on_meta(model):
+    with _on_meta(model), eval_mode(model):  # as every Hessian is taken: batch normalisation by its statistics
         return profile_example(model, torch.zeros(1, *input_shape, device="meta"))
 
 

@@ -79,6 +79,9 @@ class SaneCallback(Callback):
         self.run_dir, self.data, self.subset, self.test_data = Path(run_dir), data, subset, test_data
         self.every_n_steps = every_n_steps
         self.every_n_epochs = 1 if every_n_steps is None and every_n_epochs is None else every_n_epochs
+        from .api import hessian_of
+
+        hessian_of(method, hessian)  # a bad method, key or value: refused before training
         self.options = dict(loss=loss, method=method, hessian=hessian, classes=classes)
         self.config, self.log_to_logger = dict(config or {}), log_to_logger
         self.probe = None

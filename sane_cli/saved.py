@@ -66,6 +66,7 @@ def _load_state(path: Path) -> dict[str, Any]:
 
 
 GROUPS = ("dataset", "model", "optim", "hessian", "logger")
+SHORTCUTS = {"lr": ("optim.lr",), "depth": ("model.depth",), "width": ("model.width",)}  # as conf/config.yaml's
 
 
 def _compose(base: DictConfig | None, overrides: list[str]) -> DictConfig:
@@ -87,16 +88,20 @@ def _compose(base: DictConfig | None, overrides: list[str]) -> DictConfig:
                 return compose("config", overrides=overrides)
             cfg = base.copy()
             OmegaConf.set_struct(cfg, True)
+            groups = [o for o in overrides if o.split("=", 1)[0] in GROUPS]
+            for o in groups:  # as Hydra does: the groups' choices first, then the keys over them
+                with open_dict(cfg):
+                    cfg[o.split("=", 1)[0]] = compose("config", overrides=[o])[o.split("=", 1)[0]]
             for o in overrides:
-                key = o.split("=", 1)[0]
-                if key in GROUPS:
-                    with open_dict(cfg):
-                        cfg[key] = compose("config", overrides=[o])[key]
-                else:
-                    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o]))
+                if o in groups:
+                    continue
+                key, value = o.split("=", 1)
+                for dotted in (key, *SHORTCUTS.get(key, ())):  # lr=, depth=, width=: the keys they stand for too
+                    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{dotted}={value}"]))
             return cfg
     except (HydraException, OmegaConfBaseException, ValueError) as e:
-        raise UsageError(f"bad override: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"bad override: {str(e).splitlines()[0]} (the keys: sane-run --cfg job; a model of your "
+                         "own: model=custom model.factory=module:function)") from None  # fmt: skip
     finally:
         GlobalHydra.instance().clear()
 

@@ -4,6 +4,7 @@ optimisers run on quadratics either side of them; bad input in one line."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 
@@ -351,6 +352,12 @@ def test_sane_measure_of_a_runs_checkpoint_equals_the_run(tmp_path):
                               "hessian.steps=20"], out=str(tmp_path / "slq"))  # fmt: skip
     assert c.row["method"] == "slq" and c.row["step"] == 20
     assert c.lambda_max == pytest.approx(theirs.hessian.lambda_max.iloc[-1], rel=1e-6)
+    # as Hydra: a group's choice before its keys whatever their order; lr= stands for optim.lr on a checkpoint too
+    _, c = measure_saved(str(tmp_path / "run"), ["hessian.probes=4", "hessian=slq", "hessian.steps=20", "lr=0.05"],
+                         out=str(tmp_path / "slq2"))  # fmt: skip
+    run2 = load_run(tmp_path / "slq2")
+    assert run2.summary["config"]["hessian"]["probes"] == 4 and run2.summary["config"]["optim"]["lr"] == 0.05
+    assert c.row["stability_threshold"] == pytest.approx(38 / 0.05)
 
 
 def test_sane_measure_of_a_state_dict_and_a_torchscript_file(tmp_path):
@@ -388,6 +395,7 @@ def test_sane_measure_of_a_state_dict_and_a_torchscript_file(tmp_path):
         (tmp_path / "whole.pt", [], "pickled objects beyond tensors"),
         (tmp_path / "missing.pt", [], "not a file"),
         (tmp_path / "weights.pt", ["depth=3", "model.width=7", "hessian.probez=3"], "bad override"),
+        (tmp_path / "net.ts", ["dataset.n_features=5"], "does not take the data's inputs"),
     ]:
         with pytest.raises(UsageError, match=words) as e:
             measure_saved(str(file), [*tiny, *extra], out=str(tmp_path / "x"))
@@ -422,3 +430,84 @@ def test_the_example_loop_and_sane_measure_beside_sane_run_in_one_report(tmp_pat
         ours = checkpoints[checkpoints.run == label].drop(columns="run").reset_index(drop=True)
         assert len(ours) == len(pd.read_csv(Path(path) / "hessian.csv"))
         assert ours.lambda_max.tolist() == pd.read_csv(Path(path) / "hessian.csv").lambda_max.tolist()
+
+
+def test_adams_preconditioner_follows_each_parameter_whatever_the_optimisers_order():
+    """Adam over the model's parameters in another order (groups reversed) gives the same preconditioned
+    sharpness; an optimiser of part of the model leaves the ratio empty (no crash at the second checkpoint)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 4, dtype=torch.float64), torch.randint(0, 3, (40,))
+    net = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+    start = copy.deepcopy(net.state_dict())
+    values = []
+    for groups in ([net[0], net[2]], [net[2], net[0]]):
+        net.load_state_dict(start)
+        opt = torch.optim.Adam([{"params": list(m.parameters())} for m in groups], lr=0.01)
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+        values.append(measure_curvature(net, (x, y), method="exact", optimizer=opt).row["preconditioned_sharpness"])
+    assert values[0] > 0 and values[1] == pytest.approx(values[0], rel=1e-12)
+    part = torch.optim.Adam(net[2].parameters(), lr=0.01)
+    part.zero_grad()
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    part.step()
+    row = measure_curvature(net, (x, y), method="exact", optimizer=part).row
+    assert math.isnan(row["sharpness_ratio"]) and math.isnan(row["stability_threshold"])
+    zero = torch.optim.SGD(net.parameters(), lr=0.0)  # a warm-up from 0: stable along any curvature
+    assert measure_curvature(net, (x, y), method="exact", optimizer=zero).row["sharpness_ratio"] == 0
+
+
+def test_each_modules_own_mode_is_kept():
+    """A training model with a frozen batch normalisation: measuring and logging leave it frozen (its running
+    statistics untouched by the caller's next step)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    net.train()
+    net[1].eval()
+    measure_curvature(net, (x, y), method="exact")
+    assert net.training and not net[1].training
+
+
+def test_data_and_models_that_do_not_fit_are_refused_before_any_folder(tmp_path):
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+
+    class Pair(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.a(x), x
+
+    cases = [
+        (lambda: CurvatureProbe(tmp_path / "a", model, (x, y), test_data=(x[:, :3], y)), "test_data's inputs"),
+        (lambda: measure_curvature(model, (x[:, :3], y)), "does not take the data's inputs"),
+        (lambda: measure_curvature(Pair(), (x, y)), "must return logits"),
+        (lambda: measure_curvature(model, (x, y + 3)), "labels 0 to 2"),
+        (lambda: measure_curvature(model, (x, y), classes=2), "classes=2"),
+        (lambda: measure_curvature(model, (x * float("nan"), y)), "NaN"),
+        (lambda: measure_curvature(model, (x, y), hessian=["probes"]), "mapping"),
+        (lambda: measure_curvature(model, (x, y), hessian={"method": "slq"}), "differs from method"),
+        (lambda: measure_curvature(model, (x, y), hessian={"probes": -3}), "hessian.probes"),
+        (lambda: measure_curvature(model, (x, y), hessian={"k": 1000}), "k=1000"),
+        (lambda: measure_curvature(model, (x, y), step="abc"), "whole number"),
+        (lambda: stability_threshold(model), "torch.optim.Optimizer"),
+    ]
+    for call, words in cases:
+        with pytest.raises(UsageError, match=words) as e:
+            call()
+        assert "\n" not in str(e.value)
+    assert not (tmp_path / "a").exists()
+    np_data = (x.numpy(), y.numpy())  # numpy arrays are taken as tensors
+    assert measure_curvature(model, np_data, method="exact").lambda_max == measure_curvature(model, (x, y)).lambda_max
+    with CurvatureProbe(tmp_path / "b", model, (x, y)) as probe:
+        probe.log_metrics(3)
+        with pytest.raises(UsageError, match="must be larger"):
+            probe.log_metrics(2)
+        with pytest.raises(UsageError, match="status="):
+            probe.close("banana")

@@ -160,3 +160,16 @@ def test_a_model_without_a_structured_build_is_weighed_by_its_products():
     assert choice(residual_mlp((40,), 10, width=16, blocks=1))[0] == "exact"
     method, why = choice(residual_mlp((40,), 10, width=32, blocks=2))
     assert method == "slq" and why.startswith("estimated")
+
+
+def test_a_model_in_training_mode_is_counted_in_eval_mode_and_left_as_it_was():
+    """Batch normalisation on a batch of one fails in training mode: the count runs the model as every Hessian
+    is taken (eval mode), so auto's choice does not depend on the mode, and each module keeps its own mode."""
+    net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    net.train()
+    net[1].eval()  # a frozen batch normalisation in a training model
+    hcfg = auto_config()
+    training = auto_choice(hcfg, net, n_params(net), n=200, input_shape=(6,))
+    assert "estimated" in training[1]  # counted, not weighed by its products
+    assert net.training and not net[1].training and net[0].training
+    assert auto_choice(hcfg, net.eval(), n_params(net), n=200, input_shape=(6,)) == training
