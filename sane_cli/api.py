@@ -42,6 +42,7 @@ from .measures import checkpoint_row
 from .methods import CHOICES, measure, preconditioned_sharpness, top_eigenvalue
 from .methods import check_config as check_hessian
 from .models import BUILT_IN, MODELS, eval_mode, n_parameters, spec_of
+from .optim import adam_preconditioner
 from .records.schema import FINAL_COLUMNS, STATUSES
 
 log = logging.getLogger(__name__)
@@ -122,24 +123,6 @@ def _sgd(opt: torch.optim.Optimizer) -> Threshold:
     return Threshold(limit - wd, lr)
 
 
-def _adam_diagonal(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> list[torch.Tensor] | None:
-    """Adam's and AdamW's diagonal preconditioner after the latest step, (1 - beta1^t) (sqrt(v_t / (1 -
-    beta2^t)) + eps), for each of ``params`` (the model's, in its order, matched to the optimiser's state by
-    identity; sane_cli.optim's docstring; with amsgrad, the running maximum of v). None before a first step."""
-    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
-    diagonal = []
-    for p in params:
-        group, state = group_of[id(p)], opt.state.get(p)
-        beta1, beta2 = group["betas"]
-        key = "max_exp_avg_sq" if group.get("amsgrad") else "exp_avg_sq"
-        if not state or key not in state:
-            return None
-        t = float(state["step"])
-        v_hat = state[key].double() / (1 - beta2**t)
-        diagonal.append((1 - beta1**t) * (v_hat.sqrt() + group["eps"]))
-    return diagonal
-
-
 def _adam(opt: torch.optim.Optimizer) -> Threshold:
     """Adam (weight decay in the gradient, L2): (2 + 2 beta1)/((1 - beta1) lr) on lambda_max(P^-1 (H + wd I)).
     AdamW (or Adam with decoupled_weight_decay): the weights shrink by 1 - lr wd outside the moving average,
@@ -150,8 +133,8 @@ def _adam(opt: torch.optim.Optimizer) -> Threshold:
     if lr <= 0:  # a step of nothing is stable along any curvature
         return Threshold(float("inf"), lr)
     if isinstance(opt, torch.optim.AdamW) or g.get("decoupled_weight_decay"):
-        return Threshold((1 + beta1) * (2 - lr * wd) / ((1 - beta1) * lr), lr, _adam_diagonal)
-    return Threshold((2 + 2 * beta1) / ((1 - beta1) * lr), lr, _adam_diagonal, wd)
+        return Threshold((1 + beta1) * (2 - lr * wd) / ((1 - beta1) * lr), lr, adam_preconditioner)
+    return Threshold((2 + 2 * beta1) / ((1 - beta1) * lr), lr, adam_preconditioner, wd)
 
 
 OPTIMISERS: dict[type, tuple[Callable[[torch.optim.Optimizer], Threshold], tuple[str, ...]]] = {

@@ -74,20 +74,23 @@ def _adam_threshold(optim_cfg) -> float:
     return (2 + 2 * beta1) / ((1 - beta1) * float(optim_cfg.lr))
 
 
-def adam_preconditioner(opt: torch.optim.Optimizer) -> list[torch.Tensor] | None:
-    """Adam's diagonal preconditioner P_t = (1 - beta1^t) (sqrt(v_t / (1 - beta2^t)) + eps) for each
-    parameter, after the optimiser's latest step t (module docstring; the P_t^-1 of the update to come
-    but for the next gradient's share of v). None before Adam's first step (v_0 is not defined)."""
+def adam_preconditioner(opt: torch.optim.Optimizer, params: list | None = None) -> list[torch.Tensor] | None:
+    """Adam's diagonal preconditioner P_t = (1 - beta1^t) (sqrt(v_t / (1 - beta2^t)) + eps) for each of
+    ``params`` (default: the optimiser's own, in its order; else matched to its state by identity), after the
+    optimiser's latest step t (module docstring; the P_t^-1 of the update to come but for the next gradient's
+    share of v; with amsgrad, the running maximum of v). None before Adam's first step (v_0 is not defined)."""
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    params = [p for g in opt.param_groups for p in g["params"]] if params is None else params
     diagonal = []
-    for group in opt.param_groups:
+    for p in params:
+        group, state = group_of[id(p)], opt.state.get(p)
         beta1, beta2 = group["betas"]
-        for p in group["params"]:
-            state = opt.state.get(p)
-            if not state or "exp_avg_sq" not in state:
-                return None
-            t = float(state["step"])
-            v_hat = state["exp_avg_sq"].double() / (1 - beta2**t)
-            diagonal.append((1 - beta1**t) * (v_hat.sqrt() + group["eps"]))
+        key = "max_exp_avg_sq" if group.get("amsgrad") else "exp_avg_sq"
+        if not state or key not in state:
+            return None
+        t = float(state["step"])
+        v_hat = state[key].double() / (1 - beta2**t)
+        diagonal.append((1 - beta1**t) * (v_hat.sqrt() + group["eps"]))
     return diagonal
 
 
