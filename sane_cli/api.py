@@ -533,7 +533,7 @@ class CurvatureProbe:
         return self
 
     def __exit__(self, kind, error, tb) -> None:
-        if error is None:
+        if error is None or (isinstance(error, SystemExit) and error.code in (0, None)):  # sys.exit(0): a success
             self.close("completed")
         elif isinstance(error, KeyboardInterrupt):
             self.close("interrupted", "KeyboardInterrupt")

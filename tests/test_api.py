@@ -324,6 +324,11 @@ def test_a_failure_in_the_loop_is_recorded(tmp_path):
             probe.measure(0)
             raise KeyboardInterrupt
     assert load_run(tmp_path / "stopped").status == "interrupted"
+    with pytest.raises(SystemExit):
+        with CurvatureProbe(tmp_path / "exited", model, (x, y)) as probe:
+            probe.measure(0)
+            raise SystemExit(0)
+    assert load_run(tmp_path / "exited").status == "completed"
 
 
 def test_hessian_config_has_every_key_of_the_group():
