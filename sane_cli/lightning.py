@@ -82,6 +82,8 @@ class SaneCallback(Callback):
         from .api import hessian_of
 
         hessian_of(method, hessian)  # a bad method, key or value: refused before training
+        if (Path(run_dir) / "summary.json").exists():  # so is a folder that holds a run already
+            raise UsageError(f"{run_dir} already holds a run (summary.json); choose another folder for this fit")
         self.options = dict(loss=loss, method=method, hessian=hessian, classes=classes)
         self.config, self.log_to_logger = dict(config or {}), log_to_logger
         self.probe = None

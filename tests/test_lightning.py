@@ -121,9 +121,12 @@ def test_a_failure_in_training_is_recorded_and_bad_options_are_one_line(tmp_path
     run = load_run(tmp_path / "lit")
     assert run.status == "failed" and "the module's own error" in run.summary["error"]
     assert run.hessian.step.tolist() == [0, 2]
-    for kw, words in [(dict(every_n_steps=2, every_n_epochs=1), "not both"), (dict(every_n_steps=0), "positive")]:
+    for kw, words in [(dict(every_n_steps=2, every_n_epochs=1), "not both"), (dict(every_n_steps=0), "positive"),
+                      (dict(method="nope"), "choose one of"), (dict(hessian={"probez": 1}), "probez")]:  # fmt: skip
         with pytest.raises(UsageError, match=words):
             SaneCallback(tmp_path / "x", **kw)
+    with pytest.raises(UsageError, match="already holds a run"):
+        SaneCallback(tmp_path / "lit")  # before any training
 
 
 DDP_SCRIPT = """
