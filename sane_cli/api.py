@@ -57,6 +57,12 @@ def hessian_config(method: str = "auto", /, **overrides: Any) -> DictConfig:
     Raises:
         UsageError: an unknown method or key, or a bad value, in one line naming it.
     """
+    return _hessian(method, overrides, "mlp")
+
+
+def _hessian(method: str, overrides: dict[str, Any], model_name: str) -> DictConfig:
+    """:func:`hessian_config`, checked as sane-run checks its group for a model of the registry's ``model_name``
+    (a layer-ordered method needs a layered one)."""
     if method not in CHOICES:
         raise UsageError(f"hessian method {method!r} is unknown; choose one of {', '.join(CHOICES)}")
     overrides = dict(overrides)
@@ -72,16 +78,17 @@ def hessian_config(method: str = "auto", /, **overrides: Any) -> DictConfig:
         hcfg = OmegaConf.merge(hcfg, overrides)
     except Exception as e:  # omegaconf's ConfigKeyError: a key the group does not have
         raise UsageError(f"hessian config: {str(e).splitlines()[0]}; the keys are {', '.join(base)}") from None
-    check_hessian(OmegaConf.create({"hessian": hcfg, "model": {"name": "mlp"}}))  # each value (sane-run's checks)
+    check_hessian(OmegaConf.create({"hessian": hcfg, "model": {"name": model_name}}))  # sane-run's checks
     return hcfg
 
 
-def hessian_of(method: str, hessian: Mapping[str, Any] | None) -> DictConfig:
-    """:func:`hessian_config` of ``method`` with the mapping ``hessian`` of keys over it (None: none)."""
+def hessian_of(method: str, hessian: Mapping[str, Any] | None, model: nn.Module | None = None) -> DictConfig:
+    """:func:`hessian_config` of ``method`` with the mapping ``hessian`` of keys over it (None: none), checked for
+    ``model`` where given."""
     if hessian is not None and not isinstance(hessian, Mapping):
         raise UsageError(f"hessian must be a mapping of the hessian group's keys (e.g. {{'probes': 16}}), not "
                          f"{type(hessian).__name__}")  # fmt: skip
-    return hessian_config(method, **dict(hessian or {}))
+    return _hessian(method, dict(hessian or {}), "mlp" if model is None else _model_name(model))
 
 
 @dataclass(frozen=True)
@@ -263,12 +270,6 @@ def _model_name(model: nn.Module) -> str:
     return next((n for n, s in MODELS.items() if s is spec and n in BUILT_IN), "custom")
 
 
-def _checked(hcfg: DictConfig, model: nn.Module) -> DictConfig:
-    """``hcfg`` checked as sane-run checks its hessian group (a bad value: one line)."""
-    check_hessian(OmegaConf.create({"hessian": hcfg, "model": {"name": _model_name(model)}}))
-    return hcfg
-
-
 def _column(name: str) -> property:
     """A read-only float attribute for the row's column ``name``."""
     return property(lambda self: float(self.row[name]), doc=f"the row's {name}, a float")
@@ -320,7 +321,7 @@ class _Measurer:
             _check_labels(loss, self.y, outputs, self.classes)
         self.loss_fn = _loss(loss, self.classes)
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
-        self.hcfg = _checked(hessian_of(method, hessian), model)
+        self.hcfg = hessian_of(method, hessian, model)
         self.hx, self.hy, self.subset = self.x, self.y, None
         subset = self.hcfg.subset if subset is None else subset  # the argument, else hessian.subset
         if subset is not None:
@@ -548,7 +549,7 @@ def _run_config(model: nn.Module, optimizer, m: _Measurer, extra: Mapping[str, A
              "lr": group.get("lr"), "momentum": group.get("momentum"),
              "weight_decay": group.get("weight_decay"), "batch_size": None}  # fmt: skip
     config = {
-        "model": {"name": _model_name(model) if _model_name(model) != "custom" else type(model).__name__},
+        "model": {"name": name if (name := _model_name(model)) != "custom" else type(model).__name__},
         "optim": {k: (float(v) if isinstance(v, int | float) and k != "name" else v) for k, v in optim.items()},
         "dataset": {"name": "custom"}, "loss": m.loss_name, "seed": None,
         "hessian": OmegaConf.to_container(m.hcfg, resolve=True),

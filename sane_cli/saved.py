@@ -32,7 +32,8 @@ from .errors import UsageError
 
 
 def _kind(path: Path) -> str:
-    """'checkpoint' (a sane-run checkpoint.pt), 'state_dict' or 'torchscript'.
+    """'torchscript' (a TorchScript archive), else 'state' (a state_dict or a sane-run checkpoint.pt, for
+    torch.load).
 
     Raises:
         UsageError: the file is none of them.
