@@ -73,15 +73,15 @@ def budget(hcfg, device) -> int:
 def need(hcfg, p: int, dtype: torch.dtype, group: int, store: torch.dtype, steps: int, max_iter: int,
          slq: bool = True) -> int:  # fmt: skip
     """Bytes of one checkpoint's Lanczos vectors: the larger of Lanczos's for the top eigenpairs (and their Ritz
-    vectors, in float64) and SLQ's (its probes, each group's kept vectors, the deflated eigenvectors and a few
-    vectors of work per probe)."""
+    vectors, in float64; for lanczos alone, with the trace's probes, deflated by the kept rows) and SLQ's (its
+    probes, each group's kept vectors, the deflated eigenvectors and a few vectors of work per probe)."""
     k = max(int(hcfg.topk_vectors), int(hcfg.k), int(hcfg.topk))
     item, kept = dtype.itemsize, store.itemsize
     ritz = p * k * (8 + item)
     top = (max_iter + 1) * p * kept + ritz  # Lanczos's rows at their most (its blocks are never copied)
-    if not slq:
-        return top
     probes = int(hcfg.probes)
+    if not slq:  # the Hutchinson probes of the trace, deflated by Lanczos's rows while they are kept
+        return top + probes * p * item
     rows = steps if hcfg.reorth == "full" else 2
     return max(top, ritz + probes * p * item + rows * group * p * kept + 4 * group * p * item)
 

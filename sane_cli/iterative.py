@@ -29,6 +29,24 @@ class LanczosResult:
     lambda_min: float
     converged: bool
     iterations: int
+    krylov: Krylov | None = None  # with ``keep_basis``: the whole Krylov basis, for deflating a trace
+
+
+@dataclass
+class Krylov:
+    """A Lanczos run's orthonormal basis V (its m vectors, kept as rows) and tr(V^T H V), the sum of the
+    run's alphas (each alpha_i = q_i^T H q_i).
+
+    For the trace alone, tr H = tr V^T H V + tr (I - VV^T) H (I - VV^T) needs only V orthonormal, not
+    converged eigenvectors: deflating by the whole basis is exact, and removes from the probes every
+    direction Lanczos has explored (the top and bottom outliers first), at no further product."""
+
+    rows: _Rows
+    trace: float
+
+    def project(self, v: torch.Tensor) -> torch.Tensor:
+        """V^T (V v) for each row of ``v`` (b, P): its component in the basis's span."""
+        return self.rows.project(v)
 
 
 def lanczos(
@@ -43,6 +61,7 @@ def lanczos(
     dtype=torch.float64,
     device="cpu",
     store=None,
+    keep_basis: bool = False,
 ) -> LanczosResult:
     """Lanczos with full reorthogonalisation for the k largest eigenpairs (and the k largest magnitudes).
 
@@ -57,6 +76,9 @@ def lanczos(
     ``store``: the dtype the Lanczos vectors are kept in (default ``dtype``): float32 halves the memory of a
     float64 run, whose recurrence stays float64 (the reorthogonalisation against the kept vectors runs in
     float32); the vectors are then orthogonal to float32's rounding.
+
+    ``keep_basis``: the result's ``krylov`` holds the run's m Lanczos vectors and tr(V^T H V), to deflate a
+    Hutchinson trace (:func:`hutchinson`) by the whole Krylov space.
     """
     k = min(k, p)
     max_iter = min(max_iter, p)
@@ -97,7 +119,11 @@ def lanczos(
     top = np.argsort(theta)[::-1][:k]
     vectors = basis.combine(torch.as_tensor(s[:, top], dtype=dtype, device=device)).double().cpu().numpy()
     mags = np.sort(np.abs(theta))[::-1][:k]
-    return LanczosResult(theta[top], vectors, res[top], mags, float(theta.min()), converged or m == p, m)
+    krylov = None
+    if keep_basis:
+        basis.n = m  # the m vectors whose alphas were taken (a next one may have been appended)
+        krylov = Krylov(basis, float(np.sum(alphas)))
+    return LanczosResult(theta[top], vectors, res[top], mags, float(theta.min()), converged or m == p, m, krylov)
 
 
 CHUNK = 2**26  # elements of a narrower-kept basis converted to the Ritz vectors' dtype at a time (512 MiB in float64)
@@ -137,13 +163,14 @@ class _Rows:
                 return
 
     def project(self, w: torch.Tensor) -> torch.Tensor:
-        """V^T (V w) for the kept rows V (orthonormal): w's component in their span, in w's dtype. Rows kept
-        narrower are projected in their own dtype (w rounded to it): their directions are known to that
-        rounding only, and the projection then reads them once, without a wider copy."""
+        """V^T (V w) for the kept rows V (orthonormal): the component of w (P,), or of each row of w (b, P), in
+        their span, in w's dtype. Rows kept narrower are projected in their own dtype (w rounded to it): their
+        directions are known to that rounding only, and the projection then reads them once, without a wider
+        copy."""
         out = None
         narrow = w.to(self.store)
         for _, rows in self._parts(self.store, self.n):
-            part = (rows.T @ (rows @ narrow)).to(w.dtype)
+            part = ((narrow @ rows.T) @ rows).to(w.dtype)
             out = part if out is None else out + part
         return out
 
@@ -396,7 +423,7 @@ def hutchinson(
     probes: int,
     seed: int = 0,
     batch: int = 16,
-    deflate: tuple[np.ndarray, np.ndarray] | None = None,
+    deflate: tuple[np.ndarray, np.ndarray] | Krylov | None = None,
     dtype=torch.float64,
     device="cpu",
 ):
@@ -405,8 +432,16 @@ def hutchinson(
 
     ``deflate = (eigenvalues, eigenvectors)`` as in :func:`slq`: the eigenvalues' sum plus Hutchinson on
     the complement of the eigenvectors (deflated Hutchinson, the estimator of Hutch++ with the top
-    eigenvectors as its sketch)."""
-    v, values, _ = _probes(p, probes, seed, dtype, device, deflate)
+    eigenvectors as its sketch). ``deflate`` a :class:`Krylov` basis V (``lanczos(..., keep_basis=True)``):
+    tr(V^T H V) plus Hutchinson on the complement of V, the same estimator with the whole Krylov space as its
+    sketch."""
+    if isinstance(deflate, Krylov):
+        v, _, _ = _probes(p, probes, seed, dtype, device, None)
+        v -= deflate.project(v)
+        exact = deflate.trace
+    else:
+        v, values, _ = _probes(p, probes, seed, dtype, device, deflate)
+        exact = float(np.sum(values))
     samples = torch.cat([(matvec(b) * b).sum(1) for b in v.split(batch)]).double().cpu().numpy()
     se = samples.std(ddof=1) / np.sqrt(probes) if probes > 1 else float("nan")
-    return float(np.sum(values)) + float(samples.mean()), float(se)
+    return exact + float(samples.mean()), float(se)

@@ -281,11 +281,12 @@ def _plan(hcfg, p: int, dtype, device, *, slq: bool) -> budget.Plan:
     return world.broadcast(budget.checkpoint_plan(hcfg, p, dtype, device, slq=slq) if world.main else None)
 
 
-def _top(matvec, p: int, hcfg, dtype, device, plan: budget.Plan):
-    """(the top eigenpairs of the operator by Lanczos, the row's extremes) shared by lanczos and slq."""
+def _top(matvec, p: int, hcfg, dtype, device, plan: budget.Plan, keep_basis: bool = False):
+    """(the top eigenpairs of the operator by Lanczos, the row's extremes) shared by lanczos and slq;
+    ``keep_basis``: with the run's Krylov basis (see :class:`sane_cli.iterative.Krylov`)."""
     wanted = max(int(hcfg.topk_vectors), int(hcfg.k), int(hcfg.topk))
     top = lanczos(matvec, p, wanted, tol=float(hcfg.tol), max_iter=plan.max_iter, seed=int(hcfg.seed), dtype=dtype,
-                  device=device, store=plan.store)  # fmt: skip
+                  device=device, store=plan.store, keep_basis=keep_basis)  # fmt: skip
     row = {"lambda_max": float(top.values[0]), "lambda_min": top.lambda_min, "converged": top.converged}
     return top, row
 
@@ -305,10 +306,13 @@ def _lanczos(model, loss_fn, x, y, hcfg, dtype, layers=False) -> Measured:
 
 
 def _lanczos_estimates(matvec, p: int, hcfg, dtype, device):
-    """(the top eigenpairs, the row) of lanczos on an operator of size P."""
-    top, row = _top(matvec, p, hcfg, dtype, device, _plan(hcfg, p, dtype, device, slq=False))
+    """(the top eigenpairs, the row) of lanczos on an operator of size P; the trace by Hutchinson deflated by the
+    top eigenpairs' whole Krylov space (tr V^T H V exactly, the probes projected off V)."""
+    deflate = bool(hcfg.deflate)
+    top, row = _top(matvec, p, hcfg, dtype, device, _plan(hcfg, p, dtype, device, slq=False), keep_basis=deflate)
     trace, trace_se = hutchinson(matvec, p, probes=int(hcfg.probes), seed=int(hcfg.seed),
-                                 deflate=_deflation(top, p, hcfg), dtype=dtype, device=device)  # fmt: skip
+                                 deflate=top.krylov if deflate else None, dtype=dtype, device=device)  # fmt: skip
+    top.krylov = None  # the basis is not kept beyond the trace
     nan = float("nan")
     row.update(trace=trace, trace_se=trace_se, n_negative=nan, n_negative_se=nan, negative_below=nan, n_eff=nan,
                n_eff_se=nan, n_eff_bound=nan, sane=nan, sane_se=nan, sane_bound=nan)  # fmt: skip
