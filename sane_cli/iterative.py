@@ -62,6 +62,7 @@ def lanczos(
     device="cpu",
     store=None,
     keep_basis: bool = False,
+    store_device=None,
 ) -> LanczosResult:
     """Lanczos with full reorthogonalisation for the k largest eigenpairs (and the k largest magnitudes).
 
@@ -79,13 +80,17 @@ def lanczos(
 
     ``keep_basis``: the result's ``krylov`` holds the run's m Lanczos vectors and tr(V^T H V), to deflate a
     Hutchinson trace (:func:`hutchinson`) by the whole Krylov space.
+
+    ``store_device``: where the Lanczos vectors are kept (default ``device``): a GPU run's in the host's memory
+    ("cpu") when the GPU's cannot hold them; the reorthogonalisation then reads them to the GPU a chunk at a time.
     """
     k = min(k, p)
     max_iter = min(max_iter, p)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     q = torch.randn(p, generator=gen, dtype=dtype).to(device)
     q /= q.norm()
-    basis = _Rows(p, min(max_iter + 1, 2 * k + 32), max_iter + 1, dtype if store is None else store, device)
+    basis = _Rows(p, min(max_iter + 1, 2 * k + 32), max_iter + 1, dtype if store is None else store,
+                  device if store_device is None else store_device)  # fmt: skip
     basis.append(q)
     alphas, betas = [], []
     converged = False
@@ -126,13 +131,15 @@ def lanczos(
     return LanczosResult(theta[top], vectors, res[top], mags, float(theta.min()), converged or m == p, m, krylov)
 
 
-CHUNK = 2**26  # elements of a narrower-kept basis converted to the Ritz vectors' dtype at a time (512 MiB in float64)
+CHUNK = 2**26  # elements of kept Lanczos vectors converted to another dtype or moved to the arithmetic's device at a
+# time (512 MiB in float64)
 
 
 class _Rows:
     """Lanczos's vectors as rows, kept in blocks that are added as it goes (the first of ``first`` rows, each next
     as many as there are, at most ``most`` in all), so that the kept rows are never copied into a larger
-    tensor; in the dtype ``store``, converted to the arithmetic's dtype a chunk at a time where narrower."""
+    tensor; in the dtype ``store`` on ``device`` (the arithmetic's, or the host's), converted to the arithmetic's
+    dtype and device a chunk at a time where they differ."""
 
     def __init__(self, p: int, first: int, most: int, store, device):
         self.p, self.first, self.most, self.store, self.device = p, first, most, store, device
@@ -147,17 +154,17 @@ class _Rows:
         self.blocks[-1][self.n - (self.room - len(self.blocks[-1]))] = q
         self.n += 1
 
-    def _parts(self, dtype, n: int):
-        """The first ``n`` kept rows, as (first row, a block of them in ``dtype``)."""
+    def _parts(self, dtype, n: int, device):
+        """The first ``n`` kept rows, as (first row, a block of them in ``dtype`` on ``device``)."""
         start = 0
         for block in self.blocks:
             rows = block[: min(len(block), n - start)]
-            if rows.dtype == dtype:
+            if rows.dtype == dtype and rows.device == torch.device(device):
                 yield start, rows
             else:
                 step = max(1, CHUNK // max(1, self.p))
                 for i in range(0, len(rows), step):
-                    yield start + i, rows[i : i + step].to(dtype)
+                    yield start + i, rows[i : i + step].to(device=device, dtype=dtype)
             start += len(rows)
             if start >= n:
                 return
@@ -169,7 +176,7 @@ class _Rows:
         copy."""
         out = None
         narrow = w.to(self.store)
-        for _, rows in self._parts(self.store, self.n):
+        for _, rows in self._parts(self.store, self.n, w.device):
             part = ((narrow @ rows.T) @ rows).to(w.dtype)
             out = part if out is None else out + part
         return out
@@ -177,7 +184,7 @@ class _Rows:
     def combine(self, coef: torch.Tensor) -> torch.Tensor:
         """V^T coef, (P, k), for the first len(coef) kept rows V and coef (rows, k)."""
         out = torch.zeros(self.p, coef.shape[1], dtype=coef.dtype, device=coef.device)
-        for start, rows in self._parts(coef.dtype, len(coef)):
+        for start, rows in self._parts(coef.dtype, len(coef), coef.device):
             out += rows.T @ coef[start : start + len(rows)]
         return out
 
@@ -332,6 +339,7 @@ def slq(
     device="cpu",
     group: int | None = None,
     store=None,
+    store_device=None,
 ) -> Quadrature:
     """Stochastic Lanczos quadrature with Rademacher probes, run in lockstep (one batched Hessian-vector
     product per step). Reproducible for a given seed.
@@ -353,14 +361,16 @@ def slq(
 
     Memory: ``group`` probes run at a time (default all: one batched product a step for them all), each group's
     Lanczos vectors kept in ``store`` (default ``dtype``; float32 halves a float64 run's, whose recurrence stays
-    float64, the vectors then orthogonal to float32's rounding). The probes, their seeds and the result do not
-    depend on the grouping but for rounding.
+    float64, the vectors then orthogonal to float32's rounding) on ``store_device`` (default ``device``; the host's
+    memory, "cpu", for a GPU run whose GPU cannot hold them). The probes, their seeds and the result do not depend
+    on the grouping or where the vectors are kept but for rounding.
     """
     steps = min(steps, p)
     v, values, d = _probes(p, probes, seed, dtype, device, deflate)
     scales = (v.norm(dim=1) ** 2).double().cpu().numpy()
     v /= v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)  # a probe inside span(V) stays 0
-    runs = [_lanczos_lockstep(matvec, part, steps, reorthogonalize, reproject, d, store or dtype)
+    kept = (store or dtype, store_device or device)
+    runs = [_lanczos_lockstep(matvec, part, steps, reorthogonalize, reproject, d, *kept)
             for part in v.split(group or probes)]  # fmt: skip
     m = min(len(a) for a, _, _ in runs)  # every probe's rule of the same length: the shortest run's
     alphas = np.concatenate([a[:m].T for a, _, _ in runs])
@@ -373,13 +383,14 @@ def slq(
 
 
 def _lanczos_lockstep(
-    matvec: MatVec, v: torch.Tensor, steps: int, reorthogonalize: bool, reproject: bool, d, store
+    matvec: MatVec, v: torch.Tensor, steps: int, reorthogonalize: bool, reproject: bool, d, store, store_device
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Lanczos from the unit rows of ``v`` in lockstep, one batched product a step: (alphas (m, b), betas
     (m, b), whether every probe's Krylov space was exhausted); m < steps where a probe's space was exhausted."""
     probes, p = v.shape
     dtype, device = v.dtype, v.device
-    basis = torch.zeros(steps if reorthogonalize else 2, probes, p, dtype=store, device=device)
+    kept = store_device if reorthogonalize else device  # the three-term recurrence's two vectors stay with the work
+    basis = torch.zeros(steps if reorthogonalize else 2, probes, p, dtype=store, device=kept)
     basis[0] = v
     alphas = torch.zeros(steps, probes, dtype=torch.float64)
     betas = torch.zeros(steps, probes, dtype=torch.float64)
@@ -410,10 +421,15 @@ def _lanczos_lockstep(
 
 def _project_each(basis: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """For each probe b, basis[:, b]^T (basis[:, b] w[b]): the component of w's row b in the span of that probe's
-    Lanczos vectors (``basis`` (steps, probes, P)), in w's dtype."""
+    Lanczos vectors (``basis`` (steps, probes, P)), in w's dtype. Read a chunk of steps at a time (each step's
+    term needs its own vectors only): a basis kept on another device (the host's memory) moves to w's a chunk at a
+    time, never whole."""
     narrow = w.to(basis.dtype)  # a basis kept narrower: projected in its own dtype (see _Rows.project)
-    coef = torch.einsum("jbp,bp->jb", basis, narrow)
-    return torch.einsum("jb,jbp->bp", coef, basis).to(w.dtype)
+    out = torch.zeros_like(narrow)
+    for part in basis.split(max(1, CHUNK // max(1, basis.shape[1] * basis.shape[2]))):
+        part = part.to(w.device)
+        out += torch.einsum("jb,jbp->bp", torch.einsum("jbp,bp->jb", part, narrow), part)
+    return out.to(w.dtype)
 
 
 def hutchinson(

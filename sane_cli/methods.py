@@ -242,7 +242,7 @@ def top_eigenvalue(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.
     device = next(model.parameters()).device
     plan = _plan(hcfg, p, dtype, device, slq=False)
     top = lanczos(matvec, p, 1, tol=float(hcfg.tol), max_iter=plan.max_iter, seed=int(hcfg.seed), values_only=True,
-                  dtype=dtype, device=device, store=plan.store)  # fmt: skip
+                  dtype=dtype, device=device, store=plan.store, store_device=plan.store_device)  # fmt: skip
     return float(top.values[0])
 
 
@@ -270,7 +270,7 @@ def preconditioned_sharpness(
 
     plan = _plan(hcfg, p, dtype, device, slq=False)
     top = lanczos(scaled, p, 1, tol=float(hcfg.tol), max_iter=plan.max_iter, seed=int(hcfg.seed), values_only=True,
-                  dtype=dtype, device=device, store=plan.store)  # fmt: skip
+                  dtype=dtype, device=device, store=plan.store, store_device=plan.store_device)  # fmt: skip
     return float(top.values[0])
 
 
@@ -286,7 +286,8 @@ def _top(matvec, p: int, hcfg, dtype, device, plan: budget.Plan, keep_basis: boo
     ``keep_basis``: with the run's Krylov basis (see :class:`sane_cli.iterative.Krylov`)."""
     wanted = max(int(hcfg.topk_vectors), int(hcfg.k), int(hcfg.topk))
     top = lanczos(matvec, p, wanted, tol=float(hcfg.tol), max_iter=plan.max_iter, seed=int(hcfg.seed), dtype=dtype,
-                  device=device, store=plan.store, keep_basis=keep_basis)  # fmt: skip
+                  device=device, store=plan.store, store_device=plan.store_device,
+                  keep_basis=keep_basis)  # fmt: skip
     row = {"lambda_max": float(top.values[0]), "lambda_min": top.lambda_min, "converged": top.converged}
     return top, row
 
@@ -344,7 +345,7 @@ def _slq_estimates(matvec, p: int, hcfg, dtype, device):
     quad = slq(matvec, p, probes=int(hcfg.probes), steps=plan.steps, seed=int(hcfg.seed),
                reorthogonalize=hcfg.reorth == "full", reproject=hcfg.reorth == "selective",
                deflate=_deflation(top, p, hcfg), dtype=dtype, device=device, group=plan.group,
-               store=plan.store)  # fmt: skip
+               store=plan.store, store_device=plan.store_device)  # fmt: skip
     mode, scale = hcfg.eig_mode, _top_scale(top, hcfg)
     trace, trace_se = quad.trace_of(lambda t: t)
     n_eff, n_eff_se = quad.trace_of(lambda t: _ratio(t, float(hcfg.alpha), mode))
@@ -545,7 +546,8 @@ def check_memory(hcfg, model: nn.Module, n: int, input_shape: tuple[int, ...], d
     if method in ("lanczos", "slq"):  # the Lanczos vectors within hessian.memory_gb (sane_cli.budget)
         dtype, device = DTYPES[precision(hcfg, method)], device or torch.device("cpu")
         limit = budget.budget(hcfg, device)
-        if budget.plan(hcfg, n_params, dtype, limit, slq=method == "slq") is None:
+        host = budget.host_budget(device)  # a GPU's run may keep its vectors in the host's memory
+        if budget.plan(hcfg, n_params, dtype, limit, slq=method == "slq", host_limit=host) is None:
             raise UsageError(budget.refusal(hcfg, n_params, dtype, limit, slq=method == "slq"))
     memory = METHODS[method].memory
     if memory is None:

@@ -76,6 +76,54 @@ def test_the_plan_takes_the_first_fallback_that_fits():
     assert configured >= 300 * 8 * p * 8
 
 
+def test_a_gpu_run_keeps_its_vectors_in_the_hosts_memory_before_it_takes_fewer_steps():
+    """Where no plan on the device keeps every step (a GPU's memory), one that keeps the vectors in the host's
+    memory comes before fewer steps: in the run's dtype where the host holds them, else float32; the device then
+    holds the work and one chunk of the kept vectors. Without a host budget (the CPU) fewer steps come next; a
+    host too small for any full-length plan leaves fewer steps on the device."""
+    h = make_config("hessian=slq").hessian
+    p, f64, f32 = 1_000_000, torch.float64, torch.float32
+    limit = budget.need(h, p, f64, 1, f32, 300, 300) - 1  # the least full-length plan on the device does not fit
+    on_host = budget.need(h, p, f64, 8, f64, 300, 300, host=True)
+    assert on_host <= limit  # the premise: the work and a chunk fit where the kept vectors do not
+    assert budget.plan(h, p, f64, limit).steps < 300 and not budget.plan(h, p, f64, limit).host
+    roomy = budget.plan(h, p, f64, limit, host_limit=2**40)
+    assert roomy.host and roomy.steps == 300 and roomy.store == f64 and roomy.group == 8 and roomy.store_device == "cpu"
+    assert roomy.host_need == budget.host_need(h, p, f64, 8, f64, 300, 300) >= 300 * 8 * p * 8
+    assert (
+        "the Lanczos vectors kept in the host's memory" in roomy.changes and "in the host's memory" in roomy.describe()
+    )
+    tight = budget.plan(h, p, f64, limit, host_limit=budget.host_need(h, p, f64, 1, f32, 300, 300))
+    assert tight.host and tight.steps == 300 and tight.store == f32 and tight.group == 1
+    small = budget.plan(h, p, f64, limit, host_limit=budget.host_need(h, p, f64, 1, f32, 300, 300) - 1)
+    assert not small.host and small.steps < 300
+    # the host's budget is given for a GPU alone: on the CPU the host's memory is the device's
+    assert budget.host_budget("cpu") is None and budget.host_budget(torch.device("cuda")) > 0
+    assert budget.plan(h, p, f64, limit, slq=False, host_limit=2**40).max_iter == 300
+
+
+@pytest.mark.parametrize("chunk", [None, 4000])
+def test_vectors_kept_in_the_hosts_memory_or_read_in_chunks_give_the_same_numbers(device, chunk, monkeypatch):
+    """Lanczos and SLQ with their vectors kept on the host ("cpu") while the products run on ``device`` (a GPU where
+    one is: benchmarks/gpu_check.sh), and read a few rows at a time (``chunk`` elements: many chunks a step), give
+    the eigenpairs and quadratures of the vectors kept with the arithmetic, to rounding."""
+    from sane_cli import iterative
+
+    if chunk:
+        monkeypatch.setattr(iterative, "CHUNK", chunk)
+    matvec_cpu, ev, _ = _net_like_operator(p=400, seed=2)
+    matvec = lambda v: matvec_cpu(v.cpu()).to(v.device)  # noqa: E731
+    want = lanczos(matvec, 400, 5, tol=1e-10, device=device)
+    for store in (None, torch.float32):
+        got = lanczos(matvec, 400, 5, tol=1e-10, device=device, store=store, store_device="cpu", keep_basis=True)
+        np.testing.assert_allclose(got.values, want.values, rtol=1e-6 if store else 1e-12)
+        assert got.krylov.project(torch.ones(2, 400, dtype=torch.float64, device=device)).device.type == device
+    whole = slq(matvec, 400, probes=4, steps=40, seed=1, device=device)
+    kept = slq(matvec, 400, probes=4, steps=40, seed=1, device=device, store_device="cpu", group=3)
+    f = lambda t: np.abs(t) / (np.abs(t) + 0.05)  # noqa: E731
+    assert kept.trace_of(f)[0] == pytest.approx(whole.trace_of(f)[0], rel=1e-10)
+
+
 def test_a_run_beyond_every_plan_is_refused_before_training(tmp_path):
     out = run(tmp_path, *TINY, "hessian=slq", "hessian.memory_gb=0.000001", "hydra.run.dir=refused")
     assert out.returncode == 2
