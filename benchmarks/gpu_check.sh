@@ -40,11 +40,11 @@ worst = float((np.abs(a[cols] - b[cols]) / np.abs(a[cols]).max()).max().max())
 env = json.load(open(f"{sys.argv[2]}/summary.json"))["environment"]
 print(f"2 ranks ({env['backend']}, {env['device']}) against 1 process: largest difference {worst:.1e} of scale")
 PY
-echo "== Lanczos vectors in the host's memory: a 4.3M-parameter MLP within hessian.memory_gb=1.7 against none"
-args="width=2048 steps=1 hessian=slq hessian.at_start=false hessian.every=1 hessian.probes=2 hessian.steps=60
+echo "== Lanczos vectors in the host's memory: a 17M-parameter MLP within hessian.memory_gb=6 against none"
+args="width=4096 steps=1 hessian=slq hessian.at_start=false hessian.every=1 hessian.probes=2 hessian.steps=60
   hessian.max_iter=60 precision=float64 device=cuda save_checkpoint=false"
 sane-run $args hydra.run.dir="$out/device" >/dev/null
-sane-run $args hessian.memory_gb=1.7 hydra.run.dir="$out/host" > "$out/host.log" 2>&1
+sane-run $args hessian.memory_gb=6 hydra.run.dir="$out/host" > "$out/host.log" 2>&1
 grep -o "within memory: .*" "$out/host.log" | head -1
 "$py" - "$out/device" "$out/host" <<'PY'
 import sys

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -61,20 +62,36 @@ class Plan:
 
 
 def free_memory(device) -> int:
-    """Bytes the device has free: a GPU's free memory, or the host's available memory (MemAvailable)."""
+    """Bytes the device has free: a GPU's free memory, or the host's available memory (MemAvailable), within
+    what the process's control group (a SLURM job's, a container's) still allows."""
     device = torch.device(device)
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
+    available = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    available = int(line.split()[1]) * 1024
     except OSError:
         pass
-    import os
+    if available is None:
+        import os
 
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    room = cgroup_room()
+    return available if room is None else min(available, room)
+
+
+def cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes the process's control group may still take (cgroup v2: memory.max - memory.current), None where it
+    sets no limit or there is none."""
+    try:
+        limit = (root / "memory.max").read_text().strip()
+        current = int((root / "memory.current").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else max(0, int(limit) - current)
 
 
 def budget(hcfg, device) -> int:
@@ -84,58 +101,77 @@ def budget(hcfg, device) -> int:
 
 
 def host_budget(device) -> int | None:
-    """Bytes of the host's memory a GPU run's kept vectors may take (:data:`SHARE` of what it has free); None on the
-    CPU, whose memory is the device's."""
-    return int(SHARE * free_memory("cpu")) if torch.device(device).type == "cuda" else None
+    """Bytes of the host's memory a GPU run's kept vectors may take (:data:`SHARE` of what it has free, shared by
+    the ranks of a data-parallel job on this machine); None on the CPU, whose memory is the device's."""
+    if torch.device(device).type != "cuda":
+        return None
+    from . import distributed
+
+    return int(SHARE * free_memory("cpu")) // max(1, distributed.current().local_size)
 
 
-def _bytes(hcfg, p: int, dtype, group: int, store, steps: int, max_iter: int, slq: bool) -> tuple[int, ...]:
+def _bytes(hcfg, p: int, dtype, group: int, store, steps: int, max_iter: int, slq: bool,
+           trace: bool) -> tuple[int, ...]:  # fmt: skip
     """(kept, work) bytes of Lanczos's phase for the top eigenpairs, then of SLQ's (0, 0 without SLQ)."""
+    from .iterative import HUTCHINSON_BATCH
+
     k = max(int(hcfg.topk_vectors), int(hcfg.k), int(hcfg.topk))
     item, kept = dtype.itemsize, store.itemsize
     ritz = p * k * (8 + item)
     probes = int(hcfg.probes)
     top = (max_iter + 1) * p * kept  # Lanczos's rows at their most (its blocks are never copied)
-    if not slq:  # the Hutchinson probes of the trace, deflated by Lanczos's rows while they are kept
-        return top, ritz + probes * p * item, 0, 0
-    rows = steps if hcfg.reorth == "full" else 2
-    return top, ritz, rows * group * p * kept, ritz + probes * p * item + 4 * group * p * item
+    if not slq:  # lanczos's trace: its probes and their work, deflated by Lanczos's rows while they are kept
+        work = probes * p * item + 4 * min(probes, HUTCHINSON_BATCH) * p * item if trace else 0
+        return top, ritz + work, 0, 0
+    work = ritz + probes * p * item + 4 * group * p * item
+    if hcfg.reorth != "full":  # the recurrence's two vectors stay with the arithmetic
+        return top, ritz, 0, work + 2 * group * p * kept
+    return top, ritz, steps * group * p * kept, work
 
 
 def need(hcfg, p: int, dtype: torch.dtype, group: int, store: torch.dtype, steps: int, max_iter: int,
-         slq: bool = True, host: bool = False) -> int:  # fmt: skip
+         slq: bool = True, host: bool = False, trace: bool = False) -> int:  # fmt: skip
     """Bytes of one checkpoint's Lanczos vectors on the device: the larger of Lanczos's for the top eigenpairs
     (and their Ritz vectors, in float64; for lanczos alone, with the trace's probes, deflated by the kept rows)
     and SLQ's (its probes, each group's kept vectors, the deflated eigenvectors and a few vectors of work per
-    probe). ``host``: the kept vectors in the host's memory (:func:`host_need`), a chunk of them at a time on the
-    device."""
-    kept_top, work_top, kept_slq, work_slq = _bytes(hcfg, p, dtype, group, store, steps, max_iter, slq)
+    probe; ``trace``: lanczos's trace, its probes). ``host``: the kept vectors in the host's memory
+    (:func:`host_need`), two chunks of them at a time on the device (one read while the last is used)."""
+    kept_top, work_top, kept_slq, work_slq = _bytes(hcfg, p, dtype, group, store, steps, max_iter, slq, trace)
     if host:
         from .iterative import CHUNK
 
-        return max(work_top, work_slq) + CHUNK * max(store.itemsize, dtype.itemsize)
+        chunk = max(CHUNK, group * p if slq else p)  # at least a row (a step of the group's rows) at a time
+        return max(work_top, work_slq) + 2 * chunk * max(store.itemsize, dtype.itemsize)
     return max(kept_top + work_top, kept_slq + work_slq)
 
 
 def host_need(hcfg, p: int, dtype: torch.dtype, group: int, store: torch.dtype, steps: int, max_iter: int,
               slq: bool = True) -> int:  # fmt: skip
     """Bytes of the host's memory the kept vectors take in a plan that keeps them there."""
-    kept_top, _, kept_slq, _ = _bytes(hcfg, p, dtype, group, store, steps, max_iter, slq)
+    kept_top, _, kept_slq, _ = _bytes(hcfg, p, dtype, group, store, steps, max_iter, slq, False)
     return max(kept_top, kept_slq)
 
 
 def plan(
-    hcfg, p: int, dtype: torch.dtype, limit: int, *, slq: bool = True, host_limit: int | None = None
+    hcfg,
+    p: int,
+    dtype: torch.dtype,
+    limit: int,
+    *,
+    slq: bool = True,
+    host_limit: int | None = None,
+    trace: bool = False,
 ) -> Plan | None:
     """The first of the module docstring's plans whose :func:`need` fits in ``limit`` bytes (and, for those that
     keep the vectors in the host's memory, :func:`host_need` in ``host_limit``: given for a GPU run); None if none
-    does. ``slq``: SLQ runs after Lanczos (hessian=slq); else Lanczos alone."""
+    does. ``slq``: SLQ runs after Lanczos (hessian=slq); else Lanczos alone, with its trace's probes where
+    ``trace`` (hessian=lanczos)."""
     probes, steps, max_iter = int(hcfg.probes), min(int(hcfg.steps), p), min(int(hcfg.max_iter), p)
     narrow = [dtype] if dtype == torch.float32 else [dtype, torch.float32]
     places = [False] if host_limit is None else [False, True]
 
     def fits(group: int, store, s: int, it: int, host: bool) -> Plan | None:
-        bytes_ = need(hcfg, p, dtype, group, store, s, it, slq, host)
+        bytes_ = need(hcfg, p, dtype, group, store, s, it, slq, host, trace)
         held = host_need(hcfg, p, dtype, group, store, s, it, slq) if host else 0
         if bytes_ > limit or (host and held > host_limit):
             return None
@@ -167,8 +203,9 @@ def least(hcfg, p: int, dtype: torch.dtype, *, slq: bool = True) -> int:
 _said: set[str] = set()
 
 
-def checkpoint_plan(hcfg, p: int, dtype: torch.dtype, device, *, slq: bool = True) -> Plan:
-    """The plan of a checkpoint on ``device``, logged once where it is not the configured one.
+def checkpoint_plan(hcfg, p: int, dtype: torch.dtype, device, *, slq: bool = True, trace: bool = False) -> Plan:
+    """The plan of a checkpoint on ``device`` (``slq``, ``trace``: as :func:`plan`), logged once where it is not the
+    configured one.
 
     Raises:
         UsageError: not even the smallest plan fits (:func:`sane_cli.methods.check_memory` refuses such a run
@@ -176,10 +213,10 @@ def checkpoint_plan(hcfg, p: int, dtype: torch.dtype, device, *, slq: bool = Tru
     """
     from .errors import UsageError
 
-    limit = budget(hcfg, device)
-    chosen = plan(hcfg, p, dtype, limit, slq=slq, host_limit=host_budget(device))
+    limit, host = budget(hcfg, device), host_budget(device)
+    chosen = plan(hcfg, p, dtype, limit, slq=slq, host_limit=host, trace=trace)
     if chosen is None:
-        raise UsageError(refusal(hcfg, p, dtype, limit, slq=slq))
+        raise UsageError(refusal(hcfg, p, dtype, limit, slq=slq, host_limit=host))
     if chosen.changes:
         line = f"hessian: the Lanczos vectors of {p:,} parameters within memory: {chosen.describe()}"
         if line not in _said:
@@ -188,11 +225,13 @@ def checkpoint_plan(hcfg, p: int, dtype: torch.dtype, device, *, slq: bool = Tru
     return chosen
 
 
-def refusal(hcfg, p: int, dtype: torch.dtype, limit: int, *, slq: bool = True) -> str:
-    """The one line that refuses a run whose Lanczos vectors fit no plan."""
+def refusal(hcfg, p: int, dtype: torch.dtype, limit: int, *, slq: bool = True, host_limit: int | None = None) -> str:
+    """The one line that refuses a run whose Lanczos vectors fit no plan (on a GPU, nor the host's memory)."""
     what = f"SLQ's {hcfg.probes} probes and the Lanczos vectors" if slq else "Lanczos's vectors"
     given = hcfg.get("memory_gb")
     where = f"hessian.memory_gb={given}" if given is not None else f"{SHARE:.0%} of the free memory, {_gib(limit)}"
+    if host_limit is not None:
+        where += f" (and {_gib(host_limit)} of the host's memory, which cannot hold them either)"
     return (f"hessian.method={'slq' if slq else 'lanczos'} needs at least {_gib(least(hcfg, p, dtype, slq=slq))} "
             f"for {what} of {p:,} parameters ({MIN_STEPS} steps, one probe at a time, kept in float32); the budget "
             f"is {where}: raise hessian.memory_gb (or free memory), or lower hessian.probes")  # fmt: skip

@@ -131,6 +131,7 @@ def lanczos(
     return LanczosResult(theta[top], vectors, res[top], mags, float(theta.min()), converged or m == p, m, krylov)
 
 
+HUTCHINSON_BATCH = 16  # probes a Hessian-vector product call takes in hutchinson
 CHUNK = 2**26  # elements of kept Lanczos vectors converted to another dtype or moved to the arithmetic's device at a
 # time (512 MiB in float64)
 
@@ -178,7 +179,8 @@ class _Rows:
         narrow = w.to(self.store)
         for _, rows in self._parts(self.store, self.n, w.device):
             part = ((narrow @ rows.T) @ rows).to(w.dtype)
-            out = part if out is None else out + part
+            out = part if out is None else out.add_(part)
+            del rows, part  # one chunk held at a time while the next is read
         return out
 
     def combine(self, coef: torch.Tensor) -> torch.Tensor:
@@ -438,7 +440,7 @@ def hutchinson(
     *,
     probes: int,
     seed: int = 0,
-    batch: int = 16,
+    batch: int = HUTCHINSON_BATCH,
     deflate: tuple[np.ndarray, np.ndarray] | Krylov | None = None,
     dtype=torch.float64,
     device="cpu",
@@ -450,10 +452,13 @@ def hutchinson(
     the complement of the eigenvectors (deflated Hutchinson, the estimator of Hutch++ with the top
     eigenvectors as its sketch). ``deflate`` a :class:`Krylov` basis V (``lanczos(..., keep_basis=True)``):
     tr(V^T H V) plus Hutchinson on the complement of V, the same estimator with the whole Krylov space as its
-    sketch."""
+    sketch (its probes drawn with ``seed + 1``, apart from the basis's start)."""
     if isinstance(deflate, Krylov):
-        v, _, _ = _probes(p, probes, seed, dtype, device, None)
-        v -= deflate.project(v)
+        # a stream apart from Lanczos's start vector (drawn with ``seed``): the estimator is unbiased for a basis
+        # independent of the probes
+        v, _, _ = _probes(p, probes, seed + 1, dtype, device, None)
+        for b in v.split(batch):  # projected a batch at a time: the projection's work stays a batch's
+            b -= deflate.project(b)
         exact = deflate.trace
     else:
         v, values, _ = _probes(p, probes, seed, dtype, device, deflate)

@@ -274,11 +274,12 @@ def preconditioned_sharpness(
     return float(top.values[0])
 
 
-def _plan(hcfg, p: int, dtype, device, *, slq: bool) -> budget.Plan:
+def _plan(hcfg, p: int, dtype, device, *, slq: bool, trace: bool = False) -> budget.Plan:
     """The memory plan of a checkpoint's Lanczos (and SLQ) on an operator of size P (sane_cli.budget); in a
     data-parallel job rank 0's, so that every rank runs the same steps."""
     world = distributed.current()
-    return world.broadcast(budget.checkpoint_plan(hcfg, p, dtype, device, slq=slq) if world.main else None)
+    plan = budget.checkpoint_plan(hcfg, p, dtype, device, slq=slq, trace=trace) if world.main else None
+    return world.broadcast(plan)
 
 
 def _top(matvec, p: int, hcfg, dtype, device, plan: budget.Plan, keep_basis: bool = False):
@@ -310,7 +311,8 @@ def _lanczos_estimates(matvec, p: int, hcfg, dtype, device):
     """(the top eigenpairs, the row) of lanczos on an operator of size P; the trace by Hutchinson deflated by the
     top eigenpairs' whole Krylov space (tr V^T H V exactly, the probes projected off V)."""
     deflate = bool(hcfg.deflate)
-    top, row = _top(matvec, p, hcfg, dtype, device, _plan(hcfg, p, dtype, device, slq=False), keep_basis=deflate)
+    plan = _plan(hcfg, p, dtype, device, slq=False, trace=True)
+    top, row = _top(matvec, p, hcfg, dtype, device, plan, keep_basis=deflate)
     trace, trace_se = hutchinson(matvec, p, probes=int(hcfg.probes), seed=int(hcfg.seed),
                                  deflate=top.krylov if deflate else None, dtype=dtype, device=device)  # fmt: skip
     top.krylov = None  # the basis is not kept beyond the trace
@@ -547,8 +549,9 @@ def check_memory(hcfg, model: nn.Module, n: int, input_shape: tuple[int, ...], d
         dtype, device = DTYPES[precision(hcfg, method)], device or torch.device("cpu")
         limit = budget.budget(hcfg, device)
         host = budget.host_budget(device)  # a GPU's run may keep its vectors in the host's memory
-        if budget.plan(hcfg, n_params, dtype, limit, slq=method == "slq", host_limit=host) is None:
-            raise UsageError(budget.refusal(hcfg, n_params, dtype, limit, slq=method == "slq"))
+        slq = method == "slq"
+        if budget.plan(hcfg, n_params, dtype, limit, slq=slq, host_limit=host, trace=not slq) is None:
+            raise UsageError(budget.refusal(hcfg, n_params, dtype, limit, slq=slq, host_limit=host))
     memory = METHODS[method].memory
     if memory is None:
         return

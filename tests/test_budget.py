@@ -82,7 +82,7 @@ def test_a_gpu_run_keeps_its_vectors_in_the_hosts_memory_before_it_takes_fewer_s
     holds the work and one chunk of the kept vectors. Without a host budget (the CPU) fewer steps come next; a
     host too small for any full-length plan leaves fewer steps on the device."""
     h = make_config("hessian=slq").hessian
-    p, f64, f32 = 1_000_000, torch.float64, torch.float32
+    p, f64, f32 = 4_000_000, torch.float64, torch.float32
     limit = budget.need(h, p, f64, 1, f32, 300, 300) - 1  # the least full-length plan on the device does not fit
     on_host = budget.need(h, p, f64, 8, f64, 300, 300, host=True)
     assert on_host <= limit  # the premise: the work and a chunk fit where the kept vectors do not
@@ -100,6 +100,27 @@ def test_a_gpu_run_keeps_its_vectors_in_the_hosts_memory_before_it_takes_fewer_s
     # the host's budget is given for a GPU alone: on the CPU the host's memory is the device's
     assert budget.host_budget("cpu") is None and budget.host_budget(torch.device("cuda")) > 0
     assert budget.plan(h, p, f64, limit, slq=False, host_limit=2**40).max_iter == 300
+
+
+def test_what_the_plan_counts_beyond_the_kept_vectors(tmp_path):
+    """lanczos's trace counts its probes (the top eigenvalue alone does not); without full reorthogonalisation
+    SLQ's two recurrence vectors stay with the arithmetic (nothing for the host to keep); the host's free memory
+    is capped by the control group's room (cgroup v2), where it sets a limit."""
+    h = make_config("hessian=slq").hessian
+    p, f64 = 100_000, torch.float64
+    probes = int(h.probes)
+    with_trace = budget.need(h, p, f64, probes, f64, 300, 300, slq=False, trace=True)
+    alone = budget.need(h, p, f64, probes, f64, 300, 300, slq=False)
+    assert with_trace - alone == (probes + 4 * min(probes, 16)) * p * 8
+    none = make_config("hessian=slq", "hessian.reorth=none").hessian
+    assert budget.host_need(none, p, f64, 8, f64, 300, 300) == 301 * p * 8  # Lanczos's rows alone
+    assert budget.need(none, p, f64, 8, f64, 300, 300, host=True) >= 2 * 8 * p * 8  # the recurrence's, on the device
+    (tmp_path / "memory.max").write_text("1000000\n")
+    (tmp_path / "memory.current").write_text("400000\n")
+    assert budget.cgroup_room(tmp_path) == 600000
+    (tmp_path / "memory.max").write_text("max\n")
+    assert budget.cgroup_room(tmp_path) is None and budget.cgroup_room(tmp_path / "absent") is None
+    assert 0 < budget.free_memory("cpu")
 
 
 @pytest.mark.parametrize("chunk", [None, 4000])
