@@ -203,13 +203,12 @@ def least(hcfg, p: int, dtype: torch.dtype, *, slq: bool = True) -> int:
 _said: set[str] = set()
 
 
-def checkpoint_plan(hcfg, p: int, dtype: torch.dtype, device, *, slq: bool = True, trace: bool = False) -> Plan:
-    """The plan of a checkpoint on ``device`` (``slq``, ``trace``: as :func:`plan`), logged once where it is not the
-    configured one.
+def device_plan(hcfg, p: int, dtype: torch.dtype, device, *, slq: bool = True, trace: bool = False) -> Plan:
+    """The plan on ``device`` within its budget (and, on a GPU, the host's): :func:`plan` (``slq``, ``trace`` as
+    there) with the budgets read now.
 
     Raises:
-        UsageError: not even the smallest plan fits (:func:`sane_cli.methods.check_memory` refuses such a run
-            before it starts, but the device's free memory may have shrunk since).
+        UsageError: not even the smallest plan fits (:func:`refusal`'s line).
     """
     from .errors import UsageError
 
@@ -217,6 +216,17 @@ def checkpoint_plan(hcfg, p: int, dtype: torch.dtype, device, *, slq: bool = Tru
     chosen = plan(hcfg, p, dtype, limit, slq=slq, host_limit=host, trace=trace)
     if chosen is None:
         raise UsageError(refusal(hcfg, p, dtype, limit, slq=slq, host_limit=host))
+    return chosen
+
+
+def checkpoint_plan(hcfg, p: int, dtype: torch.dtype, device, *, slq: bool = True, trace: bool = False) -> Plan:
+    """The plan of a checkpoint on ``device`` (:func:`device_plan`), logged once where it is not the configured one.
+
+    Raises:
+        UsageError: not even the smallest plan fits (:func:`sane_cli.methods.check_memory` refuses such a run
+            before it starts, but the device's free memory may have shrunk since).
+    """
+    chosen = device_plan(hcfg, p, dtype, device, slq=slq, trace=trace)
     if chosen.changes:
         line = f"hessian: the Lanczos vectors of {p:,} parameters within memory: {chosen.describe()}"
         if line not in _said:

@@ -546,12 +546,8 @@ def check_memory(hcfg, model: nn.Module, n: int, input_shape: tuple[int, ...], d
     n_params = n_parameters(model)
     method = resolve_method(hcfg, model, n_params, n=n, input_shape=input_shape)
     if method in ("lanczos", "slq"):  # the Lanczos vectors within hessian.memory_gb (sane_cli.budget)
-        dtype, device = DTYPES[precision(hcfg, method)], device or torch.device("cpu")
-        limit = budget.budget(hcfg, device)
-        host = budget.host_budget(device)  # a GPU's run may keep its vectors in the host's memory
-        slq = method == "slq"
-        if budget.plan(hcfg, n_params, dtype, limit, slq=slq, host_limit=host, trace=not slq) is None:
-            raise UsageError(budget.refusal(hcfg, n_params, dtype, limit, slq=slq, host_limit=host))
+        dtype, slq = DTYPES[precision(hcfg, method)], method == "slq"
+        budget.device_plan(hcfg, n_params, dtype, device or torch.device("cpu"), slq=slq, trace=not slq)
     memory = METHODS[method].memory
     if memory is None:
         return
