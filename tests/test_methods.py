@@ -320,6 +320,9 @@ def test_krylov_trace_alone_is_unbiased_and_exact_on_the_whole_space():
     assert np.mean([a for a, _ in ses]) < np.mean([b for _, b in ses]), ses
     est, se = krylov_trace(matvec, p, steps=p, probes=3)
     assert est == pytest.approx(np.trace(h), rel=1e-10) and se < 1e-8 * np.abs(h).max()
+    for bad in ({"steps": 0}, {"probes": 0}):
+        with pytest.raises(ValueError, match="steps >= 1 and probes >= 1"):
+            krylov_trace(matvec, p, **bad)
 
 
 def test_auto_runs_slq_in_its_own_precision_above_the_threshold():
