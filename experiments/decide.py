@@ -107,11 +107,26 @@ def interval(samples: np.ndarray) -> tuple[float, float]:
 
 def parts(folder, pattern: str) -> pd.DataFrame:
     """The study's parts (one table a part, e.g. a seed) matching ``pattern`` in ``folder``, as one table; exits
-    with one line when there is none."""
+    with one line when there is none, or when a part cannot be read, holds no rows or has other columns than the
+    rest (a cut or overwritten file), so that no verdict is read off fewer parts than are shipped."""
     found = sorted(folder.glob(pattern))
     if not found:
         raise SystemExit(f"verdict.py: no {pattern} in {folder}; run run.sh first")
-    return pd.concat([pd.read_csv(p) for p in found], ignore_index=True)
+    fix = "restore it (git checkout -- <file>) or rerun its part"
+    tables = {}
+    for path in found:
+        if path.suffix == ".csv" and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            raise SystemExit(f"verdict.py: {path} ends mid-line (a cut file); {fix}")
+        try:
+            tables[path] = pd.read_csv(path)
+        except (OSError, EOFError, UnicodeDecodeError, ValueError) as e:  # pandas' parser and empty-file errors too
+            raise SystemExit(f"verdict.py: {path} cannot be read ({type(e).__name__}: {e}); {fix}") from None
+    columns = pd.Series([tuple(t.columns) for t in tables.values()]).mode()[0]  # the parts' usual columns
+    for path, table in tables.items():
+        if tuple(table.columns) != columns or table.empty:
+            what = "holds no rows" if tuple(table.columns) == columns else f"has columns {list(table.columns)[:4]}..."
+            raise SystemExit(f"verdict.py: {path} {what}, not a part of this study ({len(columns)} columns); {fix}")
+    return pd.concat(tables.values(), ignore_index=True)
 
 
 def completed(runs: pd.DataFrame, describe) -> pd.DataFrame:

@@ -112,3 +112,32 @@ def test_runs_table_reads_n_eff_at_one_prior_from_the_spectrum(tmp_path):
     alpha = runs_table.PRIOR / 500
     assert table.n_eff_fixed_prior.iloc[0] == np.sum(np.abs(ev) / (np.abs(ev) + alpha))
     assert np.isnan(table.n_eff_fixed_prior.iloc[1]) and table["size"].tolist() == [8, 8]
+
+
+def test_parts_refuse_a_cut_or_foreign_part_in_one_line(tmp_path):
+    """A verdict is never read off fewer parts than are shipped: a cut, empty or foreign part stops it in one
+    line naming the file."""
+    parts = study("2026-12-06-basins-adjusted").parts  # experiments/decide.py's, as every verdict.py imports it
+    good = pd.DataFrame({"run": ["a", "b"], "lr": [0.5, 1.0], "value": [0.1, 0.2]})
+    good.to_csv(tmp_path / "runs-seed0.csv", index=False)
+    good.to_csv(tmp_path / "runs-seed1.csv.gz", index=False)
+    assert len(parts(tmp_path, "runs*")) == 4
+    cases = {
+        "runs-seed2.csv": (lambda p: p.write_text(good.to_csv(index=False)[:-5]), "ends mid-line"),
+        "runs-seed3.csv.gz": (
+            lambda p: p.write_bytes((tmp_path / "runs-seed1.csv.gz").read_bytes()[:-8]),
+            "cannot be read",
+        ),
+        "runs-seed4.csv": (lambda p: p.write_text("garbage\n"), "has columns ['garbage']"),
+        "runs-seed5.csv": (lambda p: p.write_text("run,lr,value\n"), "holds no rows"),
+        "runs-seed6.csv": (lambda p: p.write_text(""), "cannot be read"),
+    }
+    for name, (spoil, message) in cases.items():
+        spoil(tmp_path / name)
+        try:
+            parts(tmp_path, "runs*")
+        except SystemExit as e:
+            assert name in str(e) and message in str(e) and "\n" not in str(e), str(e)
+        else:
+            raise AssertionError(f"{name} was read as a part")
+        (tmp_path / name).unlink()
