@@ -9,6 +9,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-outputs/basins-adjusted}
 seed=${2:-0}
+case "${SCALE:-default}" in
+  default | full) ;;
+  *) echo "run.sh: SCALE=${SCALE} is unknown; use SCALE=full or leave it unset (default)" >&2; exit 2 ;;
+esac
 if [[ "${SCALE:-default}" == full ]]; then lrs=0.5,0.7,1.0,1.4 seeds=$seed steps=6000; else lrs=0.5,1.0 seeds=0,1 steps=2400; fi
 sane-run experiment=basins_adjusted lr="$lrs" seed="$seeds" steps="$steps" hydra/launcher=joblib \
     hydra.launcher.n_jobs=2 hydra.sweep.dir="$out/runs"

@@ -9,6 +9,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-outputs/deep-trained}
 seed=${2:-0}
+case "${SCALE:-default}" in
+  default | full) ;;
+  *) echo "run.sh: SCALE=${SCALE} is unknown; use SCALE=full or leave it unset (default)" >&2; exit 2 ;;
+esac
 if [[ "${SCALE:-default}" == full ]]; then depths=8,12,16; else depths=8,16; fi
 sweep() { sane-run experiment=deep_trained seed="$seed" depth="$depths" hydra/launcher=joblib hydra.launcher.n_jobs=2 "$@"; }
 sweep width=24 hessian=exact,block_diag,block_band,slq hydra.sweep.dir="$out/w24"

@@ -10,6 +10,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-outputs/generalisation-levers}
 seed=${2:-0}
+case "${SCALE:-default}" in
+  default | full) ;;
+  *) echo "run.sh: SCALE=${SCALE} is unknown; use SCALE=full or leave it unset (default)" >&2; exit 2 ;;
+esac
 if [[ "${SCALE:-default}" == full ]]; then n_train=500,1000,2000,4000 noise=0,0.2,0.4; else n_train=1000,4000 noise=0,0.4; fi
 sweep() {
     sane-run experiment=generalisation_levers seed="$seed" dataset.n_train="$n_train" dataset.label_noise="$noise" \

@@ -10,6 +10,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-outputs/lr-rankings}
 seed=${2:-0}
+case "${SCALE:-default}" in
+  default | full) ;;
+  *) echo "run.sh: SCALE=${SCALE} is unknown; use SCALE=full or leave it unset (default)" >&2; exit 2 ;;
+esac
 if [[ "${SCALE:-default}" == full ]]; then width=16,24,32,48 noise=0,0.1,0.2,0.3,0.4,0.5; else width=16,32,48 noise=0,0.2,0.3,0.5; fi
 sane-run experiment=lr_rankings seed="$seed" width="$width" dataset.label_noise="$noise" lr=0.1,0.3,1,3 \
     hydra/launcher=joblib hydra.launcher.n_jobs=2 hydra.sweep.dir="$out/runs"
