@@ -17,6 +17,17 @@ how the Hessian changes across each spike.
                 before spikes sit at sharpness peaks; unmatched, falling back from a peak looks like
                 flattening); matched_similarity, matched_flattening and matched_distance (the spectrum
                 distance) are their means, over matched_pairs pairs
+    adjusted    the null read at the spike's own sharpness by regression, not by a window: over the same run's
+                null pairs that start at step TRANSIENT or later, once the run has first reached its stability
+                threshold (sharpness ratio 1: the sharpening before it turns the eigenvectors as no run at the
+                edge does), and not inside a spike (within ``hessian.spike_after`` steps of one), least squares
+                of log(lambda_max later / earlier), and of the subspace similarity, on the log sharpness ratio of
+                the earlier checkpoint; adjusted_flattening (exp of the first fit) and adjusted_similarity are
+                the fits at the ratio before the spike, over adjusted_pairs pairs (NaN below 3 pairs or where
+                their ratios are all one). Pairs near the spike's sharpness are few, so a window holds few pairs
+                or reaches far; the line uses every pair and extrapolates where the spike's ratio lies beyond
+                them (the study experiments/2026-12-06-basins-adjusted registered this null; the matched one's
+                reading there depended on its window)
 
 The detector is the one ``sane-run`` runs during training (to take curvature checkpoints just before and just
 after each spike, ``hessian.on_spike``), so the report finds the spikes that training measured.
@@ -36,6 +47,7 @@ BASIN_COLUMNS = [
     "lambda_max_before", "lambda_max_after", "flattening", "sane_scale_before", "sane_scale_after",
     "sane_before", "sane_after", "similarity", "spectrum_distance", "null_similarity", "null_flattening", "null_pairs",
     "sharpness_ratio_before", "matched_similarity", "matched_flattening", "matched_distance", "matched_pairs",
+    "adjusted_similarity", "adjusted_flattening", "adjusted_pairs",
 ]  # fmt: skip
 TRANSIENT = 20  # steps after initialisation left out of the matched null: lambda_max rises several-fold there
 MATCH = 1.15  # a matched null pair's earlier checkpoint has a sharpness ratio within this factor of the spike's
@@ -74,7 +86,8 @@ def analyse(run, threshold: float | None = None) -> pd.DataFrame:
         return pd.DataFrame(columns=BASIN_COLUMNS)
     spikes = detect_spikes(steps, losses, threshold)
     curv = run.hessian.sort_values("step").drop_duplicates("step")
-    null = _NullSimilarity(run, spikes)
+    settle = int(run.config.get("hessian", {}).get("spike_after", 5))
+    null = _NullSimilarity(run, spikes, settle=settle)
     rows = []
     for i, (start, end) in enumerate(basin_bounds(spikes, int(steps[0]), int(steps[-1]))):
         in_basin = (steps >= start) & (steps < end) | (steps == end) & (i == len(spikes))
@@ -93,6 +106,8 @@ def analyse(run, threshold: float | None = None) -> pd.DataFrame:
                 matched = null.matched(gap, ratio)
                 row.update(zip(("matched_similarity", "matched_flattening", "matched_distance", "matched_pairs"),
                                matched, strict=True))  # fmt: skip
+                row.update(zip(("adjusted_similarity", "adjusted_flattening", "adjusted_pairs"),
+                               null.adjusted(gap, ratio), strict=True))  # fmt: skip
         rows.append(row)
     return pd.DataFrame(rows, columns=BASIN_COLUMNS)
 
@@ -135,12 +150,14 @@ class _NullSimilarity:
     """The mean subspace similarity and lambda_max ratio of a run's checkpoint pairs ``gap`` steps apart with
     no spike in between, and their number; eigenvectors read once per checkpoint."""
 
-    def __init__(self, run, spikes: list[int]):
-        self.run, self.spikes, self.vectors = run, np.asarray(spikes), {}
+    def __init__(self, run, spikes: list[int], settle: int = 5):
+        self.run, self.spikes, self.vectors, self.settle, self.fits = run, np.asarray(spikes), {}, settle, {}
         self.steps = set(run.spectrum_steps())
         h = run.hessian.drop_duplicates("step") if len(run.hessian) else run.hessian
         self.lambda_max = dict(zip(h.step, h.lambda_max, strict=True)) if len(h) else {}
         self.ratio = dict(zip(h.step, h.sharpness_ratio, strict=True)) if len(h) else {}
+        at_edge = [step for step, r in self.ratio.items() if np.isfinite(r) and r >= 1]
+        self.edge = min(at_edge) if at_edge else 0  # the first checkpoint at the stability threshold
         self.densities = {}
 
     def _vectors(self, step: int) -> np.ndarray | None:
@@ -181,6 +198,30 @@ class _NullSimilarity:
         flat = [self.lambda_max[b] / self.lambda_max[a] for a, b in pairs]
         dist = [spectrum_distance(*self._density(a), *self._density(b)) for a, b in pairs]
         return float(np.mean(sims)), float(np.mean(flat)), float(np.nanmean(dist)), len(pairs)
+
+    def adjusted(self, gap: int, ratio: float) -> tuple[float, float, int]:
+        """(similarity, lambda_max ratio, pairs) that the run's null pairs ``gap`` apart predict at sharpness ratio
+        ``ratio``: least squares of their similarity and log lambda_max ratio on their log sharpness ratio, over the
+        pairs that start at step TRANSIENT or later, at or after the run's first checkpoint at the stability
+        threshold, and not within ``settle`` steps after a spike's first step."""
+        if gap not in self.fits:
+            start = max(TRANSIENT, self.edge)
+            pairs = [(a, b) for a, b in self._pairs(gap) if a >= start and self.lambda_max.get(a)
+                     and self.lambda_max.get(b, 0) > 0 and np.isfinite(self.ratio.get(a, np.nan)) and self.ratio[a] > 0
+                     and not ((self.spikes <= a) & (a <= self.spikes + self.settle)).any()]  # fmt: skip
+            x = np.log([self.ratio[a] for a, _ in pairs])
+            fit = None
+            if len(pairs) >= 3 and np.ptp(x) > 0:
+                design = np.column_stack([np.ones_like(x), x])
+                sims = [subspace_similarity(self._vectors(a), self._vectors(b)) for a, b in pairs]
+                flat = [np.log(self.lambda_max[b] / self.lambda_max[a]) for a, b in pairs]
+                fit = np.linalg.lstsq(design, np.column_stack([sims, flat]), rcond=None)[0]
+            self.fits[gap] = (fit, len(pairs))
+        fit, n = self.fits[gap]
+        if fit is None or not np.isfinite(ratio) or ratio <= 0:
+            return float("nan"), float("nan"), n
+        similarity, log_flattening = np.array([1.0, np.log(ratio)]) @ fit
+        return float(similarity), float(np.exp(log_flattening)), n
 
     def _density(self, step: int):
         if step not in self.densities:

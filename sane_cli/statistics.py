@@ -117,6 +117,8 @@ SPIKE_EFFECTS = {
     "excess_distance": "spectrum_distance - matched_distance",  # > 0: the spectrum moves more than the null's
     "excess_flattening_unmatched": "log(flattening) - log(null_flattening)",
     "excess_turn_unmatched": "null_similarity - similarity",
+    "excess_flattening_adjusted": "log(flattening) - log(adjusted_flattening)",  # the null by regression
+    "excess_turn_adjusted": "adjusted_similarity - similarity",
 }
 
 _TERM = re.compile(r"(log\()?([a-z_]+)\)?")

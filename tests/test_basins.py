@@ -196,3 +196,32 @@ def test_the_matched_null_leaves_out_the_transient_and_pairs_of_another_sharpnes
     assert spike.matched_distance == pytest.approx(np.mean(distances))
     bare = analyse(hand_made_run(tmp_path / "bare", threshold=10.0)).iloc[0]  # no pair as far apart: empty
     assert bare.matched_pairs == 0 and np.isnan(bare.matched_flattening)
+
+
+def test_the_adjusted_null_is_the_null_pairs_regression_read_at_the_spikes_sharpness(tmp_path):
+    """The null pairs 6 steps apart after the transient, (60, 66) at sharpness ratio 1.0, (70, 76) at 1.7 and
+    (80, 86) at 1.5 (the transient's (10, 16) left out), give least-squares lines of their similarity (0.5, 1,
+    0.5) and log lambda_max ratio on log ratio; the spike's pair starts at 1.6, where the lines are read. A
+    pair that starts inside the spike is no null pair; with two pairs left there is no line."""
+    e = np.eye(6)
+    extra = [(10, e[:, [0, 1]], 8.0), (16, e[:, [0, 1]], 12.0), (60, e[:, [0, 2]], 10.0), (66, e[:, [0, 3]], 5.0)]
+    extra += [(70, e[:, [0, 1]], 17.0), (76, e[:, [0, 1]], 9.0), (80, e[:, [0, 1]], 15.0), (86, e[:, [0, 3]], 15.0)]
+    spike = analyse(hand_made_run(tmp_path, extra=extra, threshold=10.0)).iloc[0]
+    x = np.log([1.0, 1.7, 1.5])
+    slope = lambda y: np.cov(x, y, bias=True)[0, 1] / np.var(x)  # noqa: E731
+    at = lambda y: np.mean(y) + slope(y) * (np.log(1.6) - np.mean(x))  # noqa: E731
+    flat = np.log([5 / 10, 9 / 17, 15 / 15])
+    assert spike.adjusted_pairs == 3
+    assert spike.adjusted_similarity == pytest.approx(at(np.array([0.5, 1.0, 0.5])), rel=1e-12)
+    assert spike.adjusted_flattening == pytest.approx(np.exp(at(flat)), rel=1e-12)
+    # a pair starting 2 steps into the spike (50) is inside it: the line is unchanged
+    inside = analyse(hand_made_run(tmp_path / "in", extra=[*extra, (52, e[:, [4, 5]], 30.0), (58, e[:, [0, 1]], 3.0)],
+                                   threshold=10.0)).iloc[0]  # fmt: skip
+    assert (inside.adjusted_pairs, inside.adjusted_flattening) == (3, pytest.approx(spike.adjusted_flattening))
+    # a pair after the transient but before the run first reaches its threshold (ratios 0.8, 0.9; the edge is
+    # the pre-spike checkpoint at 49) is no null pair either
+    early = [(30, e[:, [4, 5]], 8.0), (36, e[:, [0, 1]], 9.0), *extra[2:]]
+    before = analyse(hand_made_run(tmp_path / "early", extra=early, threshold=10.0)).iloc[0]
+    assert (before.adjusted_pairs, before.adjusted_similarity) == (3, pytest.approx(spike.adjusted_similarity))
+    two = analyse(hand_made_run(tmp_path / "two", extra=extra[:6], threshold=10.0)).iloc[0]
+    assert two.adjusted_pairs == 2 and np.isnan(two.adjusted_flattening) and np.isnan(two.adjusted_similarity)
