@@ -175,6 +175,12 @@ class _NullSimilarity:
                 and not ((self.spikes > a) & (self.spikes <= a + gap)).any()
                 and self._vectors(a) is not None and self._vectors(a + gap) is not None]  # fmt: skip
 
+    def _rated_pairs(self, gap: int, start: int) -> list[tuple[int, int]]:
+        """The null pairs ``gap`` apart whose earlier checkpoint lies at step ``start`` or later with a lambda_max
+        and a finite, positive sharpness ratio: those the matched and adjusted nulls read."""
+        return [(a, b) for a, b in self._pairs(gap) if a >= start and self.lambda_max.get(a)
+                and np.isfinite(self.ratio.get(a, np.nan)) and self.ratio[a] > 0]  # fmt: skip
+
     def __call__(self, gap: int) -> tuple[float, float, int]:
         pairs = self._pairs(gap)
         if not pairs:
@@ -189,9 +195,8 @@ class _NullSimilarity:
         of ``ratio`` (the checkpoint before the spike)."""
         if not np.isfinite(ratio) or ratio <= 0:
             return float("nan"), float("nan"), float("nan"), 0
-        pairs = [(a, b) for a, b in self._pairs(gap) if a >= TRANSIENT and self.lambda_max.get(a)
-                 and np.isfinite(self.ratio.get(a, np.nan)) and self.ratio[a] > 0
-                 and abs(np.log(self.ratio[a] / ratio)) <= np.log(MATCH)]  # fmt: skip
+        pairs = [(a, b) for a, b in self._rated_pairs(gap, TRANSIENT)
+                 if abs(np.log(self.ratio[a] / ratio)) <= np.log(MATCH)]  # fmt: skip
         if not pairs:
             return float("nan"), float("nan"), float("nan"), 0
         sims = [subspace_similarity(self._vectors(a), self._vectors(b)) for a, b in pairs]
@@ -205,9 +210,8 @@ class _NullSimilarity:
         pairs that start at step TRANSIENT or later, at or after the run's first checkpoint at the stability
         threshold, and not within ``settle`` steps after a spike's first step."""
         if gap not in self.fits:
-            start = max(TRANSIENT, self.edge)
-            pairs = [(a, b) for a, b in self._pairs(gap) if a >= start and self.lambda_max.get(a)
-                     and self.lambda_max.get(b, 0) > 0 and np.isfinite(self.ratio.get(a, np.nan)) and self.ratio[a] > 0
+            pairs = [(a, b) for a, b in self._rated_pairs(gap, max(TRANSIENT, self.edge))
+                     if self.lambda_max.get(b, 0) > 0
                      and not ((self.spikes <= a) & (a <= self.spikes + self.settle)).any()]  # fmt: skip
             x = np.log([self.ratio[a] for a, _ in pairs])
             fit = None
